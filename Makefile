@@ -1,0 +1,55 @@
+# One entry point for users and CI.  `make run` = set up + the main job; `make test` = the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HPO    := $(BIN)/hpo
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: run setup dev data test lint typecheck unit services clean
+
+run: setup data
+	$(HPO) run
+
+# Runtime environment from the lock file (uv installs the pinned set in seconds).
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "uv==0.13.9"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# optuna-gp needs PyTorch; pip picks the CPU build where one is offered locally.
+dev: setup $(VENV)/.torch
+
+$(VENV)/.torch:
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package, where we may install packages.
+data:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST found in $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) || \
+	  echo "warning: could not install dataset-fashion-mnist; hpo will say where it looked"; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST not installed: run 'sudo apt-get install dataset-fashion-mnist' or let Keras download it."; \
+	fi
+
+lint: setup
+	$(BIN)/ruff check hpo tests bench
+	$(BIN)/ruff format --check hpo tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: dev data lint typecheck
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,117 @@
+"""Datasets: fixed, seeded train / validation / test splits of real data.
+
+The test split is never used for search or for fitting ensemble weights: trials only report
+validation metrics, and test predictions are stored for the final report alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Task = Literal["classification", "binary", "language_model", "reconstruction"]
+
+
+class DataError(ValueError):
+    """Data is missing, unreadable, or of the wrong shape or type for a family.
+
+    The message says where the loader looked and what the user can do.
+    """
+
+
+@dataclass
+class Split:
+    """Inputs and targets of one split."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Dataset:
+    """A dataset ready for training, with its fixed splits.
+
+    ``num_classes`` is set for classification and language models (vocabulary size);
+    ``meta`` carries what a family may need (vocabulary, class names, sequence length, ...).
+    """
+
+    name: str
+    task: Task
+    train: Split
+    validation: Split
+    test: Split
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """A hash of the validation and test targets: equal for two studies on the same split."""
+        h = hashlib.sha256()
+        for split in (self.validation, self.test):
+            y = np.ascontiguousarray(split.y)
+            h.update(str(y.shape).encode())
+            h.update(y.tobytes())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "task": self.task,
+            "train_size": len(self.train),
+            "validation_size": len(self.validation),
+            "test_size": len(self.test),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "fingerprint": self.fingerprint(),
+        }
+
+
+def split_indices(
+    n: int,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train / validation / test index arrays; stratified by ``labels`` when given.
+
+    Example:
+        >>> tr, va, te = split_indices(100, 0.1, 0.2, seed=0)
+        >>> len(tr), len(va), len(te), len(set(tr) | set(va) | set(te))
+        (70, 10, 20, 100)
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(n)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * validation_fraction))
+        return np.sort(order[n_test + n_val:]), np.sort(order[n_test:n_test + n_val]), \
+            np.sort(order[:n_test])
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(len(idx) * test_fraction))
+        n_val = int(round(len(idx) * validation_fraction))
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test:n_test + n_val])
+        parts[0].append(idx[n_test + n_val:])
+    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
+    return train, val, test
+
+
+def take_subset(split: Split, size: int | None, seed: int) -> Split:
+    """At most ``size`` examples of ``split``, chosen with a seeded permutation."""
+    if size is None or size >= len(split):
+        return split
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:size])
+    return Split(split.x[idx], split.y[idx])

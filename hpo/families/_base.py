@@ -1,0 +1,100 @@
+"""The model-family contract: build a compiled Keras model from one trial's parameters.
+
+A family is what Keras Tuner calls a HyperModel: ``build(hp, data)`` reads the sampled
+parameters and returns a compiled model. Training and prediction have defaults that suit
+``model.fit``-style models; families with other needs override them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from hpo.datasets import DataError, Dataset, Task
+
+if TYPE_CHECKING:
+    import keras
+
+    from hpo.spaces import Params
+
+
+class Family(ABC):
+    """A model family. Subclass it, or give a plain ``build(hp, data)`` function.
+
+    Example:
+        >>> class Tiny(Family):
+        ...     name = "tiny"
+        ...     tasks = ("classification",)
+        ...     def build(self, hp, data):
+        ...         import keras
+        ...         model = keras.Sequential([keras.Input(data.input_shape),
+        ...                                   keras.layers.Flatten(),
+        ...                                   keras.layers.Dense(data.num_classes,
+        ...                                                      activation="softmax")])
+        ...         model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        ...         return model
+        >>> Tiny().name
+        'tiny'
+    """
+
+    name: ClassVar[str] = ""
+    tasks: ClassVar[tuple[Task, ...]] = ("classification",)
+    default_batch_size: ClassVar[int] = 32
+
+    @abstractmethod
+    def build(self, hp: Params, data: Dataset) -> keras.Model:
+        """Return a compiled Keras model for these parameters and this data."""
+
+    def check_data(self, data: Dataset) -> None:
+        """Raise :class:`DataError` when ``data`` does not suit this family."""
+        if data.task not in self.tasks:
+            raise DataError(
+                f"family {self.name!r} works on {' or '.join(self.tasks)} data, but dataset "
+                f"{data.name!r} is {data.task} data"
+            )
+
+    def batch_size(self, hp: Params) -> int:
+        return int(hp.get("batch_size", self.default_batch_size))
+
+    def fit(
+        self,
+        model: keras.Model,
+        hp: Params,
+        data: Dataset,
+        epochs: int,
+        callbacks: Sequence[keras.callbacks.Callback],
+    ) -> None:
+        """Train for ``epochs``; callbacks see validation metrics in ``logs`` every epoch."""
+        model.fit(
+            data.train.x,
+            data.train.y,
+            validation_data=(data.validation.x, data.validation.y),
+            batch_size=self.batch_size(hp),
+            epochs=epochs,
+            callbacks=list(callbacks),
+            verbose=0,
+        )
+
+    def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
+        """Model outputs for ``x`` (class probabilities for classifiers)."""
+        return np.asarray(model.predict(x, batch_size=max(256, self.batch_size(hp)), verbose=0))
+
+
+class FunctionFamily(Family):
+    """A family given as a function ``build(hp, data) -> compiled keras.Model``."""
+
+    tasks = ("classification", "binary", "language_model", "reconstruction")
+
+    def __init__(self, name: str, build: Callable[[Any, Dataset], Any]) -> None:
+        self._build = build
+        self._name = name
+
+    @property  # type: ignore[override]
+    def name(self) -> str:  # noqa: D102
+        return self._name
+
+    def build(self, hp: Params, data: Dataset) -> keras.Model:
+        return self._build(hp, data)

@@ -1,0 +1,57 @@
+"""A Rich tree of a search space, conditional branches visible."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from hpo.spaces._params import (
+    CategoricalParam,
+    ConstantParam,
+    FloatParam,
+    IntParam,
+    Param,
+)
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
+
+    from hpo.spaces._spec import StudySpec
+
+
+def describe(p: Param) -> str:
+    """One line describing a parameter's kind and range."""
+    if isinstance(p, FloatParam):
+        scale = "log " if p.log else ""
+        step = f" step {p.step}" if p.step is not None else ""
+        return f"float {scale}[{p.low:g}, {p.high:g}]{step}"
+    if isinstance(p, IntParam):
+        scale = "log " if p.log else ""
+        step = f" step {p.step}" if p.step != 1 else ""
+        return f"int {scale}[{p.low}, {p.high}]{step}"
+    if isinstance(p, CategoricalParam):
+        return "categorical {" + ", ".join(c.label for c in p.choices) + "}"
+    assert isinstance(p, ConstantParam)
+    return f"constant {p.value!r}"
+
+
+def space_tree(spec: StudySpec) -> Tree:
+    """The study's header and parameters as a :class:`rich.tree.Tree`."""
+    from rich.tree import Tree
+
+    objectives = ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
+    root = Tree(
+        f"[bold]{spec.name}[/]  family [cyan]{spec.family}[/]  dataset "
+        f"[cyan]{spec.dataset.name}[/]  {objectives}  max {spec.budget.max_epochs} epochs"
+    )
+    _add(root, spec.space.params)
+    return root
+
+
+def _add(tree: Tree, params: Mapping[str, Param]) -> None:
+    for key, p in params.items():
+        branch = tree.add(f"[bold]{key}[/]: {describe(p)}")
+        if isinstance(p, CategoricalParam) and p.is_conditional:
+            for c in p.choices:
+                if c.params:
+                    _add(branch.add(f"[magenta]if {key} = {c.label}[/]"), c.params)
