@@ -8,13 +8,15 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 .PHONY: run setup dev data test lint typecheck unit services clean
 
 run: setup data
-	$(HPO) run
+	$(HPO) run --resume
 
 # Runtime environment from the lock file (uv installs the pinned set in seconds).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  $(PYTHON) -m pip install --quiet --user --break-system-packages virtualenv && \
+	  $(PYTHON) -m virtualenv --quiet $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade "uv==0.13.9"
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .

@@ -93,18 +93,21 @@ def split_indices(
     rng = np.random.default_rng(seed)
     if labels is None:
         order = rng.permutation(n)
-        n_test = int(round(n * test_fraction))
-        n_val = int(round(n * validation_fraction))
-        return np.sort(order[n_test + n_val:]), np.sort(order[n_test:n_test + n_val]), \
-            np.sort(order[:n_test])
+        n_test = round(n * test_fraction)
+        n_val = round(n * validation_fraction)
+        return (
+            np.sort(order[n_test + n_val :]),
+            np.sort(order[n_test : n_test + n_val]),
+            np.sort(order[:n_test]),
+        )
     parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = int(round(len(idx) * test_fraction))
-        n_val = int(round(len(idx) * validation_fraction))
+        n_test = round(len(idx) * test_fraction)
+        n_val = round(len(idx) * validation_fraction)
         parts[2].append(idx[:n_test])
-        parts[1].append(idx[n_test:n_test + n_val])
-        parts[0].append(idx[n_test + n_val:])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
     train, val, test = (np.sort(np.concatenate(p)) for p in parts)
     return train, val, test
 

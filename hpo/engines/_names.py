@@ -19,17 +19,26 @@ class AlgorithmInfo:
 ALGORITHMS: dict[str, AlgorithmInfo] = {
     a.name: a
     for a in [
-        AlgorithmInfo("optuna-tpe", "optuna", "Optuna TPE, multivariate, constant liar for "
-                      "parallel workers", multi_objective=True),
+        AlgorithmInfo(
+            "optuna-tpe",
+            "optuna",
+            "Optuna TPE, multivariate, constant liar for parallel workers",
+            multi_objective=True,
+        ),
         AlgorithmInfo("optuna-cmaes", "optuna", "Optuna CMA-ES (categoricals fall back to TPE)"),
         AlgorithmInfo("optuna-gp", "optuna", "Optuna Gaussian process (needs PyTorch)"),
         AlgorithmInfo("optuna-random", "optuna", "Optuna random search", multi_objective=True),
-        AlgorithmInfo("optuna-grid", "optuna", "Optuna grid search over a discrete space",
-                      multi_objective=True, needs_discrete_space=True),
-        AlgorithmInfo("optuna-nsga2", "optuna", "Optuna NSGA-II (multi-objective)",
-                      multi_objective=True),
-        AlgorithmInfo("hyperopt-tpe", "hyperopt", "hyperopt's TPE, proposing over the study "
-                      "store"),
+        AlgorithmInfo(
+            "optuna-grid",
+            "optuna",
+            "Optuna grid search over a discrete space",
+            multi_objective=True,
+            needs_discrete_space=True,
+        ),
+        AlgorithmInfo(
+            "optuna-nsga2", "optuna", "Optuna NSGA-II (multi-objective)", multi_objective=True
+        ),
+        AlgorithmInfo("hyperopt-tpe", "hyperopt", "hyperopt's TPE, proposing over the study store"),
         AlgorithmInfo("hyperopt-anneal", "hyperopt", "hyperopt's simulated annealing"),
         AlgorithmInfo("hyperopt-random", "hyperopt", "hyperopt's random search"),
     ]

@@ -40,7 +40,7 @@ class Family(ABC):
         'tiny'
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""
     tasks: ClassVar[tuple[Task, ...]] = ("classification",)
     default_batch_size: ClassVar[int] = 32
 
@@ -90,11 +90,7 @@ class FunctionFamily(Family):
 
     def __init__(self, name: str, build: Callable[[Any, Dataset], Any]) -> None:
         self._build = build
-        self._name = name
-
-    @property  # type: ignore[override]
-    def name(self) -> str:  # noqa: D102
-        return self._name
+        self.name = name
 
     def build(self, hp: Params, data: Dataset) -> keras.Model:
         return self._build(hp, data)

@@ -75,21 +75,34 @@ def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
 
 
 def grid(space: SearchSpace) -> dict[str, list[Any]]:
-    """Every value of every searched parameter (all branches), for Optuna's grid sampler."""
+    """The grid values of every searched parameter (all branches), for Optuna's grid sampler.
+
+    Categoricals give their options, ints with a linear scale and floats with a step every
+    point ``low, low + step, ..., high``. Log-scaled ints give ``low, 2*low, 4*low, ...`` and
+    ``high``: a log scale asks for points spread evenly in ratio, not every integer.
+
+    Example:
+        >>> from hpo.spaces import FloatParam, IntParam
+        >>> grid(SearchSpace({"p": FloatParam(low=0.1, high=0.3, step=0.1),
+        ...                   "n": IntParam(low=1, high=10, log=True)}))
+        {'p': [0.1, 0.2, 0.3], 'n': [1, 2, 4, 8, 10]}
+    """
     out: dict[str, list[Any]] = {}
     for node in space.searched_nodes():
         p = node.param
         if isinstance(p, CategoricalParam):
             out[node.name] = p.values
         elif isinstance(p, IntParam):
-            out[node.name] = list(range(p.low, p.high + 1, p.step)) if not p.log else sorted(
-                {int(round(v)) for v in _log_grid(p.low, p.high)}
-            )
+            if p.log:
+                out[node.name] = sorted({round(v) for v in _log_grid(p.low, p.high)})
+            else:
+                out[node.name] = list(range(p.low, p.high + 1, p.step))
         elif isinstance(p, FloatParam):
             if p.step is None:
                 raise ValueError(f"{node.name}: a float needs a step for grid search")
-            n = int(round((p.high - p.low) / p.step))
-            out[node.name] = [p.low + i * p.step for i in range(n + 1)]
+            n = round((p.high - p.low) / p.step)
+            # snap: low + n * step may land an ulp above high, which Optuna would refuse.
+            out[node.name] = [p.snap(p.low + i * p.step) for i in range(n + 1)]
     return out
 
 

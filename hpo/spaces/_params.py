@@ -12,23 +12,50 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from hpo.spaces._errors import (
+    FieldError,
+    KeyPath,
+    RawIssue,
+    describe_value,
+    pydantic_issues,
+    unknown_message,
+)
 
 Scalar: TypeAlias = str | int | float | bool | None
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An option with its own parameters becomes part of their path names (``optimizer.adam.lr``):
+# no "." (it would make names ambiguous) and only characters MLflow accepts in parameter keys.
+OPTION_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 PATH_SEPARATOR = "."
+RESERVED_PREFIX = "__"  # the hyperopt compiler uses such keys in its expressions
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a quoted "0.1" is text, not a number; YAML already gives numbers their type.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class FloatParam(_Param):
     """A real number in ``[low, high]``; ``log`` samples its logarithm uniformly.
 
-    ``step`` makes it discrete: ``low, low + step, ...`` up to ``high``.
+    ``step`` makes it discrete: ``low, low + step, ...`` up to ``high``; ``high - low`` must be a
+    whole number of steps (checked in decimal, as Optuna does, so ``0.1`` steps work).
+
+    Example:
+        >>> FloatParam(low=0.0, high=1.0, step=0.25).snap(0.3)
+        0.25
     """
 
     type: Literal["float"] = "float"
@@ -37,23 +64,48 @@ class FloatParam(_Param):
     log: bool = False
     step: float | None = Field(default=None, gt=0)
 
+    @field_validator("low", "high", "step")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> FloatParam:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("low and high must be finite numbers")
         if self.low >= self.high:
             raise ValueError(f"empty range: low ({self.low}) must be less than high ({self.high})")
         if self.log and self.low <= 0:
-            raise ValueError(f"log range must be above 0, but low is {self.low}")
+            raise FieldError("low", f"a log range must be above 0, but low is {self.low}")
         if self.log and self.step is not None:
-            raise ValueError("step cannot be combined with log")
-        if self.step is not None and not _divides(self.high - self.low, self.step):
-            raise ValueError(f"step {self.step} does not divide high - low = {self.high - self.low}")
+            raise FieldError("step", "step cannot be combined with log: remove one of them")
+        if self.step is not None and not _divides(self.low, self.high, self.step):
+            raise FieldError(
+                "step",
+                f"step {self.step} does not divide the range: high - low = "
+                f"{_decimal(self.high) - _decimal(self.low)} is not a whole number of steps",
+            )
         return self
+
+    def snap(self, value: float) -> float:
+        """``value`` moved into ``[low, high]`` and, with a step, onto the nearest grid point.
+
+        Grid points are computed as ``low + k * step`` like Optuna's samplers do, so both
+        engines hand out the same floats.
+        """
+        v = float(value)
+        if self.step is not None:
+            v = self.low + round((v - self.low) / self.step) * self.step
+        return min(max(v, self.low), self.high)
 
 
 class IntParam(_Param):
-    """An integer in ``[low, high]`` (both included); ``log`` samples its logarithm uniformly."""
+    """An integer in ``[low, high]`` (both included); ``log`` samples its logarithm uniformly.
+
+    Example:
+        >>> IntParam(low=8, high=64, step=8).snap(21.0)
+        24
+    """
 
     type: Literal["int"] = "int"
     low: int
@@ -66,12 +118,21 @@ class IntParam(_Param):
         if self.low >= self.high:
             raise ValueError(f"empty range: low ({self.low}) must be less than high ({self.high})")
         if self.log and self.low <= 0:
-            raise ValueError(f"log range must be above 0, but low is {self.low}")
+            raise FieldError("low", f"a log range must be above 0, but low is {self.low}")
         if self.log and self.step != 1:
-            raise ValueError("step cannot be combined with log")
+            raise FieldError("step", "step cannot be combined with log: remove one of them")
         if (self.high - self.low) % self.step:
-            raise ValueError(f"step {self.step} does not divide high - low = {self.high - self.low}")
+            raise FieldError(
+                "step",
+                f"step {self.step} does not divide the range: high - low = "
+                f"{self.high - self.low} is not a whole number of steps",
+            )
         return self
+
+    def snap(self, value: float) -> int:
+        """``value`` rounded onto ``low, low + step, ...`` and moved into ``[low, high]``."""
+        v = self.low + round((float(value) - self.low) / self.step) * self.step
+        return min(max(v, self.low), self.high)
 
 
 class Choice(_Param):
@@ -80,23 +141,40 @@ class Choice(_Param):
     value: Scalar
     params: dict[str, Param] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _check(self) -> Choice:
+        if self.params:
+            problem = option_problem(self.value)
+            if problem:
+                raise ValueError(problem)
+            for name in self.params:
+                problem = name_problem(name)
+                if problem:
+                    raise ValueError(problem)
+        return self
+
     @property
     def label(self) -> str:
+        """The option as text, as it appears in path names (``true``, ``null``, ``64``)."""
         return _label(self.value)
 
 
 class CategoricalParam(_Param):
-    """One of several options. Options written as a mapping carry conditional sub-spaces."""
+    """One of several options. Options written as a mapping carry conditional sub-spaces.
+
+    Options must differ in Python's sense too: ``1``, ``1.0`` and ``true`` are equal there and
+    Optuna cannot tell them apart.
+    """
 
     type: Literal["categorical"] = "categorical"
     choices: list[Choice] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> CategoricalParam:
-        labels = [c.label for c in self.choices]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"duplicate choices: {', '.join(dupes)}")
+        problems = list(duplicate_choices(self.values))
+        if problems:
+            i, problem = problems[0]
+            raise FieldError("choices", f"choice {i}: {problem}")
         return self
 
     @property
@@ -108,6 +186,7 @@ class CategoricalParam(_Param):
         return any(c.params for c in self.choices)
 
     def choice(self, value: Scalar) -> Choice:
+        """The option equal to ``value`` (same type first, then same label); KeyError if none."""
         for c in self.choices:
             if c.value == value and type(c.value) is type(value):
                 return c
@@ -129,16 +208,81 @@ Param = Annotated[
 ]
 Choice.model_rebuild()
 
+KINDS: dict[str, type[FloatParam | IntParam | CategoricalParam | ConstantParam]] = {
+    "float": FloatParam,
+    "int": IntParam,
+    "categorical": CategoricalParam,
+    "constant": ConstantParam,
+}
 
-def _divides(span: float, step: float) -> bool:
-    n = span / step
-    return abs(n - round(n)) < 1e-9 * max(1.0, abs(n))
+
+def _decimal(x: float) -> Decimal:
+    return Decimal(str(x))
+
+
+def _divides(low: float, high: float, step: float) -> bool:
+    # The same test as Optuna's FloatDistribution: otherwise Optuna would silently move high.
+    try:
+        return (_decimal(high) - _decimal(low)) % _decimal(step) == 0
+    except InvalidOperation:
+        return False
 
 
 def _label(value: Scalar) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower() if value is not None else "null"
     return str(value)
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a parameter, or None when it can.
+
+    Example:
+        >>> name_problem("learning-rate")[:39]
+        "invalid parameter name 'learning-rate':"
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        return (
+            f"invalid parameter name {name!r}: use letters, digits and _, not starting with a digit"
+        )
+    if name.startswith(RESERVED_PREFIX):
+        return f"invalid parameter name {name!r}: names starting with __ are reserved"
+    return None
+
+
+def option_problem(value: Scalar) -> str | None:
+    """Why option ``value`` cannot carry its own parameters, or None when it can."""
+    label = _label(value)
+    if not OPTION_PATTERN.match(label):
+        return (
+            f"option {label!r} has its own parameters, so it is part of their names "
+            f"(<parameter>.{label}.<name>): use letters, digits, _ and - only (no '.')"
+        )
+    return None
+
+
+def duplicate_choices(values: list[Any]) -> Iterator[tuple[int, str]]:
+    """``(index, problem)`` for every option that repeats an earlier one.
+
+    Example:
+        >>> list(duplicate_choices([1, "a", True, "a"]))
+        [(2, 'true equals the choice 1 listed before (Optuna cannot tell them apart)'), \
+(3, 'duplicate choice a')]
+    """
+    for i, v in enumerate(values):
+        for u in values[:i]:
+            if _label(u) == _label(v):
+                yield i, f"duplicate choice {_label(v)}"
+                break
+            if u == v:
+                yield (
+                    i,
+                    (
+                        f"{describe_value(v)} equals the choice {describe_value(u)} listed before "
+                        "(Optuna cannot tell them apart)"
+                    ),
+                )
+                break
 
 
 def join_path(*parts: str) -> str:
@@ -163,7 +307,9 @@ class ParamNode:
 
 
 class SearchSpace:
-    """A parsed, valid search space.
+    """A parsed, valid search space: parameter names to parameters, in file order.
+
+    Path names are unique: names and the options that carry parameters contain no ".".
 
     Example:
         >>> space = SearchSpace({"lr": FloatParam(low=1e-4, high=1e-1, log=True)})
@@ -172,6 +318,10 @@ class SearchSpace:
     """
 
     def __init__(self, params: Mapping[str, Param]) -> None:
+        for name in params:
+            problem = name_problem(name)
+            if problem:
+                raise ValueError(problem)
         self.params: dict[str, Param] = dict(params)
 
     def nodes(self) -> list[ParamNode]:
@@ -242,12 +392,8 @@ def _param_to_dict(p: Param) -> Any:
 
 # -- parsing raw (YAML) data, collecting every problem with its key path ---------------------
 
-RawIssue = tuple[tuple[str | int, ...], str]
 
-
-def parse_params(raw: Any, path: tuple[str | int, ...] = ("params",)) -> tuple[
-    dict[str, Param], list[RawIssue]
-]:
+def parse_params(raw: Any, path: KeyPath = ("params",)) -> tuple[dict[str, Param], list[RawIssue]]:
     """Parse the ``params`` mapping of a space file.
 
     Returns the parameters and a list of ``(key path, message)`` problems; the parameters are
@@ -261,13 +407,25 @@ def parse_params(raw: Any, path: tuple[str | int, ...] = ("params",)) -> tuple[
     issues: list[RawIssue] = []
     out: dict[str, Param] = {}
     if not isinstance(raw, Mapping):
-        return out, [(path, f"expected a mapping of parameter names, got {_kind(raw)}")]
+        return out, [(path, f"expected a mapping of parameter names, got {describe_value(raw)}")]
     if not raw:
         return out, [(path, "no parameters: give at least one")]
+    kind = raw.get("type")
+    if isinstance(kind, str) and kind in KINDS:
+        # `params: {type: float, ...}`, or an option written `adam: {type: float, ...}`:
+        # read as parameters, `type` would silently become a constant.
+        return out, [
+            (
+                (*path, "type"),
+                f"expected parameters by name here, but this looks like one {kind} parameter; "
+                f"give it a name: `my_name: {{type: {kind}, ...}}`",
+            )
+        ]
     for key, spec in raw.items():
         where = (*path, key)
-        if not isinstance(key, str) or not NAME_PATTERN.match(key):
-            issues.append((where, f"invalid parameter name {key!r}: use letters, digits and _"))
+        problem = name_problem(key)
+        if problem:
+            issues.append((where, problem))
             continue
         param = _parse_one(spec, where, issues)
         if param is not None:
@@ -275,51 +433,65 @@ def parse_params(raw: Any, path: tuple[str | int, ...] = ("params",)) -> tuple[
     return out, issues
 
 
-def _parse_one(spec: Any, where: tuple[str | int, ...], issues: list[RawIssue]) -> Param | None:
+def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue]) -> Param | None:
     if not isinstance(spec, Mapping):
         if isinstance(spec, list):
             issues.append((where, "a list is ambiguous: write {type: categorical, choices: [...]}"))
             return None
         return ConstantParam(value=spec)  # shorthand: `batch_size: 64`
     kind = spec.get("type")
-    kinds = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam,
-             "constant": ConstantParam}
-    if kind not in kinds:
-        issues.append(((*where, "type"), f"unknown or missing type {kind!r}; expected one of "
-                       + ", ".join(kinds)))
+    if kind is None:
+        issues.append(
+            (
+                (*where, "type") if "type" in spec else where,
+                "missing type: write type: float, int, categorical or constant "
+                "(or give a plain value for a constant)",
+            )
+        )
         return None
+    if not isinstance(kind, str) or kind not in KINDS:
+        given = repr(kind) if isinstance(kind, str) else describe_value(kind)
+        issues.append(((*where, "type"), unknown_message(f"type {given}", kind, KINDS)))
+        return None
+    model = KINDS[kind]
     data = dict(spec)
-    if kind == "categorical":
-        choices = _parse_choices(data.get("choices"), (*where, "choices"), issues)
-        if choices is None:
-            return None
-        data["choices"] = choices
+    bad_choices = False
+    if kind == "categorical" and "choices" in data:
+        choices = _parse_choices(data["choices"], (*where, "choices"), issues)
+        bad_choices = choices is None
+        # A stand-in for choices already reported, so that the other keys are still checked.
+        data["choices"] = choices if choices is not None else [Choice(value=None)]
     try:
-        param: Param = kinds[kind].model_validate(data)
+        param: Param = model.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(x for x in err["loc"] if x != kind)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key for a {kind} parameter"
-            issues.append(((*where, *loc), msg))
+        issues.extend(
+            pydantic_issues(exc, where, list(model.model_fields), f"for a {kind} parameter")
+        )
         return None
-    return param
+    return None if bad_choices else param
 
 
-def _parse_choices(
-    raw: Any, where: tuple[str | int, ...], issues: list[RawIssue]
-) -> list[Choice] | None:
+def _parse_choices(raw: Any, where: KeyPath, issues: list[RawIssue]) -> list[Choice] | None:
     if isinstance(raw, list):
         if not raw:
             issues.append((where, "no choices: give at least one"))
             return None
-        bad = [i for i, v in enumerate(raw) if not isinstance(v, str | int | float | bool)
-               and v is not None]
-        for i in bad:
-            issues.append(((*where, i), "a choice must be a string, number, boolean or null; "
-                           "for options with their own parameters write choices as a mapping"))
-        return None if bad else [Choice(value=v) for v in raw]
+        ok = True
+        for i, v in enumerate(raw):
+            if not isinstance(v, str | int | float | bool) and v is not None:
+                ok = False
+                issues.append(
+                    (
+                        (*where, i),
+                        f"a choice must be a string, number, boolean or null, got "
+                        f"{describe_value(v)}; for options with their own parameters write choices "
+                        "as a mapping: {option: {param: {...}}}",
+                    )
+                )
+        for i, problem in duplicate_choices(raw):
+            ok = False
+            issues.append(((*where, i), problem))
+        return [Choice(value=v) for v in raw] if ok else None
     if isinstance(raw, Mapping):
         if not raw:
             issues.append((where, "no choices: give at least one"))
@@ -327,20 +499,41 @@ def _parse_choices(
         choices = []
         ok = True
         for value, sub in raw.items():
+            at = (*where, value)
+            if not isinstance(value, str | int | float | bool) and value is not None:
+                ok = False
+                issues.append(
+                    (
+                        at,
+                        f"an option must be a string, number, boolean or null, got "
+                        f"{describe_value(value)}",
+                    )
+                )
+                continue
             if sub is None or sub == {}:
                 choices.append(Choice(value=value))
                 continue
-            params, sub_issues = parse_params(sub, (*where, value))
+            bad_option = option_problem(value)
+            if bad_option:
+                ok = False
+                issues.append((at, bad_option))
+                continue
+            params, sub_issues = parse_params(sub, at)
             issues.extend(sub_issues)
             ok = ok and not sub_issues
             choices.append(Choice(value=value, params=params))
+        for i, problem in duplicate_choices(list(raw)):
+            ok = False
+            issues.append(((*where, list(raw)[i]), problem))
         return choices if ok else None
-    issues.append((where, f"expected a list or a mapping of choices, got {_kind(raw)}"))
+    issues.append(
+        (
+            where,
+            f"expected a list of choices or a mapping of options to their parameters, got "
+            f"{describe_value(raw)}",
+        )
+    )
     return None
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
 
 
 class Params(Mapping[str, Any]):
@@ -360,8 +553,9 @@ class Params(Mapping[str, Any]):
             return self._values[name]
         except KeyError:
             known = ", ".join(sorted(self._values)) or "none"
-            raise KeyError(f"parameter {name!r} is not active in this trial (active: {known})") \
-                from None
+            raise KeyError(
+                f"parameter {name!r} is not active in this trial (active: {known})"
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -373,9 +567,9 @@ class Params(Mapping[str, Any]):
         """The active direct sub-parameters of categorical ``name``, by their short names."""
         prefix = join_path(name, _label(self[name])) + PATH_SEPARATOR
         return {
-            k[len(prefix):]: v
+            k[len(prefix) :]: v
             for k, v in self._values.items()
-            if k.startswith(prefix) and PATH_SEPARATOR not in k[len(prefix):]
+            if k.startswith(prefix) and PATH_SEPARATOR not in k[len(prefix) :]
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,22 +36,47 @@ def describe(p: Param) -> str:
 
 
 def space_tree(spec: StudySpec) -> Tree:
-    """The study's header and parameters as a :class:`rich.tree.Tree`."""
+    """The study's header and parameters as a :class:`rich.tree.Tree`.
+
+    Example:
+        >>> from rich.console import Console
+        >>> from hpo.spaces import parse_spec
+        >>> spec = parse_spec('''
+        ... family: image_cnn
+        ... dataset: digits
+        ... objective: {metric: val_accuracy, direction: maximize}
+        ... budget: {max_epochs: 2}
+        ... params:
+        ...   opt: {type: categorical, choices: {sgd: {momentum: 0.9}, adam: null}}
+        ... ''', "s.yaml")
+        >>> console = Console(width=80, color_system=None)
+        >>> with console.capture() as out:
+        ...     console.print(space_tree(spec))
+        >>> "if opt = sgd" in out.get()
+        True
+    """
     from rich.tree import Tree
 
-    objectives = ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
+    objectives = ", ".join(f"{o.direction} {_text(o.metric)}" for o in spec.objectives)
     root = Tree(
-        f"[bold]{spec.name}[/]  family [cyan]{spec.family}[/]  dataset "
-        f"[cyan]{spec.dataset.name}[/]  {objectives}  max {spec.budget.max_epochs} epochs"
+        f"[bold]{_text(spec.name)}[/]  family [cyan]{_text(spec.family)}[/]  dataset "
+        f"[cyan]{_text(spec.dataset.name)}[/]  {objectives}  max {spec.budget.max_epochs} epochs"
     )
     _add(root, spec.space.params)
     return root
 
 
+def _text(value: object) -> str:
+    # User text may contain "[...]", which Rich would read as markup (or fail on).
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def _add(tree: Tree, params: Mapping[str, Param]) -> None:
     for key, p in params.items():
-        branch = tree.add(f"[bold]{key}[/]: {describe(p)}")
+        branch = tree.add(f"[bold]{key}[/]: {_text(describe(p))}")
         if isinstance(p, CategoricalParam) and p.is_conditional:
             for c in p.choices:
                 if c.params:
-                    _add(branch.add(f"[magenta]if {key} = {c.label}[/]"), c.params)
+                    _add(branch.add(f"[magenta]if {key} = {_text(c.label)}[/]"), c.params)

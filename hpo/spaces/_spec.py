@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hpo.spaces._errors import SpaceError, SpaceIssue
-from hpo.spaces._params import SearchSpace, parse_params
-from hpo.spaces._yaml import KeyPath, YamlDocument
+from hpo.spaces._errors import (
+    FieldError,
+    KeyPath,
+    RawIssue,
+    SpaceError,
+    SpaceIssue,
+    describe_value,
+    pydantic_issues,
+    unknown_message,
+)
+from hpo.spaces._params import FloatParam, SearchSpace, parse_params
+from hpo.spaces._yaml import YamlDocument
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a quoted "10" is text, not a number; YAML already gives numbers their type.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Direction: TypeAlias = Literal["minimize", "maximize"]
 
 
 class DatasetSpec(_Section):
@@ -33,7 +49,7 @@ class ObjectiveSpec(_Section):
     """A metric reported after every epoch, and whether to minimize or maximize it."""
 
     metric: str = Field(min_length=1)
-    direction: Literal["minimize", "maximize"]
+    direction: Direction
 
 
 class BudgetSpec(_Section):
@@ -46,12 +62,19 @@ class BudgetSpec(_Section):
     @model_validator(mode="after")
     def _check(self) -> BudgetSpec:
         if self.min_epochs > self.max_epochs:
-            raise ValueError("min_epochs must not exceed max_epochs")
+            raise FieldError(
+                "min_epochs",
+                f"min_epochs ({self.min_epochs}) must not exceed max_epochs ({self.max_epochs})",
+            )
         return self
 
 
 class DefaultsSpec(_Section):
-    """Defaults for the CLI's flags; a flag given on the command line wins."""
+    """Defaults for the CLI's flags; a flag given on the command line wins.
+
+    A study with several objectives that names no pruner gets ``none``: pruning needs one
+    objective.
+    """
 
     algorithm: str = "optuna-tpe"
     pruner: str = "median"
@@ -60,24 +83,26 @@ class DefaultsSpec(_Section):
     seed: int | None = None
 
 
-class _Top(_Section):
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: str = ""
-    family: str
-    dataset: DatasetSpec
-    objective: list[ObjectiveSpec] = Field(min_length=1)
-    budget: BudgetSpec
-    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
-
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _dataset_shorthand(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
-
-    @field_validator("objective", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, Mapping) else v
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_REQUIRED = {
+    "family": "the model family, e.g. `family: image_cnn`",
+    "dataset": "the data to train on, e.g. `dataset: digits`",
+    "objective": "the metric to optimize, e.g. `objective: {metric: val_accuracy, "
+    "direction: maximize}`",
+    "budget": "epochs per trial, e.g. `budget: {max_epochs: 10}`",
+    "params": "the parameters to search, e.g. `params: {lr: {type: float, low: 1.0e-4, "
+    "high: 0.1, log: true}}`",
+}
+_TOP_KEYS = (
+    "name",
+    "description",
+    "family",
+    "dataset",
+    "objective",
+    "budget",
+    "defaults",
+    "params",
+)
 
 
 @dataclass(frozen=True)
@@ -127,121 +152,353 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpaceError([SpaceIssue(str(path), "", None, f"cannot read: {exc.strerror}")]) \
-            from None
+        reason = exc.strerror or str(exc)
+        raise SpaceError([SpaceIssue(str(path), "", None, f"cannot read: {reason}")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpaceError(
+            [
+                SpaceIssue(
+                    str(path),
+                    "",
+                    None,
+                    f"cannot read: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                    f"{exc.start})",
+                )
+            ]
+        ) from None
     return parse_spec(text, str(path))
 
 
+# A problem: key path, message, and the line when it is not the line of the key path.
+_Issue: TypeAlias = tuple[KeyPath, str, int | None]
+
+
 def parse_spec(text: str, filename: str = "<string>") -> StudySpec:
-    """Validate the text of a search-space file (see :func:`load_spec`)."""
-    issues: list[tuple[KeyPath, str]] = []
+    """Validate the text of a search-space file (see :func:`load_spec`).
+
+    Every problem is collected, each section on its own, so that one bad section does not hide
+    another's; :class:`SpaceError` lists them with file, key path and line.
+
+    Example:
+        >>> try:
+        ...     parse_spec("family: image_cnn\\nbudget: {max_epochs: 0}\\n", "s.yaml")
+        ... except SpaceError as exc:
+        ...     print(exc.issues[-1])
+        s.yaml:2: budget.max_epochs: Input should be greater than 0, got 0
+    """
     try:
         doc = YamlDocument.parse(text, filename)
-    except Exception as exc:
+    except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        if context:
+            problem = f"{problem} ({context})"
         raise SpaceError([SpaceIssue(filename, "", line, f"not valid YAML: {problem}")]) from None
-    for path, _line in doc.duplicates:
-        issues.append((path, "duplicate key"))
+    except RecursionError:
+        raise SpaceError(
+            [SpaceIssue(filename, "", None, "not valid YAML: nested too deeply")]
+        ) from None
+    issues: list[_Issue] = [
+        (path, f"duplicate key: {path[-1]!r} is already given on line {first}", line)
+        for path, line, first in doc.duplicates
+    ]
     raw = doc.data
     if not isinstance(raw, Mapping):
-        _raise(filename, doc, [((), "expected a mapping with family, dataset, objective, budget "
-                                "and params")])
-    raw = dict(raw)
-    params, param_issues = parse_params(raw.pop("params", None), ("params",))
-    if "params" not in doc.data:
-        param_issues = [(("params",), "missing: the parameters to search")]
-    issues.extend(param_issues)
-    top: _Top | None = None
-    try:
-        top = _Top.model_validate(raw)
-    except ValidationError as exc:
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "missing"
-            issues.append((tuple(err["loc"]), msg))
-    if top is not None:
-        issues.extend(_cross_checks(top, SearchSpace(params) if not param_issues else None))
+        _raise(
+            filename,
+            doc,
+            [
+                *issues,
+                (
+                    (),
+                    "expected a mapping with family, dataset, objective, budget and params, got "
+                    f"{describe_value(raw)}",
+                    None,
+                ),
+            ],
+        )
+    values, section_issues = _parse_sections(raw)
+    issues.extend((path, msg, None) for path, msg in section_issues)
+    space: SearchSpace | None = None
+    if "params" in raw:
+        params, param_issues = parse_params(raw["params"], ("params",))
+        issues.extend((path, msg, None) for path, msg in param_issues)
+        space = SearchSpace(params) if not param_issues else None
+    defaults = values.get("defaults")
+    objectives = values.get("objective")
+    given = raw.get("defaults")
+    pruner_given = isinstance(given, Mapping) and "pruner" in given
+    if (
+        isinstance(defaults, DefaultsSpec)
+        and objectives
+        and len(objectives) > 1
+        and not pruner_given
+    ):
+        # Pruning needs one objective: no pruner named means none, not the usual median.
+        values["defaults"] = defaults.model_copy(update={"pruner": "none"})
+    issues.extend((path, msg, None) for path, msg in _cross_checks(raw, values, space))
     if issues:
         _raise(filename, doc, issues)
-    assert top is not None
+    assert space is not None
     return StudySpec(
-        name=top.name or Path(filename).stem,
-        description=top.description,
-        family=top.family,
-        dataset=top.dataset,
-        objectives=top.objective,
-        budget=top.budget,
-        defaults=top.defaults,
-        space=SearchSpace(params),
+        name=values.get("name") or Path(filename).stem,
+        description=values.get("description") or "",
+        family=values["family"],
+        dataset=values["dataset"],
+        objectives=values["objective"],
+        budget=values["budget"],
+        defaults=values.get("defaults") or DefaultsSpec(),
+        space=space,
         source=text,
         filename=filename,
     )
 
 
+def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIssue]]:
+    """Validate every top-level section except ``params``, each on its own.
+
+    Returns the valid sections by key and the problems; a section with problems is left out.
+    """
+    issues: list[RawIssue] = []
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in _TOP_KEYS:
+            issues.append(((key,), unknown_message("section", key, _TOP_KEYS)))
+    for key, what in _REQUIRED.items():
+        if key not in raw:
+            issues.append(((key,), f"required section is missing: {what}"))
+
+    def model(key: str, cls: type[BaseModel], value: Any, path: KeyPath) -> Any:
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            issues.extend(pydantic_issues(exc, path, list(cls.model_fields), f"in {key}"))
+            return None
+
+    if "name" in raw and raw["name"] is not None:
+        name = raw["name"]
+        if isinstance(name, str) and _NAME_PATTERN.match(name):
+            values["name"] = name
+        else:
+            issues.append(
+                (
+                    ("name",),
+                    "a study name may contain letters, digits, _, . and - "
+                    f"only, got {describe_value(name)}",
+                )
+            )
+    if "description" in raw and raw["description"] is not None:
+        if isinstance(raw["description"], str):
+            values["description"] = raw["description"]
+        else:
+            issues.append(
+                (("description",), f"expected text, got {describe_value(raw['description'])}")
+            )
+    if "family" in raw:
+        family = raw["family"]
+        if isinstance(family, str) and family:
+            values["family"] = family
+        else:
+            issues.append(
+                (("family",), f"expected the name of a model family, got {describe_value(family)}")
+            )
+    if "dataset" in raw:
+        dataset = raw["dataset"]
+        if isinstance(dataset, str):  # shorthand: `dataset: digits`
+            dataset = {"name": dataset}
+        if isinstance(dataset, Mapping):
+            values["dataset"] = model("dataset", DatasetSpec, dataset, ("dataset",))
+        else:
+            issues.append(
+                (
+                    ("dataset",),
+                    "expected a dataset name or a mapping with its name "
+                    f"and options, got {describe_value(dataset)}",
+                )
+            )
+    if "objective" in raw:
+        objective = raw["objective"]
+        parsed: list[Any] = []
+        if isinstance(objective, Mapping):  # one objective, written without a list
+            parsed = [model("objective", ObjectiveSpec, objective, ("objective",))]
+        elif isinstance(objective, list) and objective:
+            parsed = [
+                model("objective", ObjectiveSpec, item, ("objective", i))
+                for i, item in enumerate(objective)
+            ]
+        else:
+            issues.append(
+                (
+                    ("objective",),
+                    "expected {metric: ..., direction: ...} or a list "
+                    f"of them, got {describe_value(objective)}",
+                )
+            )
+        if parsed and all(o is not None for o in parsed):
+            values["objective"] = parsed
+    if "budget" in raw:
+        values["budget"] = model("budget", BudgetSpec, raw["budget"], ("budget",))
+    if raw.get("defaults") is None:  # absent, or `defaults:` with nothing under it
+        values["defaults"] = DefaultsSpec()
+    else:
+        values["defaults"] = model("defaults", DefaultsSpec, raw["defaults"], ("defaults",))
+    return {k: v for k, v in values.items() if v is not None}, issues
+
+
 def check_run_options(spec: StudySpec, algorithm: str, pruner: str) -> list[str]:
-    """Problems with running ``spec`` under ``algorithm`` and ``pruner`` (empty when fine)."""
+    """Problems with running ``spec`` under ``algorithm`` and ``pruner`` (empty when fine).
+
+    Example:
+        >>> spec = parse_spec('''
+        ... family: image_cnn
+        ... dataset: digits
+        ... objective: {metric: val_accuracy, direction: maximize}
+        ... budget: {max_epochs: 2}
+        ... params: {lr: {type: float, low: 0.001, high: 0.1}}
+        ... ''')
+        >>> check_run_options(spec, "optuna-grid", "none")
+        ['optuna-grid needs a discrete space: give every float a step (no step: lr)']
+    """
+    return [msg for _, msg in _run_problems(len(spec.objectives), spec.space, algorithm, pruner)]
+
+
+def _run_problems(
+    n_objectives: int, space: SearchSpace | None, algorithm: str | None, pruner: str | None
+) -> list[tuple[str, str]]:
+    """``(defaults key, problem)`` pairs; an argument that is None skips the checks on it."""
     from hpo.engines._names import ALGORITHMS, PRUNERS
 
-    problems = []
-    info = ALGORITHMS.get(algorithm)
-    if info is None:
-        problems.append(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
-    if pruner not in PRUNERS:
-        problems.append(f"unknown pruner {pruner!r}; known: {', '.join(PRUNERS)}")
+    problems: list[tuple[str, str]] = []
+    info = ALGORITHMS.get(algorithm) if algorithm is not None else None
+    if algorithm is not None and info is None:
+        problems.append(
+            (
+                "algorithm",
+                f"unknown algorithm {algorithm!r}{_close(algorithm, ALGORITHMS)}; "
+                f"known: {', '.join(ALGORITHMS)}",
+            )
+        )
+    if pruner is not None and pruner not in PRUNERS:
+        problems.append(
+            (
+                "pruner",
+                f"unknown pruner {pruner!r}{_close(pruner, PRUNERS)}; known: {', '.join(PRUNERS)}",
+            )
+        )
     if info is not None:
-        if spec.multi_objective and not info.multi_objective:
-            problems.append(f"{algorithm} optimizes one objective; this study has "
-                            f"{len(spec.objectives)} (use optuna-nsga2, optuna-tpe or "
-                            "optuna-random)")
-        if info.needs_discrete_space and not spec.space.is_discrete():
-            problems.append(f"{algorithm} needs a discrete space: give every float a step")
-    if spec.multi_objective and pruner != "none":
-        problems.append("pruning works with one objective only: use pruner none")
+        if n_objectives > 1 and not info.multi_objective:
+            multi = ", ".join(n for n, a in ALGORITHMS.items() if a.multi_objective)
+            problems.append(
+                (
+                    "algorithm",
+                    f"{algorithm} optimizes one objective; this study has {n_objectives} "
+                    f"(use one of {multi})",
+                )
+            )
+        if info.needs_discrete_space and space is not None and not space.is_discrete():
+            floats = [
+                n.name
+                for n in space.searched_nodes()
+                if isinstance(n.param, FloatParam) and n.param.step is None
+            ]
+            problems.append(
+                (
+                    "algorithm",
+                    f"{algorithm} needs a discrete space: give every float a step "
+                    f"(no step: {', '.join(floats)})",
+                )
+            )
+    if n_objectives > 1 and pruner is not None and pruner != "none":
+        problems.append(
+            (
+                "pruner",
+                f"pruning works with one objective only, this study has {n_objectives}: "
+                "use pruner none",
+            )
+        )
     return problems
 
 
-def _cross_checks(top: _Top, space: SearchSpace | None) -> list[tuple[KeyPath, str]]:
+def _close(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _cross_checks(
+    raw: Mapping[Any, Any], values: Mapping[str, Any], space: SearchSpace | None
+) -> list[RawIssue]:
+    """Checks against the registries and between sections.
+
+    Names are read from the raw data where they are text, so that an unknown dataset or
+    algorithm is reported even when another key of its section is wrong.
+    """
     from hpo._registry import module_exists
     from hpo.datasets import DATASETS
-    from hpo.engines._names import ALGORITHMS, PRUNERS
     from hpo.families import FAMILIES
 
-    issues: list[tuple[KeyPath, str]] = []
-    if top.family not in FAMILIES:
-        if ":" in top.family:
-            if not module_exists(top.family):
-                issues.append((("family",), f"cannot find module of {top.family!r}"))
+    issues: list[RawIssue] = []
+    family = values.get("family")
+    if isinstance(family, str) and family not in FAMILIES:
+        module, sep, attr = family.partition(":")
+        if sep and (not module or not attr):
+            issues.append(
+                (("family",), f"write your own family as 'module:builder', got {family!r}")
+            )
+        elif sep:
+            if not module_exists(family):
+                issues.append((("family",), f"cannot find module {module!r} of {family!r}"))
         else:
-            issues.append((("family",), f"unknown family {top.family!r}; known: "
-                           f"{', '.join(FAMILIES.names())}, or 'module:builder' for your own"))
-    if top.dataset.name not in DATASETS:
-        issues.append((("dataset", "name"), f"unknown dataset {top.dataset.name!r}; known: "
-                       f"{', '.join(DATASETS.names())}"))
-    names = [o.metric for o in top.objective]
-    if len(set(names)) != len(names):
-        issues.append((("objective",), "the same metric appears twice"))
-    d = top.defaults
-    if d.algorithm not in ALGORITHMS:
-        issues.append((("defaults", "algorithm"), f"unknown algorithm {d.algorithm!r}; known: "
-                       f"{', '.join(ALGORITHMS)}"))
-    if d.pruner not in PRUNERS:
-        issues.append((("defaults", "pruner"), f"unknown pruner {d.pruner!r}; known: "
-                       f"{', '.join(PRUNERS)}"))
-    if space is not None and not issues:
-        probe = StudySpec("", "", top.family, top.dataset, top.objective, top.budget, d, space,
-                          "", "")
-        for problem in check_run_options(probe, d.algorithm, d.pruner):
-            issues.append((("defaults",), problem))
+            issues.append(
+                (
+                    ("family",),
+                    f"unknown family {family!r}; known: "
+                    f"{', '.join(FAMILIES.names())}, or 'module:builder' for your own",
+                )
+            )
+    dataset = raw.get("dataset")
+    where: KeyPath = ("dataset",)
+    name = dataset if isinstance(dataset, str) else None
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("name"), str):
+        name, where = dataset["name"], ("dataset", "name")
+    if name is not None and name not in DATASETS:
+        issues.append((where, f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}"))
+    objective = raw.get("objective")
+    items = objective if isinstance(objective, list) else []
+    metrics = [o.get("metric") if isinstance(o, Mapping) else None for o in items]
+    for i, metric in enumerate(metrics):
+        if isinstance(metric, str) and metric in metrics[:i]:
+            issues.append((("objective", i, "metric"), f"metric {metric!r} appears twice"))
+    defaults = values.get("defaults")
+    if isinstance(defaults, DefaultsSpec):
+        algorithm: Any = defaults.algorithm
+        pruner: Any = defaults.pruner
+    else:  # the section has another problem: still check the names it gives
+        given = raw.get("defaults")
+        given = given if isinstance(given, Mapping) else {}
+        algorithm, pruner = given.get("algorithm"), given.get("pruner")
+    objectives = values.get("objective")
+    n_objectives = len(objectives) if objectives else 1
+    for key, problem in _run_problems(
+        n_objectives,
+        space,
+        algorithm if isinstance(algorithm, str) else None,
+        pruner if isinstance(pruner, str) else None,
+    ):
+        issues.append((("defaults", key), problem))
     return issues
 
 
-def _raise(filename: str, doc: YamlDocument, issues: list[tuple[KeyPath, str]]) -> None:
-    raise SpaceError([
-        SpaceIssue(filename, ".".join(str(p) for p in path), doc.line_of(path), msg)
-        for path, msg in issues
-    ])
+def _raise(filename: str, doc: YamlDocument, issues: list[_Issue]) -> NoReturn:
+    raise SpaceError(
+        [
+            SpaceIssue(
+                filename,
+                ".".join(str(p) for p in path),
+                line if line is not None else doc.line_of(path),
+                msg,
+            )
+            for path, msg, line in issues
+        ]
+    )

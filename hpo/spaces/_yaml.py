@@ -6,8 +6,9 @@ import re
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
 
-KeyPath = tuple[str | int, ...]
+from hpo.spaces._errors import KeyPath
 
 
 class _Loader(yaml.SafeLoader):
@@ -31,13 +32,22 @@ _Loader.add_implicit_resolver(
 class YamlDocument:
     """Plain data parsed from YAML plus the 1-based line of every key path.
 
+    ``duplicates`` lists ``(key path, line, line of the first occurrence)`` of every key given
+    twice in one mapping (the later value wins, as in plain YAML). Keys that a merge key
+    (``<<: *base``) brings in may be overridden: that is what merging is for.
+
     Example:
-        >>> doc = YamlDocument.parse("a:\\n  b: 1\\n", "x.yaml")
-        >>> doc.data, doc.line_of(("a", "b"))
-        ({'a': {'b': 1}}, 2)
+        >>> doc = YamlDocument.parse("a:\\n  b: 1\\n  b: 2\\n", "x.yaml")
+        >>> doc.data, doc.line_of(("a", "b")), doc.duplicates
+        ({'a': {'b': 2}}, 3, [(('a', 'b'), 3, 2)])
     """
 
-    def __init__(self, data: Any, lines: dict[KeyPath, int], duplicates: list[tuple[KeyPath, int]]):
+    def __init__(
+        self,
+        data: Any,
+        lines: dict[KeyPath, int],
+        duplicates: list[tuple[KeyPath, int, int]],
+    ) -> None:
         self.data = data
         self._lines = lines
         self.duplicates = duplicates
@@ -52,32 +62,65 @@ class YamlDocument:
 
     @classmethod
     def parse(cls, text: str, filename: str = "<string>") -> YamlDocument:
+        """Parse ``text``; raises :class:`yaml.YAMLError` (with ``problem_mark``) when invalid."""
         node = yaml.compose(text, Loader=_Loader)
         lines: dict[KeyPath, int] = {}
-        duplicates: list[tuple[KeyPath, int]] = []
+        duplicates: list[tuple[KeyPath, int, int]] = []
         if node is None:
             return cls(None, lines, duplicates)
         lines[()] = node.start_mark.line + 1
         constructor = _Loader("")
+        # Nodes being built: an alias inside its own anchor would otherwise recurse forever.
+        building: set[int] = set()
 
         def build(n: yaml.Node, path: KeyPath) -> Any:
+            if id(n) in building:
+                raise ConstructorError(None, None, "an alias refers to itself", n.start_mark)
             if isinstance(n, yaml.MappingNode):
+                building.add(id(n))
+                own = sum(1 for k, _ in n.value if k.tag != "tag:yaml.org,2002:merge")
                 constructor.flatten_mapping(n)
+                merged = len(n.value) - own  # flatten_mapping puts merged keys first
                 out: dict[Any, Any] = {}
-                for key_node, value_node in n.value:
-                    key = constructor.construct_object(key_node, deep=True)
+                first_line: dict[Any, int] = {}
+                for i, (key_node, value_node) in enumerate(n.value):
+                    key = scalar(key_node)
+                    try:
+                        hash(key)
+                    except TypeError:
+                        raise ConstructorError(
+                            None,
+                            None,
+                            "a key must be a plain value, not a list or mapping",
+                            key_node.start_mark,
+                        ) from None
                     child = (*path, key)
-                    if key in out:
-                        duplicates.append((child, key_node.start_mark.line + 1))
-                    lines[child] = key_node.start_mark.line + 1
+                    line = key_node.start_mark.line + 1
+                    if key in first_line and i >= merged:
+                        duplicates.append((child, line, first_line[key]))
+                    if i >= merged:
+                        first_line.setdefault(key, line)
+                    lines[child] = line
                     out[key] = build(value_node, child)
+                building.discard(id(n))
                 return out
             if isinstance(n, yaml.SequenceNode):
+                building.add(id(n))
                 items = []
                 for i, item in enumerate(n.value):
                     lines[(*path, i)] = item.start_mark.line + 1
                     items.append(build(item, (*path, i)))
+                building.discard(id(n))
                 return items
-            return constructor.construct_object(n, deep=True)
+            return scalar(n)
+
+        def scalar(n: yaml.Node) -> Any:
+            try:
+                return constructor.construct_object(n, deep=True)
+            except (ValueError, TypeError, OverflowError) as exc:
+                # e.g. a date that does not exist, `2024-13-01`: say where it is.
+                raise ConstructorError(
+                    None, None, f"cannot read value: {exc}", n.start_mark
+                ) from None
 
         return cls(build(node, ()), lines, duplicates)

@@ -1,0 +1,25 @@
+"""The ``hpo`` command line. Commands import heavy libraries only when they run."""
+
+from __future__ import annotations
+
+import typer
+
+from hpo.cli import _run, _spaces, _study
+
+app = typer.Typer(
+    name="hpo",
+    help="Hyperparameter optimization for Keras models: Optuna and hyperopt over one study "
+    "store, trials in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("run")(_run.run)
+app.command("worker")(_run.worker)
+app.command("ui")(_run.ui)
+app.add_typer(_spaces.app, name="spaces")
+app.add_typer(_study.app, name="study")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,161 @@
+"""Helpers shared by the CLI's commands: output, errors and exit codes, study set-up."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from hpo.storage import mask_url
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {mask_url(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(mask_url(json.dumps(data, indent=2, default=str)) + "\n")
+
+
+@contextmanager
+def handled_errors() -> Iterator[None]:
+    """Turn the product's own errors into a message and the documented exit status."""
+    from hpo.datasets import DataError
+    from hpo.spaces import SpaceError
+    from hpo.studies import StudyError
+
+    try:
+        yield
+    except SpaceError as exc:
+        for issue in exc.issues:
+            err_console.print(f"[bold red]error:[/] {issue}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (StudyError, DataError) as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def load_checked_spec(path: Path) -> Any:
+    from hpo.spaces import load_spec
+
+    return load_spec(path)
+
+
+def prepare_study(
+    space: Path,
+    *,
+    name: str | None,
+    trials: int | None,
+    algorithm: str | None,
+    pruner: str | None,
+    seed: int | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    dataset: str | None,
+    epochs: int | None,
+    subset: int | None,
+    resume: bool,
+) -> tuple[Any, Any, bool]:
+    """Validate the space and options, then create the study (or load it with ``resume``).
+
+    Returns ``(storage, config, created)``. Nothing is written before everything is valid.
+    """
+    from hpo.spaces import SpaceError, SpaceIssue, check_run_options
+    from hpo.storage import open_storage, resolve_storage
+    from hpo.studies import StudyConfig, StudyError, apply_overrides, create_study, load_config
+    from hpo.tracking import resolve_tracking_uri
+
+    spec = load_checked_spec(space)
+    overrides = {
+        k: v for k, v in {"dataset": dataset, "epochs": epochs, "subset": subset}.items() if v
+    }
+    spec_run = apply_overrides(spec, overrides)
+    algorithm = algorithm or spec.defaults.algorithm
+    pruner = pruner or spec.defaults.pruner
+    if dataset:
+        from hpo.datasets import DATASETS
+
+        if dataset not in DATASETS:
+            fail(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.names())}")
+    problems = check_run_options(spec_run, algorithm, pruner)
+    if problems:
+        raise SpaceError([SpaceIssue(str(space), "", None, p) for p in problems])
+    study_name = name or spec.name
+    url = resolve_storage(storage)
+    store = open_storage(url)
+    import optuna
+
+    exists = study_name in [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if exists:
+        if not resume:
+            raise StudyError(
+                f"study {study_name!r} already exists in {url}: add --resume to continue it, "
+                "or give another name with --study"
+            )
+        config = load_config(store, study_name)
+        if trials and trials != config.n_trials:
+            from hpo.studies import save_config
+
+            config.n_trials = trials
+            save_config(store, optuna.load_study(study_name=study_name, storage=store), config)
+        return store, config, False
+    n_trials = trials or spec.defaults.trials
+    if algorithm == "optuna-grid":
+        from hpo.engines import grid_size
+
+        size = grid_size(spec_run.space)
+        if n_trials > size:
+            # The grid ends the study: a budget beyond it could never be reached.
+            err_console.print(f"note: the grid has {size} points; the study runs {size} trials")
+            n_trials = size
+    config = StudyConfig(
+        name=study_name,
+        source=spec.source,
+        filename=str(space),
+        algorithm=algorithm,
+        pruner=pruner,
+        n_trials=n_trials,
+        seed=seed if seed is not None else spec.defaults.seed,
+        overrides=overrides,
+        tracking_uri=resolve_tracking_uri(tracking_uri),
+    )
+    study = create_study(store, config)
+    from hpo import tracking
+    from hpo.studies import save_config
+
+    config.experiment_id, config.parent_run_id = tracking.start_study_run(
+        config.tracking_uri or "",
+        study_name,
+        tags={
+            "hpo.family": spec_run.family,
+            "hpo.algorithm": algorithm,
+            "hpo.pruner": pruner,
+            "hpo.dataset": spec_run.dataset.name,
+        },
+        params={
+            "algorithm": algorithm,
+            "pruner": pruner,
+            "n_trials": config.n_trials,
+            "seed": config.seed,
+            "family": spec_run.family,
+            "dataset": spec_run.dataset.name,
+            "subset": spec_run.dataset.subset,
+            "max_epochs": spec_run.budget.max_epochs,
+            "space_file": str(space),
+        },
+    )
+    save_config(store, study, config)
+    return store, config, True

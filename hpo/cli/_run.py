@@ -1,0 +1,300 @@
+"""``hpo run``, ``hpo worker`` and ``hpo ui``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hpo.cli._common import (
+    EXIT_OK,
+    EXIT_RUNTIME,
+    console,
+    handled_errors,
+    prepare_study,
+)
+
+DEFAULT_SPACE = Path("search_spaces/image_cnn.yaml")
+LOG_DIR = Path("hpo-logs")
+
+
+def run(
+    space: Path = typer.Argument(DEFAULT_SPACE, help="Search-space file."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trial budget."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Local worker processes."),
+    algorithm: str | None = typer.Option(None, "--algorithm", help="Search algorithm."),
+    pruner: str | None = typer.Option(None, "--pruner", help="none, median, sha, hyperband."),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        envvar="HPO_STORAGE",
+        help="Study store URL (default: sqlite hpo.db here).",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default: mlflow.db here).",
+    ),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: the space's)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset override."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Max epochs per trial."),
+    subset: int | None = typer.Option(None, "--subset", min=1, help="Cap on training examples."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (one worker: reproducible)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an existing study."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+) -> None:
+    """Create (or resume) a study and run it with local worker processes."""
+    from hpo.storage import resolve_storage
+
+    with handled_errors():
+        spec_workers = None
+        store, config, created = prepare_study(
+            space,
+            name=study,
+            trials=trials,
+            algorithm=algorithm,
+            pruner=pruner,
+            seed=seed,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            dataset=dataset,
+            epochs=epochs,
+            subset=subset,
+            resume=resume,
+        )
+        spec_workers = config.spec().defaults.workers
+    n_workers = workers or spec_workers or 1
+    url = resolve_storage(storage)
+    if not json_out:
+        verb = "created" if created else "resuming"
+        console.print(
+            f"{verb} study [bold]{config.name}[/]: {config.n_trials} trials, "
+            f"{config.algorithm}, pruner {config.pruner}, {n_workers} worker(s)"
+        )
+    procs, logs = _start_workers(config.name, url, n_workers)
+    ok = _watch(store, config.name, procs, quiet=json_out)
+    from hpo.studies import load_config, study_status
+    from hpo.study_report import finalize_study
+
+    config = load_config(store, config.name)
+    st = study_status(store, config.name)
+    if st.done:
+        finalize_study(store, config)
+    _summary(store, config, st, logs, json_out)
+    raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
+
+
+def _start_workers(name: str, url: str, n: int) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+    log_dir = LOG_DIR / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // n)
+    env = dict(os.environ, HPO_STORAGE=url)  # not on the command line: it may hold a password
+    procs, logs = [], []
+    for i in range(n):
+        log_path = log_dir / f"worker-{i}.log"
+        with open(log_path, "ab") as log_file:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "hpo",
+                        "worker",
+                        "--study",
+                        name,
+                        "--threads",
+                        str(threads),
+                        "--worker-index",
+                        str(i),
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
+        logs.append(log_path)
+    return procs, logs
+
+
+def _watch(store: Any, name: str, procs: list[subprocess.Popen[bytes]], quiet: bool) -> bool:
+    """Show progress until every worker has exited; True when all exited cleanly."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hpo.studies import study_status
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+    try:
+        with progress:
+            st = study_status(store, name)
+            task = progress.add_task(name, total=st.n_trials, info="")
+            while True:
+                alive = [p for p in procs if p.poll() is None]
+                st = study_status(store, name)
+                best = ", ".join(f"{v:.4f}" for v in st.best_values) if st.best_values else "-"
+                progress.update(
+                    task,
+                    completed=st.finished,
+                    total=st.n_trials,
+                    info=f"{st.complete} done, {st.pruned} pruned, {st.failed} "
+                    f"failed, {st.running} running | best {best}",
+                )
+                if not alive:
+                    break
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping workers...")
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise typer.Exit(130) from None
+    return all(p.returncode == 0 for p in procs)
+
+
+def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool) -> None:
+    import optuna
+    from rich.table import Table
+
+    from hpo.cli._common import print_json
+    from hpo.studies import counted_trials
+
+    study = optuna.load_study(study_name=config.name, storage=store)
+    trials = counted_trials(study.get_trials(deepcopy=False))
+    if json_out:
+        print_json(
+            st.to_dict()
+            | {
+                "tracking_uri": config.tracking_uri,
+                "experiment_id": config.experiment_id,
+                "parent_run_id": config.parent_run_id,
+                "logs": [str(p) for p in logs],
+            }
+        )
+        return
+    sign = -1.0 if st.directions[0] == "maximize" else 1.0
+    ranked = sorted(trials, key=lambda t: (t.values is None, sign * (t.values or [0.0])[0]))
+    table = Table(
+        "trial",
+        "state",
+        *config.spec().metrics,
+        "epochs",
+        "params",
+        "note",
+        title=f"{config.name}: best trials",
+    )
+    for t in ranked[:8]:
+        values = [f"{v:.4f}" for v in t.values] if t.values else ["-"] * len(st.directions)
+        table.add_row(
+            str(t.number),
+            t.state.name,
+            *values,
+            str(t.user_attrs.get("epochs", "")),
+            str(t.user_attrs.get("params_count", "")),
+            str(t.user_attrs.get("fail_reason", ""))[:60],
+        )
+    console.print(table)
+    console.print(
+        f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
+        f"{st.failed} failed\n"
+        f"MLflow: experiment [bold]{config.name}[/] in {config.tracking_uri} "
+        "(browse it with [bold]hpo ui[/])\n"
+        f"worker logs: {', '.join(str(p) for p in logs)}"
+    )
+
+
+def worker(
+    study: str = typer.Option(..., "--study", help="Study to work on."),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        envvar="HPO_STORAGE",
+        help="Study store URL (default: sqlite hpo.db here).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads per trial (default: all cores)."
+    ),
+    worker_index: int | None = typer.Option(None, "--worker-index", hidden=True),
+    max_trials: int | None = typer.Option(
+        None, "--max-trials", min=1, help="Stop after this many trials."
+    ),
+    max_trials_per_process: int = typer.Option(
+        25,
+        "--max-trials-per-process",
+        min=1,
+        help="Replace the trial process after this many trials (bounds memory).",
+    ),
+) -> None:
+    """Take trials of a study from the store and run them until its budget is used up."""
+    from hpo.storage import mask_url, resolve_storage
+    from hpo.worker import Worker, WorkerOptions
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    url = resolve_storage(storage)
+    logging.getLogger("hpo.worker").info(
+        "worker %d on %s, study %s", os.getpid(), mask_url(url), study
+    )
+    with handled_errors():
+        n = Worker(
+            WorkerOptions(
+                url,
+                study,
+                threads=threads,
+                worker_index=worker_index,
+                max_trials=max_trials,
+                max_trials_per_process=max_trials_per_process,
+            )
+        ).run()
+    logging.getLogger("hpo.worker").info("worker %d done after %d trial(s)", os.getpid(), n)
+
+
+def ui(
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="Tracking store (default: mlflow.db here).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(5000, "--port", help="Port."),
+) -> None:
+    """Serve the MLflow UI on the local tracking store."""
+    from hpo.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    console.print(f"MLflow UI for {uri} on http://{host}:{port}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    raise typer.Exit(subprocess.call(cmd))

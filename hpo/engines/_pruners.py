@@ -1,0 +1,50 @@
+"""Build the Optuna pruner of a pruner name (see :data:`hpo.engines.PRUNERS`).
+
+Steps are epochs: a trial reports its metric after epoch ``e`` as step ``e`` (1-based), so the
+budget's ``min_epochs`` is the first step at which a trial may be stopped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hpo.engines._names import PRUNERS
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.spaces import BudgetSpec
+
+
+def create_pruner(name: str, budget: BudgetSpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner called ``name``, with resources measured in epochs of ``budget``.
+
+    ``none`` never prunes; ``median`` stops a trial below the median of earlier trials at the
+    same epoch (after 5 trials, from epoch ``min_epochs``); ``sha`` is asynchronous successive
+    halving from ``min_epochs`` with reduction factor 3; ``hyperband`` runs several such
+    brackets between ``min_epochs`` and ``max_epochs``.
+
+    Raises:
+        ValueError: The name is unknown.
+
+    Example:
+        >>> from hpo.spaces import BudgetSpec
+        >>> type(create_pruner("median", BudgetSpec(max_epochs=10, min_epochs=2))).__name__
+        'MedianPruner'
+    """
+    import optuna
+
+    pruners = optuna.pruners
+    if name == "none":
+        return pruners.NopPruner()
+    if name == "median":
+        # With 1-based epochs, warm-up steps = min_epochs lets a trial be stopped from that
+        # epoch on (Optuna skips steps below n_warmup_steps).
+        return pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=budget.min_epochs)
+    if name == "sha":
+        return pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=3)
+    if name == "hyperband":
+        return pruners.HyperbandPruner(
+            min_resource=budget.min_epochs, max_resource=budget.max_epochs, reduction_factor=3
+        )
+    raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")

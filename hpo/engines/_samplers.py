@@ -1,0 +1,181 @@
+"""Build the Optuna sampler of an algorithm name (see :data:`hpo.engines.ALGORITHMS`)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hpo.engines._names import ALGORITHMS
+from hpo.spaces._params import CategoricalParam, ConstantParam, Param, join_path
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.spaces import SearchSpace
+
+
+def create_sampler(
+    algorithm: str, space: SearchSpace, *, seed: int | None, directions: list[str]
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler that runs ``algorithm`` over ``space``.
+
+    hyperopt's algorithms come as a :class:`~hpo.engines.HyperoptSampler`, so every algorithm
+    runs over the same Optuna study store.
+
+    Args:
+        algorithm: A name of :data:`hpo.engines.ALGORITHMS`, e.g. ``"optuna-tpe"``.
+        space: The search space the objective samples with :func:`hpo.spaces.suggest`.
+        seed: Seed of the sampler; None for a random one.
+        directions: The study's directions, one per objective.
+
+    Raises:
+        ValueError: The name is unknown, or the algorithm optimizes one objective and
+            ``directions`` has several, or grid search meets a float without a step.
+        RuntimeError: ``optuna-gp`` without PyTorch installed.
+
+    Example:
+        >>> from hpo.spaces import IntParam, SearchSpace
+        >>> space = SearchSpace({"units": IntParam(low=8, high=64)})
+        >>> type(create_sampler("optuna-tpe", space, seed=0, directions=["maximize"])).__name__
+        'TPESampler'
+    """
+    import optuna
+
+    info = ALGORITHMS.get(algorithm)
+    if info is None:
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    if len(directions) > 1 and not info.multi_objective:
+        raise ValueError(
+            f"{algorithm} optimizes one objective; this study has {len(directions)} "
+            f"(use {', '.join(n for n, a in ALGORITHMS.items() if a.multi_objective)})"
+        )
+    samplers = optuna.samplers
+    with warnings.catch_warnings():
+        # `group` and friends are flagged experimental: nothing a user of hpo can act on.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if algorithm == "optuna-tpe":
+            # Constant liar: parallel workers see running trials as bad and spread out.
+            return samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+        if algorithm == "optuna-cmaes":
+            # CMA-ES handles the numbers present in every trial; TPE the categoricals and the
+            # parameters of conditional branches. Those are expected, so no warning per trial.
+            return samplers.CmaEsSampler(
+                seed=seed,
+                independent_sampler=samplers.TPESampler(seed=seed, constant_liar=True),
+                warn_independent_sampling=False,
+            )
+        if algorithm == "optuna-gp":
+            try:
+                import torch  # noqa: F401  (GPSampler imports it only at its first proposal)
+            except ImportError:
+                raise RuntimeError("optuna-gp needs PyTorch: pip install 'hpo[gp]'") from None
+            # Conditional parameters fall back to random sampling: expected, so no warning.
+            return samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        if algorithm == "optuna-random":
+            return samplers.RandomSampler(seed=seed)
+        if algorithm == "optuna-grid":
+            return _grid_sampler(space, seed)
+        if algorithm == "optuna-nsga2":
+            return samplers.NSGAIISampler(seed=seed)
+    if info.engine == "hyperopt":
+        from hpo.engines._hyperopt_sampler import HyperoptAlgo, HyperoptSampler
+
+        algos: dict[str, HyperoptAlgo] = {"tpe": "tpe", "anneal": "anneal", "random": "random"}
+        algo = algos[algorithm.removeprefix("hyperopt-")]
+        return HyperoptSampler(space, algo=algo, seed=seed, direction=directions[0])
+    raise AssertionError(f"{algorithm} is listed in ALGORITHMS but has no sampler")
+
+
+def _grid_sampler(space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    """Optuna's GridSampler over every value of every parameter.
+
+    A conditional space is not a product: the grid over all branches would repeat each point
+    once per combination of the inactive branches' values (and not stop before all those
+    repeats ran). So the grid points are the distinct active configurations; for a space
+    without conditions those are exactly GridSampler's product.
+    """
+    from hpo.spaces._optuna import grid
+
+    values = grid(space)
+    configs = _configurations(space.params, "", values)
+    return _grid_sampler_class()(values, configs, seed=seed)
+
+
+def grid_size(space: SearchSpace) -> int:
+    """How many distinct configurations grid search visits in ``space``."""
+    from hpo.spaces._optuna import grid
+
+    return len(_configurations(space.params, "", grid(space)))
+
+
+def _configurations(
+    params: Mapping[str, Param], prefix: str, values: Mapping[str, list[Any]]
+) -> list[dict[str, Any]]:
+    """Every distinct assignment of the active parameters of ``params`` (depth first)."""
+    configs: list[dict[str, Any]] = [{}]
+    for key, p in params.items():
+        name = join_path(prefix, key) if prefix else key
+        if isinstance(p, ConstantParam):
+            continue
+        options: list[dict[str, Any]] = []
+        if isinstance(p, CategoricalParam):
+            for c in p.choices:
+                subs = _configurations(c.params, join_path(name, c.label), values)
+                options.extend({name: c.value, **sub} for sub in subs)
+        else:
+            options = [{name: v} for v in values[name]]
+        configs = [{**a, **b} for a, b in itertools.product(configs, options)]
+    return configs
+
+
+@functools.cache
+def _grid_sampler_class() -> Callable[..., optuna.samplers.GridSampler]:
+    # A class built on first use: subclassing GridSampler at import time would import Optuna.
+    import numpy as np
+    import optuna
+
+    class SpaceGridSampler(optuna.samplers.GridSampler):
+        """GridSampler over given configurations, usable with ask and tell.
+
+        GridSampler keeps its points in ``_all_grids`` (tuples over the sorted parameter names)
+        and hands a trial a point by its index; everything else (spreading workers over
+        unvisited points, stopping when all ran) works on indices, so swapping the list is all
+        it takes. A parameter inactive in a configuration holds a placeholder that is never
+        asked for. (tests/test_engines.py checks this against the installed Optuna.)
+        """
+
+        def __init__(
+            self,
+            search_space: Mapping[str, list[Any]],
+            configs: list[dict[str, Any]],
+            seed: int | None = None,
+        ) -> None:
+            super().__init__(search_space, seed=seed)
+            names = self._param_names
+            points = [tuple(c.get(n, search_space[n][0]) for n in names) for c in configs]
+            # Shuffled like GridSampler's points (a study cut short samples the whole grid), but
+            # in one order whatever the seed: trials name their point by index, so workers
+            # seeded differently must agree on what each index means. The seed still decides
+            # which unvisited point a worker picks once trial numbers pass the grid size.
+            np.random.RandomState(0).shuffle(points)
+            self._all_grids = points
+            self._n_min_trials = len(points)
+
+        def after_trial(
+            self,
+            study: optuna.Study,
+            trial: optuna.trial.FrozenTrial,
+            state: optuna.trial.TrialState,
+            values: Sequence[float] | None,
+        ) -> None:
+            # GridSampler stops the study when the grid is done, but Study.stop() raises
+            # outside study.optimize(). hpo's workers ask and tell; they see the end of the
+            # grid with is_exhausted(), and the trial is stored either way.
+            with contextlib.suppress(RuntimeError):
+                super().after_trial(study, trial, state, values)
+
+    return SpaceGridSampler

@@ -1,0 +1,326 @@
+"""Runs one trial inside a trial process: build, train, report every epoch, record.
+
+This module imports Keras (and with it TensorFlow or JAX); only trial processes import it.
+A :class:`TrialRunner` lives as long as its process and keeps the loaded dataset, the study
+store connection and the MLflow client between trials.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import math
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo import tracking
+from hpo.datasets import Dataset, load_dataset
+from hpo.families import get_family
+from hpo.spaces import DatasetSpec, Params
+from hpo.studies import RUN_ID_ATTR, StudyConfig
+
+# Metrics a study may optimize besides what Keras logs each epoch.
+EXTRA_METRICS = ("params_count", "train_seconds")
+PREDICTIONS_FILE = "predictions.npz"
+MODEL_FILE = "model.keras"
+
+
+@dataclass
+class TrialTask:
+    """What a worker hands to its trial process."""
+
+    storage_url: str
+    config_json: str
+    trial_id: int
+    trial_number: int
+    params: dict[str, Any]
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended: state COMPLETE, PRUNED or FAIL, with values or a reason."""
+
+    state: str
+    values: list[float] | None = None
+    reason: str | None = None
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrialFailedError(Exception):
+    """The trial cannot go on (non-finite loss, missing metric); the message says why."""
+
+
+class _EpochCallback:
+    """Keras callback: logs every epoch to MLflow, reports the objective, stops on NaN/prune."""
+
+    def __init__(
+        self,
+        on_epoch: Callable[[int, dict[str, float], float], bool],
+    ) -> None:
+        import keras
+
+        outer = self
+
+        class _Callback(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                outer._t0 = time.perf_counter()
+
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                loss = (logs or {}).get("loss")
+                if loss is not None and not math.isfinite(float(loss)):
+                    outer.failure = f"loss became {float(loss)} during epoch {outer.epochs + 1}"
+                    self.model.stop_training = True
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                if outer.failure:
+                    return
+                seconds = time.perf_counter() - outer._t0
+                values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+                outer.epochs = epoch + 1
+                outer.epoch_seconds.append(seconds)
+                outer.history.append(values)
+                bad = [k for k, v in values.items() if not math.isfinite(v) and "loss" in k]
+                if bad:
+                    outer.failure = f"{bad[0]} is {values[bad[0]]} after epoch {epoch + 1}"
+                    self.model.stop_training = True
+                    return
+                if on_epoch(epoch + 1, values, seconds):
+                    outer.pruned = True
+                    self.model.stop_training = True
+
+        self.keras_callback = _Callback()
+        self._t0 = 0.0
+        self.epochs = 0
+        self.epoch_seconds: list[float] = []
+        self.history: list[dict[str, float]] = []
+        self.failure: str | None = None
+        self.pruned = False
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class TrialRunner:
+    """Runs trials one after another in this process."""
+
+    def __init__(self) -> None:
+        self._datasets: dict[str, Dataset] = {}
+        self._storages: dict[str, Any] = {}
+
+    def dataset(self, spec: DatasetSpec) -> Dataset:
+        key = spec.model_dump_json()
+        if key not in self._datasets:
+            self._datasets.clear()  # one dataset in memory at a time
+            self._datasets[key] = load_dataset(spec)
+        return self._datasets[key]
+
+    def _storage(self, url: str) -> Any:
+        if url not in self._storages:
+            from hpo.storage import open_storage
+
+            self._storages[url] = open_storage(url)
+        return self._storages[url]
+
+    def run(self, task: TrialTask, notify: Callable[[str, Any], None]) -> TrialResult:
+        """Run ``task``; ``notify("started", run_id)`` is sent once its MLflow run exists."""
+        import keras
+
+        config = StudyConfig.from_json(task.config_json)
+        spec = config.spec()
+        storage = self._storage(task.storage_url)
+        mlflow = tracking.client(config.tracking_uri) if config.tracking_uri else None
+        run_id: str | None = None
+        if mlflow is not None and config.experiment_id:
+            run_id = tracking.start_trial_run(
+                mlflow,
+                config.experiment_id,
+                config.parent_run_id,
+                config.name,
+                task.trial_number,
+                {
+                    "hpo.family": spec.family,
+                    "hpo.algorithm": config.algorithm,
+                    "hpo.pruner": config.pruner,
+                    "hpo.dataset": spec.dataset.name,
+                },
+                task.params,
+            )
+            storage.set_trial_user_attr(task.trial_id, RUN_ID_ATTR, run_id)
+            notify("started", run_id)
+        result = TrialResult(state="FAIL", run_id=run_id)
+        try:
+            result = self._train(task, config, storage, mlflow, run_id)
+        except TrialFailedError as exc:
+            result.reason = str(exc)
+        except Exception as exc:
+            result.reason = f"{type(exc).__name__}: {exc}"
+            if mlflow is not None and run_id:
+                tracking.log_artifact_files(
+                    mlflow, run_id, {"traceback.txt": traceback.format_exc().encode()}
+                )
+        finally:
+            keras.backend.clear_session()
+            gc.collect()
+        result.run_id = run_id
+        if mlflow is not None and run_id:
+            tracking.end_trial_run(mlflow, run_id, result.state, result.reason)
+        return result
+
+    def _train(
+        self, task: TrialTask, config: StudyConfig, storage: Any, mlflow: Any, run_id: str | None
+    ) -> TrialResult:
+        import keras
+        import optuna
+
+        from hpo.engines import create_pruner
+
+        spec = config.spec()
+        data = self.dataset(spec.dataset)
+        family = get_family(spec.family)
+        family.check_data(data)
+        hp = Params(task.params)
+        if config.seed is not None:
+            keras.utils.set_random_seed((config.seed * 100_003 + task.trial_number) % 2**31)
+        model = family.build(hp, data)
+        params_count = int(model.count_params())
+        storage.set_trial_user_attr(task.trial_id, "params_count", params_count)
+        single = not spec.multi_objective
+        pruner = create_pruner(config.pruner, spec.budget)
+        study = optuna.load_study(
+            study_name=config.name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=pruner,
+        )
+        metric = spec.metrics[0]
+
+        def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
+            if mlflow is not None and run_id:
+                tracking.log_metrics(mlflow, run_id, {**logs, "epoch_seconds": seconds}, epoch)
+            if not single:
+                return False
+            if metric not in logs:
+                raise TrialFailedError(
+                    f"objective metric {metric!r} is not among the metrics Keras logged "
+                    f"({', '.join(sorted(logs))})"
+                )
+            storage.set_trial_intermediate_value(task.trial_id, epoch, logs[metric])
+            if epoch >= spec.budget.max_epochs:
+                return False
+            return bool(pruner.prune(study, storage.get_trial(task.trial_id)))
+
+        callback = _EpochCallback(on_epoch)
+        t0 = time.perf_counter()
+        family.fit(model, hp, data, spec.budget.max_epochs, [callback.keras_callback])
+        train_seconds = time.perf_counter() - t0
+        if callback.failure:
+            raise TrialFailedError(callback.failure)
+        if not callback.history:
+            raise TrialFailedError("training ended before the first epoch finished")
+        final = dict(callback.history[-1])
+        final.update(
+            params_count=params_count,
+            train_seconds=train_seconds,
+            epochs=callback.epochs,
+            epoch_seconds_median=float(np.median(callback.epoch_seconds)),
+        )
+        storage.set_trial_user_attr(task.trial_id, "epochs", callback.epochs)
+        storage.set_trial_user_attr(
+            task.trial_id, "epoch_seconds_median", final["epoch_seconds_median"]
+        )
+        if mlflow is not None and run_id:
+            tracking.log_metrics(
+                mlflow, run_id, {f"final_{k}": v for k, v in final.items()}, callback.epochs
+            )
+        if callback.pruned:
+            return TrialResult(state="PRUNED", metrics=final)
+        missing = [m for m in spec.metrics if m not in final]
+        if missing:
+            raise TrialFailedError(
+                f"objective metric {missing[0]!r} was not logged; available: "
+                f"{', '.join(sorted(final))}"
+            )
+        values = [float(final[m]) for m in spec.metrics]
+        bad = [m for m, v in zip(spec.metrics, values, strict=True) if not math.isfinite(v)]
+        if bad:
+            raise TrialFailedError(f"objective {bad[0]} is {final[bad[0]]}")
+        if mlflow is not None and run_id:
+            self._record(mlflow, run_id, model, family, hp, data, callback)
+        return TrialResult(state="COMPLETE", values=values, metrics=final)
+
+    def _record(
+        self,
+        mlflow: Any,
+        run_id: str,
+        model: Any,
+        family: Any,
+        hp: Params,
+        data: Dataset,
+        callback: _EpochCallback,
+    ) -> None:
+        """Save the model, its validation and test predictions and its learning curves."""
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / MODEL_FILE
+            model.save(model_path)
+            preds = io.BytesIO()
+            np.savez_compressed(
+                preds,
+                validation=family.predict(model, hp, data.validation.x),
+                test=family.predict(model, hp, data.test.x),
+                validation_true=data.validation.y,
+                test_true=data.test.y,
+            )
+            tracking.log_artifact_files(
+                mlflow,
+                run_id,
+                {
+                    MODEL_FILE: model_path,
+                    PREDICTIONS_FILE: preds.getvalue(),
+                    "history.json": json.dumps(
+                        {"epochs": callback.history, "epoch_seconds": callback.epoch_seconds},
+                        indent=1,
+                    ).encode(),
+                    "learning_curves.png": learning_curve_png(callback.history),
+                    "dataset.json": json.dumps(data.summary(), indent=1).encode(),
+                },
+            )
+
+
+def learning_curve_png(history: list[dict[str, float]]) -> bytes:
+    """A PNG plot of every logged metric against the epoch (loss and the rest side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h})
+    loss_keys = [k for k in keys if "loss" in k]
+    other_keys = [k for k in keys if "loss" not in k]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = list(range(1, len(history) + 1))
+    for ax, group, title in ((axes[0], loss_keys, "loss"), (axes[1], other_keys, "metrics")):
+        for k in group:
+            ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker="o", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        if group:
+            ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()

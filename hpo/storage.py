@@ -1,0 +1,54 @@
+"""Where studies live: an Optuna RDB storage (SQLite by default, any SQLAlchemy URL).
+
+Example:
+    >>> mask_url("postgresql+psycopg://hpo:s3cret@db:5432/hpo")
+    'postgresql+psycopg://hpo:***@db:5432/hpo'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+STORAGE_ENV = "HPO_STORAGE"
+DEFAULT_STORAGE_FILE = "hpo.db"
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+
+
+def resolve_storage(url: str | None = None) -> str:
+    """The storage URL: ``url``, else ``$HPO_STORAGE``, else ``hpo.db`` in the working dir."""
+    url = url or os.environ.get(STORAGE_ENV)
+    if url:
+        return url
+    return f"sqlite:///{Path.cwd() / DEFAULT_STORAGE_FILE}"
+
+
+def mask_url(text: str) -> str:
+    """Replace passwords in database URLs inside ``text`` with ``***``."""
+    return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An Optuna RDB storage with settings that survive several processes and dropped links.
+
+    SQLite waits for locks instead of failing at once (several local workers share the file);
+    server databases check each pooled connection before use, so a connection the server
+    dropped is replaced instead of failing a trial.
+    """
+    import optuna
+    from optuna.storages import RDBStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
+    return RDBStorage(url, engine_kwargs=engine_kwargs)

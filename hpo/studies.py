@@ -1,0 +1,249 @@
+"""Studies: creation, the configuration every worker reads back, budget and status.
+
+A study's whole configuration (the search-space file's text, the overrides given on the
+command line, algorithm, pruner, seed, trial budget, MLflow ids) is stored in the study
+itself, so ``hpo worker --study NAME`` on any machine that reaches the store needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpo.spaces import StudySpec, parse_spec
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+CONFIG_ATTR = "hpo:config"
+SURPLUS_ATTR = "hpo:surplus"
+FAIL_REASON_ATTR = "fail_reason"
+RUN_ID_ATTR = "mlflow_run_id"
+
+
+class StudyError(RuntimeError):
+    """A study cannot be created, found or used as asked."""
+
+
+@dataclass
+class StudyConfig:
+    """Everything a worker needs to run trials of a study."""
+
+    name: str
+    source: str
+    filename: str
+    algorithm: str
+    pruner: str
+    n_trials: int
+    seed: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def spec(self) -> StudySpec:
+        """The validated spec with the command-line overrides applied."""
+        return apply_overrides(parse_spec(self.source, self.filename), self.overrides)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudyConfig:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
+    """``spec`` with ``dataset``, ``subset`` and ``epochs`` overrides from the command line."""
+    dataset = spec.dataset
+    if overrides.get("dataset"):
+        dataset = dataset.model_copy(update={"name": overrides["dataset"]})
+    if overrides.get("subset"):
+        dataset = dataset.model_copy(update={"subset": int(overrides["subset"])})
+    budget = spec.budget
+    if overrides.get("epochs"):
+        epochs = int(overrides["epochs"])
+        budget = budget.model_copy(
+            update={"max_epochs": epochs, "min_epochs": min(budget.min_epochs, epochs)}
+        )
+    return dataclasses.replace(spec, dataset=dataset, budget=budget)
+
+
+def create_study(storage: BaseStorage, config: StudyConfig) -> optuna.Study:
+    """Create the Optuna study and store ``config`` in it; fails if the name is taken."""
+    import optuna
+
+    spec = config.spec()
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=config.name,
+            directions=spec.directions,  # type: ignore[arg-type]
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(
+            f"study {config.name!r} already exists: resume it with --resume, or choose another "
+            "name with --study"
+        ) from None
+    save_config(storage, study, config)
+    return study
+
+
+def save_config(storage: BaseStorage, study: optuna.Study, config: StudyConfig) -> None:
+    storage.set_study_system_attr(study._study_id, CONFIG_ATTR, config.to_json())
+
+
+def load_config(storage: BaseStorage, name: str) -> StudyConfig:
+    """The configuration stored with study ``name``."""
+    import optuna
+
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise StudyError(f"no study named {name!r}; known: {', '.join(known) or 'none'}") from None
+    raw = storage.get_study_system_attrs(study_id).get(CONFIG_ATTR)
+    if raw is None:
+        raise StudyError(f"study {name!r} was not created by hpo (no stored configuration)")
+    return StudyConfig.from_json(raw)
+
+
+def load_study(
+    storage: BaseStorage,
+    config: StudyConfig,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    import optuna
+
+    return optuna.load_study(
+        study_name=config.name, storage=storage, sampler=sampler, pruner=pruner
+    )
+
+
+# -- budget -----------------------------------------------------------------------------------
+
+
+def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    # Optuna's RetryFailedTrialCallback marks a retry with the number of the trial it repeats.
+    return {
+        int(t.system_attrs["failed_trial"])
+        for t in trials
+        if t.system_attrs.get("failed_trial") is not None
+    }
+
+
+def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that use up the study's budget: finished, running or queued.
+
+    A failed trial that was retried does not count (its retry does); neither does a surplus
+    trial that a worker asked for after the budget was reached.
+    """
+    from optuna.trial import TrialState
+
+    retried = _retried_numbers(trials)
+    out = []
+    for t in trials:
+        if t.system_attrs.get(SURPLUS_ATTR):
+            continue
+        if t.state == TrialState.FAIL and t.number in retried:
+            continue
+        out.append(t)
+    return out
+
+
+def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
+    """Ask for a trial if the budget allows one; None when the study has all its trials.
+
+    Trial numbers are handed out in order by the store, so a trial is within budget exactly
+    when fewer than ``n_trials`` counted trials have a smaller number. A trial asked for past
+    the budget (two workers racing for the last slot) is closed as surplus and not counted.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    if len(counted_trials(trials)) >= n_trials and not waiting:
+        return None
+    trial = study.ask()
+    ahead = [t for t in counted_trials(study.get_trials(deepcopy=False)) if t.number < trial.number]
+    if len(ahead) >= n_trials:
+        study._storage.set_trial_system_attr(trial._trial_id, SURPLUS_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
+
+
+@dataclass
+class StudyStatus:
+    """Counts and best value of a study, as ``hpo study status`` shows them."""
+
+    name: str
+    n_trials: int
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+    best_values: list[float] | None
+    best_trial: int | None
+    directions: list[str]
+    algorithm: str
+    pruner: str
+    family: str
+    dataset: str
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.n_trials and self.running == 0 and self.waiting == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"finished": self.finished, "done": self.done}
+
+
+def study_status(storage: BaseStorage, name: str) -> StudyStatus:
+    import optuna
+    from optuna.trial import TrialState
+
+    config = load_config(storage, name)
+    spec = config.spec()
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = counted_trials(study.get_trials(deepcopy=False))
+
+    def n(state: TrialState) -> int:
+        return sum(1 for t in trials if t.state == state)
+
+    best_values: list[float] | None = None
+    best_number: int | None = None
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete and not spec.multi_objective:
+        best = study.best_trial
+        best_values, best_number = list(best.values), best.number
+    return StudyStatus(
+        name=name,
+        n_trials=config.n_trials,
+        complete=len(complete),
+        pruned=n(TrialState.PRUNED),
+        failed=n(TrialState.FAIL),
+        running=n(TrialState.RUNNING),
+        waiting=n(TrialState.WAITING),
+        best_values=best_values,
+        best_trial=best_number,
+        directions=spec.directions,
+        algorithm=config.algorithm,
+        pruner=config.pruner,
+        family=spec.family,
+        dataset=spec.dataset.name,
+    )

@@ -1,0 +1,87 @@
+"""Shared fixtures: a private working directory, SQLite and PostgreSQL study stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES_ENV = "HPO_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty directory so hpo.db, mlflow.db and logs land there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _admin_url() -> str:
+    return os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end.
+
+    In CI (CI=true) an unreachable server fails the tests instead of skipping them.
+    """
+    import sqlalchemy as sa
+
+    admin = _admin_url()
+    try:
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable at {admin}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {admin}: {exc}")
+    name = f"hpo_test_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with engine.connect() as conn:
+        conn.execute(
+            sa.text("select pg_terminate_backend(pid) from pg_stat_activity where datname = :d"),
+            {"d": name},
+        )
+        conn.execute(sa.text(f'drop database if exists "{name}"'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every study-store backend: the contract tests run once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def hpo(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``hpo`` command line in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.pop("HPO_STORAGE", None)
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,117 @@
+"""The command line through real subprocesses: help, spaces, studies, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import REPO, hpo
+
+GOOD = """
+family: image_cnn
+dataset: {name: digits, subset: 200}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1}
+defaults: {algorithm: optuna-random, pruner: none, trials: 3}
+params:
+  learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  optimizer:
+    type: categorical
+    choices:
+      adam: {beta_1: {type: float, low: 0.8, high: 0.99}}
+      sgd: {momentum: {type: float, low: 0.0, high: 0.9}}
+"""
+
+
+def test_help_imports_no_heavy_library(tmp_path: Path) -> None:
+    import subprocess
+
+    code = (
+        "import sys; import hpo.cli; "
+        "print([m for m in ('tensorflow', 'keras', 'mlflow', 'optuna', 'hyperopt', 'torch') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    result = hpo("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("run", "worker", "spaces", "study", "ui"):
+        assert command in result.stdout
+
+
+def test_spaces_validate_accepts_the_shipped_spaces(tmp_path: Path) -> None:
+    files = sorted(str(p) for p in (REPO / "search_spaces").glob("*.yaml"))
+    assert files
+    result = hpo("spaces", "validate", *files, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok") == len(files)
+
+
+def test_spaces_validate_names_file_key_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("low: 0.8, high: 0.99", "low: 0.99, high: 0.8"))
+    result = hpo("spaces", "validate", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{bad}:12: params.optimizer.choices.adam.beta_1: empty range" in result.stderr
+    as_json = hpo("spaces", "validate", str(bad), "--json", cwd=tmp_path)
+    assert as_json.returncode == 2
+    [entry] = json.loads(as_json.stdout)
+    assert entry["errors"][0]["line"] == 12
+
+
+def test_bad_space_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("family: image_cnn", "family: no_such_family"))
+    result = hpo("run", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown family 'no_such_family'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_bad_flags_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    space = tmp_path / "good.yaml"
+    space.write_text(GOOD)
+    for args in (
+        ["--algorithm", "nope"],
+        ["--pruner", "nope"],
+        ["--dataset", "nope"],
+        ["--algorithm", "optuna-grid"],
+    ):
+        result = hpo("run", str(space), *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "error" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml"]
+
+
+def test_spaces_show_and_list(tmp_path: Path) -> None:
+    space = tmp_path / "good.yaml"
+    space.write_text(GOOD)
+    shown = hpo("spaces", "show", str(space), cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "if optimizer = adam" in shown.stdout and "beta_1" in shown.stdout
+    data = json.loads(hpo("spaces", "show", str(space), "--json", cwd=tmp_path).stdout)
+    names = {p["name"]: p for p in data["params"]}
+    assert names["optimizer.sgd.momentum"]["conditions"] == [["optimizer", "sgd"]]
+    listed = json.loads(hpo("spaces", "list", str(tmp_path), "--json", cwd=tmp_path).stdout)
+    assert listed[0]["family"] == "image_cnn" and listed[0]["valid"] is True
+
+
+def test_study_create_list_status(tmp_path: Path) -> None:
+    space = tmp_path / "good.yaml"
+    space.write_text(GOOD)
+    created = hpo(
+        "study", "create", str(space), "--name", "s1", "--trials", "5", "--json", cwd=tmp_path
+    )
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["n_trials"] == 5
+    again = hpo("study", "create", str(space), "--name", "s1", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    listed = json.loads(hpo("study", "list", "--json", cwd=tmp_path).stdout)
+    assert [s["name"] for s in listed] == ["s1"]
+    status = json.loads(hpo("study", "status", "s1", "--json", cwd=tmp_path).stdout)
+    assert (status["n_trials"], status["finished"], status["algorithm"]) == (5, 0, "optuna-random")
+    missing = hpo("study", "status", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr
+    best = hpo("study", "best", "s1", cwd=tmp_path)
+    assert best.returncode == 1 and "no complete trial" in best.stderr

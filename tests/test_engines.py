@@ -1,0 +1,345 @@
+"""Samplers and pruners by name: every algorithm runs, grids enumerate, pruners prune."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from hpo.engines import ALGORITHMS, PRUNERS, HyperoptSampler, create_pruner, create_sampler
+from hpo.spaces import BudgetSpec, SearchSpace, parse_params, suggest
+
+Direction = Literal["minimize", "maximize"]
+SINGLE = [name for name in ALGORITHMS if name != "optuna-nsga2"]
+MULTI = [name for name, info in ALGORITHMS.items() if info.multi_objective]
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_without_fsync() -> Iterator[None]:
+    # A study commits a dozen times per trial, and an fsync can take 10-30 ms on a CI disk.
+    # Tests do not need durability across power loss; everything else about SQLite stays.
+    def no_sync(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+    event.listen(Engine, "connect", no_sync)
+    yield
+    event.remove(Engine, "connect", no_sync)
+
+
+def space_of(raw: dict[str, Any]) -> SearchSpace:
+    params, issues = parse_params(raw)
+    assert not issues, issues
+    return SearchSpace(params)
+
+
+# A conditional space, and a discrete one (3 * (2 + 1 + 1) = 12 active configurations).
+CONDITIONAL = space_of(
+    {
+        "x": {"type": "float", "low": -2.0, "high": 2.0},
+        "n": {"type": "int", "low": 1, "high": 8},
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "kind": {
+            "type": "categorical",
+            "choices": {"a": {"y": {"type": "float", "low": 0.0, "high": 1.0}}, "b": None},
+        },
+        "epochs": 3,
+    }
+)
+DISCRETE = space_of(
+    {
+        "x": {"type": "float", "low": -0.5, "high": 0.5, "step": 0.5},
+        "kind": {
+            "type": "categorical",
+            "choices": {"a": {"y": {"type": "int", "low": 1, "high": 2}}, "b": None, "c": None},
+        },
+    }
+)
+
+
+def objective_for(space: SearchSpace, n_objectives: int = 1) -> Any:
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        p = suggest(trial, space)
+        first = p["x"] ** 2 + p.get("n", 0) / 10 + p.get("kind.a.y", 0.5)
+        return first if n_objectives == 1 else (first, (p["x"] - 1) ** 2)
+
+    return objective
+
+
+def run(
+    algorithm: str,
+    space: SearchSpace,
+    n_trials: int,
+    storage: Any = None,
+    seed: int | None = 0,
+    directions: tuple[Direction, ...] = ("minimize",),
+) -> optuna.Study:
+    sampler = create_sampler(algorithm, space, seed=seed, directions=list(directions))
+    study = optuna.create_study(storage=storage, sampler=sampler, directions=list(directions))
+    study.optimize(objective_for(space, len(directions)), n_trials=n_trials)
+    return study
+
+
+def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE,))
+
+
+# -- samplers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", SINGLE)
+def test_every_algorithm_runs(algorithm: str, tmp_path: Path) -> None:
+    space = DISCRETE if ALGORITHMS[algorithm].needs_discrete_space else CONDITIONAL
+    # optuna-gp models from trial 11 on (10 random start-up trials); one proposal covers it.
+    n_trials = 11 if algorithm == "optuna-gp" else 8
+    study = run(algorithm, space, n_trials, storage=f"sqlite:///{tmp_path}/s.db")
+    assert len(complete(study)) == len(study.trials) == n_trials
+    for t in study.trials:
+        # The stored parameters are exactly the active ones of one configuration.
+        fixed: Any = optuna.trial.FixedTrial(t.params)
+        assert set(suggest(fixed, space)) - {"epochs"} == set(t.params)
+
+
+@pytest.mark.parametrize("algorithm", MULTI)
+def test_multi_objective_algorithms(algorithm: str) -> None:
+    space = DISCRETE if ALGORITHMS[algorithm].needs_discrete_space else CONDITIONAL
+    study = run(algorithm, space, 10, directions=("minimize", "minimize"))
+    assert len(complete(study)) == 10
+    assert study.best_trials
+
+
+@pytest.mark.parametrize("algorithm", [a for a in SINGLE if a not in MULTI])
+def test_single_objective_algorithms_refuse_two(algorithm: str) -> None:
+    with pytest.raises(ValueError, match="optimizes one objective"):
+        create_sampler(algorithm, CONDITIONAL, seed=0, directions=["minimize", "maximize"])
+
+
+def test_sampler_types_and_settings() -> None:
+    def make(name: str) -> Any:
+        return create_sampler(name, CONDITIONAL, seed=1, directions=["minimize"])
+
+    tpe = make("optuna-tpe")
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert tpe._multivariate and tpe._group and tpe._constant_liar
+    cmaes = make("optuna-cmaes")
+    assert isinstance(cmaes, optuna.samplers.CmaEsSampler)
+    assert isinstance(cmaes._independent_sampler, optuna.samplers.TPESampler)
+    assert not cmaes._warn_independent_sampling
+    assert isinstance(make("optuna-gp"), optuna.samplers.GPSampler)
+    assert isinstance(make("optuna-random"), optuna.samplers.RandomSampler)
+    assert isinstance(make("optuna-nsga2"), optuna.samplers.NSGAIISampler)
+    grid = create_sampler("optuna-grid", DISCRETE, seed=1, directions=["minimize"])
+    assert isinstance(grid, optuna.samplers.GridSampler)
+    for algo in ("tpe", "anneal", "random"):
+        sampler = make(f"hyperopt-{algo}")
+        assert isinstance(sampler, HyperoptSampler) and sampler._algo_name == algo
+
+
+def test_unknown_algorithm() -> None:
+    with pytest.raises(ValueError, match="unknown algorithm 'optuna-bogus'; known: optuna-tpe"):
+        create_sampler("optuna-bogus", CONDITIONAL, seed=0, directions=["minimize"])
+
+
+def test_gp_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    with pytest.raises(RuntimeError, match=r"optuna-gp needs PyTorch: pip install 'hpo\[gp\]'"):
+        create_sampler("optuna-gp", CONDITIONAL, seed=0, directions=["minimize"])
+
+
+@pytest.mark.parametrize("algorithm", ["optuna-tpe", "hyperopt-tpe"])
+def test_seed_makes_a_study_reproducible(algorithm: str) -> None:
+    # 12 trials: past optuna-tpe's 10 random start-up trials.
+    first = [t.params for t in run(algorithm, CONDITIONAL, 12, seed=123).trials]
+    again = [t.params for t in run(algorithm, CONDITIONAL, 12, seed=123).trials]
+    other = [t.params for t in run(algorithm, CONDITIONAL, 12, seed=124).trials]
+    assert first == again
+    assert first != other
+
+
+# -- grid -------------------------------------------------------------------------------------
+
+
+def test_grid_enumerates_a_product_space() -> None:
+    space = space_of(
+        {
+            "units": {"type": "int", "low": 16, "high": 64, "step": 16},
+            "act": {"type": "categorical", "choices": ["relu", "tanh"]},
+            "batch_size": 32,
+        }
+    )
+    sampler = create_sampler("optuna-grid", space, seed=0, directions=["minimize"])
+    study = optuna.create_study(sampler=sampler)
+    # The sampler stops the study when the grid is done.
+    study.optimize(lambda t: suggest(t, space)["units"] / 10, n_trials=100)
+    got = sorted((t.params["units"], t.params["act"]) for t in study.trials)
+    assert got == sorted((u, a) for u in (16, 32, 48, 64) for a in ("relu", "tanh"))
+
+
+def test_grid_enumerates_active_configurations_of_a_conditional_space() -> None:
+    # A product over all branches would have 3 * 2 * 3 = 18 points, each active configuration
+    # repeated; the conditional grid has the 3 * (2 + 1 + 1) = 12 distinct ones.
+    study = run("optuna-grid", DISCRETE, 100)
+    got = sorted(tuple(sorted(t.params.items())) for t in study.trials)
+    expected = sorted(
+        tuple(sorted({"x": x, "kind": k, **({"kind.a.y": y} if y else {})}.items()))
+        for x in (-0.5, 0.0, 0.5)
+        for k, ys in (("a", (1, 2)), ("b", (None,)), ("c", (None,)))
+        for y in ys
+    )
+    assert got == expected
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_conditional_grid_with_two_workers(tmp_path: Path) -> None:
+    # Two samplers on one store, trials interleaved: the points are shared out, none twice.
+    # Workers get different seeds (hpo's workers do): they must still agree on the points.
+    storage = f"sqlite:///{tmp_path}/s.db"
+    studies = [
+        optuna.create_study(
+            study_name="grid",
+            storage=storage,
+            load_if_exists=True,
+            sampler=create_sampler("optuna-grid", DISCRETE, seed=seed, directions=["minimize"]),
+        )
+        for seed in (0, 1)
+    ]
+    objective = objective_for(DISCRETE)
+    for _ in range(6):
+        trials = [study.ask() for study in studies]
+        # The last tell finishes the grid; GridSampler would call Study.stop(), which raises
+        # outside study.optimize(). Workers ask and tell, so it must not.
+        for study, trial in zip(studies, trials, strict=True):
+            study.tell(trial, objective(trial))
+    seen = [tuple(sorted(t.params.items())) for t in studies[0].trials]
+    assert len(seen) == len(set(seen)) == 12
+    assert all(t.state == TrialState.COMPLETE for t in studies[0].trials)
+    sampler = studies[1].sampler
+    assert isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(studies[1])
+
+
+def test_grid_needs_a_discrete_space() -> None:
+    with pytest.raises(ValueError, match="needs a step"):
+        create_sampler("optuna-grid", CONDITIONAL, seed=0, directions=["minimize"])
+
+
+# -- pruners ----------------------------------------------------------------------------------
+
+
+def test_pruner_types_and_settings() -> None:
+    budget = BudgetSpec(max_epochs=27, min_epochs=2)
+    assert isinstance(create_pruner("none", budget), optuna.pruners.NopPruner)
+    median = create_pruner("median", budget)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (5, 2)
+    sha = create_pruner("sha", budget)
+    assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner)
+    assert (sha._min_resource, sha._reduction_factor) == (2, 3)
+    hyperband = create_pruner("hyperband", budget)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert (hyperband._min_resource, hyperband._max_resource) == (2, 27)
+    assert hyperband._reduction_factor == 3
+
+
+def test_unknown_pruner() -> None:
+    with pytest.raises(ValueError, match="unknown pruner 'asha'; known: none, median, sha"):
+        create_pruner("asha", BudgetSpec(max_epochs=3))
+    assert set(PRUNERS) == {"none", "median", "sha", "hyperband"}
+
+
+def scripted(name: str, budget: BudgetSpec, bad: float) -> list[bool]:
+    """6 good trials report every epoch, then one reporting ``bad``: its should_prune()s."""
+    study = optuna.create_study(study_name="scripted", pruner=create_pruner(name, budget))
+    for value in (1.0, 1.1, 1.2, 1.3, 1.4, 1.5):
+        trial = study.ask()
+        for epoch in range(1, budget.max_epochs + 1):
+            trial.report(value, epoch)
+            trial.should_prune()  # halving pruners record rungs here; the decision is ignored
+        study.tell(trial, value)
+    trial = study.ask()
+    decisions = []
+    for epoch in range(1, budget.max_epochs + 1):
+        trial.report(bad, epoch)
+        decisions.append(bool(trial.should_prune()))
+    return decisions
+
+
+def test_median_pruner_stops_a_bad_trial_after_warm_up() -> None:
+    budget = BudgetSpec(max_epochs=4, min_epochs=2)
+    # Epoch 1 is warm-up; from epoch min_epochs on the bad trial is stopped.
+    assert scripted("median", budget, bad=10.0) == [False, True, True, True]
+    assert scripted("median", budget, bad=0.5) == [False] * 4
+
+
+@pytest.mark.parametrize("name", ["sha", "hyperband"])
+def test_halving_pruners_stop_a_bad_trial(name: str) -> None:
+    budget = BudgetSpec(max_epochs=9, min_epochs=1)
+    assert any(scripted(name, budget, bad=10.0))
+    assert not any(scripted(name, budget, bad=0.5))
+
+
+def test_none_never_prunes() -> None:
+    assert scripted("none", BudgetSpec(max_epochs=3), bad=10.0) == [False] * 3
+
+
+@pytest.mark.parametrize("algorithm", ["hyperopt-tpe", "optuna-tpe"])
+def test_a_study_with_hyperband_prunes(algorithm: str) -> None:
+    # Hyperband hands the sampler a study filtered to one bracket: samplers must cope.
+    space = CONDITIONAL
+    sampler = create_sampler(algorithm, space, seed=0, directions=["minimize"])
+    study = optuna.create_study(
+        study_name="hb",
+        sampler=sampler,
+        pruner=create_pruner("hyperband", BudgetSpec(max_epochs=9, min_epochs=1)),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        p = suggest(trial, space)
+        value = float(p["x"] ** 2)
+        for epoch in range(1, 10):
+            trial.report(value + 1 / epoch, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study.optimize(objective, n_trials=25)
+    states = [t.state for t in study.trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+
+
+# -- packaging --------------------------------------------------------------------------------
+
+
+def test_import_is_light() -> None:
+    # The CLI imports hpo.engines for its names; --help must not pay for Optuna or hyperopt.
+    code = (
+        "import sys, hpo.engines\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'optuna', 'hyperopt', 'torch'}\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_hyperopt_sampler_is_exported_lazily() -> None:
+    import hpo.engines
+
+    assert hpo.engines.HyperoptSampler is HyperoptSampler
+    assert "HyperoptSampler" in hpo.engines.__all__
+    with pytest.raises(AttributeError):
+        hpo.engines.NoSuchThing  # noqa: B018

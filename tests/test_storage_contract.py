@@ -1,0 +1,130 @@
+"""The study-store contract, run against every backend (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.storage import mask_url, open_storage
+from hpo.studies import (
+    StudyConfig,
+    StudyError,
+    claim_trial,
+    counted_trials,
+    create_study,
+    load_config,
+    study_status,
+)
+
+SPACE = """
+family: image_cnn
+dataset: {name: digits, subset: 100}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 2}
+params:
+  x: {type: float, low: -1.0, high: 1.0}
+"""
+
+
+def _config(n_trials: int, **kw: object) -> StudyConfig:
+    return StudyConfig(
+        name=f"s_{uuid.uuid4().hex[:8]}",
+        source=SPACE,
+        filename="x.yaml",
+        algorithm="optuna-random",
+        pruner="none",
+        n_trials=n_trials,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_config_round_trips_through_the_store(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(5, seed=3, overrides={"subset": 50, "epochs": 1})
+    create_study(store, config)
+    loaded = load_config(store, config.name)
+    assert loaded == config
+    spec = loaded.spec()
+    assert spec.dataset.subset == 50 and spec.budget.max_epochs == 1
+
+
+def test_duplicate_and_unknown_study_names_are_clear_errors(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(2)
+    create_study(store, config)
+    with pytest.raises(StudyError, match="already exists"):
+        create_study(store, config)
+    with pytest.raises(StudyError, match="no study named 'nope'"):
+        load_config(store, "nope")
+
+
+def test_claims_stop_at_the_budget(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(3)
+    study = create_study(store, config)
+    claimed = []
+    while (trial := claim_trial(study, config.n_trials)) is not None:
+        claimed.append(trial.number)
+        study.tell(trial, values=[0.5])
+    assert claimed == [0, 1, 2]
+    assert claim_trial(study, config.n_trials) is None
+    status = study_status(store, config.name)
+    assert (status.complete, status.finished, status.done) == (3, 3, True)
+
+
+def test_racing_claims_never_exceed_the_budget(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(7)
+    create_study(store, config)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            own = optuna.load_study(study_name=config.name, storage=open_storage(storage_url))
+            while (trial := claim_trial(own, config.n_trials)) is not None:
+                own.tell(trial, values=[float(trial.number)])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    study = optuna.load_study(study_name=config.name, storage=store)
+    counted = counted_trials(study.get_trials())
+    assert len(counted) == 7
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    assert len({t.number for t in counted}) == 7
+
+
+def test_failed_and_pruned_trials_count_toward_the_budget(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(3)
+    study = create_study(store, config)
+    t0 = claim_trial(study, 3)
+    assert t0 is not None
+    study.tell(t0, state=TrialState.FAIL)
+    t1 = claim_trial(study, 3)
+    assert t1 is not None
+    t1.report(0.1, 1)
+    study.tell(t1, state=TrialState.PRUNED)
+    t2 = claim_trial(study, 3)
+    assert t2 is not None
+    study.tell(t2, values=[0.9])
+    assert claim_trial(study, 3) is None
+    st = study_status(store, config.name)
+    assert (st.failed, st.pruned, st.complete, st.best_values) == (1, 1, 1, [0.9])
+
+
+def test_mask_url_hides_passwords() -> None:
+    text = "could not connect to postgresql+psycopg://hpo:pa55@db:5432/hpo and mysql://u:x@h/d"
+    masked = mask_url(text)
+    assert "pa55" not in masked and ":x@" not in masked
+    assert "postgresql+psycopg://hpo:***@db:5432/hpo" in masked
+    assert mask_url("sqlite:///tmp/a.db") == "sqlite:///tmp/a.db"
