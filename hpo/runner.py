@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hpo import tracking
+from hpo._retry import with_db_retry
 from hpo.datasets import Dataset, load_dataset
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
@@ -159,7 +160,7 @@ class TrialRunner:
                 },
                 task.params,
             )
-            storage.set_trial_user_attr(task.trial_id, RUN_ID_ATTR, run_id)
+            with_db_retry(lambda: storage.set_trial_user_attr(task.trial_id, RUN_ID_ATTR, run_id))
             notify("started", run_id)
         result = TrialResult(state="FAIL", run_id=run_id)
         try:
@@ -197,14 +198,19 @@ class TrialRunner:
             keras.utils.set_random_seed((config.seed * 100_003 + task.trial_number) % 2**31)
         model = family.build(hp, data)
         params_count = int(model.count_params())
-        storage.set_trial_user_attr(task.trial_id, "params_count", params_count)
+        with_db_retry(
+            lambda: storage.set_trial_user_attr(task.trial_id, "params_count", params_count)
+        )
         single = not spec.multi_objective
         pruner = create_pruner(config.pruner, spec.budget)
-        study = optuna.load_study(
-            study_name=config.name,
-            storage=storage,
-            sampler=optuna.samplers.RandomSampler(),
-            pruner=pruner,
+        study = with_db_retry(
+            lambda: optuna.load_study(
+                study_name=config.name,
+                storage=storage,
+                sampler=optuna.samplers.RandomSampler(),
+                pruner=pruner,
+            ),
+            what="loading the study",
         )
         metric = spec.metrics[0]
 
@@ -218,10 +224,15 @@ class TrialRunner:
                     f"objective metric {metric!r} is not among the metrics Keras logged "
                     f"({', '.join(sorted(logs))})"
                 )
-            storage.set_trial_intermediate_value(task.trial_id, epoch, logs[metric])
+            with_db_retry(
+                lambda: storage.set_trial_intermediate_value(task.trial_id, epoch, logs[metric])
+            )
             if epoch >= spec.budget.max_epochs:
                 return False
-            return bool(pruner.prune(study, storage.get_trial(task.trial_id)))
+            return with_db_retry(
+                lambda: bool(pruner.prune(study, storage.get_trial(task.trial_id))),
+                what="asking the pruner",
+            )
 
         callback = _EpochCallback(on_epoch)
         t0 = time.perf_counter()
@@ -238,9 +249,11 @@ class TrialRunner:
             epochs=callback.epochs,
             epoch_seconds_median=float(np.median(callback.epoch_seconds)),
         )
-        storage.set_trial_user_attr(task.trial_id, "epochs", callback.epochs)
-        storage.set_trial_user_attr(
-            task.trial_id, "epoch_seconds_median", final["epoch_seconds_median"]
+        with_db_retry(lambda: storage.set_trial_user_attr(task.trial_id, "epochs", callback.epochs))
+        with_db_retry(
+            lambda: storage.set_trial_user_attr(
+                task.trial_id, "epoch_seconds_median", final["epoch_seconds_median"]
+            )
         )
         if mlflow is not None and run_id:
             tracking.log_metrics(
@@ -288,6 +301,8 @@ class TrialRunner:
                 mlflow,
                 run_id,
                 {
+                    **family.extra_artifacts(model, hp, data),
+                    "params.json": json.dumps(hp.to_dict(), indent=1, default=str).encode(),
                     MODEL_FILE: model_path,
                     PREDICTIONS_FILE: preds.getvalue(),
                     "history.json": json.dumps(

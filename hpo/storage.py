@@ -33,7 +33,9 @@ def mask_url(text: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
 
 
-def open_storage(url: str) -> RDBStorage:
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> RDBStorage:
     """An Optuna RDB storage with settings that survive several processes and dropped links.
 
     SQLite waits for locks instead of failing at once (several local workers share the file);
@@ -51,4 +53,10 @@ def open_storage(url: str) -> RDBStorage:
         engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
-    return RDBStorage(url, engine_kwargs=engine_kwargs)
+    # Heartbeats let any worker find the trials of a worker that died (kill -9, power loss).
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+    )

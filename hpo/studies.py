@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 CONFIG_ATTR = "hpo:config"
+STATE_ATTR = "hpo:state"
+STUDY_STATES = ("active", "paused", "cancelled")
+RETRY_ATTR = "hpo:retry"
 SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
 RUN_ID_ATTR = "mlflow_run_id"
@@ -42,6 +45,8 @@ class StudyConfig:
     n_trials: int
     seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_retries: int = 1
     tracking_uri: str | None = None
     experiment_id: str | None = None
     parent_run_id: str | None = None
@@ -200,6 +205,7 @@ class StudyStatus:
     pruner: str
     family: str
     dataset: str
+    state: str = "active"
 
     @property
     def finished(self) -> int:
@@ -246,4 +252,101 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         pruner=config.pruner,
         family=spec.family,
         dataset=spec.dataset.name,
+        state=get_study_state(storage, name),
     )
+
+
+# -- study state: pause, resume, cancel while workers run --------------------------------------
+
+
+def get_study_state(storage: BaseStorage, name: str) -> str:
+    study_id = storage.get_study_id_from_name(name)
+    return str(storage.get_study_system_attrs(study_id).get(STATE_ATTR, "active"))
+
+
+def set_study_state(storage: BaseStorage, name: str, state: str) -> None:
+    """Pause, resume or cancel a study; workers check it before every claim."""
+    if state not in STUDY_STATES:
+        raise ValueError(f"unknown study state {state!r}")
+    load_config(storage, name)  # a clear error for an unknown study
+    current = get_study_state(storage, name)
+    if current == "cancelled" and state != "cancelled":
+        raise StudyError(f"study {name!r} was cancelled; create a new study instead")
+    storage.set_study_system_attr(storage.get_study_id_from_name(name), STATE_ATTR, state)
+
+
+# -- failed trials: requeue and reap -------------------------------------------------------------
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> int | None:
+    """Queue a retry of failed ``trial`` with the same parameters; returns the retry's count.
+
+    The retry carries ``failed_trial`` (the number it repeats), as Optuna's own
+    RetryFailedTrialCallback does, so the failed trial stops counting toward the budget.
+    """
+    import optuna as _optuna
+    from optuna.trial import TrialState
+
+    count = int(trial.system_attrs.get(RETRY_ATTR, 0)) + 1
+    study.add_trial(
+        _optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={"failed_trial": trial.number, RETRY_ATTR: count},
+        )
+    )
+    return count
+
+
+def fail_trial(
+    study: optuna.Study, trial_id: int, reason: str, *, retry: bool, max_retries: int
+) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason`` and requeue it if retries are left.
+
+    Returns False when another process finished the trial first (nothing is done then), so
+    several reapers can race safely: only the one whose state change wins requeues.
+    """
+    import optuna as _optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except _optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    frozen = storage.get_trial(trial_id)
+    if retry and int(frozen.system_attrs.get(RETRY_ATTR, 0)) < max_retries:
+        requeue(study, frozen)
+    return True
+
+
+def reap_stale_trials(storage: BaseStorage, config: StudyConfig) -> list[int]:
+    """Fail (and requeue) trials whose worker stopped sending heartbeats; returns their numbers.
+
+    Their MLflow runs are ended as FAILED so that no run stays RUNNING.
+    """
+    import optuna
+
+    if not getattr(storage, "heartbeat_interval", None):
+        return []
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    reaped = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+        frozen = storage.get_trial(trial_id)
+        reason = "the worker running this trial stopped sending heartbeats (died or lost)"
+        if fail_trial(study, trial_id, reason, retry=True, max_retries=config.max_retries):
+            reaped.append(frozen.number)
+            run_id = frozen.user_attrs.get(RUN_ID_ATTR)
+            if run_id and config.tracking_uri:
+                from hpo import tracking
+
+                try:
+                    c = tracking.client(config.tracking_uri)
+                    if c.get_run(run_id).info.status == "RUNNING":
+                        tracking.end_trial_run(c, run_id, "FAIL", reason)
+                except Exception:  # the tracking server may be down; sync replays it later
+                    pass
+    return reaped

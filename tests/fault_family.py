@@ -1,13 +1,15 @@
 """A user-defined family (``family: fault_family:build``) whose trials fail on purpose.
 
 ``mode`` picks the fault: ``ok`` trains normally, ``raise`` raises while building, ``nan``
-trains with a loss that is NaN, ``kill`` kills its own trial process with SIGKILL.
+trains with a loss that is NaN, ``kill`` kills its own trial process with SIGKILL, ``sleep``
+sleeps ``sleep_seconds`` before training (a long trial that a test interrupts).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 
@@ -19,6 +21,8 @@ def build(hp: Any, data: Any) -> Any:
         raise ValueError("deliberate failure in build")
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "sleep":  # a long trial, to be interrupted by a test
+        time.sleep(float(hp.get("sleep_seconds", 30)))
     model = keras.Sequential(
         [
             keras.Input(data.input_shape),

@@ -88,6 +88,18 @@ def test_study_reaches_exactly_n_trials_with_two_workers(
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_trial.json", "optimization_history.png"} <= parent_files
 
+    report = hpo("study", "report", "e2e", "--by", "conv_type", "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    rows = json.loads(report.stdout)["rows"]
+    assert sum(r["trials"] for r in rows) == n
+    assert {r["value"] for r in rows} <= {"Conv2D", "SeparableConv2D"}
+    for r in rows:
+        if r["complete"]:
+            assert r["median_epoch_seconds"] > 0 and r["median_params_count"] > 0
+    assert "report_by_conv_type.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    unknown = hpo("study", "report", "e2e", "--by", "nope", cwd=tmp_path)
+    assert unknown.returncode == 2 and "not a parameter" in unknown.stderr
+
 
 def test_crashing_nan_and_killed_trials_are_recorded_and_the_study_goes_on(
     tmp_path: Path,

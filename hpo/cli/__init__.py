@@ -9,7 +9,7 @@ from hpo.cli import _run, _spaces, _study
 app = typer.Typer(
     name="hpo",
     help="Hyperparameter optimization for Keras models: Optuna and hyperopt over one study "
-    "store, trials in MLflow.",
+    "store, trials in MLflow, weighted ensembles exported as one model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -68,6 +68,8 @@ def prepare_study(
     epochs: int | None,
     subset: int | None,
     resume: bool,
+    priority: int = 0,
+    max_retries: int = 1,
 ) -> tuple[Any, Any, bool]:
     """Validate the space and options, then create the study (or load it with ``resume``).
 
@@ -130,6 +132,8 @@ def prepare_study(
         n_trials=n_trials,
         seed=seed if seed is not None else spec.defaults.seed,
         overrides=overrides,
+        priority=priority,
+        max_retries=max_retries,
         tracking_uri=resolve_tracking_uri(tracking_uri),
     )
     study = create_study(store, config)

@@ -222,7 +222,9 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
 
 
 def worker(
-    study: str = typer.Option(..., "--study", help="Study to work on."),
+    study: str | None = typer.Option(
+        None, "--study", help="Study to work on (default: every active study with budget left)."
+    ),
     storage: str | None = typer.Option(
         None,
         "--storage",
@@ -242,8 +244,25 @@ def worker(
         min=1,
         help="Replace the trial process after this many trials (bounds memory).",
     ),
+    heartbeat: int = typer.Option(
+        10, "--heartbeat", min=1, help="Seconds between heartbeats of the running trial."
+    ),
+    grace_period: int = typer.Option(
+        30,
+        "--grace-period",
+        min=2,
+        help="A running trial without a heartbeat for this long is failed and requeued.",
+    ),
+    stop_grace: float = typer.Option(
+        20.0, "--stop-grace", min=0, help="On SIGTERM/Ctrl-C, seconds the running trial may finish."
+    ),
+    exit_when_idle: bool | None = typer.Option(
+        None,
+        "--exit-when-idle/--wait-for-work",
+        help="Exit when no study has work (default: exit with --study, wait without it).",
+    ),
 ) -> None:
-    """Take trials of a study from the store and run them until its budget is used up."""
+    """Take trials from the store and run them; serves every active study without --study."""
     from hpo.storage import mask_url, resolve_storage
     from hpo.worker import Worker, WorkerOptions
 
@@ -253,11 +272,15 @@ def worker(
         stream=sys.stderr,
     )
     url = resolve_storage(storage)
-    logging.getLogger("hpo.worker").info(
-        "worker %d on %s, study %s", os.getpid(), mask_url(url), study
+    logger = logging.getLogger("hpo.worker")
+    logger.info(
+        "worker %d on %s, %s",
+        os.getpid(),
+        mask_url(url),
+        f"study {study}" if study else "every active study",
     )
     with handled_errors():
-        n = Worker(
+        w = Worker(
             WorkerOptions(
                 url,
                 study,
@@ -265,9 +288,15 @@ def worker(
                 worker_index=worker_index,
                 max_trials=max_trials,
                 max_trials_per_process=max_trials_per_process,
+                heartbeat_interval=heartbeat,
+                grace_period=grace_period,
+                stop_grace=stop_grace,
+                exit_when_idle=exit_when_idle,
             )
-        ).run()
-    logging.getLogger("hpo.worker").info("worker %d done after %d trial(s)", os.getpid(), n)
+        )
+        w.install_signal_handlers()
+        n = w.run()
+    logger.info("worker %d done after %d trial(s)", os.getpid(), n)
 
 
 def ui(

@@ -31,6 +31,10 @@ def create(
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset override."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Max epochs per trial."),
     subset: int | None = typer.Option(None, "--subset", min=1, help="Cap on training examples."),
+    priority: int = typer.Option(0, "--priority", help="Workers serve higher priority first."),
+    max_retries: int = typer.Option(
+        1, "--max-retries", min=0, help="Retries of a trial whose worker died."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Create a study that workers (`hpo worker --study NAME`) can join from any machine."""
@@ -48,6 +52,8 @@ def create(
             epochs=epochs,
             subset=subset,
             resume=False,
+            priority=priority,
+            max_retries=max_retries,
         )
     if json_out:
         print_json(
@@ -171,3 +177,142 @@ def best(
         )
         for k, v in sorted(t["params"].items()):
             console.print(f"  {k} = {v!r}")
+
+
+@app.command("report")
+def report(
+    name: str = typer.Argument(..., help="Study name."),
+    by: str = typer.Option(..., "--by", help="A categorical (or any) parameter to group by."),
+    storage: str | None = StorageOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not attach the plot."),
+) -> None:
+    """Compare the values of one parameter: trials, best and median objective, epoch time, size.
+
+    For example `hpo study report image_cnn --by conv_type` tells whether SeparableConv2D
+    trains faster than Conv2D and how accurate each is. The plot is attached to the study's
+    MLflow run as `report_by_<param>.png`.
+    """
+    from rich.table import Table
+
+    from hpo.cli._common import fail
+    from hpo.storage import open_storage, resolve_storage
+    from hpo.studies import load_config
+    from hpo.study_report import report_by, report_by_png
+
+    with handled_errors():
+        store = open_storage(resolve_storage(storage))
+        config = load_config(store, name)
+        try:
+            rows = report_by(store, config, by)
+        except ValueError as exc:
+            fail(str(exc))
+    metric = config.spec().metrics[0]
+    if not no_mlflow and config.tracking_uri and config.parent_run_id and rows:
+        from hpo import tracking
+
+        tracking.log_artifact_files(
+            tracking.client(config.tracking_uri),
+            config.parent_run_id,
+            {f"report_by_{by}.png": report_by_png(rows, by, metric)},
+        )
+    if json_out:
+        print_json({"study": name, "by": by, "metric": metric, "rows": rows})
+        return
+    table = Table(
+        by,
+        "trials",
+        "complete",
+        "pruned",
+        "failed",
+        f"best {metric}",
+        f"median {metric}",
+        "median s/epoch",
+        "median params",
+        title=f"{name}: by {by}",
+    )
+
+    def cell(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for r in rows:
+        table.add_row(
+            r["value"],
+            str(r["trials"]),
+            str(r["complete"]),
+            str(r["pruned"]),
+            str(r["failed"]),
+            cell(r[f"best_{metric}"], ".4f"),
+            cell(r[f"median_{metric}"], ".4f"),
+            cell(r["median_epoch_seconds"], ".2f"),
+            cell(r["median_params_count"], ",.0f"),
+        )
+    console.print(table)
+
+
+def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> None:
+    from hpo.storage import open_storage, resolve_storage
+    from hpo.studies import set_study_state
+
+    with handled_errors():
+        set_study_state(open_storage(resolve_storage(storage)), name, state)
+    if json_out:
+        print_json({"study": name, "state": state})
+    else:
+        console.print(f"study [bold]{name}[/] is {state}")
+
+
+@app.command("pause")
+def pause(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Stop handing out new trials of a study (running trials finish)."""
+    _set_state(name, storage, "paused", json_out)
+
+
+@app.command("resume")
+def resume(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Hand out trials of a paused study again."""
+    _set_state(name, storage, "active", json_out)
+
+
+@app.command("cancel")
+def cancel(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """End a study for good: no new trials (running trials finish)."""
+    _set_state(name, storage, "cancelled", json_out)
+
+
+@app.command("reap")
+def reap(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOpt,
+    grace_period: int = typer.Option(
+        30, "--grace-period", min=2, help="Seconds without heartbeat that make a trial stale."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fail and requeue trials whose worker died (what every worker's reaper does)."""
+    from hpo.storage import open_storage, resolve_storage
+    from hpo.studies import load_config, reap_stale_trials
+
+    with handled_errors():
+        store = open_storage(
+            resolve_storage(storage),
+            heartbeat_interval=max(1, grace_period // 3),
+            grace_period=grace_period,
+        )
+        reaped = reap_stale_trials(store, load_config(store, name))
+    if json_out:
+        print_json({"study": name, "reaped": reaped})
+    else:
+        console.print(f"reaped {len(reaped)} trial(s): {reaped}")

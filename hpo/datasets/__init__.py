@@ -26,6 +26,12 @@ DATASETS: LazyRegistry[DatasetLoader] = LazyRegistry(
     {
         "fashion_mnist": "hpo.datasets.fashion_mnist:load",
         "digits": "hpo.datasets.digits:load",
+        "tabular": "hpo.datasets.tabular:load",
+        "reuters": "hpo.datasets.reuters:load",
+        "text_classification": "hpo.datasets.text_classification:load",
+        "shakespeare": "hpo.datasets.text_corpus:load_shakespeare",
+        "text_corpus": "hpo.datasets.text_corpus:load",
+        "sorted_sequences": "hpo.datasets.sorted_sequences:load",
     },
 )
 

@@ -17,6 +17,13 @@ FAMILIES: LazyRegistry[type[Family]] = LazyRegistry(
     "family",
     {
         "image_cnn": "hpo.families.image_cnn:ImageCNN",
+        "dense_bn": "hpo.families.dense_bn:DenseBN",
+        "text_conv1d": "hpo.families.text_conv1d:TextConv1D",
+        "text_dense": "hpo.families.text_dense:TextDense",
+        "char_lstm": "hpo.families.language_models:CharLSTM",
+        "word_lstm": "hpo.families.language_models:WordLSTM",
+        "sorted_seq": "hpo.families.sorted_seq:SortedSeq",
+        "vae": "hpo.families.vae:VAE",
     },
 )
 

@@ -78,6 +78,10 @@ class Family(ABC):
             verbose=0,
         )
 
+    def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
+        """Files a trial stores beside its model (e.g. a vocabulary that generation needs)."""
+        return {}
+
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
         """Model outputs for ``x`` (class probabilities for classifiers)."""
         return np.asarray(model.predict(x, batch_size=max(256, self.batch_size(hp)), verbose=0))

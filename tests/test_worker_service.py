@@ -1,0 +1,294 @@
+"""Service mode against a real PostgreSQL: many workers, exact budgets, faults survived.
+
+Workers are real `hpo worker` subprocesses; trials train a tiny real Keras model on digits
+(`fault_family`), so a trial takes about a second once its process is warm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from hpo.storage import open_storage
+from hpo.studies import counted_trials
+
+from conftest import REPO, hpo
+
+pytestmark = pytest.mark.slow
+
+FAST_SPACE = """
+family: fault_family:build
+dataset: {name: digits, subset: 200}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1}
+defaults: {algorithm: optuna-random, pruner: none}
+params:
+  mode: ok
+  x: {type: float, low: 0.0, high: 1.0}
+"""
+SLOW_SPACE = FAST_SPACE.replace("mode: ok", "mode: sleep\n  sleep_seconds: SECONDS")
+
+
+def _env(storage: str) -> dict[str, str]:
+    return {
+        "HPO_STORAGE": storage,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+class Workers:
+    """Real `hpo worker` subprocesses with their logs in the test's directory."""
+
+    def __init__(self, cwd: Path, storage: str) -> None:
+        self.cwd, self.storage = cwd, storage
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.cwd / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        env = dict(os.environ, **_env(self.storage))
+        env.pop("MLFLOW_TRACKING_URI", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "worker", "--threads", "1", *args],
+            cwd=self.cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return [p.returncode for p in self.procs]
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.cwd.glob("worker-*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, postgres_url: str) -> Iterator[Workers]:
+    w = Workers(tmp_path, postgres_url)
+    yield w
+    w.stop_all()
+
+
+def _create(
+    tmp_path: Path, storage: str, name: str, trials: int, space: str = FAST_SPACE, *extra: str
+) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(space)
+    result = hpo(
+        "study",
+        "create",
+        str(path),
+        "--name",
+        name,
+        "--trials",
+        str(trials),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+        cwd=tmp_path,
+        env=_env(storage),
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _mlflow_runs(tmp_path: Path, name: str) -> list:  # type: ignore[type-arg]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    return [
+        r
+        for r in client.search_runs([experiment.experiment_id], max_results=5000)
+        if r.data.tags.get("hpo.kind") == "trial"
+    ]
+
+
+def test_four_workers_finish_exactly_the_budget(
+    tmp_path: Path, postgres_url: str, workers: Workers
+) -> None:
+    n = 40
+    _create(tmp_path, postgres_url, "many", n)
+    for _ in range(4):
+        workers.start("--study", "many")
+    assert workers.wait(timeout=900) == [0, 0, 0, 0], workers.logs()
+    counted = counted_trials(_trials(postgres_url, "many"))
+    assert len(counted) == n
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    assert len({t.number for t in counted}) == n
+    runs = _mlflow_runs(tmp_path, "many")
+    run_ids = {t.user_attrs["mlflow_run_id"] for t in counted}
+    assert {r.info.run_id for r in runs} >= run_ids and len(run_ids) == n
+    assert all(r.info.status == "FINISHED" for r in runs if r.info.run_id in run_ids)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_killed_worker_trial_is_failed_retried_and_the_study_completes(
+    tmp_path: Path, postgres_url: str, workers: Workers
+) -> None:
+    _create(
+        tmp_path, postgres_url, "kill9", 3, SLOW_SPACE.replace("SECONDS", "4"), "--max-retries", "2"
+    )
+    victim = workers.start("--study", "kill9", "--heartbeat", "1", "--grace-period", "4")
+
+    def victim_running() -> bool:
+        return any(
+            t.state == TrialState.RUNNING
+            and str(t.system_attrs.get("hpo:worker", "")).endswith(f":{victim.pid}")
+            for t in _trials(postgres_url, "kill9")
+        )
+
+    _wait_for(victim_running, 120, "the first worker to run a trial")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    survivor = workers.start("--study", "kill9", "--heartbeat", "1", "--grace-period", "4")
+    survivor.wait(timeout=300)
+    assert survivor.returncode == 0, workers.logs()
+    trials = _trials(postgres_url, "kill9")
+    counted = counted_trials(trials)
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    assert "heartbeat" in failed[0].user_attrs["fail_reason"]
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params
+    assert not [r for r in _mlflow_runs(tmp_path, "kill9") if r.info.status == "RUNNING"]
+
+
+def test_sigterm_exits_cleanly_and_requeues_the_running_trial(
+    tmp_path: Path, postgres_url: str, workers: Workers
+) -> None:
+    _create(tmp_path, postgres_url, "term", 2, SLOW_SPACE.replace("SECONDS", "60"))
+    proc = workers.start("--study", "term", "--stop-grace", "2")
+    _wait_for(
+        lambda: any(t.state == TrialState.RUNNING for t in _trials(postgres_url, "term")),
+        120,
+        "a running trial",
+    )
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, workers.logs()
+    assert time.monotonic() - t0 < 30
+    trials = _trials(postgres_url, "term")
+    [interrupted] = [t for t in trials if t.state == TrialState.FAIL]
+    assert "stopped" in interrupted.user_attrs["fail_reason"]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == interrupted.params
+    assert not [r for r in _mlflow_runs(tmp_path, "term") if r.info.status == "RUNNING"]
+
+
+def test_dropped_database_connections_lose_and_duplicate_nothing(
+    tmp_path: Path, postgres_url: str, workers: Workers
+) -> None:
+    n = 8
+    _create(tmp_path, postgres_url, "drops", n)
+    for _ in range(2):
+        workers.start("--study", "drops")
+    db = postgres_url.rsplit("/", 1)[1]
+    admin = sa.create_engine(postgres_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+    rounds, killed, last_seen = 0, 0, 0
+    deadline = time.monotonic() + 900
+    while any(p.poll() is None for p in workers.procs) and time.monotonic() < deadline:
+        finished = len([t for t in _trials(postgres_url, "drops") if t.state.is_finished()])
+        # Cut every connection of the workers and their trial processes, once after each of
+        # the first few trials, while other trials are mid-flight.
+        if rounds < 3 and 0 < finished < n and finished != last_seen:
+            last_seen, rounds = finished, rounds + 1
+            with admin.connect() as conn:
+                killed += (
+                    conn.execute(
+                        sa.text(
+                            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                            "where datname = :d and pid <> pg_backend_pid()"
+                        ),
+                        {"d": db},
+                    ).scalar()
+                    or 0
+                )
+        time.sleep(1.0)
+    admin.dispose()
+    assert workers.wait(timeout=120) == [0, 0], workers.logs()
+    assert killed > 0
+    counted = counted_trials(_trials(postgres_url, "drops"))
+    assert len(counted) == n and len({t.number for t in counted}) == n
+    assert all(t.state == TrialState.COMPLETE for t in counted), [
+        t.user_attrs.get("fail_reason") for t in counted
+    ]
+
+
+def test_worker_without_study_serves_studies_created_after_it_started(
+    tmp_path: Path, postgres_url: str, workers: Workers
+) -> None:
+    proc = workers.start()  # no --study: serve everything, wait for work
+    time.sleep(3.0)
+    _create(tmp_path, postgres_url, "later_a", 2)
+    _create(tmp_path, postgres_url, "later_b", 2, FAST_SPACE, "--priority", "5")
+
+    def done(name: str) -> bool:
+        return len([t for t in _trials(postgres_url, name) if t.state.is_finished()]) == 2
+
+    _wait_for(lambda: done("later_a") and done("later_b"), 400, "both studies")
+    assert proc.poll() is None  # still serving
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, workers.logs()
+
+
+def test_paused_study_gets_no_trials_until_resumed(
+    tmp_path: Path, postgres_url: str, workers: Workers
+) -> None:
+    _create(tmp_path, postgres_url, "paused", 2)
+    env = _env(postgres_url)
+    assert hpo("study", "pause", "paused", cwd=tmp_path, env=env).returncode == 0
+    status = json.loads(hpo("study", "status", "paused", "--json", cwd=tmp_path, env=env).stdout)
+    assert status["state"] == "paused"
+    idle = workers.start("--study", "paused")
+    idle.wait(timeout=120)
+    assert idle.returncode == 0 and _trials(postgres_url, "paused") == []
+    assert hpo("study", "resume", "paused", cwd=tmp_path, env=env).returncode == 0
+    busy = workers.start("--study", "paused")
+    busy.wait(timeout=300)
+    assert busy.returncode == 0
+    assert len([t for t in _trials(postgres_url, "paused") if t.state.is_finished()]) == 2
+    assert hpo("study", "cancel", "paused", cwd=tmp_path, env=env).returncode == 0
+    again = hpo("study", "resume", "paused", cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "cancelled" in again.stderr
