@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,8 @@ def _from_store(ref: str, storage: str | None, tracking_uri: str | None) -> Tria
     if not run_id or not uri:
         raise ModelError(f"trial {trial.number} of {study_name!r} has no MLflow run")
     directory = Path(tempfile.mkdtemp(prefix=f"hpo-{study_name}-{trial.number}-"))
+    # One progress bar per artifact is noise on a terminal; the user asked for a model.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = tracking.client(uri)
     for artifact in client.list_artifacts(run_id):
         if not artifact.is_dir:

@@ -115,3 +115,42 @@ def test_study_create_list_status(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr
     best = hpo("study", "best", "s1", cwd=tmp_path)
     assert best.returncode == 1 and "no complete trial" in best.stderr
+
+
+def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        body = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    body = r.read().decode()
+                    break
+            except OSError:
+                time.sleep(1)
+        assert body.strip() == "OK", proc.stdout.read().decode() if proc.stdout else ""
+        assert (tmp_path / "mlflow.db").exists()
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
