@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HPO    := $(BIN)/hpo
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run setup dev data test lint typecheck unit services clean
+.PHONY: run setup dev data browser test lint typecheck clean
 
 run: setup data
 	$(HPO) run --resume
@@ -43,6 +43,14 @@ data:
 	  echo "Fashion-MNIST not installed: run 'sudo apt-get install dataset-fashion-mnist' or let Keras download it."; \
 	fi
 
+# Headless Chromium for tests/test_ui_browser.py, from Debian, where we may install packages.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver); \
+	else echo "chromium missing: sudo apt-get install chromium chromium-driver (browser tests skip)"; fi
+
 lint: setup
 	$(BIN)/ruff check hpo tests bench
 	$(BIN)/ruff format --check hpo tests bench
@@ -50,7 +58,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: dev data lint typecheck
+test: dev data browser lint typecheck
 	$(BIN)/python -m pytest
 
 clean:

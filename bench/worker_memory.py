@@ -58,6 +58,9 @@ def measure(trials: int, per_process: int, workdir: Path) -> list[float]:
     from hpo.studies import save_config
 
     save_config(store, study, config)
+    from hpo.studies import set_study_state
+
+    set_study_state(store, config.name, "active")
     samples: list[float] = []
     original = TrialProcess.run
 

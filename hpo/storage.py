@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,9 +55,21 @@ def open_storage(
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
     # Heartbeats let any worker find the trials of a worker that died (kill -9, power loss).
-    return RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-    )
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+            )
+        except Exception as exc:
+            # Several processes opening an empty database race to create its tables; the
+            # losers see a unique violation and find the tables there on the next try.
+            text = f"{exc} {exc.__cause__}"
+            if attempt == 4 or not any(
+                k in text for k in ("UniqueViolation", "already exists", "IntegrityError")
+            ):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")

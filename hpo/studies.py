@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 CONFIG_ATTR = "hpo:config"
 STATE_ATTR = "hpo:state"
-STUDY_STATES = ("active", "paused", "cancelled")
+STUDY_STATES = ("creating", "active", "paused", "cancelled")
 RETRY_ATTR = "hpo:retry"
 SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
@@ -98,6 +98,8 @@ def create_study(storage: BaseStorage, config: StudyConfig) -> optuna.Study:
             f"study {config.name!r} already exists: resume it with --resume, or choose another "
             "name with --study"
         ) from None
+    # Workers skip the study until its set-up (MLflow experiment and run) is stored.
+    storage.set_study_system_attr(study._study_id, STATE_ATTR, "creating")
     save_config(storage, study, config)
     return study
 
@@ -343,10 +345,12 @@ def reap_stale_trials(storage: BaseStorage, config: StudyConfig) -> list[int]:
             if run_id and config.tracking_uri:
                 from hpo import tracking
 
-                try:
-                    c = tracking.client(config.tracking_uri)
-                    if c.get_run(run_id).info.status == "RUNNING":
-                        tracking.end_trial_run(c, run_id, "FAIL", reason)
-                except Exception:  # the tracking server may be down; sync replays it later
-                    pass
+                try:  # queued in the local outbox when the server is down
+                    tracking.end_orphan_run(config.tracking_uri, run_id, reason)
+                except Exception as exc:
+                    import logging
+
+                    logging.getLogger("hpo.studies").warning(
+                        "could not end MLflow run %s: %s", run_id, exc
+                    )
     return reaped

@@ -148,8 +148,10 @@ def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dic
     spec = config.spec()
     known = set(spec.space.names())
     if param not in known:
-        raise ValueError(f"{param!r} is not a parameter of study {config.name!r}; "
-                         f"parameters: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"{param!r} is not a parameter of study {config.name!r}; "
+            f"parameters: {', '.join(sorted(known))}"
+        )
     maximize = spec.directions[0] == "maximize"
     groups: dict[str, list[Any]] = {}
     for t in counted_trials(study.get_trials(deepcopy=False)):
@@ -164,22 +166,28 @@ def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dic
     rows = []
     for value, trials in sorted(groups.items()):
         objective = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
-        epoch_s = [float(t.user_attrs["epoch_seconds_median"]) for t in trials
-                   if "epoch_seconds_median" in t.user_attrs]
-        sizes = [float(t.user_attrs["params_count"]) for t in trials
-                 if "params_count" in t.user_attrs]
+        epoch_s = [
+            float(t.user_attrs["epoch_seconds_median"])
+            for t in trials
+            if "epoch_seconds_median" in t.user_attrs
+        ]
+        sizes = [
+            float(t.user_attrs["params_count"]) for t in trials if "params_count" in t.user_attrs
+        ]
         best = (max(objective) if maximize else min(objective)) if objective else None
-        rows.append({
-            "value": value,
-            "trials": len(trials),
-            "complete": len(objective),
-            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-            "failed": sum(t.state == TrialState.FAIL for t in trials),
-            f"best_{spec.metrics[0]}": best,
-            f"median_{spec.metrics[0]}": median(objective),
-            "median_epoch_seconds": median(epoch_s),
-            "median_params_count": median(sizes),
-        })
+        rows.append(
+            {
+                "value": value,
+                "trials": len(trials),
+                "complete": len(objective),
+                "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                "failed": sum(t.state == TrialState.FAIL for t in trials),
+                f"best_{spec.metrics[0]}": best,
+                f"median_{spec.metrics[0]}": median(objective),
+                "median_epoch_seconds": median(epoch_s),
+                "median_params_count": median(sizes),
+            }
+        )
     return rows
 
 

@@ -40,6 +40,7 @@ from hpo.studies import (
 
 log = logging.getLogger("hpo.worker")
 WORKER_ATTR = "hpo:worker"
+FINALIZED_ATTR = "hpo:finalized"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 STOPPED_REASON = "the worker was stopped (SIGTERM/SIGINT) before the trial finished; requeued"
 
@@ -406,8 +407,25 @@ class Worker:
                 stop_grace=self.options.stop_grace,
             )
             with_db_retry(lambda: self._tell(served, trial, result), what="recording a result")
+            self._finalize_if_done(served.config)
         finally:
             self._current_trial_id = None
+
+    def _finalize_if_done(self, config: StudyConfig) -> None:
+        """The worker that records a study's last trial ends its MLflow study run with plots."""
+        from hpo.studies import study_status
+        from hpo.study_report import finalize_study
+
+        try:
+            if not study_status(self.storage, config.name).done:
+                return
+            study_id = self.storage.get_study_id_from_name(config.name)
+            if self.storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR):
+                return
+            self.storage.set_study_system_attr(study_id, FINALIZED_ATTR, WORKER_ID)
+            finalize_study(self.storage, load_config(self.storage, config.name))
+        except Exception as exc:  # reporting must never stop a worker
+            log.warning("could not finalize study %s: %s", config.name, exc)
 
     def _tell(self, served: _Served, trial: Any, result: TrialResult) -> None:
         from optuna.trial import TrialState
@@ -441,8 +459,7 @@ class Worker:
         from hpo import tracking
 
         try:
-            c = tracking.client(config.tracking_uri or "")
-            if c.get_run(run_id).info.status == "RUNNING":
-                tracking.end_trial_run(c, run_id, "FAIL", reason)
+            # Never reads the server: works while it is down and with placeholder run ids.
+            tracking.end_orphan_run(config.tracking_uri or "", run_id, reason)
         except Exception as exc:
             log.warning("could not end MLflow run %s: %s", run_id, exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hpo.cli import _run, _spaces, _study
+from hpo.cli import _ensemble, _run, _sample, _spaces, _study, _sync
 
 app = typer.Typer(
     name="hpo",
@@ -19,6 +19,11 @@ app.command("worker")(_run.worker)
 app.command("ui")(_run.ui)
 app.add_typer(_spaces.app, name="spaces")
 app.add_typer(_study.app, name="study")
+app.add_typer(_ensemble.app, name="ensemble")
+app.command("export")(_ensemble.export)
+app.command("predict")(_ensemble.predict)
+app.command("sample")(_sample.sample)
+app.command("sync")(_sync.sync)
 
 
 def main() -> None:

@@ -108,6 +108,11 @@ def prepare_study(
                 "or give another name with --study"
             )
         config = load_config(store, study_name)
+        from hpo.studies import get_study_state
+
+        if get_study_state(store, study_name) == "creating":
+            # An earlier creation stopped before its MLflow set-up: finish it now.
+            _start_tracking(store, config, spec_run, algorithm, pruner, space)
         if trials and trials != config.n_trials:
             from hpo.studies import save_config
 
@@ -136,22 +141,32 @@ def prepare_study(
         max_retries=max_retries,
         tracking_uri=resolve_tracking_uri(tracking_uri),
     )
-    study = create_study(store, config)
+    create_study(store, config)
+    _start_tracking(store, config, spec_run, algorithm, pruner, space)
+    return store, config, True
+
+
+def _start_tracking(
+    store: Any, config: Any, spec_run: Any, algorithm: str, pruner: str, space: Path
+) -> None:
+    """Create the study's MLflow experiment and run, store their ids, then open the study."""
+    import optuna
+
     from hpo import tracking
-    from hpo.studies import save_config
+    from hpo.studies import save_config, set_study_state
 
     config.experiment_id, config.parent_run_id = tracking.start_study_run(
         config.tracking_uri or "",
-        study_name,
+        config.name,
         tags={
             "hpo.family": spec_run.family,
-            "hpo.algorithm": algorithm,
-            "hpo.pruner": pruner,
+            "hpo.algorithm": config.algorithm,
+            "hpo.pruner": config.pruner,
             "hpo.dataset": spec_run.dataset.name,
         },
         params={
-            "algorithm": algorithm,
-            "pruner": pruner,
+            "algorithm": config.algorithm,
+            "pruner": config.pruner,
             "n_trials": config.n_trials,
             "seed": config.seed,
             "family": spec_run.family,
@@ -161,5 +176,5 @@ def prepare_study(
             "space_file": str(space),
         },
     )
-    save_config(store, study, config)
-    return store, config, True
+    save_config(store, optuna.load_study(study_name=config.name, storage=store), config)
+    set_study_state(store, config.name, "active")

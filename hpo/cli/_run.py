@@ -85,8 +85,9 @@ def run(
 
     config = load_config(store, config.name)
     st = study_status(store, config.name)
-    if st.done:
-        finalize_study(store, config)
+    study_id = store.get_study_id_from_name(config.name)
+    if st.done and not store.get_study_system_attrs(study_id).get("hpo:finalized"):
+        finalize_study(store, config)  # normally the worker with the last trial did it
     _summary(store, config, st, logs, json_out)
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
 
@@ -219,6 +220,14 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
         "(browse it with [bold]hpo ui[/])\n"
         f"worker logs: {', '.join(str(p) for p in logs)}"
     )
+    from hpo import tracking
+
+    pending = tracking.pending_operations(config.tracking_uri or "")
+    if pending:
+        console.print(
+            f"[yellow]{pending} MLflow writes wait in the local outbox (the tracking "
+            "server did not answer): run [bold]hpo sync[/] when it is back[/]"
+        )
 
 
 def worker(

@@ -1,0 +1,258 @@
+"""``hpo ensemble`` (build, list, show), ``hpo export`` and ``hpo predict``."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hpo.cli._common import EXIT_RUNTIME, EXIT_USAGE, console, err_console, fail, print_json
+
+app = typer.Typer(
+    help="Weighted ensembles of the best trials, registered in the MLflow Model Registry.",
+    no_args_is_help=True,
+)
+
+StorageOpt = typer.Option(
+    None, "--storage", envvar="HPO_STORAGE", help="Study store URL (default: sqlite hpo.db here)."
+)
+TrackingOpt = typer.Option(
+    None,
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI (default: the studies' own, else mlflow.db here).",
+)
+JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+
+
+@contextmanager
+def _handled() -> Iterator[None]:
+    """Ensemble, model and study errors: exit 2 with the message; MLflow failures: exit 1."""
+    from hpo.cli._common import handled_errors
+    from hpo.ensemble import EnsembleError
+    from hpo.models import ModelError
+
+    try:
+        with handled_errors():
+            yield
+    except (EnsembleError, ModelError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException):
+            fail(f"MLflow: {exc.message}", EXIT_RUNTIME)
+        raise
+
+
+@contextmanager
+def _printed_warnings() -> Iterator[None]:
+    """Show the ensemble's warnings (skipped candidates) as one line each on stderr."""
+    from hpo.ensemble import EnsembleWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EnsembleWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, EnsembleWarning):
+                    err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command("build")
+def build(
+    studies: list[str] = typer.Argument(..., help="Studies whose trials are candidates."),
+    name: str | None = typer.Option(
+        None, "--name", help="Registered model name (default: STUDY-ensemble)."
+    ),
+    method: str = typer.Option(
+        "caruana", "--method", help="caruana (greedy selection), weights (simplex fit), average."
+    ),
+    top: int = typer.Option(20, "--top", min=1, help="Candidates: the N best trials."),
+    size: int = typer.Option(
+        10, "--size", min=1, help="Greedy rounds (caruana) or members of the average."
+    ),
+    metric: str = typer.Option(
+        "nll", "--metric", help="What caruana minimizes on validation: nll or accuracy."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of caruana's tie-breaking."),
+    storage: str | None = StorageOpt,
+    tracking_uri: str | None = TrackingOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Build a weighted ensemble from stored validation predictions and register it.
+
+    Candidates are the --top best COMPLETE trials over all STUDIES (which must share their
+    dataset); the test split is only scored. Nothing is retrained.
+    """
+    from hpo.ensemble import build_ensemble
+
+    name = name or f"{'-'.join(studies)}-ensemble"
+    with _handled(), _printed_warnings():
+        result = build_ensemble(
+            studies,
+            name,
+            method=method,
+            top=top,
+            size=size,
+            metric=metric,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            seed=seed,
+        )
+    if json_out:
+        print_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    console.print(
+        f"[bold]{result.name}[/] version {result.version}: {result.method} ensemble of "
+        f"{len(result.members)} trials from {len(result.candidates)} candidates "
+        f"(MLflow run {result.run_id})"
+    )
+    members = Table("study", "trial", "family", "weight", "MLflow run")
+    for m in result.members:
+        members.add_row(m.study, str(m.trial), m.family, f"{m.weight:.3f}", m.run_id)
+    console.print(members)
+    console.print(_metrics_table(result.metrics))
+    if not result.exportable:
+        err_console.print(f"[yellow]note:[/] not exportable: {result.export_problem}")
+
+
+def _metrics_table(metrics: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    names = sorted({n for split in metrics.values() for kind in split.values() for n in kind})
+    table = Table("split", "", *names)
+    for split, by_kind in metrics.items():
+        for kind in ("best_single", "average", "ensemble"):
+            if kind in by_kind:
+                table.add_row(
+                    split, kind.replace("_", " "), *[_fmt(by_kind[kind].get(n)) for n in names]
+                )
+    return table
+
+
+@app.command("list")
+def list_command(tracking_uri: str | None = TrackingOpt, json_out: bool = JsonOpt) -> None:
+    """The registered ensembles, with their latest version."""
+    from hpo.ensemble import list_ensembles
+
+    with _handled():
+        rows = list_ensembles(tracking_uri)
+    if json_out:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("name", "versions", "method", "studies", "members", "test metrics (ensemble)")
+    for r in rows:
+        test = r["metrics"].get("test", {}).get("ensemble", {})
+        table.add_row(
+            r["name"],
+            str(r["versions"]),
+            str(r["method"]),
+            ", ".join(r["studies"]),
+            str(r["members"]),
+            ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(test.items())),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Registered ensemble name."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Only this version."),
+    tracking_uri: str | None = TrackingOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """A registered ensemble's versions: method, members, weights and metrics."""
+    from hpo.ensemble import show_ensemble
+
+    with _handled():
+        info = show_ensemble(name, version, tracking_uri)
+    if json_out:
+        print_json(info)
+        return
+    from rich.table import Table
+
+    for v in info["versions"]:
+        console.print(
+            f"[bold]{info['name']}[/] version {v['version']} ({v['created']}): {v['method']} "
+            f"ensemble of {', '.join(v['studies'])}; MLflow run {v['run_id']}"
+            + ("" if v["exportable"] else " [yellow](not exportable)[/]")
+        )
+        members = Table("study", "trial", "weight", "MLflow run")
+        for m in v["members"]:
+            members.add_row(m["study"], str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
+        console.print(members)
+        console.print(_metrics_table(v["metrics"]))
+
+
+def export(
+    name: str = typer.Argument(..., help="Registered ensemble name."),
+    output: Path = typer.Option(..., "--output", "-o", help="File (.keras) or folder to write."),
+    fmt: str = typer.Option("keras", "--format", help="keras, savedmodel or mlflow."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Version (latest)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    tracking_uri: str | None = TrackingOpt,
+) -> None:
+    """Export a registered ensemble: one .keras file (loads without hpo, in safe mode), a
+    TensorFlow SavedModel, or an MLflow model folder."""
+    from hpo.ensemble import export_ensemble
+
+    with _handled():
+        path = export_ensemble(name, output, fmt, version, tracking_uri, overwrite)
+    console.print(f"wrote {path} ({fmt})")
+
+
+def predict(
+    model: str = typer.Argument(
+        ..., help="A .keras file, or a registered ensemble NAME[:VERSION]."
+    ),
+    input_file: Path = typer.Option(
+        ..., "--input", "-i", help="Inputs: .npz with an array x, .npy, or CSV of numbers."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write predictions to .npz, .csv or .json (else print)."
+    ),
+    tracking_uri: str | None = TrackingOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Class probabilities and the predicted class of each input example.
+
+    Model files are loaded in safe mode: legacy .h5 files and files with a Lambda layer or
+    other arbitrary code are refused.
+    """
+    from hpo.ensemble import load_predictor, predict_arrays, read_inputs, write_predictions
+
+    with _handled():
+        keras_model = load_predictor(model, tracking_uri)
+        x = read_inputs(input_file, tuple(keras_model.inputs[0].shape[1:]))
+        probs, predicted = predict_arrays(keras_model, x)
+        if output is not None:
+            write_predictions(output, probs, predicted)
+    if output is not None:
+        console.print(f"wrote predictions of {len(x)} examples to {output}")
+    elif json_out:
+        print_json({"probabilities": probs.tolist(), "predicted": predicted.tolist()})
+    else:
+        # Plain lines (index, predicted class, probabilities) that tools can cut and paste.
+        flat = probs.reshape(len(probs), -1)
+        labels = predicted.reshape(len(probs), -1)
+        for i, (row, cls) in enumerate(zip(flat, labels, strict=True)):
+            sys.stdout.write(
+                f"{i}\t{' '.join(map(str, cls))}\t{' '.join(f'{p:.4f}' for p in row)}\n"
+            )

@@ -1,0 +1,759 @@
+"""Building an ensemble: candidates, weights, metrics, the MLflow run and the registered model.
+
+Everything works from what trials stored: their validation predictions choose and weight the
+members, their test predictions are only scored, and nothing is retrained. The test split
+plays no part in choosing or weighting.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# MLflow's per-download progress bars would bury the command's own output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from hpo._outbox import is_placeholder
+from hpo.ensemble._candidates import (
+    MODEL_FILE,
+    Candidate,
+    check_same_dataset,
+    complete_trials,
+    fetch_candidates,
+    load_studies,
+    rank_by_validation_nll,
+)
+from hpo.ensemble._errors import EnsembleError, EnsembleWarning
+from hpo.ensemble._metrics import accuracy, as_probabilities, evaluate, metric_names, nll
+from hpo.ensemble._predictions import SPLITS, PredictionSet
+from hpo.ensemble._weights import (
+    METHODS,
+    average_weights,
+    caruana_weights,
+    fit_simplex_weights,
+)
+
+SELECTION_METRICS = ("nll", "accuracy")
+KINDS = ("ensemble", "best_single", "average")
+CROSS_STUDY_EXPERIMENT = "ensembles"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+ENSEMBLE_FILE = "ensemble.json"
+
+
+@dataclass
+class Combination:
+    """Weights fitted on validation predictions, with the metrics of the ensemble and of its
+    baselines on both splits.
+
+    ``metrics[split][kind][metric]``: ``split`` is ``validation`` or ``test``; ``kind`` is
+    ``ensemble``, ``best_single`` (the best candidate by validation objective) or ``average``
+    (the uniform average of the best ``size`` candidates).
+    """
+
+    method: str
+    weights: np.ndarray
+    metrics: dict[str, dict[str, dict[str, float]]]
+    size: int
+
+
+def fit_weights(
+    preds: PredictionSet,
+    method: str = "caruana",
+    size: int = 10,
+    metric: str = "nll",
+    seed: int | None = 0,
+) -> np.ndarray:
+    """One weight per candidate of ``preds``, fitted on VALIDATION predictions only.
+
+    Args:
+        preds: the candidates' stored predictions, best candidate first.
+        method: ``caruana`` (greedy selection with replacement, ``size`` rounds),
+            ``weights`` (log loss minimized over the simplex) or ``average`` (the best
+            ``size`` candidates, uniformly).
+        size: rounds of greedy selection, or members of the average.
+        metric: what greedy selection minimizes: ``nll`` (log loss) or ``accuracy``
+            (its complement; classifiers only).
+        seed: seed of greedy selection's tie-breaking.
+    """
+    if method not in METHODS:
+        raise EnsembleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if metric not in SELECTION_METRICS:
+        raise EnsembleError(
+            f"unknown selection metric {metric!r}; choose one of {', '.join(SELECTION_METRICS)}"
+        )
+    n = len(preds)
+    if method == "average":
+        return average_weights(n, size)
+    if method == "weights":
+        return fit_simplex_weights(preds.true_probs("validation"))
+    if metric == "nll":
+        p_true = preds.true_probs("validation")
+        return caruana_weights(lambda i: p_true[:, i], n, size, nll, seed)
+    if preds.task == "language_model":
+        raise EnsembleError("greedy selection on accuracy is for classifiers; use --metric nll")
+    y = preds.targets("validation")
+    task = preds.task
+    return caruana_weights(
+        lambda i: preds.predictions(i, "validation"),
+        n,
+        size,
+        lambda p: 1.0 - accuracy(as_probabilities(p, task), y),
+        seed,
+    )
+
+
+def score(preds: PredictionSet, weights: np.ndarray, size: int) -> dict[str, Any]:
+    """Metrics of the weighted ensemble, the best single candidate and the top-``size``
+    average, on validation and test."""
+    baselines = {
+        "ensemble": weights,
+        "best_single": average_weights(len(preds), 1),
+        "average": average_weights(len(preds), size),
+    }
+    out: dict[str, Any] = {}
+    for split in SPLITS:
+        y = preds.targets(split)
+        out[split] = {
+            kind: evaluate(preds.weighted_sum(w, split), y, preds.task)
+            for kind, w in baselines.items()
+        }
+    return out
+
+
+def combine(
+    preds: PredictionSet,
+    method: str = "caruana",
+    size: int = 10,
+    metric: str = "nll",
+    seed: int | None = 0,
+) -> Combination:
+    """Fit weights (validation only) and score the ensemble and its baselines.
+
+    Example:
+        >>> comb = combine(preds, "caruana", size=5)  # doctest: +SKIP
+        >>> comb.metrics["test"]["ensemble"]["accuracy"]  # doctest: +SKIP
+        0.93
+    """
+    weights = fit_weights(preds, method, size, metric, seed)
+    return Combination(method, weights, score(preds, weights, size), size)
+
+
+@dataclass
+class Member:
+    """A trial in an ensemble, with its weight."""
+
+    study: str
+    trial: int
+    run_id: str
+    family: str
+    weight: float
+    objective: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "trial": self.trial,
+            "run_id": self.run_id,
+            "family": self.family,
+            "weight": self.weight,
+            "objective": self.objective,
+        }
+
+
+@dataclass
+class EnsembleResult:
+    """What :func:`build_ensemble` built and where it recorded it."""
+
+    name: str
+    version: int | None
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    method: str
+    metric: str
+    size: int
+    top: int
+    seed: int | None
+    task: str
+    studies: list[str]
+    members: list[Member]
+    metrics: dict[str, dict[str, dict[str, float]]]
+    candidates: list[dict[str, Any]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    exportable: bool = True
+    export_problem: str | None = None
+    model_uri: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+            "method": self.method,
+            "metric": self.metric,
+            "size": self.size,
+            "top": self.top,
+            "seed": self.seed,
+            "task": self.task,
+            "studies": self.studies,
+            "members": [m.to_dict() for m in self.members],
+            "metrics": self.metrics,
+            "candidates": self.candidates,
+            "skipped": self.skipped,
+            "exportable": self.exportable,
+            "export_problem": self.export_problem,
+            "model_uri": self.model_uri,
+        }
+
+
+def check_name(name: str) -> None:
+    """Registered ensemble names: letters, digits, ``_``, ``.``, ``-`` (they become tags)."""
+    if not NAME_PATTERN.match(name):
+        raise EnsembleError(
+            f"invalid ensemble name {name!r}: use letters, digits, '_', '.' and '-' "
+            "(at most 100, starting with a letter or digit)"
+        )
+
+
+def build_ensemble(
+    studies: Sequence[str],
+    name: str,
+    *,
+    method: str = "caruana",
+    top: int = 20,
+    size: int = 10,
+    metric: str = "nll",
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    seed: int | None = 0,
+) -> EnsembleResult:
+    """Build a weighted ensemble of the best trials of ``studies`` and register it as ``name``.
+
+    Candidates are the ``top`` best COMPLETE trials by validation objective over all the
+    studies; weights come from ``method`` (see :func:`fit_weights`) on their validation
+    predictions. The ensemble's MLflow run (in the study's experiment, or in ``ensembles`` for
+    several studies) holds its parameters, the metrics of the ensemble and of the baselines on
+    validation and test, plots, ``ensemble.json`` and the ensemble as an MLflow Keras model,
+    registered as a new version of ``name`` in the MLflow Model Registry.
+
+    Raises:
+        EnsembleError: invalid options, studies on different data, no usable candidate.
+        hpo.studies.StudyError: a study that does not exist.
+
+    Example:
+        >>> result = build_ensemble(["image_cnn"], "cnn-ens", size=10)  # doctest: +SKIP
+        >>> result.version, [round(m.weight, 2) for m in result.members]  # doctest: +SKIP
+        (1, [0.4, 0.3, 0.3])
+    """
+    from hpo import tracking
+    from hpo.storage import open_storage, resolve_storage
+
+    check_name(name)
+    if top < 1 or size < 1:
+        raise EnsembleError("--top and --size must be at least 1")
+    if method not in METHODS:
+        raise EnsembleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if metric not in SELECTION_METRICS:
+        raise EnsembleError(
+            f"unknown selection metric {metric!r}; choose one of {', '.join(SELECTION_METRICS)}"
+        )
+    if not studies:
+        raise EnsembleError("name at least one study")
+    store = open_storage(resolve_storage(storage))
+    infos = load_studies(store, list(studies))
+    uris = {s.tracking_uri for s in infos if s.tracking_uri}
+    if tracking_uri is None and len(uris) > 1:
+        raise EnsembleError(
+            "the studies are tracked in different MLflow stores ("
+            + ", ".join(sorted(uris))
+            + "); give the one holding all their runs with --tracking-uri"
+        )
+    uri = tracking_uri or (uris.pop() if uris else tracking.resolve_tracking_uri())
+    client = tracking.client(uri)
+    _registered_model(client, name, create=False)  # refuse a foreign name before any work
+    by_study = {s.name: complete_trials(store, s) for s in infos}
+    if not any(by_study.values()):
+        raise EnsembleError(
+            "no COMPLETE trial with an MLflow run in " + ", ".join(repr(s.name) for s in infos)
+        )
+    skipped: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hpo-ensemble-") as tmp:
+        dest = Path(tmp)
+        dataset = check_same_dataset(client, infos, by_study, dest / "datasets")
+        task = str(dataset["task"])
+        comparable = len({(s.metric) for s in infos}) == 1
+        everyone = [c for s in infos for c in by_study[s.name]]
+        if comparable:
+            everyone.sort(key=lambda c: (c.rank_key(), c.study, c.trial_number))
+            candidates = fetch_candidates(client, everyone, top, dataset, dest, skipped)
+        else:
+            # Different objectives cannot be compared: rank by validation log loss instead.
+            fetched = fetch_candidates(client, everyone, None, dataset, dest, skipped)
+            candidates = rank_by_validation_nll(fetched, task)[:top] if fetched else []
+        while True:
+            if not candidates:
+                raise EnsembleError(
+                    "no usable candidate: every trial considered was skipped (see the warnings)"
+                )
+            preds = PredictionSet([c.predictions for c in candidates if c.predictions], task)
+            comb = combine(preds, method, size, metric, seed)
+            models, broken = _load_members(client, candidates, comb.weights, dest)
+            if not broken:
+                break
+            for cand, why in broken:
+                message = f"skipped {cand.label}: its model cannot be loaded: {why}"
+                warnings.warn(message, EnsembleWarning, stacklevel=2)
+                skipped.append({**cand.to_dict(), "reason": f"model: {why}"})
+            bad = {c.run_id for c, _ in broken}
+            candidates = [c for c in candidates if c.run_id not in bad]
+        members = [
+            Member(c.study, c.trial_number, c.run_id, c.family, float(w), {c.metric: c.value})
+            for c, w in zip(candidates, comb.weights, strict=True)
+            if w > 0
+        ]
+        return _record(
+            client=client,
+            uri=uri,
+            name=name,
+            infos=infos,
+            candidates=candidates,
+            members=members,
+            models=models,
+            comb=comb,
+            preds=preds,
+            method=method,
+            metric=metric,
+            size=size,
+            top=top,
+            seed=seed,
+            dataset=dataset,
+            skipped=skipped,
+            dest=dest,
+        )
+
+
+def _load_members(
+    client: Any, candidates: list[Candidate], weights: np.ndarray, dest: Path
+) -> tuple[list[Any], list[tuple[Candidate, str]]]:
+    """Load the models of the candidates with a non-zero weight (safe mode)."""
+    from hpo.models import load_keras_model
+
+    models: list[Any] = []
+    broken: list[tuple[Candidate, str]] = []
+    for cand, w in zip(candidates, weights, strict=True):
+        if w <= 0:
+            continue
+        try:
+            local = client.download_artifacts(cand.run_id, MODEL_FILE, str(dest / cand.run_id))
+            models.append(load_keras_model(local))
+        except Exception as exc:
+            broken.append((cand, f"{type(exc).__name__}: {exc}"))
+    return models, broken
+
+
+def _experiment(client: Any, infos: list[Any]) -> tuple[str, str | None]:
+    """The ensemble's experiment (the study's, or ``ensembles`` across studies) and parent."""
+    if len(infos) == 1 and infos[0].experiment_id:
+        experiment_id = str(infos[0].experiment_id)
+        parent = infos[0].parent_run_id
+        if is_placeholder(experiment_id) or (parent and is_placeholder(parent)):
+            from hpo import tracking
+
+            experiment_id = client.resolve(experiment_id)
+            parent = tracking.resolve_run_id(client.uri, parent) if parent else None
+        return experiment_id, parent
+    return client.ensure_experiment(CROSS_STUDY_EXPERIMENT, tags={"hpo.kind": "ensembles"}), None
+
+
+def _record(
+    *,
+    client: Any,
+    uri: str,
+    name: str,
+    infos: list[Any],
+    candidates: list[Candidate],
+    members: list[Member],
+    models: list[Any],
+    comb: Combination,
+    preds: PredictionSet,
+    method: str,
+    metric: str,
+    size: int,
+    top: int,
+    seed: int | None,
+    dataset: dict[str, Any],
+    skipped: list[dict[str, Any]],
+    dest: Path,
+) -> EnsembleResult:
+    """Log the ensemble's run, register its model and tag both ways."""
+    from hpo import tracking
+    from hpo.ensemble._export import (
+        MODEL_ARTIFACT,
+        check_standard,
+        ensemble_model,
+        save_mlflow_model,
+    )
+
+    _registered_model(client, name, create=True)
+    study_names = [s.name for s in infos]
+    experiment_id, parent = _experiment(client, infos)
+    tags = {
+        "hpo.kind": "ensemble",
+        "hpo.studies": ",".join(study_names),
+        "hpo.ensemble.name": name,
+        "hpo.ensemble.method": method,
+        "hpo.ensemble.members": ",".join(m.run_id for m in members),
+    }
+    if len(infos) == 1:
+        tags["hpo.study"] = infos[0].name
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run_id = client.start_run(experiment_id, run_name=f"ensemble {name}", tags=tags)
+    if is_placeholder(run_id) or is_placeholder(experiment_id):
+        raise EnsembleError(
+            f"MLflow at {uri} does not answer: the ensemble's run is queued in the outbox, "
+            "but a version can be registered only while the server answers; try again later"
+        )
+    artifact_uri = str(client.get_run(run_id).info.artifact_uri)
+    result = EnsembleResult(
+        name=name,
+        version=None,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        tracking_uri=uri,
+        method=method,
+        metric=metric,
+        size=size,
+        top=top,
+        seed=seed,
+        task=str(dataset["task"]),
+        studies=study_names,
+        members=members,
+        metrics=comb.metrics,
+        candidates=[c.to_dict() for c in candidates],
+        skipped=skipped,
+    )
+    try:
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "method": method,
+                "selection_metric": metric,
+                "size": size,
+                "top": top,
+                "seed": seed,
+                "studies": ",".join(study_names),
+                "dataset": dataset.get("dataset"),
+                "task": dataset["task"],
+                "fingerprint": dataset["fingerprint"],
+                "n_candidates": len(candidates),
+                "n_members": len(members),
+                "members": json.dumps([[m.study, m.trial, m.run_id, m.weight] for m in members]),
+                **{f"member.{i}.run_id": m.run_id for i, m in enumerate(members)},
+                **{f"member.{i}.weight": m.weight for i, m in enumerate(members)},
+            },
+        )
+        tracking.log_metrics(client, run_id, flat_metrics(comb.metrics), 0)
+        files: dict[str, Path | bytes] = {
+            "weights.png": weights_png(members),
+            "metrics.png": metrics_png(preds, comb, candidates),
+        }
+        model_dir = dest / "mlflow-model"
+        try:
+            ensemble = ensemble_model(
+                models, [m.weight for m in members], [f"{m.study}_trial{m.trial}" for m in members]
+            )
+            check_standard(ensemble)
+            save_mlflow_model(ensemble, model_dir)
+        except EnsembleError as exc:
+            result.exportable, result.export_problem = False, str(exc)
+            warnings.warn(
+                f"the ensemble is registered without a model: {exc}", EnsembleWarning, stacklevel=3
+            )
+        if result.exportable:
+            _log_folder(client, run_id, model_dir, MODEL_ARTIFACT)
+        source = f"{artifact_uri}/{MODEL_ARTIFACT}" if result.exportable else artifact_uri
+        # Registry writes have no outbox: the server answered the reads just before.
+        mv = client.raw.create_model_version(
+            name,
+            source=source,
+            run_id=run_id,
+            tags={
+                "hpo.kind": "ensemble",
+                "hpo.studies": ",".join(study_names),
+                "hpo.ensemble_run": run_id,
+                "hpo.member_runs": ",".join(m.run_id for m in members),
+                "hpo.method": method,
+                "hpo.task": str(dataset["task"]),
+                "hpo.exportable": str(result.exportable).lower(),
+                **(
+                    {"hpo.export_problem": result.export_problem[:4000]}
+                    if result.export_problem
+                    else {}
+                ),
+            },
+            description=f"{method} ensemble of {len(members)} trials of " + ", ".join(study_names),
+        )
+        result.version = int(mv.version)
+        result.model_uri = f"models:/{name}/{mv.version}"
+        tracking.log_artifact_files(
+            client,
+            run_id,
+            {**files, ENSEMBLE_FILE: json.dumps(result.to_dict(), indent=1).encode()},
+        )
+        client.set_tag(run_id, "hpo.ensemble.version", str(mv.version))
+        client.set_tag(run_id, "hpo.ensemble.model_uri", result.model_uri)
+        _tag_sources(client, name, int(mv.version), members, infos)
+    except BaseException as exc:
+        client.set_tag(run_id, "hpo.fail_reason", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return result
+
+
+def _registered_model(client: Any, name: str, create: bool) -> Any:
+    """The registered model ``name`` (created if missing and ``create``; else None); refuses
+    a registered model that hpo did not make."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        if not create:
+            return None
+        return client.raw.create_registered_model(
+            name,
+            tags={"hpo.kind": "ensemble"},
+            description="Weighted ensemble of hpo trials, built by `hpo ensemble build`.",
+        )
+    if model.tags.get("hpo.kind") != "ensemble":
+        raise EnsembleError(
+            f"the registry already has a model named {name!r} that is not an hpo ensemble; "
+            "choose another --name"
+        )
+    return model
+
+
+def _log_folder(client: Any, run_id: str, folder: Path, artifact_path: str) -> None:
+    """Log every file under ``folder`` below ``artifact_path``, keeping the layout."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        sub = path.parent.relative_to(folder).as_posix()
+        client.log_artifact(run_id, path, artifact_path if sub == "." else f"{artifact_path}/{sub}")
+
+
+def _append_tag(client: Any, run_id: str, key: str, value: str) -> None:
+    current = client.get_run(run_id).data.tags.get(key, "")
+    items = [v for v in current.split(",") if v]
+    if value not in items:
+        items.append(value)
+    client.set_tag(run_id, key, ",".join(items)[-5000:])
+
+
+def _tag_sources(
+    client: Any, name: str, version: int, members: list[Member], infos: list[Any]
+) -> None:
+    """Tag member trial runs and study runs with the registered version that uses them."""
+    for m in members:
+        _append_tag(client, m.run_id, f"hpo.ensemble.{name}", str(version))
+    for s in infos:
+        if s.parent_run_id:
+            _append_tag(client, s.parent_run_id, "hpo.ensembles", f"{name}:{version}")
+
+
+def flat_metrics(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """``{kind}_{split}_{metric}`` names, as logged in MLflow.
+
+    Example:
+        >>> flat_metrics({"test": {"ensemble": {"nll": 0.2}}})
+        {'ensemble_test_nll': 0.2}
+    """
+    return {
+        f"{kind}_{split}_{name}": value
+        for split, by_kind in metrics.items()
+        for kind, values in by_kind.items()
+        for name, value in values.items()
+    }
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def weights_png(members: list[Member]) -> bytes:
+    """A bar chart of the members' weights."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(members) + 1.5))
+    labels = [f"{m.study} #{m.trial} ({m.family})" for m in members]
+    ax.barh(range(len(members)), [m.weight for m in members])
+    ax.set_yticks(range(len(members)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("weight")
+    ax.set_title("ensemble weights")
+    return _png(fig)
+
+
+def metrics_png(preds: PredictionSet, comb: Combination, candidates: list[Candidate]) -> bytes:
+    """Each member's metrics beside the ensemble's and the baselines', validation and test."""
+    plt = _pyplot()
+    names = metric_names(preds.task)
+    members = [i for i, w in enumerate(comb.weights) if w > 0]
+    rows: list[tuple[str, dict[str, dict[str, float]]]] = []
+    for i in members:
+        per_split = {
+            split: evaluate(preds.predictions(i, split), preds.targets(split), preds.task)
+            for split in SPLITS
+        }
+        rows.append((f"#{candidates[i].trial_number} {candidates[i].study}"[:24], per_split))
+    for kind in ("best_single", "average", "ensemble"):
+        rows.append((kind, {s: comb.metrics[s][kind] for s in SPLITS}))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 0.35 * len(rows) + 2))
+    axes = np.atleast_1d(axes)
+    y = np.arange(len(rows))
+    for ax, metric in zip(axes, names, strict=True):
+        for j, split in enumerate(SPLITS):
+            ax.barh(y + 0.4 * j, [r[1][split][metric] for r in rows], height=0.4, label=split)
+        ax.set_yticks(y + 0.2, [r[0] for r in rows])
+        ax.invert_yaxis()
+        ax.set_title(metric)
+        ax.legend()
+    return _png(fig)
+
+
+# -- reading registered ensembles -------------------------------------------------------------
+
+
+def _version_summary(client: Any, mv: Any) -> dict[str, Any]:
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    metrics = {}
+    params: dict[str, str] = {}
+    if run is not None:
+        metrics = dict(run.data.metrics)
+        params = dict(run.data.params)
+    members = json.loads(params.get("members", "[]")) if params.get("members") else []
+    return {
+        "version": int(mv.version),
+        "run_id": mv.run_id,
+        "created": time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(int(mv.creation_timestamp) / 1000)
+        ),
+        "method": mv.tags.get("hpo.method") or params.get("method"),
+        "studies": [s for s in mv.tags.get("hpo.studies", "").split(",") if s],
+        "task": mv.tags.get("hpo.task"),
+        "exportable": mv.tags.get("hpo.exportable") != "false",
+        "source": mv.source,
+        "members": [{"study": s, "trial": t, "run_id": r, "weight": w} for s, t, r, w in members],
+        "metrics": _nest(metrics),
+    }
+
+
+def _nest(flat: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in flat.items():
+        for kind in KINDS:
+            for split in SPLITS:
+                prefix = f"{kind}_{split}_"
+                if key.startswith(prefix):
+                    out.setdefault(split, {}).setdefault(kind, {})[key[len(prefix) :]] = value
+    return out
+
+
+def _ensemble_models(client: Any) -> list[Any]:
+    return [
+        m
+        for m in client.search_registered_models(max_results=1000)
+        if m.tags.get("hpo.kind") == "ensemble"
+    ]
+
+
+def list_ensembles(tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Every registered hpo ensemble with its latest version's method, members and metrics.
+
+    Example:
+        >>> [e["name"] for e in list_ensembles()]  # doctest: +SKIP
+        ['cnn-ens']
+    """
+    from hpo import tracking
+
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    out = []
+    for model in sorted(_ensemble_models(client), key=lambda m: m.name):
+        versions = client.search_model_versions(f"name = '{_quote(model.name)}'")
+        if not versions:
+            continue
+        latest = max(versions, key=lambda v: int(v.version))
+        summary = _version_summary(client, latest)
+        out.append(
+            {
+                "name": model.name,
+                "versions": len(versions),
+                "latest_version": summary["version"],
+                "method": summary["method"],
+                "studies": summary["studies"],
+                "members": len(summary["members"]),
+                "metrics": summary["metrics"],
+            }
+        )
+    return out
+
+
+def show_ensemble(
+    name: str, version: int | None = None, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """A registered ensemble: its versions (or one), each with method, members, weights and
+    metrics.
+
+    Example:
+        >>> show_ensemble("cnn-ens")["versions"][0]["method"]  # doctest: +SKIP
+        'caruana'
+    """
+    from hpo import tracking
+    from hpo.ensemble._export import registered_version
+
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    if version is not None:
+        versions = [registered_version(client, name, version)]
+    else:
+        versions = client.search_model_versions(f"name = '{_quote(name)}'")
+        if not versions:
+            known = ", ".join(m.name for m in _ensemble_models(client)) or "none"
+            raise EnsembleError(f"no registered ensemble named {name!r}; known: {known}")
+    return {
+        "name": name,
+        "versions": [
+            _version_summary(client, mv) for mv in sorted(versions, key=lambda v: int(v.version))
+        ],
+    }
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")

@@ -1,0 +1,376 @@
+"""The ensemble as one Keras model; export to ``.keras``, SavedModel or MLflow; predictions.
+
+The ensemble model is built only from standard Keras layers, so that ``keras.models.load_model``
+loads it in safe mode where ``hpo`` is not installed: every member model is a sub-model on one
+shared ``Input``; each member's output gets a trailing axis (``Reshape``), the outputs are
+concatenated along it (``Concatenate``) and a ``Dense(1, use_bias=False)`` layer whose frozen
+kernel holds the weights computes the weighted average, which a last ``Reshape`` brings back to
+the members' output shape. No ``Lambda`` layer and no custom class is involved.
+
+Example:
+    >>> import keras, numpy as np
+    >>> def member(bias):
+    ...     inp = keras.Input((2,))
+    ...     dense = keras.layers.Dense(2, activation="softmax")
+    ...     model = keras.Model(inp, dense(inp))
+    ...     dense.set_weights([np.zeros((2, 2)), np.array([0.0, bias])])
+    ...     return model
+    >>> ens = ensemble_model([member(0.0), member(1.0)], [0.75, 0.25])
+    >>> ens.predict(np.zeros((1, 2)), verbose=0).astype(float).round(3).tolist()
+    [[0.442, 0.558]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+# MLflow's per-download progress bars would bury the command's own output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from hpo.ensemble._errors import EnsembleError
+
+if TYPE_CHECKING:
+    import keras
+
+FORMATS = ("keras", "savedmodel", "mlflow")
+MODEL_ARTIFACT = "model"  # the MLflow model folder logged in an ensemble's run
+KERAS_IN_MLFLOW_MODEL = Path("data") / "model.keras"
+
+
+def ensemble_model(
+    models: Sequence[keras.Model],
+    weights: Sequence[float],
+    names: Sequence[str] | None = None,
+    name: str = "ensemble",
+) -> keras.Model:
+    """One Keras model whose output is the weighted average of ``models``' outputs.
+
+    Args:
+        models: the members; each takes one input and gives one output, all of the same
+            shapes. They are renamed (``names``, default ``member_0``, ...) so that their
+            layer names cannot clash.
+        weights: one weight per member (non-negative, summing to 1).
+        names: names of the members inside the ensemble.
+        name: the ensemble model's name.
+
+    Raises:
+        EnsembleError: members with several inputs or outputs, or of different shapes.
+    """
+    import keras
+
+    if len(models) != len(weights) or not models:
+        raise EnsembleError(f"{len(models)} member models for {len(weights)} weights")
+    names = list(names or [f"member_{i}" for i in range(len(models))])
+    first = models[0]
+    for model, label in zip(models, names, strict=True):
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise EnsembleError(
+                f"member {label} has {len(model.inputs)} inputs and {len(model.outputs)} "
+                "outputs; an exported ensemble needs members with one of each"
+            )
+        for what, a, b in (
+            ("input", model.inputs[0].shape, first.inputs[0].shape),
+            ("output", model.outputs[0].shape, first.outputs[0].shape),
+        ):
+            if tuple(a[1:]) != tuple(b[1:]):
+                raise EnsembleError(
+                    f"member {label} has {what} shape {tuple(a)} but member {names[0]} has "
+                    f"{tuple(b)}; one exported model needs members that read the same inputs "
+                    "and give outputs of the same shape"
+                )
+    out_shape = tuple(int(d) for d in first.outputs[0].shape[1:])
+    inputs = keras.Input(
+        tuple(first.inputs[0].shape[1:]), dtype=first.inputs[0].dtype, name="inputs"
+    )
+    expanded = []
+    for i, (model, label) in enumerate(zip(models, names, strict=True)):
+        model.name = _layer_name(label)
+        model.trainable = False
+        expanded.append(keras.layers.Reshape((*out_shape, 1), name=f"expand_{i}")(model(inputs)))
+    stacked = (
+        keras.layers.Concatenate(axis=-1, name="stack")(expanded)
+        if len(expanded) > 1
+        else expanded[0]
+    )
+    combine = keras.layers.Dense(1, use_bias=False, trainable=False, name="weighted_average")
+    averaged = combine(stacked)
+    combine.set_weights([np.asarray(weights, dtype=np.float32).reshape(-1, 1)])
+    outputs = keras.layers.Reshape(out_shape, name="probabilities")(averaged)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _layer_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "member"
+
+
+def nonstandard_classes(model: keras.Model) -> list[str]:
+    """Classes in ``model``'s saved configuration that are not part of Keras itself.
+
+    A file holding such a class (a custom layer registered by a family, as the VAE's
+    sampling layer) loads only where the code defining it is importable.
+    """
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "check.keras"
+        keras.saving.save_model(model, path)
+        config = json.loads(zipfile.ZipFile(path).read("config.json"))
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            module = node.get("module")
+            # Keras' own classes live in keras.*; anything else needs its code installed.
+            if isinstance(module, str) and "class_name" in node and module.split(".")[0] != "keras":
+                found.add(f"{module}.{node['class_name']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return sorted(found)
+
+
+def check_standard(model: keras.Model) -> None:
+    """Raise :class:`EnsembleError` if ``model`` needs code outside Keras to load."""
+    custom = nonstandard_classes(model)
+    if custom:
+        raise EnsembleError(
+            "the ensemble cannot be one standard Keras file: members use custom classes "
+            f"({', '.join(custom)}), which load only where their code is installed; VAE "
+            "members and other custom-layer models cannot be exported this way"
+        )
+
+
+def save_mlflow_model(model: keras.Model, path: Path) -> None:
+    """Save ``model`` as an MLflow model folder (Keras flavour, loadable as pyfunc)."""
+    import keras
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    example = np.zeros((1, *model.inputs[0].shape[1:]), dtype=str(model.inputs[0].dtype))
+    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    # Explicit requirements: inferring them would load the model again in a subprocess.
+    mlflow.keras.save_model(
+        model,
+        str(path),
+        signature=signature,
+        pip_requirements=[f"keras=={keras.__version__}", "numpy"],
+    )
+
+
+# -- registered ensembles --------------------------------------------------------------------
+
+
+def registered_version(client: Any, name: str, version: int | None = None) -> Any:
+    """The registered version ``version`` of ensemble ``name`` (the latest when None)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{_quote(name)}'")
+    except MlflowException as exc:
+        raise EnsembleError(f"cannot read the model registry: {exc.message}") from None
+    if not versions:
+        raise EnsembleError(f"no registered ensemble named {name!r}")
+    if version is None:
+        return max(versions, key=lambda v: int(v.version))
+    for v in versions:
+        if int(v.version) == version:
+            return v
+    known = ", ".join(sorted((str(v.version) for v in versions), key=int))
+    raise EnsembleError(f"ensemble {name!r} has no version {version}; it has {known}")
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")
+
+
+def download_model_dir(client: Any, mv: Any, dest: Path) -> Path:
+    """Download the MLflow model folder of a registered version into ``dest``."""
+    if not mv.run_id:
+        raise EnsembleError(f"version {mv.version} of {mv.name!r} has no run")
+    if mv.tags.get("hpo.exportable") == "false":
+        raise EnsembleError(
+            f"version {mv.version} of {mv.name!r} was registered without a model: "
+            f"{mv.tags.get('hpo.export_problem', 'its members cannot be combined into one')}"
+        )
+    local = Path(client.download_artifacts(mv.run_id, MODEL_ARTIFACT, str(dest)))
+    if not (local / KERAS_IN_MLFLOW_MODEL).exists():
+        raise EnsembleError(f"version {mv.version} of {mv.name!r}: its run holds no model")
+    return local
+
+
+def parse_registered_ref(ref: str) -> tuple[str, int | None]:
+    """``NAME``, ``NAME:VERSION`` or ``models:/NAME/VERSION``.
+
+    Example:
+        >>> parse_registered_ref("digits-ens:3"), parse_registered_ref("models:/digits-ens/2")
+        (('digits-ens', 3), ('digits-ens', 2))
+    """
+    if ref.startswith("models:/"):
+        name, _, version = ref[len("models:/") :].partition("/")
+        return name, int(version) if version.isdigit() else None
+    name, sep, version = ref.rpartition(":")
+    if sep and version.isdigit() and name:
+        return name, int(version)
+    return ref, None
+
+
+def export_ensemble(
+    name: str,
+    output: str | Path,
+    fmt: str = "keras",
+    version: int | None = None,
+    tracking_uri: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write registered ensemble ``name`` (its latest version, or ``version``) to ``output``.
+
+    Formats: ``keras``, one ``.keras`` file that loads with ``keras.models.load_model`` in safe
+    mode without hpo; ``savedmodel``, a TensorFlow SavedModel for serving (``model.export``);
+    ``mlflow``, an MLflow model folder loadable with ``mlflow.pyfunc.load_model``.
+
+    Example:
+        >>> export_ensemble("digits-ens", "ens.keras")  # doctest: +SKIP
+        PosixPath('ens.keras')
+    """
+    from hpo import tracking
+
+    if fmt not in FORMATS:
+        raise EnsembleError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    output = Path(output)
+    if fmt == "keras" and output.suffix != ".keras":
+        raise EnsembleError(f"{output}: a Keras model file must end in .keras")
+    if output.exists():
+        if not overwrite:
+            raise EnsembleError(f"{output} exists; remove it or pass --overwrite")
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    mv = registered_version(client, name, version)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = download_model_dir(client, mv, Path(tmp))
+        if fmt == "mlflow":
+            shutil.copytree(model_dir, output)
+        elif fmt == "keras":
+            shutil.copyfile(model_dir / KERAS_IN_MLFLOW_MODEL, output)
+        else:
+            from hpo.models import load_keras_model
+
+            model = load_keras_model(model_dir / KERAS_IN_MLFLOW_MODEL)
+            try:
+                model.export(str(output), format="tf_saved_model", verbose=False)
+            except (ImportError, ValueError, NotImplementedError) as exc:
+                raise EnsembleError(f"cannot write a SavedModel: {exc}") from None
+    return output
+
+
+# -- predictions -------------------------------------------------------------------------------
+
+
+def load_predictor(
+    ref: str | Path, tracking_uri: str | None = None, version: int | None = None
+) -> keras.Model:
+    """A model from a ``.keras`` file or a registered ensemble (``NAME``, ``NAME:VERSION``).
+
+    Files are loaded in safe mode: legacy ``.h5`` files and files holding a ``Lambda`` layer
+    or other arbitrary code are refused (:class:`hpo.models.ModelError`).
+    """
+    from hpo.models import load_keras_model
+
+    path = Path(ref)
+    if path.exists() or path.suffix.lower() in {".keras", ".h5", ".hdf5"}:
+        return load_keras_model(path)
+    from hpo import tracking
+
+    name, parsed = parse_registered_ref(str(ref))
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    mv = registered_version(client, name, version if version is not None else parsed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = download_model_dir(client, mv, Path(tmp))
+        return load_keras_model(model_dir / KERAS_IN_MLFLOW_MODEL)
+
+
+def read_inputs(path: str | Path, input_shape: Sequence[int | None]) -> np.ndarray:
+    """Model inputs from an ``.npz`` (array ``x``), ``.npy`` or CSV file of numbers.
+
+    A CSV holds one example per row (a header row is skipped); rows are reshaped to the
+    model's ``input_shape`` (without the batch axis), e.g. 64 columns to 8x8x1 images.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EnsembleError(f"{path}: no such input file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                if "x" not in data.files:
+                    raise EnsembleError(
+                        f"{path} has no array named 'x' (it has {', '.join(data.files)})"
+                    )
+                x = np.asarray(data["x"])
+        elif suffix == ".npy":
+            x = np.load(path, allow_pickle=False)
+        else:
+            try:
+                x = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)
+            except ValueError:
+                x = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32, skiprows=1)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise EnsembleError(f"{path}: cannot read inputs: {exc}") from None
+    shape = tuple(int(d) for d in input_shape if d is not None)
+    if x.shape[1:] != shape:
+        if x.ndim >= 1 and int(np.prod(x.shape[1:])) == int(np.prod(shape)):
+            x = x.reshape((len(x), *shape))
+        else:
+            raise EnsembleError(
+                f"{path}: inputs of shape {x.shape[1:]} per example, the model expects {shape}"
+            )
+    return x
+
+
+def predict_arrays(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, predicted)``: model outputs and the most probable class of each.
+
+    A single sigmoid output predicts class 1 when its probability is at least 0.5.
+    """
+    dtype = str(model.inputs[0].dtype)
+    probs = np.asarray(model.predict(x.astype(dtype), batch_size=256, verbose=0))
+    if probs.ndim >= 1 and (probs.ndim == 1 or probs.shape[-1] == 1):
+        predicted = (probs.reshape(len(probs), -1)[:, 0] >= 0.5).astype(np.int64)
+    else:
+        predicted = np.argmax(probs, axis=-1)
+    return probs, predicted
+
+
+def write_predictions(path: str | Path, probs: np.ndarray, predicted: np.ndarray) -> Path:
+    """Write predictions: ``.npz`` (arrays ``probabilities`` and ``predicted``), ``.csv``
+    (one row per example: the probabilities, then the predicted class) or ``.json``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        np.savez_compressed(path, probabilities=probs, predicted=predicted)
+    elif suffix == ".csv":
+        flat = probs.reshape(len(probs), -1)
+        header = ",".join([*(f"p{i}" for i in range(flat.shape[1])), "predicted"])
+        rows = np.column_stack([flat, predicted.reshape(len(flat), -1)])
+        np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%.8g")
+    elif suffix == ".json":
+        path.write_text(
+            json.dumps({"probabilities": probs.tolist(), "predicted": predicted.tolist()})
+        )
+    else:
+        raise EnsembleError(f"{path}: write predictions to a .npz, .csv or .json file")
+    return path

@@ -1,0 +1,467 @@
+"""The docker-compose topology as local processes, for tests (Docker does not run here).
+
+A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
+
+- ``mlflow_server`` (session): a real ``mlflow server`` on a fresh PostgreSQL database of its
+  own, ``--serve-artifacts --artifacts-destination <tmp dir>``, on a free port of 127.0.0.1,
+  like the compose ``mlflow`` service. ``stop()`` and ``start()`` take it down and bring it
+  back on the same port, database and artifact directory.
+- ``served_study`` (session): one finished study run through that server over HTTP
+  (``hpo run ... --tracking-uri http://127.0.0.1:PORT`` with 2 workers, PostgreSQL store), so
+  the server and browser tests check the same study.
+- ``start_workers`` (per test): a factory of real ``hpo worker`` subprocesses, configured like
+  the compose ``worker`` service (``HPO_STORAGE``, ``MLFLOW_TRACKING_URI`` in the environment);
+  whatever it started is stopped at the end of the test.
+- ``ServiceProcess``: any such server process (the Optuna dashboard too): started in its own
+  process group, waited for over HTTP, stopped with SIGTERM and, after a grace, SIGKILL.
+
+In CI (``CI`` set) a missing PostgreSQL fails the tests instead of skipping them; a server
+that does not come up always fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from conftest import DEFAULT_POSTGRES, POSTGRES_ENV, REPO, hpo
+
+IN_CI = bool(os.environ.get("CI"))
+DIGITS_SPACE = REPO / "search_spaces" / "image_cnn_digits.yaml"
+SERVED_STUDY = "served_digits"
+SERVED_TRIALS = 3
+# Variables of the developer's shell that would point the processes somewhere else.
+_FOREIGN_ENV = ("HPO_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH")  # fmt: skip
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A missing prerequisite: fail in CI (where it must be there), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the variables that select stores or users.
+
+    MLflow's usage telemetry is off: tests send nothing beyond this machine.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+    env.update(extra or {})
+    return env
+
+
+def http_status(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> int:
+    """The HTTP status of a GET of ``url``; 0 when nothing answers."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (the ``postgres_url`` pattern), dropped afterwards.
+
+    The server is the one of ``$HPO_TEST_POSTGRES_URL`` (default: 127.0.0.1:5432, database
+    ``test``); unreachable, it skips the test, or fails it in CI.
+    """
+    import sqlalchemy as sa
+
+    admin = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:
+        engine.dispose()
+        unavailable(f"PostgreSQL unreachable at {admin}: {exc}")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with engine.connect() as conn:
+            # A server or worker that is still connected must not keep the database alive.
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        engine.dispose()
+
+
+# -- server processes -------------------------------------------------------------------------
+
+
+class ServiceError(RuntimeError):
+    """A service process exited or did not answer in time (its log's tail in the message)."""
+
+
+@dataclass
+class ServiceProcess:
+    """A server started as a process of its own, as a compose service would run it.
+
+    ``start()`` returns once ``health_url`` answers 200 (or raises :class:`ServiceError`);
+    ``stop()`` ends the whole process group (servers fork their own workers).
+    """
+
+    name: str
+    argv: Sequence[str]
+    health_url: str
+    log_path: Path
+    cwd: Path
+    env: Mapping[str, str] = field(default_factory=clean_env)
+    # MLflow takes 15 s to start on an idle 2-core machine, minutes on a busy one.
+    start_timeout: float = 300.0
+    stop_grace: float = 20.0
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts + 1}: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                list(self.argv),
+                cwd=self.cwd,
+                env=dict(self.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stop() reaches its workers
+            )
+        self.starts += 1
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with code {self.proc.returncode} while starting\n"
+                    + self.log_tail()
+                )
+            if http_status(self.health_url, timeout=2.0) == 200:
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ServiceError(
+            f"{self.name} did not answer {self.health_url} within {self.start_timeout:.0f} s\n"
+            + self.log_tail()
+        )
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM to the process group, SIGKILL after ``grace`` (or ``stop_grace``) seconds."""
+        grace = self.stop_grace if grace is None else grace
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        # Workers of the server may outlive their parent for a moment: reap the group.
+        self._signal_group(proc.pid, signal.SIGKILL)
+        self.proc = None
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class MlflowServer(ServiceProcess):
+    """``mlflow server`` as in docker-compose.yml: SQL backend store, artifacts served by it."""
+
+    def __init__(
+        self,
+        backend_store_uri: str,
+        root: Path,
+        *,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.backend_store_uri = backend_store_uri
+        self.artifacts_dir = root / "artifacts"
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            backend_store_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.artifacts_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            # One server process is plenty for a test and spares the 2 cores.
+            "--workers",
+            "1",
+            *extra_args,
+        ]
+        super().__init__(
+            name="mlflow server",
+            argv=argv,
+            health_url=f"http://127.0.0.1:{self.port}/health",
+            log_path=root / "mlflow-server.log",
+            cwd=root,  # anything MLflow writes by default lands here, not in the repo
+            # MLflow's job runner (GenAI judges) is of no use to hpo and costs a dozen
+            # processes on 2 cores.
+            env=clean_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def optuna_dashboard(storage: str, root: Path) -> ServiceProcess:
+    """``optuna-dashboard STORAGE`` as in docker-compose.yml, on a free port of 127.0.0.1."""
+    port = free_port()
+    return ServiceProcess(
+        name="optuna-dashboard",
+        argv=[
+            str(Path(sys.executable).with_name("optuna-dashboard")),
+            storage,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        health_url=f"http://127.0.0.1:{port}/api/meta",
+        log_path=root / "optuna-dashboard.log",
+        cwd=root,
+        stop_grace=5.0,  # it keeps no state of its own
+    )
+
+
+def started(service: ServiceProcess) -> ServiceProcess:
+    """Start ``service``; a server that does not come up fails the test, in CI and out."""
+    try:
+        service.start()
+    except ServiceError as exc:
+        pytest.fail(str(exc))
+    return service
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server over HTTP on a fresh PostgreSQL database."""
+    with fresh_database("hpo_mlflow") as backend:
+        server = MlflowServer(backend, tmp_path_factory.mktemp("mlflow-server"))
+        started(server)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerGroup:
+    """``hpo worker`` subprocesses, each with its log file, as compose's scaled workers."""
+
+    procs: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+
+    def wait(self, timeout: float) -> list[int]:
+        """Exit codes once all have exited; raises ``subprocess.TimeoutExpired`` otherwise."""
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        return [p.returncode for p in self.procs]
+
+    def stop(self, grace: float = 30.0) -> list[int | None]:
+        """SIGTERM (like ``docker compose stop``), then SIGKILL after ``grace`` seconds.
+
+        Returns each exit code as it was after the grace (``None``: had to be killed).
+        """
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        codes: list[int | None] = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+                p.kill()
+                p.wait(timeout=30)
+        return codes
+
+    def log_text(self, chars: int = 3000) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}" for path in self.logs
+        )
+
+
+StartWorkers = Callable[..., WorkerGroup]
+
+
+@pytest.fixture
+def start_workers(tmp_path: Path) -> Iterator[StartWorkers]:
+    """``start_workers(n, storage=..., tracking_uri=..., args=[...])``: n real workers.
+
+    The store and tracking URLs go in the environment, as in the compose ``worker`` service
+    (``args`` are extra ``hpo worker`` arguments, e.g. ``["--study", name]``). Every worker
+    still running at the end of the test is stopped.
+    """
+    groups: list[WorkerGroup] = []
+
+    def start(
+        n: int,
+        *,
+        storage: str,
+        tracking_uri: str | None = None,
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
+    ) -> WorkerGroup:
+        where = cwd or tmp_path
+        extra = {
+            "HPO_STORAGE": storage,
+            "HPO_OUTBOX_DIR": str(where / "outbox"),  # not the developer's ~/.cache
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        if tracking_uri:
+            extra["MLFLOW_TRACKING_URI"] = tracking_uri
+        env = clean_env(extra)
+        procs: list[subprocess.Popen[bytes]] = []
+        logs: list[Path] = []
+        for _ in range(n):
+            log_path = where / f"worker-{len(groups)}-{len(procs)}.log"
+            with open(log_path, "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "hpo", "worker", *args],
+                        cwd=where,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
+            logs.append(log_path)
+        group = WorkerGroup(procs, logs)
+        groups.append(group)
+        return group
+
+    yield start
+    for group in groups:
+        group.stop(grace=5.0)
+
+
+# -- one finished study, shared ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedStudy:
+    """A study that ``hpo run`` finished through the MLflow server."""
+
+    name: str
+    storage: str
+    server: MlflowServer
+    workdir: Path
+    stdout: str  # of `hpo run --json`
+    summary: dict[str, object]  # its JSON summary
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def served_study(
+    postgres_url: str, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> ServedStudy:
+    """``hpo run`` of the digits space: 3 trials, 2 workers, PostgreSQL store, MLflow by HTTP."""
+    workdir = tmp_path_factory.mktemp("served-study")
+    began = time.monotonic()
+    result = hpo(
+        "run",
+        str(DIGITS_SPACE),
+        "--trials",
+        str(SERVED_TRIALS),
+        "--workers",
+        "2",
+        "--study",
+        SERVED_STUDY,
+        "--seed",
+        "0",
+        "--storage",
+        postgres_url,
+        "--tracking-uri",
+        mlflow_server.url,
+        "--json",
+        cwd=workdir,
+        # MLflow writes that could not be delivered would wait here, not in ~/.cache.
+        env={"HPO_OUTBOX_DIR": str(workdir / "outbox")},
+        timeout=600,
+    )
+    seconds = time.monotonic() - began
+    if result.returncode != 0:
+        logs = "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in workdir.glob("hpo-logs/*/*.log")
+        )
+        pytest.fail(
+            f"hpo run exited {result.returncode}\n{result.stderr[-3000:]}\n{logs}\n"
+            f"server log:\n{mlflow_server.log_tail()}"
+        )
+    # The summary is the last top-level JSON object: a test of its own checks that nothing
+    # else is printed, so that the other checks do not hang on that one.
+    start = 0 if result.stdout.startswith("{") else result.stdout.rfind("\n{") + 1
+    try:
+        summary = json.loads(result.stdout[start:])
+    except json.JSONDecodeError:
+        pytest.fail(f"no JSON summary in the output of hpo run --json:\n{result.stdout}")
+    return ServedStudy(
+        SERVED_STUDY, postgres_url, mlflow_server, workdir, result.stdout, summary, seconds
+    )

@@ -1,0 +1,219 @@
+"""Exporting a registered ensemble (.keras without hpo, SavedModel, MLflow) and `hpo predict`.
+
+The ensemble is built from the digits studies that test_ensemble.py makes once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_ensemble import artifact_dir, invoke, studies_workspace
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+NAME = "digA-export"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A caruana ensemble of digA registered as NAME, with digits test inputs."""
+    from hpo.datasets import load_dataset
+    from hpo.ensemble import build_ensemble
+    from hpo.spaces import DatasetSpec
+
+    root = studies_workspace(tmp_path_factory)
+    result = build_ensemble(["digA"], NAME, size=6, storage=f"sqlite:///{root / 'hpo.db'}")
+    data = load_dataset(DatasetSpec(name="digits", validation_fraction=0.15, test_fraction=0.2))
+    x = data.test.x[:64]
+    return {"root": root, "result": result, "x": x}
+
+
+@pytest.fixture
+def ws(built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(built["root"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root: Path = built["root"]
+    return root
+
+
+def members_average(built: dict[str, Any]) -> np.ndarray:
+    """The weighted average of the members' own predictions, from their stored models."""
+    from hpo.models import load_keras_model
+
+    total = None
+    for m in built["result"].members:
+        model = load_keras_model(artifact_dir(built["root"], m.run_id) / "model.keras")
+        part = m.weight * np.asarray(model.predict(built["x"], verbose=0), dtype=np.float64)
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
+LOAD_WITHOUT_HPO = """
+import importlib.util, sys
+sys.path.append(sys.argv[1])  # site-packages without its .pth files: no editable hpo
+assert importlib.util.find_spec("hpo") is None, "hpo is importable"
+try:
+    import hpo  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("import hpo succeeded")
+import keras, numpy as np
+model = keras.models.load_model(sys.argv[2], safe_mode=True)
+np.save(sys.argv[4], model.predict(np.load(sys.argv[3]), verbose=0))
+print("loaded", type(model).__name__, len(model.layers))
+"""
+
+
+def test_keras_export_loads_without_hpo_and_equals_the_weighted_members(
+    ws: Path, built: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "ensemble.keras"
+    result = invoke("export", NAME, "--output", str(out), "--format", "keras")
+    assert result.exit_code == 0, result.stderr
+    assert out.is_file()
+    np.save(tmp_path / "x.npy", built["x"])
+    site = sysconfig.get_paths()["purelib"]
+    # -I: no PYTHONPATH, no user site, no current directory; -S: no site-packages .pth files
+    # (the editable install of hpo is one). Run outside the repository.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            LOAD_WITHOUT_HPO,
+            site,
+            str(out),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded" in proc.stdout
+    got = np.load(tmp_path / "y.npy")
+    expected = members_average(built)
+    assert np.max(np.abs(got - expected)) <= 1e-5
+    # The file holds standard Keras classes only: no Lambda, nothing of hpo.
+    import zipfile
+
+    config = zipfile.ZipFile(out).read("config.json").decode()
+    assert "Lambda" not in config and "hpo" not in json.loads(config)["module"]
+
+    again = invoke("export", NAME, "--output", str(out))
+    assert again.exit_code == 2 and "exists" in again.stderr
+    assert invoke("export", NAME, "--output", str(out), "--overwrite").exit_code == 0
+    bad = invoke("export", NAME, "--output", str(tmp_path / "e.bin"))
+    assert bad.exit_code == 2 and ".keras" in bad.stderr
+    unknown = invoke("export", "no-such", "--output", str(tmp_path / "n.keras"))
+    assert unknown.exit_code == 2 and "no registered ensemble" in unknown.stderr
+
+
+def test_savedmodel_and_mlflow_exports_load_and_predict(
+    ws: Path, built: dict[str, Any], tmp_path: Path
+) -> None:
+    import mlflow.pyfunc
+    import tensorflow as tf
+
+    expected = members_average(built)
+    saved = tmp_path / "savedmodel"
+    result = invoke("export", NAME, "--output", str(saved), "--format", "savedmodel")
+    assert result.exit_code == 0, result.stderr
+    served = tf.saved_model.load(str(saved))
+    got = np.asarray(served.serve(tf.constant(built["x"])))
+    assert np.max(np.abs(got - expected)) <= 1e-5
+
+    folder = tmp_path / "mlflow-model"
+    result = invoke("export", NAME, "--output", str(folder), "--format", "mlflow", "--version", "1")
+    assert result.exit_code == 0, result.stderr
+    assert (folder / "MLmodel").is_file()
+    model = mlflow.pyfunc.load_model(str(folder))
+    got = np.asarray(model.predict(built["x"]))
+    assert np.max(np.abs(got - expected)) <= 1e-5
+
+
+def test_predict_from_a_file_and_from_the_registry(
+    ws: Path, built: dict[str, Any], tmp_path: Path
+) -> None:
+    model = tmp_path / "ensemble.keras"
+    assert invoke("export", NAME, "--output", str(model)).exit_code == 0
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=built["x"])
+    expected = members_average(built)
+
+    out = tmp_path / "predictions.npz"
+    result = invoke("predict", str(model), "--input", str(inputs), "--output", str(out))
+    assert result.exit_code == 0, result.stderr
+    with np.load(out) as data:
+        assert np.max(np.abs(data["probabilities"] - expected)) <= 1e-5
+        np.testing.assert_array_equal(data["predicted"], expected.argmax(axis=1))
+
+    result = invoke("predict", f"{NAME}:1", "--input", str(inputs), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["predicted"] == expected.argmax(axis=1).tolist()
+
+    # A CSV of 64 numbers per row is reshaped to the model's 8x8x1 images.
+    csv = tmp_path / "inputs.csv"
+    np.savetxt(csv, built["x"][:3].reshape(3, -1), delimiter=",")
+    result = invoke("predict", str(model), "--input", str(csv))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [int(line.split("\t")[1]) for line in lines] == expected[:3].argmax(axis=1).tolist()
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, features=built["x"])
+    result = invoke("predict", str(model), "--input", str(wrong))
+    assert result.exit_code == 2 and "no array named 'x'" in result.stderr
+
+
+def test_predict_refuses_lambda_layers_and_legacy_h5(ws: Path, tmp_path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.zeros((2, 4), dtype="float32"))
+    result = invoke("predict", str(path), "--input", str(data))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "refused" in message and "Lambda" in message
+
+    h5 = tmp_path / "legacy.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n")
+    result = invoke("predict", str(h5), "--input", str(data))
+    assert result.exit_code == 2
+    assert "legacy HDF5" in " ".join(result.stderr.split())
+
+
+def test_members_with_custom_classes_cannot_be_one_standard_file() -> None:
+    import keras
+
+    from hpo.ensemble import EnsembleError, ensemble_model
+    from hpo.ensemble._export import check_standard
+
+    @keras.saving.register_keras_serializable(package="somefamily")
+    class Scale(keras.layers.Layer):  # type: ignore[misc]
+        def call(self, x: Any) -> Any:
+            return x * 2.0
+
+    inputs = keras.Input((3,))
+    member = keras.Model(inputs, keras.layers.Softmax()(Scale()(inputs)))
+    ensemble = ensemble_model([member, member], [0.5, 0.5], ["a", "b"])
+    with pytest.raises(EnsembleError, match=r"custom classes .*Scale.*VAE"):
+        check_standard(ensemble)

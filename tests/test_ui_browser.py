@@ -1,0 +1,225 @@
+"""What a person sees: the MLflow UI and the Optuna dashboard in a real (headless) Chromium.
+
+The study is the one ``tests/test_mlflow_server.py`` checks through the API (the session's
+``served_study``): the MLflow UI must show its experiment, the trial runs nested under the study
+run, and their metrics; ``optuna-dashboard`` on the study store must list the study. Each page
+is saved as a PNG in the test's directory. Both UIs are React apps: the tests wait for the
+text that should appear, never for a fixed time.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; without them
+the tests skip here and fail in CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from services import (
+    SERVED_TRIALS,
+    ServedStudy,
+    ServiceProcess,
+    optuna_dashboard,
+    started,
+    unavailable,
+)
+
+pytest_plugins = ["services"]
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+)
+# A cold React app on a busy 2-core machine can take a while to render.
+PAGE_TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Debian Chromium driven by Debian's chromedriver, with a fresh profile."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.is_file():
+            unavailable(f"{path} missing: apt-get install chromium chromium-driver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("the selenium package is not installed")
+    root = tmp_path_factory.mktemp("chromium")
+    options = webdriver.ChromeOptions()
+    # Both paths given: Selenium does not look for (or download) a browser or a driver.
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={root / 'profile'}"):
+        options.add_argument(flag)
+    service = Service(str(CHROMEDRIVER), log_output=str(root / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(PAGE_TIMEOUT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_text(driver: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(driver.find_element(By.TAG_NAME, "body").text)
+    except Exception:  # the page is being replaced: try again on the next poll
+        return ""
+
+
+def wait_until(
+    driver: Any, what: str, condition: Callable[[Any], Any], shot: Path
+) -> Any:  # the condition's first truthy value
+    """Poll ``condition`` until it holds; on timeout save a screenshot and fail with the page."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.5).until(condition)
+    except TimeoutException:
+        driver.save_screenshot(str(shot))
+        pytest.fail(
+            f"{driver.current_url}: no {what} after {PAGE_TIMEOUT:.0f} s (screenshot {shot})\n"
+            f"page text:\n{page_text(driver)[:3000]}"
+        )
+
+
+def wait_for_text(driver: Any, texts: list[str], shot: Path) -> None:
+    wait_until(
+        driver,
+        " and ".join(repr(t) for t in texts),
+        lambda d: all(t in page_text(d) for t in texts),
+        shot,
+    )
+
+
+def link(driver: Any, text: str) -> Any:
+    """The link (``<a>``) whose text is ``text``, or None."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.XPATH, f"//a[normalize-space()='{text}']")
+    return found[0] if found else None
+
+
+def test_mlflow_ui_shows_the_trials_nested_under_the_study_run(
+    browser: Any, served_study: ServedStudy, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    client = MlflowClient(served_study.server.url)
+    experiment = client.get_experiment_by_name(served_study.name)
+    assert experiment is not None
+    study_run = f"study {served_study.name}"
+    trials = [f"trial {n}" for n in range(SERVED_TRIALS)]
+
+    # The runs table of the "Model training" view (MLflow 3 opens on its GenAI overview).
+    browser.get(
+        f"{served_study.server.url}/#/experiments/{experiment.experiment_id}/runs"
+        "?workflowType=machine_learning"
+    )
+    shot = tmp_path / "mlflow-runs.png"
+    wait_for_text(
+        browser, [served_study.name, study_run, f"{SERVED_TRIALS + 1} matching runs"], shot
+    )
+    # Trial runs are children: hidden until the study run's row is expanded.
+    parent = wait_until(browser, f"link {study_run!r}", lambda d: link(d, study_run), shot)
+    assert not any(link(browser, t) for t in trials), "trials shown as top-level runs"
+    parent.find_element(
+        By.XPATH, "./ancestor::div[contains(@class, 'ag-cell-wrapper')]//button"
+    ).click()
+    wait_for_text(browser, trials, shot)
+    for trial in trials:
+        child = link(browser, trial)
+        assert child is not None
+        # Indented under the study run, below it.
+        assert child.location["x"] > parent.location["x"], (trial, child.location)
+        assert child.location["y"] > parent.location["y"], (trial, child.location)
+    browser.save_screenshot(str(shot))
+
+
+def test_mlflow_ui_shows_a_trials_metrics_and_parent(
+    browser: Any, served_study: ServedStudy, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    client = MlflowClient(served_study.server.url)
+    experiment = client.get_experiment_by_name(served_study.name)
+    assert experiment is not None
+    best = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`hpo.kind` = 'trial'",
+        order_by=["metrics.val_accuracy DESC"],
+        max_results=1,
+    )[0]
+    url = f"{served_study.server.url}/#/experiments/{experiment.experiment_id}/runs/"
+    url += best.info.run_id
+
+    # Overview: the parent run, and the final value of every metric.
+    browser.get(url)
+    shot = tmp_path / "mlflow-trial.png"
+    wait_for_text(browser, [best.info.run_name, "Parent run", f"study {served_study.name}"], shot)
+    wait_for_text(browser, ["val_accuracy", "final_val_accuracy", "epoch_seconds"], shot)
+    value = best.data.metrics["val_accuracy"]
+    assert f"{value:.3f}"[:4] in page_text(browser), value  # e.g. 0.6431... shown as 0.6431
+    browser.save_screenshot(str(shot))
+
+    # Model metrics: one chart per metric, over the epochs (steps). The page draws only the
+    # charts in view, so narrow them down the way a person would: with the search box.
+    browser.get(url + "/model-metrics")
+    shot = tmp_path / "mlflow-trial-curves.png"
+    search = wait_until(
+        browser,
+        "chart search box",
+        lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"),
+        shot,
+    )[0]
+    search.send_keys("val_")
+    legends = [f"{best.info.run_name} ({m})" for m in ("val_accuracy", "val_loss")]
+    wait_for_text(browser, [*legends, "Step"], shot)
+    browser.save_screenshot(str(shot))
+
+
+@pytest.fixture
+def dashboard(served_study: ServedStudy, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """``optuna-dashboard`` on the study store, as the compose service runs it."""
+    service = optuna_dashboard(served_study.storage, tmp_path / "dashboard")
+    started(service)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def test_optuna_dashboard_lists_the_study(
+    browser: Any, served_study: ServedStudy, dashboard: ServiceProcess, tmp_path: Path
+) -> None:
+    base = dashboard.health_url.removesuffix("/api/meta")
+    browser.get(f"{base}/dashboard")
+    shot = tmp_path / "optuna-dashboard.png"
+    wait_for_text(browser, [served_study.name, "Direction: MAXIMIZE"], shot)
+    browser.save_screenshot(str(shot))
+
+    # Its page, reached by clicking its card: the optimization history of the trials.
+    from selenium.webdriver.common.by import By
+
+    name = served_study.name
+    browser.find_element(By.XPATH, f"//*[text()[contains(., '{name}')]]").click()
+    shot = tmp_path / "optuna-dashboard-study.png"
+    wait_for_text(browser, [f"{name} (id=", "History", "Hyperparameter Importance"], shot)
+    browser.save_screenshot(str(shot))
