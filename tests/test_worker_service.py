@@ -117,8 +117,13 @@ def _create(
     assert result.returncode == 0, result.stderr
 
 
+_STORES: dict[str, object] = {}
+
+
 def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+    # One store (one connection pool) per URL: a new pool per poll exhausts PostgreSQL.
+    store = _STORES.setdefault(storage, open_storage(storage))
+    return optuna.load_study(study_name=name, storage=store).get_trials()  # type: ignore[arg-type]
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hpo.cli import _ensemble, _run, _sample, _spaces, _study, _sync
+from hpo.cli import _ensemble, _generate, _run, _sample, _spaces, _study, _sync
 
 app = typer.Typer(
     name="hpo",
@@ -22,6 +22,7 @@ app.add_typer(_study.app, name="study")
 app.add_typer(_ensemble.app, name="ensemble")
 app.command("export")(_ensemble.export)
 app.command("predict")(_ensemble.predict)
+app.command("generate")(_generate.generate)
 app.command("sample")(_sample.sample)
 app.command("sync")(_sync.sync)
 
