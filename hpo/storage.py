@@ -53,7 +53,14 @@ def open_storage(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
     else:
-        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
+        # A worker needs at most a few connections at once (main loop, heartbeat, reaper);
+        # a small pool keeps many workers within the server's connection limit.
+        engine_kwargs = {
+            "pool_pre_ping": True,
+            "pool_recycle": 300,
+            "pool_size": 2,
+            "max_overflow": 6,
+        }
     # Heartbeats let any worker find the trials of a worker that died (kill -9, power loss).
     for attempt in range(5):
         try:
