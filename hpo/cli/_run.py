@@ -48,6 +48,9 @@ def run(
     subset: int | None = typer.Option(None, "--subset", min=1, help="Cap on training examples."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (one worker: reproducible)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an existing study."),
+    skip_data_check: bool = typer.Option(
+        False, "--skip-data-check", help="Do not load and check the dataset before the workers."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
 ) -> None:
     """Create (or resume) a study and run it with local worker processes."""
@@ -68,6 +71,7 @@ def run(
             epochs=epochs,
             subset=subset,
             resume=resume,
+            check_data=not skip_data_check,
         )
         spec_workers = config.spec().defaults.workers
     n_workers = workers or spec_workers or 1
