@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from hpo.datasets import Dataset
 
 pytest_plugins = ["services"]
 
@@ -87,3 +93,46 @@ def hpo(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def quiet_optuna() -> Iterator[None]:
+    """Optuna and hyperopt at WARNING: hyperopt's TPE logs two INFO lines per proposal."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    yield
+
+
+@pytest.fixture
+def sqlite_without_fsync() -> Iterator[None]:
+    """SQLite stores of this test skip fsync.
+
+    A study commits a dozen times per trial, and an fsync can take 10-30 ms on a CI disk.
+    Tests do not need durability across power loss; everything else about SQLite stays.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def no_sync(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+    event.listen(Engine, "connect", no_sync)
+    yield
+    event.remove(Engine, "connect", no_sync)
+
+
+@pytest.fixture(scope="module")
+def small_digits() -> Dataset:
+    """128 training images of scikit-learn's digits and a 64-image validation slice.
+
+    Small enough that one epoch of a tiny model takes well under a second.
+    """
+    from hpo.datasets import Split, load_dataset
+    from hpo.spaces import DatasetSpec
+
+    data = load_dataset(DatasetSpec(name="digits", subset=128, seed=0))
+    data.validation = Split(data.validation.x[:64], data.validation.y[:64])
+    return data
