@@ -12,6 +12,9 @@ A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
 - ``start_workers`` (per test): a factory of real ``hpo worker`` subprocesses, configured like
   the compose ``worker`` service (``HPO_STORAGE``, ``MLFLOW_TRACKING_URI`` in the environment);
   whatever it started is stopped at the end of the test.
+- ``postgres_cluster()``, ``restart_postgres()``, ``ensure_postgres_up()``: the local Debian
+  cluster of the test database (``pg_lsclusters``, by port), restarted with ``pg_ctlcluster``
+  at the niceness it had, waited for with ``pg_isready``.
 - ``ServiceProcess``: any such server process (the Optuna dashboard too): started in its own
   process group, waited for over HTTP, stopped with SIGTERM and, after a grace, SIGKILL.
 
@@ -562,3 +565,35 @@ def served_study(
     return ServedStudy(
         SERVED_STUDY, postgres_url, mlflow_server, workdir, result.stdout, summary, seconds
     )
+
+
+def forget_ensemble(server: MlflowServer, experiment_name: str, name: str) -> None:
+    """Delete registered model ``name`` and its ensemble runs in ``experiment_name``.
+
+    Tests that build ensembles of the shared ``served_study`` call it when done, so that the
+    study's experiment holds only its study and trial runs for every other test.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(server.url, registry_uri=server.url)
+    with suppress(MlflowException):
+        client.delete_registered_model(name)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return
+    for run in client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`hpo.ensemble.name` = '{name}'"
+    ):
+        client.delete_run(run.info.run_id)
+
+
+def forget_experiment(server: MlflowServer, name: str) -> None:
+    """Delete experiment ``name`` (a test's own study) so that later tests of the shared server
+    see only the experiments they expect."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        client.delete_experiment(experiment.experiment_id)

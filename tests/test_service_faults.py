@@ -33,6 +33,8 @@ from services import (
     StartWorkers,
     WorkerGroup,
     ensure_postgres_up,
+    forget_ensemble,
+    forget_experiment,
     postgres_cluster,
     restart_postgres,
     started,
@@ -206,10 +208,13 @@ def test_postgresql_restart_mid_study_loses_and_duplicates_nothing(
         pytest.fail("the workers did not finish after the restarts\n" + workers.log_text())
     assert codes == [0, 0], workers.log_text()
     assert len(outages) == 2 and all(s > 0 for s in outages)
-    _sync(tmp_path, mlflow_server.url)  # anything the MLflow server failed during a restart
-    _check_every_trial_has_one_finished_run(
-        MlflowClient(mlflow_server.url), mlflow_server.url, name, trials_of(name), n
-    )
+    try:
+        _sync(tmp_path, mlflow_server.url)  # anything the MLflow server failed in a restart
+        _check_every_trial_has_one_finished_run(
+            MlflowClient(mlflow_server.url), mlflow_server.url, name, trials_of(name), n
+        )
+    finally:
+        forget_experiment(mlflow_server, name)  # the shared server as other tests expect it
 
 
 OUTAGE_S = 30.0
@@ -260,24 +265,27 @@ def test_mlflow_server_down_30_s_mid_study_every_trial_reaches_mlflow(
         pytest.fail("the worker did not finish the study\n" + workers.log_text())
     assert time.monotonic() - down_at > OUTAGE_S
 
-    trials = trials_of(name)
-    queued = [t.number for t in trials if is_placeholder(t.user_attrs.get("mlflow_run_id"))]
-    assert queued, "no trial run was created during the outage"
-    _sync(tmp_path, uri)  # usually nothing left: the worker replays at the end of each trial
-    outbox = Outbox(uri, tmp_path / "outbox")
-    outbox.refresh()
-    assert not outbox.has_pending()
+    try:
+        trials = trials_of(name)
+        queued = [t.number for t in trials if is_placeholder(t.user_attrs.get("mlflow_run_id"))]
+        assert queued, "no trial run was created during the outage"
+        _sync(tmp_path, uri)  # usually nothing left: the worker replays after each trial
+        outbox = Outbox(uri, tmp_path / "outbox")
+        outbox.refresh()
+        assert not outbox.has_pending()
 
-    client = MlflowClient(uri)
-    _check_every_trial_has_one_finished_run(client, uri, name, trials, n)
-    _, runs = _trial_runs(client, name)
-    for run in runs:
-        assert {"mode", "x"} <= set(run.data.params), run.data.params
-        history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in history] == [1], history
-        assert "final_val_accuracy" in run.data.metrics
-        listed = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"model.keras", "predictions.npz"} <= listed, (run.data.tags, listed)
+        client = MlflowClient(uri)
+        _check_every_trial_has_one_finished_run(client, uri, name, trials, n)
+        _, runs = _trial_runs(client, name)
+        for run in runs:
+            assert {"mode", "x"} <= set(run.data.params), run.data.params
+            history = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert [m.step for m in history] == [1], history
+            assert "final_val_accuracy" in run.data.metrics
+            listed = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"model.keras", "predictions.npz"} <= listed, (run.data.tags, listed)
+    finally:
+        forget_experiment(mlflow_server, name)
 
 
 def test_ensemble_registration_fails_clearly_and_loses_nothing_when_the_server_is_down(
@@ -338,16 +346,19 @@ def test_ensemble_registration_fails_clearly_and_loses_nothing_when_the_server_i
     finally:
         started(server)
 
-    _sync(tmp_path, uri)  # the FAILED end of the ensemble's run, if it waited in the outbox
-    client = MlflowClient(uri)
-    assert client.search_model_versions(f"name = '{name}'") == []
-    experiment = client.get_experiment_by_name(served_study.name)
-    assert experiment is not None
-    [run] = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`hpo.ensemble.name` = '{name}'"
-    )
-    assert run.info.status == "FAILED"
-    assert "stopped answering" in run.data.tags["hpo.fail_reason"]
-    listed = hpo("ensemble", "list", "--tracking-uri", uri, "--json", cwd=tmp_path)
-    assert listed.returncode == 0, listed.stderr
-    assert name not in {e["name"] for e in json.loads(listed.stdout)}
+    try:
+        _sync(tmp_path, uri)  # the FAILED end of the ensemble's run, if it waited in the outbox
+        client = MlflowClient(uri)
+        assert client.search_model_versions(f"name = '{name}'") == []
+        experiment = client.get_experiment_by_name(served_study.name)
+        assert experiment is not None
+        [run] = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`hpo.ensemble.name` = '{name}'"
+        )
+        assert run.info.status == "FAILED"
+        assert "stopped answering" in run.data.tags["hpo.fail_reason"]
+        listed = hpo("ensemble", "list", "--tracking-uri", uri, "--json", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert name not in {e["name"] for e in json.loads(listed.stdout)}
+    finally:
+        forget_ensemble(server, served_study.name, name)  # the served study as it was
