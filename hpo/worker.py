@@ -35,6 +35,7 @@ from hpo.studies import (
     load_config,
     load_study,
     reap_stale_trials,
+    reap_unstarted_trials,
     requeue,
 )
 
@@ -231,6 +232,7 @@ class Worker:
         self._served: dict[str, _Served] = {}
         self._stop = threading.Event()
         self._current_trial_id: int | None = None
+        self._unstarted: dict[str, dict[int, float]] = {}  # per study: see reap_unstarted_trials
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -273,7 +275,16 @@ class Worker:
                 log.warning(
                     "study %s: trial %d had no heartbeat; failed and requeued", config.name, n
                 )
-            reaped.extend(numbers)
+            unstarted = reap_unstarted_trials(
+                self.storage, config, self._unstarted.setdefault(config.name, {})
+            )
+            for n in unstarted:
+                log.warning(
+                    "study %s: trial %d was claimed but never started; failed and requeued",
+                    config.name,
+                    n,
+                )
+            reaped.extend(numbers + unstarted)
         return reaped
 
     # -- choosing work ---------------------------------------------------------------------
@@ -387,14 +398,22 @@ class Worker:
 
         config = served.config
         self._current_trial_id = trial._trial_id
-        self.storage.record_heartbeat(trial._trial_id)
-        # Which worker runs a trial: for operators reading the store after a failure.
-        self.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, WORKER_ID)
+        trial_id = trial._trial_id
         try:
+            with_db_retry(lambda: self.storage.record_heartbeat(trial_id), what="a heartbeat")
+            # Which worker runs a trial: for operators reading the store after a failure.
+            with_db_retry(
+                lambda: self.storage.set_trial_system_attr(trial_id, WORKER_ATTR, WORKER_ID)
+            )
             try:
-                params = suggest(trial, config.spec().space)
+                # Suggesting writes each parameter to the store; suggesting again after a
+                # dropped connection returns those already written.
+                params = with_db_retry(
+                    lambda: suggest(trial, config.spec().space), what="sampling parameters"
+                )
             except Exception as exc:  # a sampler bug must not stop the worker
-                self._tell(served, trial, TrialResult("FAIL", reason=f"sampling failed: {exc}"))
+                failed = TrialResult("FAIL", reason=f"sampling failed: {exc}")
+                with_db_retry(lambda: self._tell(served, trial, failed), what="recording a result")
                 return
             log.info("study %s trial %d: %s", config.name, trial.number, params)
             task = TrialTask(
@@ -416,14 +435,25 @@ class Worker:
         from hpo.studies import study_status
         from hpo.study_report import finalize_study
 
+        storage = self.storage
+
+        def claim_finalization() -> bool:
+            if not study_status(storage, config.name).done:
+                return False
+            study_id = storage.get_study_id_from_name(config.name)
+            owner = storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR)
+            if owner is None:
+                storage.set_study_system_attr(study_id, FINALIZED_ATTR, WORKER_ID)
+                return True
+            return bool(owner == WORKER_ID)  # True: an earlier attempt of ours set it
+
         try:
-            if not study_status(self.storage, config.name).done:
+            if not with_db_retry(claim_finalization, what="checking the study's end"):
                 return
-            study_id = self.storage.get_study_id_from_name(config.name)
-            if self.storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR):
-                return
-            self.storage.set_study_system_attr(study_id, FINALIZED_ATTR, WORKER_ID)
-            finalize_study(self.storage, load_config(self.storage, config.name))
+            with_db_retry(
+                lambda: finalize_study(storage, load_config(storage, config.name)),
+                what="finalizing the study",
+            )
         except Exception as exc:  # reporting must never stop a worker
             log.warning("could not finalize study %s: %s", config.name, exc)
 

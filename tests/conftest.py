@@ -47,7 +47,8 @@ def postgres_url() -> Iterator[str]:
 
     admin = _admin_url()
     try:
-        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        # pre-ping: a test may restart the server under this engine's pooled connection.
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
     except Exception as exc:

@@ -32,14 +32,17 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 
 @contextmanager
 def _handled() -> Iterator[None]:
-    """Ensemble, model and study errors: exit 2 with the message; MLflow failures: exit 1."""
+    """Ensemble, model and study errors: exit 2 with the message; MLflow failures (the server
+    unreachable included): exit 1."""
     from hpo.cli._common import handled_errors
-    from hpo.ensemble import EnsembleError
+    from hpo.ensemble import EnsembleError, RegistryUnavailableError
     from hpo.models import ModelError
 
     try:
         with handled_errors():
             yield
+    except RegistryUnavailableError as exc:
+        fail(str(exc), EXIT_RUNTIME)
     except (EnsembleError, ModelError) as exc:
         fail(str(exc), EXIT_USAGE)
     except typer.Exit:
