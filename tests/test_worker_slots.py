@@ -122,6 +122,13 @@ def test_worker_rejects_bad_slot_options(
     assert not (tmp_path / "hpo.db").exists()  # refused before opening the store
 
 
+def test_run_passes_the_slot_options_to_its_workers() -> None:
+    from hpo.cli._run import _slot_args
+
+    assert _slot_args("0,1", 3, None) == (["--trials-per-gpu", "3", "--gpus", "0,1"], 6)
+    assert _slot_args(None, 1, "jax") == (["--trials-per-gpu", "1", "--backend", "jax"], 1)
+
+
 def test_run_rejects_bad_gpus_before_creating_a_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,6 +142,106 @@ def test_run_rejects_bad_gpus_before_creating_a_study(
     result = CliRunner().invoke(app, ["run", str(space), "--gpus", "0,0"])
     assert result.exit_code == 2 and "listed more than once" in result.output
     assert not (tmp_path / "hpo.db").exists()
+
+
+# -- the worker's slots with a fake trial process (no Keras) ---------------------------------
+
+
+def _fake_study(tmp_path: Path, n_trials: int) -> str:
+    from hpo.storage import open_storage
+    from hpo.studies import StudyConfig, create_study, set_study_state
+
+    url = f"sqlite:///{tmp_path / 'fake.db'}"
+    space = FAST_SPACE.replace("fault_family:build", "image_cnn")
+    config = StudyConfig("fake", space, "fake.yaml", "optuna-random", "none", n_trials, seed=0)
+    store = open_storage(url)
+    create_study(store, config)
+    set_study_state(store, "fake", "active")
+    return url
+
+
+class _FakeRuns:
+    """Stands in for TrialProcess.run: sleeps, or waits for a stop; counts concurrent runs."""
+
+    def __init__(self, seconds: float) -> None:
+        import threading
+
+        self.seconds, self.running, self.peak = seconds, 0, 0
+        self.envs: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def run(self):  # type: ignore[no-untyped-def]
+        """A function to set as ``TrialProcess.run`` (so that it gets the process as self)."""
+        return lambda process, *args, **kwargs: self._run(process, *args, **kwargs)
+
+    def _run(self, process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
+        from hpo.runner import TrialResult
+        from hpo.worker import STOPPED_REASON
+
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.envs.append(process.env)
+        try:
+            deadline = time.monotonic() + self.seconds
+            while time.monotonic() < deadline:
+                if stop_requested():
+                    return TrialResult("FAIL", reason=STOPPED_REASON)
+                time.sleep(0.05)
+            return TrialResult("COMPLETE", values=[task.params["x"]])
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_three_slots_keep_max_trials_and_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.worker import TrialProcess, Worker, WorkerOptions
+
+    url = _fake_study(tmp_path, n_trials=10)
+    fake = _FakeRuns(seconds=0.5)
+    monkeypatch.setattr(TrialProcess, "run", fake.run)
+    options = WorkerOptions(
+        url, "fake", gpus=["0"], trials_per_gpu=3, max_trials=5, poll_interval=0.5
+    )
+    assert Worker(options).run() == 5
+    assert fake.peak == 3  # all three slots ran at once
+    assert {e["CUDA_VISIBLE_DEVICES"] for e in fake.envs} == {"0"}
+    trials = _trials(url, "fake")
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
+    # A second worker finishes the budget exactly.
+    assert (
+        Worker(
+            WorkerOptions(url, "fake", gpus=["0", "1"], trials_per_gpu=2, poll_interval=0.5)
+        ).run()
+        == 5
+    )
+    trials = _trials(url, "fake")
+    assert len(trials) == 10 and len(counted_trials(trials)) == 10
+
+
+def test_a_stop_requeues_the_trials_of_every_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from hpo.worker import TrialProcess, Worker, WorkerOptions
+
+    url = _fake_study(tmp_path, n_trials=6)
+    fake = _FakeRuns(seconds=60)
+    monkeypatch.setattr(TrialProcess, "run", fake.run)
+    worker = Worker(WorkerOptions(url, "fake", gpus=["0", "1"], trials_per_gpu=1))
+    threading.Timer(1.5, worker.request_stop).start()
+    t0 = time.monotonic()
+    assert worker.run() == 2
+    assert time.monotonic() - t0 < 15
+    trials = _trials(url, "fake")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(failed) == 2 and len(waiting) == 2
+    assert sorted(t.params["x"] for t in waiting) == sorted(t.params["x"] for t in failed)
 
 
 # -- real workers with two slots ---------------------------------------------------------------
