@@ -52,11 +52,17 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 STOPPED_REASON = "the worker was stopped (SIGTERM/SIGINT) before the trial finished; requeued"
 
 
-def _child_main(conn: Connection, threads: int | None, env: dict[str, str] | None = None) -> None:
+def _child_main(
+    conn: Connection,
+    threads: int | None,
+    env: dict[str, str] | None = None,
+    worker_pid: int | None = None,
+) -> None:
     """Entry point of a trial process: run tasks from ``conn`` until it closes.
 
     ``env`` (the slot's GPU, memory share, Keras backend) is set before Keras is imported.
     """
+    _die_with_parent(worker_pid)
     os.environ.update(env or {})
     if threads:
         # Set before TensorFlow is imported so each trial process keeps to its share of cores.
@@ -64,7 +70,6 @@ def _child_main(conn: Connection, threads: int | None, env: dict[str, str] | Non
             os.environ[var] = str(threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides what Ctrl-C means
     # Each trial builds new models, so TensorFlow's "retracing" warnings are expected noise.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -83,8 +88,12 @@ def _child_main(conn: Connection, threads: int | None, env: dict[str, str] | Non
         conn.send(("result", result))
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this trial process when its worker dies (kill -9 included)."""
+def _die_with_parent(worker_pid: int | None = None) -> None:
+    """Ask Linux to kill this trial process when its worker dies (kill -9 included).
+
+    A worker killed while this process was still starting died before the request was made:
+    then this process has another parent already and exits at once.
+    """
     if sys.platform != "linux":
         return
     try:
@@ -94,6 +103,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     except OSError:
         pass
+    if worker_pid is not None and os.getppid() != worker_pid:
+        os._exit(1)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -125,7 +136,7 @@ class TrialProcess:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_child_main, args=(child, self.threads, self.env), daemon=True
+            target=_child_main, args=(child, self.threads, self.env, os.getpid()), daemon=True
         )
         self._proc.start()
         child.close()
