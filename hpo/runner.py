@@ -157,6 +157,7 @@ class TrialRunner:
                     "hpo.algorithm": config.algorithm,
                     "hpo.pruner": config.pruner,
                     "hpo.dataset": spec.dataset.name,
+                    "hpo.backend": keras.backend.backend(),
                 },
                 task.params,
             )
@@ -253,6 +254,12 @@ class TrialRunner:
         with_db_retry(
             lambda: storage.set_trial_user_attr(
                 task.trial_id, "epoch_seconds_median", final["epoch_seconds_median"]
+            )
+        )
+        # The first epoch holds the model's compile time (XLA on JAX): bench/gpu_trials.py reads it.
+        with_db_retry(
+            lambda: storage.set_trial_user_attr(
+                task.trial_id, "first_epoch_seconds", callback.epoch_seconds[0]
             )
         )
         if mlflow is not None and run_id:
