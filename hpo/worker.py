@@ -413,10 +413,13 @@ class Worker:
 
     def _finalize_if_done(self, config: StudyConfig) -> None:
         """The worker that records a study's last trial ends its MLflow study run with plots."""
-        from hpo.studies import study_status
+        from hpo.studies import is_done, study_status
         from hpo.study_report import finalize_study
 
         try:
+            served = self._served.get(config.name)
+            if served is not None and not is_done(served.study, config.n_trials):
+                return  # the cheap check (cached trials); study_status reads every trial
             if not study_status(self.storage, config.name).done:
                 return
             study_id = self.storage.get_study_id_from_name(config.name)
