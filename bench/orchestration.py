@@ -15,7 +15,7 @@ p95 over windows of trial numbers (so growth with the study size shows), on SQLi
 worker and on PostgreSQL with 4 worker processes (a fresh database, dropped afterwards).
 
     .venv/bin/python bench/orchestration.py            # 1,000 trials per store, MLflow 50 runs
-    .venv/bin/python bench/orchestration.py --quick    # 300 trials per store, MLflow 20 runs
+    .venv/bin/python bench/orchestration.py --quick    # 200 trials per store, MLflow 20 runs
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def main() -> None:
         _measure(url, name, int(n_trials), int(workers), Path(tmp))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 trials per store, 20 MLflow runs")
+    parser.add_argument("--quick", action="store_true", help="200 trials per store, 20 MLflow runs")
     parser.add_argument("--trials", type=int, default=None, help="trials per store (default 1000)")
     parser.add_argument("--workers", type=int, default=4, help="PostgreSQL worker processes")
     parser.add_argument(
@@ -280,7 +280,7 @@ def main() -> None:
     parser.add_argument("--skip-mlflow", action="store_true", help="no MLflow run timing")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
-    n = args.trials or (300 if args.quick else 1000)
+    n = args.trials or (200 if args.quick else 1000)
     runs = 20 if args.quick else 50
     trees: dict[str, str | None] = {"this tree": None}
     if args.baseline:
@@ -323,7 +323,8 @@ def main() -> None:
             f"{store:<24} {tree_label:<10} {'all':>9} {p50_all[key]:>7.1f} {p95_all[key]:>7.1f} "
             f"{max(ms_all):>7.1f}  ({len(ms_all)} trials in {walls[key]:.1f} s with start-up)"
         )
-        first = [t for num, t in times if 51 <= num + 1 <= 150] or [t for _, t in times[:100]]
+        lo_first = 51 if n >= 300 else 1  # trials 51-150 ("around trial 100"), else 1-100
+        first = [t for num, t in times if lo_first <= num + 1 <= lo_first + 99]
         last = [t for num, t in times if n - 99 <= num + 1 <= n]
         growth[key] = pct(last, 50) / pct(first, 50)
     if costs:
@@ -336,7 +337,8 @@ def main() -> None:
         key = (store, "this tree")
         part = (
             f"{store}: p95 {p95_all[key]:.1f} ms (goal <= 50), growth p50 last 100 / p50 "
-            f"trials 51-150 {growth[key]:.2f} (goal < 2)"
+            f"trials {51 if n >= 300 else 1}-{150 if n >= 300 else 100} {growth[key]:.2f} "
+            "(goal < 2)"
         )
         if (store, "baseline") in results:
             part += f", p50 baseline / this tree {p50_all[(store, 'baseline')] / p50_all[key]:.1f}x"

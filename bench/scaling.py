@@ -9,7 +9,7 @@ measured in the steady state: from the moment every worker has finished its firs
 counting the trials completed in that window. Speed-up = throughput(N) / throughput(1).
 
     .venv/bin/python bench/scaling.py            # 10 trials per worker after warm-up
-    .venv/bin/python bench/scaling.py --quick    # 3 trials per worker after warm-up
+    .venv/bin/python bench/scaling.py --quick    # 2 trials per worker after warm-up, 1 epoch
 """
 
 from __future__ import annotations
@@ -114,13 +114,15 @@ def run(n_workers: int, per_worker: int, epochs: int, cores: int, tmp: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 trials per worker after warm-up")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 trials per worker after warm-up, 1 epoch"
+    )
     parser.add_argument("--per-worker", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
     args = parser.parse_args()
-    per = args.per_worker or (3 if args.quick else 10)
-    epochs = args.epochs or (2 if args.quick else 3)
+    per = args.per_worker or (2 if args.quick else 10)
+    epochs = args.epochs or (1 if args.quick else 3)
     cores = os.cpu_count() or 1
     counts = [int(x) for x in args.workers.split(",")]
     rows = []
