@@ -8,6 +8,7 @@ itself, so ``hpo worker --study NAME`` on any machine that reaches the store nee
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -54,8 +55,12 @@ class StudyConfig:
     created_at: float = field(default_factory=time.time)
 
     def spec(self) -> StudySpec:
-        """The validated spec with the command-line overrides applied."""
-        return apply_overrides(parse_spec(self.source, self.filename), self.overrides)
+        """The validated spec with the command-line overrides applied.
+
+        Parsed once per process for each (source, filename, overrides): a worker and its trial
+        process ask for it several times per trial, and parsing costs milliseconds.
+        """
+        return _parsed_spec(self.source, self.filename, json.dumps(self.overrides, sort_keys=True))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -65,6 +70,12 @@ class StudyConfig:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_spec(source: str, filename: str, overrides_json: str) -> StudySpec:
+    # StudySpec is frozen, so one parsed copy can be shared.
+    return apply_overrides(parse_spec(source, filename), json.loads(overrides_json))
 
 
 def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
@@ -182,6 +193,8 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     if len(counted_trials(trials)) >= n_trials and not waiting:
         return None
     trial = study.ask()
+    if trial.number < n_trials:
+        return trial  # at most trial.number trials are ahead of it: within budget, no scan
 
     # The trial exists now: a dropped connection from here on is retried in place, never by
     # asking again (that would leave this trial RUNNING with no worker).
@@ -197,6 +210,17 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
         return True
 
     return None if with_db_retry(surplus, what="checking the budget") else trial
+
+
+def is_done(study: optuna.Study, n_trials: int) -> bool:
+    """Whether ``study`` has all its trials finished and none running or queued.
+
+    The same answer as ``study_status(...).done``, read through ``study``'s own storage: a
+    study loaded once and kept (as a worker keeps it) reads only new and unfinished trials
+    from the store, so this check does not grow with the study.
+    """
+    trials = counted_trials(study.get_trials(deepcopy=False))
+    return len(trials) >= n_trials and all(t.state.is_finished() for t in trials)
 
 
 @dataclass

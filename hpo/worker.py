@@ -557,7 +557,7 @@ class Worker:
 
     def _finalize_if_done(self, config: StudyConfig) -> None:
         """The worker that records a study's last trial ends its MLflow study run with plots."""
-        from hpo.studies import study_status
+        from hpo.studies import is_done, study_status
         from hpo.study_report import finalize_study
 
         storage = self.storage
@@ -573,6 +573,9 @@ class Worker:
             return bool(owner == WORKER_ID)  # True: an earlier attempt of ours set it
 
         try:
+            served = self._served.get(config.name)
+            if served is not None and not is_done(served.study, config.n_trials):
+                return  # the cheap check (cached trials); study_status reads every trial
             with self._finalize_lock:  # two slots may record a study's last trials at once
                 if not with_db_retry(claim_finalization, what="checking the study's end"):
                     return
