@@ -194,7 +194,13 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
     name, version = parse_registered_ref(ref)
     from hpo import tracking
 
-    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        # No tracking database here (and none is created just to look).
+        if ref.startswith("models:/"):
+            fail(f"{ref}: no MLflow tracking store at {uri}; give --tracking-uri")
+        return None
+    client = tracking.client(uri)
     from mlflow.exceptions import MlflowException
 
     try:
@@ -221,7 +227,9 @@ def _load_vocabulary(ref: str, storage: str | None, tracking_uri: str | None) ->
     try:
         trial = resolve_trial_model(ref, storage=storage, tracking_uri=tracking_uri)
     except ModelError as exc:
-        fail(str(exc), EXIT_USAGE)
+        # Only reached when no registered ensemble has that name either.
+        hint = "; nor a registered ensemble" if "neither" in str(exc) else ""
+        fail(f"{exc}{hint}", EXIT_USAGE)
     places = [trial.directory / VOCABULARY_FILE]
     path = Path(ref)
     if path.is_file():
