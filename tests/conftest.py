@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -137,3 +138,34 @@ def small_digits() -> Dataset:
     data = load_dataset(DatasetSpec(name="digits", subset=128, seed=0))
     data.validation = Split(data.validation.x[:64], data.validation.y[:64])
     return data
+
+
+# Small text and language-model studies, trained once per session by `hpo run` into one shared
+# folder (only those a test asks for): test_language_models, test_text_families and
+# test_ensemble_text_lm use the same trials instead of training their own.
+SMALL_TEXT_STUDIES = {"char_lstm_small": 2, "text_conv1d_small": 1, "text_dense_small": 1}
+_SMALL_TEXT: dict[str, Any] = {}
+
+
+def small_text_studies(
+    factory: pytest.TempPathFactory, *names: str
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The shared folder (hpo.db, mlflow.db, mlruns) and the `hpo run --json` summary of each
+    of ``names`` (keys of :data:`SMALL_TEXT_STUDIES`: the trials each gets)."""
+    if "root" not in _SMALL_TEXT:
+        _SMALL_TEXT["root"] = factory.mktemp("small-text-studies")
+        _SMALL_TEXT["summaries"] = {}
+    root: Path = _SMALL_TEXT["root"]
+    summaries: dict[str, dict[str, Any]] = _SMALL_TEXT["summaries"]
+    cache = factory.getbasetemp() / "hpo-cache"  # the Reuters parse, shared by the session
+    for name in names:
+        if name in summaries:
+            continue
+        trials = SMALL_TEXT_STUDIES[name]
+        result = hpo(
+            "run", str(REPO / "search_spaces" / f"{name}.yaml"), "--trials", str(trials),
+            "--workers", "1", "--json", cwd=root, env={"HPO_CACHE_DIR": str(cache)}, timeout=900,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}{result.stdout[-2000:]}"
+        summaries[name] = json.loads(result.stdout)
+    return root, {n: summaries[n] for n in names}

@@ -416,6 +416,11 @@ def _record(
         ensemble_model,
         save_mlflow_model,
     )
+    from hpo.ensemble._members import (
+        shared_text_vocabulary,
+        text_vocabularies,
+        write_predict_files,
+    )
 
     _registered_model(client, name, create=True)
     study_names = [s.name for s in infos]
@@ -489,11 +494,17 @@ def _record(
         }
         model_dir = dest / "mlflow-model"
         try:
+            # Text classifiers: one input means one encoding; carry it for `hpo predict`.
+            vocabulary = shared_text_vocabulary(
+                text_vocabularies(client, [m.run_id for m in members], dest / "vocabularies"),
+                [f"study {m.study!r} trial {m.trial}" for m in members],
+            )
             ensemble = ensemble_model(
                 models, [m.weight for m in members], [f"{m.study}_trial{m.trial}" for m in members]
             )
             check_standard(ensemble)
             save_mlflow_model(ensemble, model_dir)
+            write_predict_files(model_dir, vocabulary, dataset.get("class_names"))
         except EnsembleError as exc:
             result.exportable, result.export_problem = False, str(exc)
             warnings.warn(
