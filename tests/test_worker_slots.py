@@ -253,13 +253,13 @@ def _records(path: Path) -> list[dict]:  # type: ignore[type-arg]
 
 @pytest.mark.slow
 def test_two_slots_run_trials_at_once_with_their_gpu_environment(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     n = 4
     _create(tmp_path, postgres_url, "slots", n, SLOW_SPACE.replace("SECONDS", "3"))
     record, cache = tmp_path / "record.jsonl", tmp_path / "jax-cache"
     workers = Workers(tmp_path, postgres_url)
-    os.environ["HPO_TEST_RECORD"] = str(record)  # inherited by the worker and its trials
+    monkeypatch.setenv("HPO_TEST_RECORD", str(record))  # inherited by the worker and its trials
     try:
         workers.start(
             "--study", "slots", "--gpus", "0", "--trials-per-gpu", "2",
@@ -267,7 +267,6 @@ def test_two_slots_run_trials_at_once_with_their_gpu_environment(
         )  # fmt: skip
         assert workers.wait(timeout=300) == [0], workers.logs()
     finally:
-        os.environ.pop("HPO_TEST_RECORD")
         workers.stop_all()
     trials = _trials(postgres_url, "slots")
     assert len(trials) == n  # exactly the budget: no surplus trial was even asked for
