@@ -1,18 +1,21 @@
-"""Memory of a worker's trial process from trial to trial.
+"""Memory of a worker and its trial process from trial to trial.
 
 Runs a real study (image_cnn on digits, real Keras training, SQLite store, MLflow logging) with
-one in-process worker, and samples the trial process's resident memory (RSS) after every trial:
-once with the trial process replaced every 25 trials (the default) and once never replaced, so
-the per-trial growth that replacement bounds is visible side by side.
+one in-process worker, and samples after every trial the resident memory (RSS) of the worker
+process (this process: store, sampler, worker loop; it never imports Keras) and of its trial
+process: once with the trial process replaced every 25 trials (the default) and once never
+replaced, so the per-trial growth that replacement bounds is visible side by side. Growth per
+trial is the least-squares slope of RSS against the trial number after a warm-up of 10 trials.
 
-    .venv/bin/python bench/worker_memory.py            # 50 trials per mode
-    .venv/bin/python bench/worker_memory.py --quick    # 20 trials per mode
+    .venv/bin/python bench/worker_memory.py            # 200 trials per mode
+    .venv/bin/python bench/worker_memory.py --quick    # 30 trials per mode
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -35,8 +38,11 @@ params:
 """
 
 
-def measure(trials: int, per_process: int, workdir: Path) -> list[float]:
-    """RSS in MB of the trial process after each trial."""
+WARMUP = 10
+
+
+def measure(trials: int, per_process: int, workdir: Path) -> tuple[list[float], list[float]]:
+    """RSS in MB of the trial process and of the worker after each trial."""
     from hpo import tracking
 
     url = f"sqlite:///{workdir / f'mem{per_process}.db'}"
@@ -62,12 +68,15 @@ def measure(trials: int, per_process: int, workdir: Path) -> list[float]:
 
     set_study_state(store, config.name, "active")
     samples: list[float] = []
+    worker_rss: list[float] = []
     original = TrialProcess.run
+    me = psutil.Process()
 
-    def run_and_sample(self: TrialProcess, task, timeout=None):  # type: ignore[no-untyped-def]
-        result = original(self, task, timeout)
+    def run_and_sample(self: TrialProcess, task, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = original(self, task, *args, **kwargs)
         if self._proc is not None and self._proc.is_alive():
             samples.append(psutil.Process(self._proc.pid).memory_info().rss / 2**20)
+            worker_rss.append(me.memory_info().rss / 2**20)
         return result
 
     TrialProcess.run = run_and_sample  # type: ignore[method-assign]
@@ -75,31 +84,62 @@ def measure(trials: int, per_process: int, workdir: Path) -> list[float]:
         Worker(WorkerOptions(url, config.name, threads=2, max_trials_per_process=per_process)).run()
     finally:
         TrialProcess.run = original  # type: ignore[method-assign]
-    return samples
+    return samples, worker_rss
+
+
+def slope(values: list[float], start: int = WARMUP) -> float:
+    """Least-squares MB per trial of ``values`` from trial ``start + 1`` on."""
+    ys = values[start:]
+    if len(ys) < 2:
+        return float("nan")
+    xs = list(range(len(ys)))
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 trials instead of 50")
+    parser.add_argument("--quick", action="store_true", help="30 trials per mode instead of 200")
     parser.add_argument("--trials", type=int, default=None)
     args = parser.parse_args()
-    n = args.trials or (20 if args.quick else 50)
+    n = args.trials or (30 if args.quick else 200)
     with tempfile.TemporaryDirectory() as tmp:
-        recycled = measure(n, 25, Path(tmp))
-        kept = measure(n, 10_000, Path(tmp))
-    marks = [m for m in (5, 10, 25, 50, n) if m <= n]
-    print(f"{'trial':>6} {'RSS MB, replaced every 25':>26} {'RSS MB, never replaced':>23}")
-    for m in sorted(set(marks)):
-        print(f"{m:>6} {recycled[m - 1]:>26.1f} {kept[m - 1]:>23.1f}")
-    growth_kept = (kept[n - 1] - kept[4]) / (n - 5)
-    peak_recycled = max(recycled[4:])
+        t0 = time.perf_counter()
+        recycled, worker_recycled = measure(n, 25, Path(tmp))
+        kept, worker_kept = measure(n, 10_000, Path(tmp))
+        wall = time.perf_counter() - t0
+    n = min(len(recycled), len(kept))
+    marks = sorted({m for m in (1, 5, WARMUP, 25, 26, 50, 100, 150, n) if m <= n})
+    print(f"Memory: image_cnn on digits (400 images, 1 epoch), {n} trials per mode, {wall:.0f} s")
     print(
-        f"growth per trial, never replaced: {growth_kept:.2f} MB; "
-        f"peak after trial 5, replaced every 25: {peak_recycled:.1f} MB"
+        f"{'trial':>6} {'trial process MB,':>18} {'worker MB,':>11} {'trial process MB,':>18} "
+        f"{'worker MB,':>11}"
     )
     print(
-        f"ratio: RSS at trial {n} / RSS at trial 5 = never replaced "
-        f"{kept[n - 1] / kept[4]:.3f}, replaced every 25 {recycled[n - 1] / recycled[4]:.3f}"
+        f"{'':>6} {'replaced every 25':>18} {'same run':>11} {'never replaced':>18} "
+        f"{'same run':>11}"
+    )
+    for m in marks:
+        print(
+            f"{m:>6} {recycled[m - 1]:>18.1f} {worker_recycled[m - 1]:>11.1f} "
+            f"{kept[m - 1]:>18.1f} {worker_kept[m - 1]:>11.1f}"
+        )
+    print(
+        f"{'slope':>6} {slope(recycled):>18.3f} {slope(worker_recycled):>11.3f} "
+        f"{slope(kept):>18.3f} {slope(worker_kept):>11.3f}   MB per trial after trial {WARMUP}"
+    )
+    print(
+        f"peak after trial {WARMUP}: trial process replaced every 25 "
+        f"{max(recycled[WARMUP:] or recycled):.1f} MB, never replaced "
+        f"{max(kept[WARMUP:] or kept):.1f} MB"
+    )
+    print(
+        f"ratios: MB per trial (goal <= 1): trial process never replaced {slope(kept):.3f}, "
+        f"replaced every 25 {slope(recycled):.3f}; worker {slope(worker_kept):.3f} / "
+        f"{slope(worker_recycled):.3f}; RSS at trial {n} / trial {WARMUP}, never replaced "
+        f"{kept[n - 1] / kept[WARMUP - 1]:.3f}"
     )
 
 

@@ -345,6 +345,28 @@ def model_predictor(model: keras.Model) -> PredictNext:
     return predict_next
 
 
+def window_predictor(predict_next: PredictNext, maxlen: int) -> PredictNext:
+    """``predict_next`` fed only the last ``maxlen`` ids of longer windows.
+
+    Lets members of an ensemble with different window lengths share one (longest) window.
+
+    Example:
+        >>> seen = []
+        >>> p = window_predictor(lambda w: seen.append(w.tolist()) or np.ones((1, 2)) / 2, 2)
+        >>> _ = p(np.array([[5, 6, 7]])); seen
+        [[[6, 7]]]
+    """
+    if maxlen < 1:
+        raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        if windows.shape[-1] < maxlen:
+            raise ValueError(f"windows of {windows.shape[-1]} ids; this model needs {maxlen}")
+        return predict_next(windows[..., -maxlen:])
+
+    return predict
+
+
 def average_predictors(
     predictors: Sequence[PredictNext], weights: Sequence[float] | None = None
 ) -> PredictNext:

@@ -157,6 +157,7 @@ class TrialRunner:
                     "hpo.algorithm": config.algorithm,
                     "hpo.pruner": config.pruner,
                     "hpo.dataset": spec.dataset.name,
+                    "hpo.backend": keras.backend.backend(),
                 },
                 task.params,
             )
@@ -255,6 +256,12 @@ class TrialRunner:
                 task.trial_id, "epoch_seconds_median", final["epoch_seconds_median"]
             )
         )
+        # The first epoch holds the model's compile time (XLA on JAX): bench/gpu_trials.py reads it.
+        with_db_retry(
+            lambda: storage.set_trial_user_attr(
+                task.trial_id, "first_epoch_seconds", callback.epoch_seconds[0]
+            )
+        )
         if mlflow is not None and run_id:
             tracking.log_metrics(
                 mlflow, run_id, {f"final_{k}": v for k, v in final.items()}, callback.epochs
@@ -290,13 +297,15 @@ class TrialRunner:
             model_path = Path(tmp) / MODEL_FILE
             model.save(model_path)
             preds = io.BytesIO()
-            np.savez_compressed(
-                preds,
-                validation=family.predict(model, hp, data.validation.x),
-                test=family.predict(model, hp, data.test.x),
-                validation_true=data.validation.y,
-                test_true=data.test.y,
-            )
+            arrays: dict[str, np.ndarray] = {}
+            for name, split in (("validation", data.validation), ("test", data.test)):
+                rows = stored_rows(len(split.y), data.num_classes, data.task)
+                x, y = (split.x, split.y) if rows is None else (split.x[rows], split.y[rows])
+                arrays[name] = family.predict(model, hp, x)
+                arrays[f"{name}_true"] = y
+                if rows is not None:
+                    arrays[f"{name}_rows"] = rows
+            np.savez_compressed(preds, allow_pickle=False, **arrays)
             tracking.log_artifact_files(
                 mlflow,
                 run_id,
@@ -313,6 +322,34 @@ class TrialRunner:
                     "dataset.json": json.dumps(data.summary(), indent=1).encode(),
                 },
             )
+
+
+# Language models store next-token distributions of at most this many floats per split
+# (16 MB of float32), and of no fewer than LM_MIN_WINDOWS windows.
+LM_STORED_FLOATS = 4_000_000
+LM_MIN_WINDOWS = 500
+LM_ROWS_SEED = 0
+
+
+def stored_rows(n: int, vocabulary: int | None, task: str) -> np.ndarray | None:
+    """Which windows of a split of ``n`` a language model stores predictions for (None: all).
+
+    At most ``max(LM_MIN_WINDOWS, LM_STORED_FLOATS // vocabulary)`` windows, chosen with a
+    fixed seed from ``n`` alone, so every trial of a study stores the same windows and their
+    predictions still line up for an ensemble. Other tasks store every example.
+
+    Example:
+        >>> stored_rows(10, 5, "classification") is None
+        True
+        >>> len(stored_rows(100_000, 2000, "language_model"))
+        2000
+    """
+    if task != "language_model" or not vocabulary:
+        return None
+    cap = max(LM_MIN_WINDOWS, LM_STORED_FLOATS // vocabulary)
+    if n <= cap:
+        return None
+    return np.sort(np.random.default_rng(LM_ROWS_SEED).choice(n, size=cap, replace=False))
 
 
 def learning_curve_png(history: list[dict[str, float]]) -> bytes:

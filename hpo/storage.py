@@ -11,7 +11,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -64,12 +64,15 @@ def open_storage(
     # Heartbeats let any worker find the trials of a worker that died (kill -9, power loss).
     for attempt in range(5):
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
             )
+            if url.startswith("sqlite") and ":memory:" not in url:
+                _use_sqlite_wal(storage)
+            return storage
         except Exception as exc:
             # Several processes opening an empty database race to create its tables; the
             # losers see a unique violation and find the tables there on the next try.
@@ -80,3 +83,25 @@ def open_storage(
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _use_sqlite_wal(storage: RDBStorage) -> None:
+    """SQLite in write-ahead-log mode with ``synchronous=NORMAL`` on every connection.
+
+    A worker commits some 25 times per trial; in SQLite's default mode each commit waits for
+    the disk twice (about 6 ms here, most of a no-training trial's time). With WAL a commit is
+    an append, readers do not block the writer (local workers share the file), and a power
+    loss can lose the last commits but never corrupts the file: a trial whose result was lost
+    is failed and requeued by the reaper. WAL needs a local file system (not NFS), as SQLite
+    does for several processes anyway.
+    """
+    from sqlalchemy import event
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened while creating the tables lack the pragmas

@@ -8,11 +8,13 @@ itself, so ``hpo worker --study NAME`` on any machine that reaches the store nee
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpo._retry import with_db_retry
 from hpo.spaces import StudySpec, parse_spec
 
 if TYPE_CHECKING:
@@ -53,8 +55,12 @@ class StudyConfig:
     created_at: float = field(default_factory=time.time)
 
     def spec(self) -> StudySpec:
-        """The validated spec with the command-line overrides applied."""
-        return apply_overrides(parse_spec(self.source, self.filename), self.overrides)
+        """The validated spec with the command-line overrides applied.
+
+        Parsed once per process for each (source, filename, overrides): a worker and its trial
+        process ask for it several times per trial, and parsing costs milliseconds.
+        """
+        return _parsed_spec(self.source, self.filename, json.dumps(self.overrides, sort_keys=True))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -64,6 +70,12 @@ class StudyConfig:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_spec(source: str, filename: str, overrides_json: str) -> StudySpec:
+    # StudySpec is frozen, so one parsed copy can be shared.
+    return apply_overrides(parse_spec(source, filename), json.loads(overrides_json))
 
 
 def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
@@ -181,12 +193,34 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     if len(counted_trials(trials)) >= n_trials and not waiting:
         return None
     trial = study.ask()
-    ahead = [t for t in counted_trials(study.get_trials(deepcopy=False)) if t.number < trial.number]
-    if len(ahead) >= n_trials:
+    if trial.number < n_trials:
+        return trial  # at most trial.number trials are ahead of it: within budget, no scan
+
+    # The trial exists now: a dropped connection from here on is retried in place, never by
+    # asking again (that would leave this trial RUNNING with no worker).
+    def surplus() -> bool:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            return True  # an earlier attempt closed it
+        trials = study.get_trials(deepcopy=False)
+        ahead = [t for t in counted_trials(trials) if t.number < trial.number]
+        if len(ahead) < n_trials:
+            return False
         study._storage.set_trial_system_attr(trial._trial_id, SURPLUS_ATTR, True)
         study.tell(trial, state=TrialState.FAIL)
-        return None
-    return trial
+        return True
+
+    return None if with_db_retry(surplus, what="checking the budget") else trial
+
+
+def is_done(study: optuna.Study, n_trials: int) -> bool:
+    """Whether ``study`` has all its trials finished and none running or queued.
+
+    The same answer as ``study_status(...).done``, read through ``study``'s own storage: a
+    study loaded once and kept (as a worker keeps it) reads only new and unfinished trials
+    from the store, so this check does not grow with the study.
+    """
+    trials = counted_trials(study.get_trials(deepcopy=False))
+    return len(trials) >= n_trials and all(t.state.is_finished() for t in trials)
 
 
 @dataclass
@@ -280,16 +314,17 @@ def set_study_state(storage: BaseStorage, name: str, state: str) -> None:
 # -- failed trials: requeue and reap -------------------------------------------------------------
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> int | None:
+def requeue(study: optuna.Study, trial: FrozenTrial, *, as_retry: bool = True) -> int | None:
     """Queue a retry of failed ``trial`` with the same parameters; returns the retry's count.
 
     The retry carries ``failed_trial`` (the number it repeats), as Optuna's own
     RetryFailedTrialCallback does, so the failed trial stops counting toward the budget.
+    ``as_retry=False`` (a trial that never ran) keeps the retry count as it was.
     """
     import optuna as _optuna
     from optuna.trial import TrialState
 
-    count = int(trial.system_attrs.get(RETRY_ATTR, 0)) + 1
+    count = int(trial.system_attrs.get(RETRY_ATTR, 0)) + (1 if as_retry else 0)
     study.add_trial(
         _optuna.trial.create_trial(
             state=TrialState.WAITING,
@@ -353,4 +388,56 @@ def reap_stale_trials(storage: BaseStorage, config: StudyConfig) -> list[int]:
                     logging.getLogger("hpo.studies").warning(
                         "could not end MLflow run %s: %s", run_id, exc
                     )
+    return reaped
+
+
+UNSTARTED_REASON = "claimed but never started: its worker died or lost the database right after"
+
+
+def reap_unstarted_trials(
+    storage: BaseStorage, config: StudyConfig, seen: dict[int, float]
+) -> list[int]:
+    """Requeue RUNNING trials that have had no heartbeat at all for the grace period.
+
+    A worker records a trial's first heartbeat right after claiming it; a trial without one was
+    claimed by a worker that died or lost its database connection in between (a database
+    restart, kill -9). Heartbeat-based reaping never sees such a trial: it would stay RUNNING
+    for ever and keep the study from finishing. It is failed with :data:`UNSTARTED_REASON` and
+    queued again (it never ran, so this is not counted as a retry). ``seen`` is the caller's
+    memory between calls (trial id -> monotonic time it was first found without a heartbeat),
+    so no two machines' clocks are ever compared. Returns the numbers of the requeued trials.
+    """
+    import optuna
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    interval = getattr(storage, "heartbeat_interval", None)
+    if not interval:
+        return []
+    grace = getattr(storage, "grace_period", None) or 2 * interval
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    trial_model, beat = models.TrialModel, models.TrialHeartbeatModel
+    with _create_scoped_session(storage.scoped_session) as session:  # type: ignore[attr-defined]
+        found = [
+            int(trial_id)
+            for (trial_id,) in session.query(trial_model.trial_id)
+            .outerjoin(beat, beat.trial_id == trial_model.trial_id)
+            .filter(trial_model.study_id == study._study_id)
+            .filter(trial_model.state == TrialState.RUNNING)
+            .filter(beat.trial_heartbeat_id.is_(None))
+            .all()
+        ]
+    now = time.monotonic()
+    first_seen = {t: seen.get(t, now) for t in found}
+    seen.clear()
+    seen.update(first_seen)
+    reaped = []
+    for trial_id, since in first_seen.items():
+        if now - since < grace:
+            continue
+        del seen[trial_id]
+        if fail_trial(study, trial_id, UNSTARTED_REASON, retry=False, max_retries=0):
+            requeue(study, storage.get_trial(trial_id), as_retry=False)
+            reaped.append(storage.get_trial(trial_id).number)
     return reaped

@@ -68,6 +68,7 @@ __all__ = [
     "end_trial_run",
     "flatten_params",
     "is_placeholder",
+    "is_unreachable",
     "log_artifact_files",
     "log_metrics",
     "log_params",
@@ -234,8 +235,9 @@ class TrackingClient(_ClientBase):
     (see the module docstring). Reads of a run or experiment (``get_run``, ``list_artifacts``,
     ``download_artifacts``, ``get_metric_history``, ``search_runs``, ...) map placeholder ids;
     ``get_run`` of a run still queued returns what the outbox knows of it. Other MlflowClient
-    methods (``create_run``, ``create_experiment``, the model registry) talk to the server
-    directly, as before.
+    methods (``create_run``, ``create_experiment``, the Model Registry) talk to the server
+    directly, as before: callers check :meth:`answers` first and fail clearly (see
+    :func:`hpo.ensemble.build_ensemble`).
 
     Get one with :func:`client`, never by calling the class.
     """
@@ -506,6 +508,13 @@ class TrackingClient(_ClientBase):
         return int(result) if result and result.isdigit() else 0
 
     # --- replay, ids ---------------------------------------------------------------------
+
+    def answers(self) -> bool:
+        """Whether writes can go to the server now: not offline, and it answers a probe.
+
+        For writes that have no outbox (the Model Registry): check before doing the work.
+        """
+        return not _offline() and self._probe()
 
     def flush(self, wait: bool = False, timeout: float | None = None) -> SyncResult:
         """Replay the outbox now if the server answers (``wait``: for another replayer)."""
@@ -947,6 +956,12 @@ def _refs(args: Mapping[str, Any]) -> list[str]:
     values = tags.values() if isinstance(tags, Mapping) else (v for _, v in tags)
     refs.extend(v for v in values if is_placeholder(v))
     return refs
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking server could not be reached (or was overloaded),
+    as opposed to a rejection of the request: the outbox keeps such writes."""
+    return _classify(exc) == _UNREACHABLE
 
 
 def _classify(exc: BaseException) -> str:

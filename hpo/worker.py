@@ -5,6 +5,11 @@ once and reused (TensorFlow's import and the dataset load are paid once), replac
 ``max_trials_per_process`` trials so memory cannot creep, and replaced at once when a trial
 kills it (segfault, out of memory, kill -9): that trial is recorded FAIL with the reason and
 the worker goes on.
+
+A worker has one or more slots (:mod:`hpo.slots`): one thread per slot claims a trial, runs it
+in the slot's own trial process and records the result, so a worker with ``--gpus 0,1
+--trials-per-gpu 4`` runs eight trials at once. The slots share the worker's heartbeat and
+reaper threads, its stop request and its ``max_trials``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from hpo._retry import with_db_retry
 from hpo.runner import TrialResult, TrialTask
+from hpo.slots import SlotPlan, configure_backend, plan_slots
 from hpo.storage import mask_url, open_storage
 from hpo.studies import (
     CONFIG_ATTR,
@@ -35,28 +41,40 @@ from hpo.studies import (
     load_config,
     load_study,
     reap_stale_trials,
+    reap_unstarted_trials,
     requeue,
 )
 
 log = logging.getLogger("hpo.worker")
 WORKER_ATTR = "hpo:worker"
+GPU_ATTR = "hpo:gpu"
 FINALIZED_ATTR = "hpo:finalized"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 STOPPED_REASON = "the worker was stopped (SIGTERM/SIGINT) before the trial finished; requeued"
 
 
-def _child_main(conn: Connection, threads: int | None) -> None:
-    """Entry point of a trial process: run tasks from ``conn`` until it closes."""
+def _child_main(
+    conn: Connection,
+    threads: int | None,
+    env: dict[str, str] | None = None,
+    worker_pid: int | None = None,
+) -> None:
+    """Entry point of a trial process: run tasks from ``conn`` until it closes.
+
+    ``env`` (the slot's GPU, memory share, Keras backend) is set before Keras is imported.
+    """
+    _die_with_parent(worker_pid)
+    os.environ.update(env or {})
     if threads:
         # Set before TensorFlow is imported so each trial process keeps to its share of cores.
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS_THREADS"):
             os.environ[var] = str(threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides what Ctrl-C means
     # Each trial builds new models, so TensorFlow's "retracing" warnings are expected noise.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    configure_backend()
     from hpo.runner import TrialRunner
 
     runner = TrialRunner()
@@ -71,8 +89,12 @@ def _child_main(conn: Connection, threads: int | None) -> None:
         conn.send(("result", result))
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this trial process when its worker dies (kill -9 included)."""
+def _die_with_parent(worker_pid: int | None = None) -> None:
+    """Ask Linux to kill this trial process when its worker dies (kill -9 included).
+
+    A worker killed while this process was still starting died before the request was made:
+    then this process has another parent already and exits at once.
+    """
     if sys.platform != "linux":
         return
     try:
@@ -82,6 +104,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     except OSError:
         pass
+    if worker_pid is not None and os.getppid() != worker_pid:
+        os._exit(1)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -99,9 +123,12 @@ def _describe_exit(code: int | None) -> str:
 class TrialProcess:
     """A reusable child process that runs trials (see the module docstring)."""
 
-    def __init__(self, threads: int | None = None, max_trials: int = 25) -> None:
+    def __init__(
+        self, threads: int | None = None, max_trials: int = 25, env: dict[str, str] | None = None
+    ) -> None:
         self.threads = threads
         self.max_trials = max_trials
+        self.env = dict(env or {})
         self._proc: Any = None
         self._conn: Connection | None = None
         self._served = 0
@@ -109,7 +136,9 @@ class TrialProcess:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(child, self.threads), daemon=True)
+        self._proc = ctx.Process(
+            target=_child_main, args=(child, self.threads, self.env, os.getpid()), daemon=True
+        )
         self._proc.start()
         child.close()
         self._conn = parent
@@ -184,7 +213,13 @@ class TrialProcess:
 
 @dataclass
 class WorkerOptions:
-    """How a worker runs. Without ``study`` it serves every active study with budget left."""
+    """How a worker runs. Without ``study`` it serves every active study with budget left.
+
+    ``gpus`` and ``trials_per_gpu`` make ``len(gpus) * trials_per_gpu`` slots (see
+    :mod:`hpo.slots`); without ``gpus`` the worker has one slot. ``backend`` sets
+    ``KERAS_BACKEND`` for the trial processes; ``compile_cache`` is the JAX compile cache of
+    GPU slots (None: ``~/.cache/hpo/jax``, ``""``: off).
+    """
 
     storage_url: str
     study: str | None = None
@@ -197,6 +232,10 @@ class WorkerOptions:
     stop_grace: float = 20.0
     poll_interval: float = 5.0
     exit_when_idle: bool | None = None  # default: exit when serving one named study
+    gpus: list[str] | None = None
+    trials_per_gpu: int = 1
+    backend: str | None = None
+    compile_cache: str | None = None
 
 
 @dataclass
@@ -205,18 +244,26 @@ class _Served:
     study: Any
 
 
+@dataclass
+class Slot:
+    """One trial at a time on one GPU (or none): its plan and its reusable trial process."""
+
+    plan: SlotPlan
+    process: TrialProcess
+
+
 class Worker:
-    """Takes trials from the store and runs them, one at a time, in its trial process.
+    """Takes trials from the store and runs them in its slots, one trial per slot at a time.
 
     A worker with ``study`` set runs that study's trials until its budget is used up. Without
     it, the worker serves every active study that has budget left, highest ``priority`` first
     and then oldest first, and waits for new studies when there is nothing to do, so operators
     start workers once and users create studies at any time (``hpo study create``).
 
-    While it runs, a heartbeat thread marks its current trial alive and a reaper thread fails
+    While it runs, a heartbeat thread marks its running trials alive and a reaper thread fails
     (and requeues, up to the study's ``max_retries``) trials whose worker stopped sending
-    heartbeats. SIGTERM or SIGINT: no new trial is taken; the running one gets ``stop_grace``
-    seconds to finish, else it is failed and requeued; then the worker exits.
+    heartbeats. SIGTERM or SIGINT: no new trial is taken; the running ones get ``stop_grace``
+    seconds to finish, else they are failed and requeued; then the worker exits.
 
     Example (a sketch; see ``hpo worker --help``):
         >>> # Worker(WorkerOptions("sqlite:///hpo.db", "image_cnn")).run()
@@ -227,20 +274,39 @@ class Worker:
         self.storage = open_storage(
             options.storage_url, options.heartbeat_interval, options.grace_period
         )
-        self.process = TrialProcess(options.threads, options.max_trials_per_process)
+        plans = plan_slots(
+            options.gpus,
+            options.trials_per_gpu,
+            backend=options.backend,
+            threads=options.threads,
+            compile_cache=options.compile_cache,
+        )
+        self.slots = [
+            Slot(p, TrialProcess(p.threads, options.max_trials_per_process, p.env)) for p in plans
+        ]
         self._served: dict[str, _Served] = {}
         self._stop = threading.Event()
-        self._current_trial_id: int | None = None
+        self._unstarted: dict[str, dict[int, float]] = {}  # per study: see reap_unstarted_trials
+        self._finished = threading.Event()  # every slot is done
+        self._activity = threading.Event()  # a trial ended or a stop came: idle slots look again
+        # Claims, counts and results go through one lock: Optuna's study and sampler objects
+        # are shared by the slots, and claims must be counted exactly for max_trials.
+        self._lock = threading.Lock()
+        self._finalize_lock = threading.Lock()
+        self._running: dict[int, int] = {}  # slot index -> trial id, for the heartbeat
+        self._started = 0
+        self._error: Exception | None = None  # what stopped a slot, raised by run()
 
     # -- signals ---------------------------------------------------------------------------
 
     def request_stop(self, *_: Any) -> None:
         if not self._stop.is_set():
             log.info(
-                "stop requested: finishing the running trial (up to %.0f s)",
+                "stop requested: finishing the running trial(s) (up to %.0f s)",
                 self.options.stop_grace,
             )
         self._stop.set()
+        self._activity.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -249,13 +315,16 @@ class Worker:
     # -- background threads ----------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.options.heartbeat_interval):
-            trial_id = self._current_trial_id
-            if trial_id is not None:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as exc:  # a dropped connection: the next beat retries
-                    log.warning("heartbeat failed: %s", mask_url(str(exc)).splitlines()[0])
+        # Beats on after a stop request, while the running trials use their stop grace.
+        while not self._finished.wait(self.options.heartbeat_interval):
+            self._beat()
+
+    def _beat(self) -> None:
+        for trial_id in self._running.copy().values():
+            try:
+                self.storage.record_heartbeat(trial_id)
+            except Exception as exc:  # a dropped connection: the next beat retries
+                log.warning("heartbeat failed: %s", mask_url(str(exc)).splitlines()[0])
 
     def _reaper_loop(self) -> None:
         while not self._stop.wait(self.options.heartbeat_interval):
@@ -273,7 +342,16 @@ class Worker:
                 log.warning(
                     "study %s: trial %d had no heartbeat; failed and requeued", config.name, n
                 )
-            reaped.extend(numbers)
+            unstarted = reap_unstarted_trials(
+                self.storage, config, self._unstarted.setdefault(config.name, {})
+            )
+            for n in unstarted:
+                log.warning(
+                    "study %s: trial %d was claimed but never started; failed and requeued",
+                    config.name,
+                    n,
+                )
+            reaped.extend(numbers + unstarted)
         return reaped
 
     # -- choosing work ---------------------------------------------------------------------
@@ -310,14 +388,91 @@ class Worker:
         served.config = config
         return served
 
+    # -- main loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run trials until there is no work (or a stop); returns how many this worker ran."""
+        if self.options.study:
+            load_config(self.storage, self.options.study)  # a clear error before anything
+        if len(self.slots) > 1:
+            log.info(
+                "%d slots: %s",
+                len(self.slots),
+                ", ".join(f"{s.plan.label}: {s.plan.threads} thread(s)" for s in self.slots),
+            )
+        background = [
+            threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat"),
+            threading.Thread(target=self._reaper_loop, daemon=True, name="reaper"),
+        ]
+        slot_threads = [
+            threading.Thread(target=self._slot_loop, args=(s,), name=f"slot-{s.plan.index}")
+            for s in self.slots
+        ]
+        for t in background + slot_threads:
+            t.start()
+        try:
+            # The main thread only waits (briefly, so that it handles SIGTERM at once).
+            while any(t.is_alive() for t in slot_threads):
+                for t in slot_threads:
+                    t.join(timeout=0.5)
+        finally:
+            self._stop.set()
+            self._activity.set()
+            for t in slot_threads:
+                t.join()
+            self._finished.set()
+        if self._error is not None:
+            raise self._error
+        return self._started
+
+    def _slot_loop(self, slot: Slot) -> None:
+        """One slot: claim a trial, run it in the slot's trial process, record it; repeat."""
+        exit_when_idle = self.options.exit_when_idle
+        if exit_when_idle is None:
+            exit_when_idle = self.options.study is not None
+        try:
+            while not self._stop.is_set():
+                if self._quota_used():
+                    return
+                self._activity.clear()
+                claimed = with_db_retry(self._claim, what="claiming a trial")
+                if claimed is None:
+                    # Trials still running elsewhere (in another slot too) may yet fail and be
+                    # requeued, so a slot only leaves once its studies have settled.
+                    if exit_when_idle and with_db_retry(self._settled, what="reading status"):
+                        return
+                    self._activity.wait(
+                        min(self.options.poll_interval, float(self.options.heartbeat_interval))
+                    )
+                    continue
+                served, trial = claimed
+                try:
+                    self._run_trial(slot, served, trial)
+                finally:
+                    self._activity.set()
+        except Exception as exc:  # the worker stops, and run() raises it
+            self._error = self._error or exc
+            self._stop.set()
+            self._activity.set()
+        finally:
+            slot.process.close()
+
+    def _quota_used(self) -> bool:
+        return self.options.max_trials is not None and self._started >= self.options.max_trials
+
     def _claim(self) -> tuple[_Served, Any] | None:
-        for config in self._candidate_configs():
-            if get_study_state(self.storage, config.name) != "active":
-                continue
-            served = self._served_study(config)
-            trial = claim_trial(served.study, config.n_trials)
-            if trial is not None:
-                return served, trial
+        """A trial to run (counted against ``max_trials``), or None."""
+        with self._lock:
+            if self._stop.is_set() or self._quota_used():
+                return None
+            for config in self._candidate_configs():
+                if get_study_state(self.storage, config.name) != "active":
+                    continue
+                served = self._served_study(config)
+                trial = claim_trial(served.study, config.n_trials)
+                if trial is not None:
+                    self._started += 1
+                    return served, trial
         return None
 
     def _settled(self) -> bool:
@@ -344,86 +499,90 @@ class Worker:
         index = self.options.worker_index
         return config.seed + (index if index is not None else os.getpid())
 
-    # -- main loop -------------------------------------------------------------------------
-
-    def run(self) -> int:
-        """Run trials until there is no work (or a stop); returns how many this worker ran."""
-        exit_when_idle = self.options.exit_when_idle
-        if exit_when_idle is None:
-            exit_when_idle = self.options.study is not None
-        if self.options.study:
-            load_config(self.storage, self.options.study)  # a clear error before anything
-        threads = [
-            threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat"),
-            threading.Thread(target=self._reaper_loop, daemon=True, name="reaper"),
-        ]
-        for t in threads:
-            t.start()
-        ran = 0
-        try:
-            while not self._stop.is_set():
-                if self.options.max_trials is not None and ran >= self.options.max_trials:
-                    break
-                claimed = with_db_retry(self._claim, what="claiming a trial")
-                if claimed is None:
-                    # Trials still running elsewhere may yet fail and be requeued (a dead
-                    # worker's), so a worker only leaves once its studies have settled.
-                    if exit_when_idle and with_db_retry(self._settled, what="reading status"):
-                        break
-                    self._stop.wait(
-                        min(self.options.poll_interval, float(self.options.heartbeat_interval))
-                    )
-                    continue
-                served, trial = claimed
-                ran += 1
-                self._run_trial(served, trial)
-        finally:
-            self._stop.set()
-            self.process.close()
-        return ran
-
-    def _run_trial(self, served: _Served, trial: Any) -> None:
+    def _run_trial(self, slot: Slot, served: _Served, trial: Any) -> None:
         from hpo.spaces import suggest
 
         config = served.config
-        self._current_trial_id = trial._trial_id
-        self.storage.record_heartbeat(trial._trial_id)
-        # Which worker runs a trial: for operators reading the store after a failure.
-        self.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, WORKER_ID)
+        trial_id = trial._trial_id
+        self._running[slot.plan.index] = trial_id
         try:
+            with_db_retry(lambda: self.storage.record_heartbeat(trial_id), what="a heartbeat")
+            # Which worker (and GPU) runs a trial: for operators reading the store after a failure.
+            with_db_retry(
+                lambda: self.storage.set_trial_system_attr(trial_id, WORKER_ATTR, WORKER_ID)
+            )
+            gpu = slot.plan.gpu
+            if gpu is not None:
+                with_db_retry(lambda: self.storage.set_trial_system_attr(trial_id, GPU_ATTR, gpu))
+
+            def sample() -> Any:
+                with self._lock:  # the sampler is shared by the slots
+                    return suggest(trial, config.spec().space)
+
             try:
-                params = suggest(trial, config.spec().space)
+                # Suggesting writes each parameter to the store; suggesting again after a
+                # dropped connection returns those already written.
+                params = with_db_retry(sample, what="sampling parameters")
             except Exception as exc:  # a sampler bug must not stop the worker
-                self._tell(served, trial, TrialResult("FAIL", reason=f"sampling failed: {exc}"))
+                result = TrialResult("FAIL", reason=f"sampling failed: {exc}")
+                self._record(served, trial, result)
                 return
-            log.info("study %s trial %d: %s", config.name, trial.number, params)
+            log.info(
+                "study %s trial %d%s: %s",
+                config.name,
+                trial.number,
+                f" on {slot.plan.label}" if len(self.slots) > 1 else "",
+                params,
+            )
             task = TrialTask(
                 self.options.storage_url, config.to_json(), trial._trial_id, trial.number, params
             )
-            result = self.process.run(
+            result = slot.process.run(
                 task,
                 timeout=config.spec().budget.trial_timeout,
                 stop_requested=self._stop.is_set,
                 stop_grace=self.options.stop_grace,
             )
-            with_db_retry(lambda: self._tell(served, trial, result), what="recording a result")
+            self._record(served, trial, result)
             self._finalize_if_done(served.config)
         finally:
-            self._current_trial_id = None
+            self._running.pop(slot.plan.index, None)
+
+    def _record(self, served: _Served, trial: Any, result: TrialResult) -> None:
+        def tell() -> None:
+            with self._lock:  # the study and its sampler are shared by the slots
+                self._tell(served, trial, result)
+
+        with_db_retry(tell, what="recording a result")
 
     def _finalize_if_done(self, config: StudyConfig) -> None:
         """The worker that records a study's last trial ends its MLflow study run with plots."""
-        from hpo.studies import study_status
+        from hpo.studies import is_done, study_status
         from hpo.study_report import finalize_study
 
+        storage = self.storage
+
+        def claim_finalization() -> bool:
+            if not study_status(storage, config.name).done:
+                return False
+            study_id = storage.get_study_id_from_name(config.name)
+            owner = storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR)
+            if owner is None:
+                storage.set_study_system_attr(study_id, FINALIZED_ATTR, WORKER_ID)
+                return True
+            return bool(owner == WORKER_ID)  # True: an earlier attempt of ours set it
+
         try:
-            if not study_status(self.storage, config.name).done:
-                return
-            study_id = self.storage.get_study_id_from_name(config.name)
-            if self.storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR):
-                return
-            self.storage.set_study_system_attr(study_id, FINALIZED_ATTR, WORKER_ID)
-            finalize_study(self.storage, load_config(self.storage, config.name))
+            served = self._served.get(config.name)
+            if served is not None and not is_done(served.study, config.n_trials):
+                return  # the cheap check (cached trials); study_status reads every trial
+            with self._finalize_lock:  # two slots may record a study's last trials at once
+                if not with_db_retry(claim_finalization, what="checking the study's end"):
+                    return
+                with_db_retry(
+                    lambda: finalize_study(storage, load_config(storage, config.name)),
+                    what="finalizing the study",
+                )
         except Exception as exc:  # reporting must never stop a worker
             log.warning("could not finalize study %s: %s", config.name, exc)
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from hpo.datasets import Dataset
 
 pytest_plugins = ["services"]
 
@@ -41,7 +48,8 @@ def postgres_url() -> Iterator[str]:
 
     admin = _admin_url()
     try:
-        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        # pre-ping: a test may restart the server under this engine's pooled connection.
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
     except Exception as exc:
@@ -87,3 +95,77 @@ def hpo(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def quiet_optuna() -> Iterator[None]:
+    """Optuna and hyperopt at WARNING: hyperopt's TPE logs two INFO lines per proposal."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    yield
+
+
+@pytest.fixture
+def sqlite_without_fsync() -> Iterator[None]:
+    """SQLite stores of this test skip fsync.
+
+    A study commits a dozen times per trial, and an fsync can take 10-30 ms on a CI disk.
+    Tests do not need durability across power loss; everything else about SQLite stays.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def no_sync(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+    event.listen(Engine, "connect", no_sync)
+    yield
+    event.remove(Engine, "connect", no_sync)
+
+
+@pytest.fixture(scope="module")
+def small_digits() -> Dataset:
+    """128 training images of scikit-learn's digits and a 64-image validation slice.
+
+    Small enough that one epoch of a tiny model takes well under a second.
+    """
+    from hpo.datasets import Split, load_dataset
+    from hpo.spaces import DatasetSpec
+
+    data = load_dataset(DatasetSpec(name="digits", subset=128, seed=0))
+    data.validation = Split(data.validation.x[:64], data.validation.y[:64])
+    return data
+
+
+# Small text and language-model studies, trained once per session by `hpo run` into one shared
+# folder (only those a test asks for): test_language_models, test_text_families and
+# test_ensemble_text_lm use the same trials instead of training their own.
+SMALL_TEXT_STUDIES = {"char_lstm_small": 2, "text_conv1d_small": 1, "text_dense_small": 1}
+_SMALL_TEXT: dict[str, Any] = {}
+
+
+def small_text_studies(
+    factory: pytest.TempPathFactory, *names: str
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The shared folder (hpo.db, mlflow.db, mlruns) and the `hpo run --json` summary of each
+    of ``names`` (keys of :data:`SMALL_TEXT_STUDIES`: the trials each gets)."""
+    if "root" not in _SMALL_TEXT:
+        _SMALL_TEXT["root"] = factory.mktemp("small-text-studies")
+        _SMALL_TEXT["summaries"] = {}
+    root: Path = _SMALL_TEXT["root"]
+    summaries: dict[str, dict[str, Any]] = _SMALL_TEXT["summaries"]
+    cache = factory.getbasetemp() / "hpo-cache"  # the Reuters parse, shared by the session
+    for name in names:
+        if name in summaries:
+            continue
+        trials = SMALL_TEXT_STUDIES[name]
+        result = hpo(
+            "run", str(REPO / "search_spaces" / f"{name}.yaml"), "--trials", str(trials),
+            "--workers", "1", "--json", cwd=root, env={"HPO_CACHE_DIR": str(cache)}, timeout=900,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}{result.stdout[-2000:]}"
+        summaries[name] = json.loads(result.stdout)
+    return root, {n: summaries[n] for n in names}

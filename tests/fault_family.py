@@ -3,26 +3,53 @@
 ``mode`` picks the fault: ``ok`` trains normally, ``raise`` raises while building, ``nan``
 trains with a loss that is NaN, ``kill`` kills its own trial process with SIGKILL, ``sleep``
 sleeps ``sleep_seconds`` before training (a long trial that a test interrupts).
+
+With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
+process's id, when the build started and ended, its Keras backend and the slot environment
+(GPU, memory share, compile cache) the worker gave it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from typing import Any
+
+RECORDED_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "HPO_GPU_MEMORY_FRACTION",
+    "JAX_COMPILATION_CACHE_DIR",
+    "KERAS_BACKEND",
+    "OMP_NUM_THREADS",
+)
 
 
 def build(hp: Any, data: Any) -> Any:
     import keras
 
     mode = hp["mode"]
+    started = time.time()
     if mode == "raise":
         raise ValueError("deliberate failure in build")
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "sleep":  # a long trial, to be interrupted by a test
         time.sleep(float(hp.get("sleep_seconds", 30)))
+    record = os.environ.get("HPO_TEST_RECORD")
+    if record:
+        line = {
+            "pid": os.getpid(),
+            "start": started,
+            "end": time.time(),
+            "backend": keras.backend.backend(),
+            "env": {k: os.environ.get(k) for k in RECORDED_ENV},
+        }
+        with open(record, "a") as f:
+            f.write(json.dumps(line) + "\n")
     model = keras.Sequential(
         [
             keras.Input(data.input_shape),

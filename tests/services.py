@@ -12,6 +12,9 @@ A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
 - ``start_workers`` (per test): a factory of real ``hpo worker`` subprocesses, configured like
   the compose ``worker`` service (``HPO_STORAGE``, ``MLFLOW_TRACKING_URI`` in the environment);
   whatever it started is stopped at the end of the test.
+- ``postgres_cluster()``, ``restart_postgres()``, ``ensure_postgres_up()``: the local Debian
+  cluster of the test database (``pg_lsclusters``, by port), restarted with ``pg_ctlcluster``
+  at the niceness it had, waited for with ``pg_isready``.
 - ``ServiceProcess``: any such server process (the Optuna dashboard too): started in its own
   process group, waited for over HTTP, stopped with SIGTERM and, after a grace, SIGKILL.
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,7 +107,8 @@ def fresh_database(prefix: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     admin = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test may restart the server under this engine's pooled connection.
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
@@ -119,6 +125,97 @@ def fresh_database(prefix: str) -> Iterator[str]:
             # A server or worker that is still connected must not keep the database alive.
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
         engine.dispose()
+
+
+def _pg_address() -> tuple[str, int]:
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES))
+    return url.host or "127.0.0.1", url.port or 5432
+
+
+def postgres_ready(timeout: float = 0.0) -> bool:
+    """Whether the test PostgreSQL accepts connections (``pg_isready``), waiting ``timeout`` s."""
+    host, port = _pg_address()
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = subprocess.run(
+            ["pg_isready", "-q", "-h", host, "-p", str(port)], check=False, timeout=30
+        ).returncode
+        if ready == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class PgCluster:
+    """A local Debian PostgreSQL cluster (``pg_lsclusters``)."""
+
+    version: str
+    name: str
+    data_dir: Path
+
+    def ctl(self, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """``pg_ctlcluster VERSION NAME ACTION``, run at the niceness the server had.
+
+        The server's processes inherit the caller's priority: a test run under ``nice`` must
+        not leave a slower database behind it.
+        """
+        command = ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action]
+        with suppress(OSError, ValueError, IndexError):
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            change = os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0)
+            if change:
+                command = ["nice", "-n", str(change), *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def postgres_cluster() -> PgCluster:
+    """The local Debian cluster that serves the test database's port.
+
+    Restarting it needs that cluster on this machine (``pg_lsclusters``) and root (or the
+    ``postgres`` user); otherwise the test is skipped here and fails in CI.
+    """
+    host, port = _pg_address()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        unavailable(f"PostgreSQL at {host} is not on this machine: it cannot be restarted")
+    if not (shutil.which("pg_lsclusters") and shutil.which("pg_ctlcluster")):
+        unavailable("pg_lsclusters/pg_ctlcluster missing (Debian's postgresql-common)")
+    if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != "postgres":
+        unavailable("restarting PostgreSQL needs root or the postgres user")
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in listing.splitlines():
+        fields = line.split()  # Ver Cluster Port Status Owner Data-directory Log-file
+        if len(fields) >= 6 and fields[2] == str(port):
+            return PgCluster(fields[0], fields[1], Path(fields[5]))
+    unavailable(f"no local PostgreSQL cluster on port {port}:\n{listing}")
+
+
+def restart_postgres(cluster: PgCluster, timeout: float = 120.0) -> float:
+    """Restart the cluster (fast shutdown: every session is cut); returns seconds until ready.
+
+    Settings made with ``ALTER SYSTEM`` (CI's ``max_connections``) survive a restart.
+    """
+    began = time.monotonic()
+    result = cluster.ctl("restart", timeout)
+    if not postgres_ready(timeout):
+        # Whatever happened, leave a running server to the rest of the suite.
+        cluster.ctl("start", timeout)
+        if not postgres_ready(timeout):
+            pytest.fail(f"PostgreSQL did not come back: {result.stdout}{result.stderr}")
+    return time.monotonic() - began
+
+
+def ensure_postgres_up(cluster: PgCluster, timeout: float = 120.0) -> None:
+    """Start the cluster if it is down and wait until it accepts connections."""
+    if postgres_ready(1.0):
+        return
+    cluster.ctl("start", timeout)
+    postgres_ready(timeout)
 
 
 # -- server processes -------------------------------------------------------------------------
@@ -352,10 +449,11 @@ StartWorkers = Callable[..., WorkerGroup]
 
 @pytest.fixture
 def start_workers(tmp_path: Path) -> Iterator[StartWorkers]:
-    """``start_workers(n, storage=..., tracking_uri=..., args=[...])``: n real workers.
+    """``start_workers(n, storage=..., tracking_uri=..., args=[...], env={...})``: n workers.
 
     The store and tracking URLs go in the environment, as in the compose ``worker`` service
-    (``args`` are extra ``hpo worker`` arguments, e.g. ``["--study", name]``). Every worker
+    (``args`` are extra ``hpo worker`` arguments, e.g. ``["--study", name]``; ``env`` extra
+    variables, e.g. a ``PYTHONPATH`` for a family of the tests). Every worker
     still running at the end of the test is stopped.
     """
     groups: list[WorkerGroup] = []
@@ -367,12 +465,14 @@ def start_workers(tmp_path: Path) -> Iterator[StartWorkers]:
         tracking_uri: str | None = None,
         args: Sequence[str] = (),
         cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> WorkerGroup:
         where = cwd or tmp_path
         extra = {
             "HPO_STORAGE": storage,
             "HPO_OUTBOX_DIR": str(where / "outbox"),  # not the developer's ~/.cache
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **(env or {}),
         }
         if tracking_uri:
             extra["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -465,3 +565,35 @@ def served_study(
     return ServedStudy(
         SERVED_STUDY, postgres_url, mlflow_server, workdir, result.stdout, summary, seconds
     )
+
+
+def forget_ensemble(server: MlflowServer, experiment_name: str, name: str) -> None:
+    """Delete registered model ``name`` and its ensemble runs in ``experiment_name``.
+
+    Tests that build ensembles of the shared ``served_study`` call it when done, so that the
+    study's experiment holds only its study and trial runs for every other test.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(server.url, registry_uri=server.url)
+    with suppress(MlflowException):
+        client.delete_registered_model(name)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return
+    for run in client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`hpo.ensemble.name` = '{name}'"
+    ):
+        client.delete_run(run.info.run_id)
+
+
+def forget_experiment(server: MlflowServer, name: str) -> None:
+    """Delete experiment ``name`` (a test's own study) so that later tests of the shared server
+    see only the experiments they expect."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        client.delete_experiment(experiment.experiment_id)

@@ -29,10 +29,8 @@ BASE: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def digits() -> Dataset:
-    data = load_dataset(DatasetSpec(name="digits", subset=128, seed=0))
-    data.validation = Split(data.validation.x[:64], data.validation.y[:64])
-    return data
+def digits(small_digits: Dataset) -> Dataset:
+    return small_digits
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 import pytest
 from optuna.trial import TrialState
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from hpo.engines import ALGORITHMS, PRUNERS, HyperoptSampler, create_pruner, create_sampler
 from hpo.spaces import BudgetSpec, SearchSpace, parse_params, suggest
@@ -24,24 +19,7 @@ SINGLE = [name for name in ALGORITHMS if name != "optuna-nsga2"]
 MULTI = [name for name, info in ALGORITHMS.items() if info.multi_objective]
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("hyperopt").setLevel(logging.WARNING)
-    yield
-
-
-@pytest.fixture(autouse=True)
-def _sqlite_without_fsync() -> Iterator[None]:
-    # A study commits a dozen times per trial, and an fsync can take 10-30 ms on a CI disk.
-    # Tests do not need durability across power loss; everything else about SQLite stays.
-    def no_sync(dbapi_connection: Any, _record: Any) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):
-            dbapi_connection.execute("PRAGMA synchronous = OFF")
-
-    event.listen(Engine, "connect", no_sync)
-    yield
-    event.remove(Engine, "connect", no_sync)
+pytestmark = pytest.mark.usefixtures("quiet_optuna", "sqlite_without_fsync")
 
 
 def space_of(raw: dict[str, Any]) -> SearchSpace:

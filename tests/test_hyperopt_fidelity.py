@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -22,8 +21,6 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING
 from hyperopt.fmin import fmin_pass_expr_memo_ctrl
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from hpo.engines import HyperoptSampler, create_sampler
 from hpo.engines._hyperopt_sampler import PROPOSAL_ATTR
@@ -41,25 +38,7 @@ ALGOS: dict[str, Callable[..., Any]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # hyperopt's TPE logs two INFO lines per proposal.
-    logging.getLogger("hyperopt").setLevel(logging.WARNING)
-    yield
-
-
-@pytest.fixture(autouse=True)
-def _sqlite_without_fsync() -> Iterator[None]:
-    # A study commits a dozen times per trial, and an fsync can take 10-30 ms on a CI disk.
-    # Tests do not need durability across power loss; everything else about SQLite stays.
-    def no_sync(dbapi_connection: Any, _record: Any) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):
-            dbapi_connection.execute("PRAGMA synchronous = OFF")
-
-    event.listen(Engine, "connect", no_sync)
-    yield
-    event.remove(Engine, "connect", no_sync)
+pytestmark = pytest.mark.usefixtures("quiet_optuna", "sqlite_without_fsync")
 
 
 def make_space() -> SearchSpace:

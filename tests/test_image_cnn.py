@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hpo.datasets import DataError, Dataset, Split, load_dataset
+from hpo.datasets import DataError, Dataset, Split
 from hpo.families import get_family
 from hpo.families._common import build_optimizer, optimizer_classes
 from hpo.families.image_cnn import ImageCNN
-from hpo.spaces import DatasetSpec, Params, load_spec, suggest
+from hpo.spaces import Params, load_spec, suggest
 
 keras = pytest.importorskip("keras")
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -31,11 +31,8 @@ BASE: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def digits() -> Dataset:
-    data = load_dataset(DatasetSpec(name="digits", subset=128, seed=0))
-    # A small validation slice keeps one epoch well under a second.
-    data.validation = Split(data.validation.x[:64], data.validation.y[:64])
-    return data
+def digits(small_digits: Dataset) -> Dataset:
+    return small_digits
 
 
 def _fake_images(shape: tuple[int, ...], n: int = 8) -> Dataset:

@@ -17,7 +17,7 @@ from hpo.families.language_models import CharLSTM, WordLSTM, bits_per_token
 from hpo.generation import VOCABULARY_FILE, Vocabulary
 from hpo.spaces import DatasetSpec, Params, load_spec, suggest
 
-from conftest import REPO, hpo
+from conftest import REPO, small_text_studies
 
 keras = pytest.importorskip("keras")
 SPACES = REPO / "search_spaces"
@@ -354,16 +354,16 @@ def test_shipped_spaces_build(path: str, chars: Dataset, words: Dataset) -> None
 
 
 @pytest.mark.slow
-def test_small_study_then_generate_from_the_store(tmp_path: Path) -> None:
-    """`hpo run` of char_lstm_small (1 trial), then `hpo generate STUDY` from its store."""
+def test_small_study_then_generate_from_the_store(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`hpo run` of char_lstm_small (2 trials, shared with the ensemble tests), then
+    `hpo generate STUDY` from its store."""
     from typer.testing import CliRunner
 
-    result = hpo(
-        "run", str(SPACES / "char_lstm_small.yaml"), "--trials", "1", "--json", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    summary = json.loads(result.stdout)
-    assert summary["complete"] == 1, summary
+    root, summaries = small_text_studies(tmp_path_factory, "char_lstm_small")
+    summary = summaries["char_lstm_small"]
+    assert summary["complete"] == 2, summary
 
     from mlflow import MlflowClient
 
@@ -377,7 +377,7 @@ def test_small_study_then_generate_from_the_store(tmp_path: Path) -> None:
     assert VOCABULARY_FILE in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
 
     app = _generate_app()
-    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    storage = f"sqlite:///{root / 'hpo.db'}"
     length = 60
     out = CliRunner().invoke(
         app,
@@ -386,7 +386,8 @@ def test_small_study_then_generate_from_the_store(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
-    assert (report["study"], report["trial"], report["level"]) == ("char_lstm_small", 0, "char")
+    best = summary["best_trial"]
+    assert (report["study"], report["trial"], report["level"]) == ("char_lstm_small", best, "char")
     assert [s["temperature"] for s in report["samples"]] == [0.2, 0.5, 1.0]
     vocab = set(json.loads(_download_vocab(client, runs[0].info.run_id, tmp_path))["vocabulary"])
     for sample in report["samples"]:

@@ -17,6 +17,7 @@ from hpo.studies import (
     counted_trials,
     create_study,
     load_config,
+    reap_unstarted_trials,
     study_status,
 )
 
@@ -128,3 +129,31 @@ def test_mask_url_hides_passwords() -> None:
     assert "pa55" not in masked and ":x@" not in masked
     assert "postgresql+psycopg://hpo:***@db:5432/hpo" in masked
     assert mask_url("sqlite:///tmp/a.db") == "sqlite:///tmp/a.db"
+
+
+def test_a_claimed_trial_that_never_got_a_heartbeat_is_requeued(storage_url: str) -> None:
+    """A worker that lost the store (or died) between claiming a trial and its first heartbeat
+    leaves a RUNNING trial that heartbeat reaping never sees: it is requeued after the grace."""
+    store = open_storage(storage_url, heartbeat_interval=1, grace_period=60)
+    config = _config(2)
+    study = create_study(store, config)
+    orphan = claim_trial(study, config.n_trials)  # ... and its worker is gone
+    alive = claim_trial(study, config.n_trials)
+    assert orphan is not None and alive is not None
+    store.record_heartbeat(alive._trial_id)
+    seen: dict[int, float] = {}
+    assert reap_unstarted_trials(store, config, seen) == []  # first sight: only remembered
+    assert set(seen) == {orphan._trial_id}
+    seen[orphan._trial_id] -= 61  # as if the grace period had passed
+    assert reap_unstarted_trials(store, config, seen) == [orphan.number]
+    assert seen == {}
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert "never started" in trials[orphan.number].user_attrs["fail_reason"]
+    assert trials[alive.number].state == TrialState.RUNNING  # it has a heartbeat
+    [queued] = [t for t in trials if t.state == TrialState.WAITING]
+    assert queued.system_attrs["failed_trial"] == orphan.number
+    # The orphan no longer counts; its requeued copy does: still exactly the budget.
+    assert sorted(t.number for t in counted_trials(trials)) == [alive.number, queued.number]
+    assert claim_trial(study, config.n_trials) is not None  # the queued copy
+    assert claim_trial(study, config.n_trials) is None

@@ -17,7 +17,7 @@ from hpo.families.text_conv1d import TextConv1D
 from hpo.families.text_dense import TextDense
 from hpo.spaces import DatasetSpec, Params, load_spec, suggest
 
-from conftest import REPO, hpo
+from conftest import REPO, small_text_studies
 
 keras = pytest.importorskip("keras")
 SPACES = REPO / "search_spaces"
@@ -242,6 +242,7 @@ def test_conv1d_refuses_ids_beyond_the_vocabulary(sequences: Dataset) -> None:
         ("text_conv1d.yaml", "text_conv1d"),
         ("text_conv1d_small.yaml", "text_conv1d"),
         ("text_dense.yaml", "text_dense"),
+        ("text_dense_small.yaml", "text_dense"),
     ],
 )
 def test_shipped_spaces_build(path: str, family: str, sequences: Dataset, bags: Dataset) -> None:
@@ -266,18 +267,8 @@ def test_shipped_spaces_build(path: str, family: str, sequences: Dataset, bags: 
 
 
 @pytest.mark.slow
-def test_hpo_run_small_text_study(tmp_path: Path, cache: Path) -> None:
-    result = hpo(
-        "run",
-        str(SPACES / "text_conv1d_small.yaml"),
-        "--trials",
-        "1",
-        "--workers",
-        "1",
-        "--json",
-        cwd=tmp_path,
-        env={reuters.CACHE_ENV_VAR: str(cache)},
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    summary = json.loads(result.stdout)
+def test_hpo_run_small_text_study(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> None:
+    """`hpo run` of text_conv1d_small (1 trial, shared with the ensemble tests)."""
+    _, summaries = small_text_studies(tmp_path_factory, "text_conv1d_small")
+    summary = summaries["text_conv1d_small"]
     assert summary["complete"] == 1 and summary["failed"] == 0

@@ -70,10 +70,13 @@ def prepare_study(
     resume: bool,
     priority: int = 0,
     max_retries: int = 1,
+    check_data: bool = True,
 ) -> tuple[Any, Any, bool]:
-    """Validate the space and options, then create the study (or load it with ``resume``).
+    """Validate the space, options and data, then create the study (or load it with ``resume``).
 
-    Returns ``(storage, config, created)``. Nothing is written before everything is valid.
+    With ``check_data`` the dataset is loaded once and checked against the family (see
+    :mod:`hpo.preflight`). Returns ``(storage, config, created)``. Nothing is written before
+    everything is valid.
     """
     from hpo.spaces import SpaceError, SpaceIssue, check_run_options
     from hpo.storage import open_storage, resolve_storage
@@ -95,6 +98,10 @@ def prepare_study(
     problems = check_run_options(spec_run, algorithm, pruner)
     if problems:
         raise SpaceError([SpaceIssue(str(space), "", None, p) for p in problems])
+    if check_data:
+        from hpo.preflight import check_study_data, describe
+
+        err_console.print(describe(check_study_data(spec_run)), style="dim", highlight=False)
     study_name = name or spec.name
     url = resolve_storage(storage)
     store = open_storage(url)

@@ -32,14 +32,17 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 
 @contextmanager
 def _handled() -> Iterator[None]:
-    """Ensemble, model and study errors: exit 2 with the message; MLflow failures: exit 1."""
+    """Ensemble, model and study errors: exit 2 with the message; MLflow failures (the server
+    unreachable included): exit 1."""
     from hpo.cli._common import handled_errors
-    from hpo.ensemble import EnsembleError
+    from hpo.ensemble import EnsembleError, RegistryUnavailableError
     from hpo.models import ModelError
 
     try:
         with handled_errors():
             yield
+    except RegistryUnavailableError as exc:
+        fail(str(exc), EXIT_RUNTIME)
     except (EnsembleError, ModelError) as exc:
         fail(str(exc), EXIT_USAGE)
     except typer.Exit:
@@ -223,36 +226,82 @@ def predict(
         ..., help="A .keras file, or a registered ensemble NAME[:VERSION]."
     ),
     input_file: Path = typer.Option(
-        ..., "--input", "-i", help="Inputs: .npz with an array x, .npy, or CSV of numbers."
+        ...,
+        "--input",
+        "-i",
+        help="Inputs: .npz with an array x, .npy, or CSV of numbers; for text classifiers raw "
+        "text: a .txt file (one document per line), a folder of .txt files (one document "
+        "each) or a CSV/TSV with a text column.",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write predictions to .npz, .csv or .json (else print)."
+    ),
+    text_column: str = typer.Option(
+        "text", "--text-column", help="The CSV column holding the documents (text models)."
+    ),
+    vocabulary: Path | None = typer.Option(
+        None,
+        "--vocabulary",
+        help="text_vocabulary.json of a .keras text model (default: NAME.text_vocabulary.json "
+        "or text_vocabulary.json beside the file).",
     ),
     tracking_uri: str | None = TrackingOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Class probabilities and the predicted class of each input example.
 
-    Model files are loaded in safe mode: legacy .h5 files and files with a Lambda layer or
-    other arbitrary code are refused.
+    Raw text is encoded as the trials encoded their training data (their
+    stored text_vocabulary.json); ensemble members that encode it differently
+    (text_dense beside text_conv1d) each get their own encoding, and their
+    probabilities are averaged with the ensemble's weights. Class names are
+    printed where known. Model files are loaded in safe mode: legacy .h5 files
+    and files with a Lambda layer or other arbitrary code are refused.
     """
-    from hpo.ensemble import load_predictor, predict_arrays, read_inputs, write_predictions
+    from hpo.ensemble import write_predictions
+    from hpo.ensemble._export import predicted_classes
+    from hpo.ensemble._members import is_text_input, open_predictor, read_texts
 
+    names: list[str] | None = None
     with _handled():
-        keras_model = load_predictor(model, tracking_uri)
-        x = read_inputs(input_file, tuple(keras_model.inputs[0].shape[1:]))
-        probs, predicted = predict_arrays(keras_model, x)
+        text = is_text_input(input_file)
+        predictor = open_predictor(model, tracking_uri, vocabulary, want_text=text)
+        if text is None:  # a CSV: text for a text model, numbers otherwise
+            text = predictor.takes_text
+        if text:
+            texts, names = read_texts(input_file, text_column)
+            probs = predictor.predict_texts(texts)
+        else:
+            probs = predictor.predict_file(input_file)
+        predicted = predicted_classes(probs)
         if output is not None:
             write_predictions(output, probs, predicted)
+    classes = predictor.class_names
+    labels = _class_labels(predicted, classes)
     if output is not None:
-        console.print(f"wrote predictions of {len(x)} examples to {output}")
+        console.print(f"wrote predictions of {len(probs)} examples to {output}")
     elif json_out:
-        print_json({"probabilities": probs.tolist(), "predicted": predicted.tolist()})
+        print_json(
+            {
+                "probabilities": probs.tolist(),
+                "predicted": predicted.tolist(),
+                **({"predicted_class": labels, "class_names": classes} if labels else {}),
+                **({"documents": names} if names else {}),
+            }
+        )
     else:
-        # Plain lines (index, predicted class, probabilities) that tools can cut and paste.
+        # Plain lines (index, predicted class, its name where known, probabilities) that tools
+        # can cut and paste.
         flat = probs.reshape(len(probs), -1)
-        labels = predicted.reshape(len(probs), -1)
-        for i, (row, cls) in enumerate(zip(flat, labels, strict=True)):
+        predicted_rows = predicted.reshape(len(probs), -1)
+        for i, (row, cls) in enumerate(zip(flat, predicted_rows, strict=True)):
+            name = f"{labels[i]}\t" if labels else ""
             sys.stdout.write(
-                f"{i}\t{' '.join(map(str, cls))}\t{' '.join(f'{p:.4f}' for p in row)}\n"
+                f"{i}\t{' '.join(map(str, cls))}\t{name}{' '.join(f'{p:.4f}' for p in row)}\n"
             )
+
+
+def _class_labels(predicted: Any, classes: list[str] | None) -> list[str] | None:
+    """The name of each predicted class, when the names are known and fit."""
+    if not classes or predicted.ndim != 1 or int(predicted.max(initial=0)) >= len(classes):
+        return None
+    return [classes[int(c)] for c in predicted]

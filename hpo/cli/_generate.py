@@ -23,7 +23,10 @@ def generate(
     model: str = typer.Argument(
         ...,
         help="A trained language model: a trial's model folder or .keras file (with "
-        "vocabulary.json beside it), or STUDY (its best trial) or STUDY:TRIAL from the store.",
+        "vocabulary.json beside it), STUDY (its best trial) or STUDY:TRIAL from the store, or "
+        "a registered ensemble NAME[:VERSION] (models:/NAME/VERSION when a study has that "
+        "name) of char_lstm/word_lstm trials, sampled from the weighted average of the "
+        "members' next-token distributions.",
     ),
     seed_text: str = typer.Option(
         "",
@@ -59,26 +62,47 @@ def generate(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Generate text from a char_lstm or word_lstm model, one sample per temperature."""
+    """Generate text from a char_lstm or word_lstm model or ensemble, one sample per temperature.
+
+    An ensemble samples from the weighted average of its members' next-token
+    distributions; the members must share their vocabulary, and each reads
+    its own window length.
+    """
     temperatures = parse_temperatures(temperature)
     # Artifacts come one by one from MLflow; a progress bar each would bury the samples.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-    trial, vocabulary = _load_vocabulary(model, storage, tracking_uri)
     import numpy as np
     from rich.markup import escape
 
     from hpo.generation import generate_texts, join_seed, model_predictor
     from hpo.models import ModelError
 
-    try:
-        keras_model = trial.load()
-    except ModelError as exc:
-        fail(str(exc), EXIT_USAGE)
-    _check_shapes(keras_model, vocabulary, model)
+    ensemble = _ensemble_or_none(model, storage, tracking_uri)
+    if ensemble is not None:
+        vocabulary, predict_next = ensemble.vocabulary, ensemble.predict_next
+        where = ensemble.source
+        details: dict[str, Any] = {
+            "ensemble": where,
+            "members": [
+                {"study": m.study, "trial": m.trial, "run_id": m.run_id, "weight": m.weight,
+                 "maxlen": v.maxlen}
+                for m, v in zip(ensemble.members, ensemble.vocabularies, strict=True)
+            ],
+        }  # fmt: skip
+    else:
+        trial, vocabulary = _load_vocabulary(model, storage, tracking_uri)
+        try:
+            keras_model = trial.load()
+        except ModelError as exc:
+            fail(str(exc), EXIT_USAGE)
+        _check_shapes(keras_model, vocabulary, model)
+        predict_next = model_predictor(keras_model)
+        where = _describe(model, trial)
+        details = {"study": trial.study, "trial": trial.trial_number}
     texts = generate_texts(
-        model_predictor(keras_model),
+        predict_next,
         vocabulary,
         vocabulary.level,
         seed_text,
@@ -87,13 +111,11 @@ def generate(
         np.random.default_rng(seed),
         maxlen=vocabulary.maxlen,
     )
-    where = _describe(model, trial)
     if json_out:
         print_json(
             {
                 "model": where,
-                "study": trial.study,
-                "trial": trial.trial_number,
+                **details,
                 "level": vocabulary.level,
                 "seed_text": seed_text,
                 "length": length,
@@ -105,9 +127,14 @@ def generate(
             }
         )
         return
+    what = (
+        f"weighted ensemble of {len(ensemble.members)} {vocabulary.level}-level models, "
+        f"windows {', '.join(str(v.maxlen) for v in ensemble.vocabularies)}"
+        if ensemble is not None
+        else f"{vocabulary.level}-level model, window {vocabulary.maxlen}"
+    )
     console.print(
-        f"[bold]{escape(where)}[/]: {vocabulary.level}-level model, window {vocabulary.maxlen}, "
-        f"{len(vocabulary.tokens)} tokens; seed {seed}",
+        f"[bold]{escape(where)}[/]: {what}, {len(vocabulary.tokens)} tokens; seed {seed}",
         highlight=False,
     )
     for t, text in zip(temperatures, texts, strict=True):
@@ -142,6 +169,54 @@ def parse_temperatures(values: list[str] | None) -> list[float]:
     return out
 
 
+def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -> Any:
+    """The registered language-model ensemble ``ref`` names, or None when ``ref`` is a model
+    file or folder or a study. ``models:/NAME/VERSION`` always means an ensemble; a plain
+    ``NAME[:VERSION]`` does when no study of that name exists."""
+    from hpo.ensemble import EnsembleError
+    from hpo.ensemble._export import parse_registered_ref
+    from hpo.ensemble._members import language_model_ensemble
+
+    if Path(ref).exists():
+        return None
+    if not ref.startswith("models:/"):
+        from hpo.models import ModelError, parse_model_ref
+        from hpo.storage import open_storage, resolve_storage
+        from hpo.studies import StudyError, load_config
+
+        try:
+            load_config(open_storage(resolve_storage(storage)), parse_model_ref(ref)[0])
+            return None  # a study: its trial
+        except (StudyError, ModelError):
+            pass
+        except Exception:  # an unreachable store: let the trial path report it
+            return None
+    name, version = parse_registered_ref(ref)
+    from hpo import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        # No tracking database here (and none is created just to look).
+        if ref.startswith("models:/"):
+            fail(f"{ref}: no MLflow tracking store at {uri}; give --tracking-uri")
+        return None
+    client = tracking.client(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        if ref.startswith("models:/"):
+            fail(f"{ref}: no registered ensemble named {name!r}")
+        return None  # neither: the trial path says so
+    if registered.tags.get("hpo.kind") != "ensemble":
+        fail(f"{ref}: the registered model {name!r} is not an hpo ensemble")
+    try:
+        return language_model_ensemble(name, version, tracking_uri)
+    except EnsembleError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 def _load_vocabulary(ref: str, storage: str | None, tracking_uri: str | None) -> tuple[Any, Any]:
     """The trial's model folder and its vocabulary; exit 2 when either is missing."""
     import json
@@ -152,7 +227,9 @@ def _load_vocabulary(ref: str, storage: str | None, tracking_uri: str | None) ->
     try:
         trial = resolve_trial_model(ref, storage=storage, tracking_uri=tracking_uri)
     except ModelError as exc:
-        fail(str(exc), EXIT_USAGE)
+        # Only reached when no registered ensemble has that name either.
+        hint = "; nor a registered ensemble" if "neither" in str(exc) else ""
+        fail(f"{exc}{hint}", EXIT_USAGE)
     places = [trial.directory / VOCABULARY_FILE]
     path = Path(ref)
     if path.is_file():

@@ -16,6 +16,7 @@ from hpo.cli._common import (
     EXIT_OK,
     EXIT_RUNTIME,
     console,
+    fail,
     handled_errors,
     prepare_study,
 )
@@ -48,11 +49,24 @@ def run(
     subset: int | None = typer.Option(None, "--subset", min=1, help="Cap on training examples."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (one worker: reproducible)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an existing study."),
+    skip_data_check: bool = typer.Option(
+        False, "--skip-data-check", help="Do not load and check the dataset before the workers."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+    gpus: str | None = typer.Option(
+        None, "--gpus", help="GPUs for every worker's trials, e.g. 0,1 (see hpo worker)."
+    ),
+    trials_per_gpu: int = typer.Option(
+        1, "--trials-per-gpu", min=1, help="Concurrent trials per GPU and worker."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Keras backend of the trials (default: $KERAS_BACKEND)."
+    ),
 ) -> None:
     """Create (or resume) a study and run it with local worker processes."""
     from hpo.storage import resolve_storage
 
+    slot_args, slots = _slot_args(gpus, trials_per_gpu, backend)
     with handled_errors():
         spec_workers = None
         store, config, created = prepare_study(
@@ -68,9 +82,11 @@ def run(
             epochs=epochs,
             subset=subset,
             resume=resume,
+            check_data=not skip_data_check,
         )
         spec_workers = config.spec().defaults.workers
-    n_workers = workers or spec_workers or 1
+    # GPU slots make one worker enough; several workers would each take a GPU's full share.
+    n_workers = workers or (1 if gpus else spec_workers) or 1
     url = resolve_storage(storage)
     if not json_out:
         verb = "created" if created else "resuming"
@@ -78,7 +94,7 @@ def run(
             f"{verb} study [bold]{config.name}[/]: {config.n_trials} trials, "
             f"{config.algorithm}, pruner {config.pruner}, {n_workers} worker(s)"
         )
-    procs, logs = _start_workers(config.name, url, n_workers)
+    procs, logs = _start_workers(config.name, url, n_workers, slot_args, slots)
     ok = _watch(store, config.name, procs, quiet=json_out)
     from hpo.studies import load_config, study_status
     from hpo.study_report import finalize_study
@@ -92,10 +108,28 @@ def run(
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
 
 
-def _start_workers(name: str, url: str, n: int) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tuple[list[str], int]:
+    """``hpo worker`` options for the slots and the slots per worker; exit 2 on bad input."""
+    from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
+
+    try:
+        n_slots = len(plan_slots(parse_gpus(gpus), trials_per_gpu))
+        args = ["--trials-per-gpu", str(trials_per_gpu)]
+        if gpus:
+            args += ["--gpus", gpus]
+        if backend:
+            args += ["--backend", resolve_backend(backend)]
+    except SlotError as exc:
+        fail(str(exc))
+    return args, n_slots
+
+
+def _start_workers(
+    name: str, url: str, n: int, slot_args: list[str], slots: int
+) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
     log_dir = LOG_DIR / name
     log_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = max(1, (os.cpu_count() or 1) // (n * slots))
     env = dict(os.environ, HPO_STORAGE=url)  # not on the command line: it may hold a password
     procs, logs = [], []
     for i in range(n):
@@ -114,6 +148,7 @@ def _start_workers(name: str, url: str, n: int) -> tuple[list[subprocess.Popen[b
                         str(threads),
                         "--worker-index",
                         str(i),
+                        *slot_args,
                     ],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
@@ -270,10 +305,41 @@ def worker(
         "--exit-when-idle/--wait-for-work",
         help="Exit when no study has work (default: exit with --study, wait without it).",
     ),
+    gpus: str | None = typer.Option(
+        None,
+        "--gpus",
+        help="Run trials on these GPUs, e.g. 0,1: each trial process sees one GPU "
+        "(default: one trial at a time, no GPU pinning).",
+    ),
+    trials_per_gpu: int = typer.Option(
+        1,
+        "--trials-per-gpu",
+        min=1,
+        help="Concurrent trials per GPU, each with 0.9/K of its memory (needs --gpus).",
+    ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="Keras backend of the trial processes: tensorflow, jax or torch "
+        "(default: $KERAS_BACKEND, else tensorflow).",
+    ),
+    compile_cache: str | None = typer.Option(
+        None,
+        "--compile-cache",
+        help="JAX compile cache shared by GPU slots (default ~/.cache/hpo/jax; '' turns it off).",
+    ),
 ) -> None:
     """Take trials from the store and run them; serves every active study without --study."""
+    from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
     from hpo.storage import mask_url, resolve_storage
     from hpo.worker import Worker, WorkerOptions
+
+    try:
+        gpu_list = parse_gpus(gpus)
+        plan_slots(gpu_list, trials_per_gpu)
+        backend = resolve_backend(backend)
+    except SlotError as exc:
+        fail(str(exc))
 
     logging.basicConfig(
         level=logging.INFO,
@@ -301,6 +367,10 @@ def worker(
                 grace_period=grace_period,
                 stop_grace=stop_grace,
                 exit_when_idle=exit_when_idle,
+                gpus=gpu_list,
+                trials_per_gpu=trials_per_gpu,
+                backend=backend,
+                compile_cache=compile_cache,
             )
         )
         w.install_signal_handlers()

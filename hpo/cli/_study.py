@@ -35,6 +35,11 @@ def create(
     max_retries: int = typer.Option(
         1, "--max-retries", min=0, help="Retries of a trial whose worker died."
     ),
+    skip_data_check: bool = typer.Option(
+        False,
+        "--skip-data-check",
+        help="Do not load the dataset here first (when only the workers' machines have it).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Create a study that workers (`hpo worker --study NAME`) can join from any machine."""
@@ -54,6 +59,7 @@ def create(
             resume=False,
             priority=priority,
             max_retries=max_retries,
+            check_data=not skip_data_check,
         )
     if json_out:
         print_json(

@@ -73,6 +73,7 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "fingerprint": self.fingerprint(),
+            **({"class_names": list(self.class_names)} if self.class_names else {}),
         }
 
 

@@ -45,6 +45,7 @@ ENCODINGS = ("sequence", "multi_hot")
 TEXT_OPTIONS = ("num_words", "maxlen", "encoding")
 DEFAULT_NUM_WORDS = 10_000
 DEFAULT_MAXLEN = 200
+VOCABULARY_ARTIFACT = "text_vocabulary.json"  # what a text-classifier trial stores
 # Letters and digits of any script; an inner apostrophe keeps "company's" one word, as Keras'
 # Tokenizer did. Punctuation, hyphens and dots split ("u.s." -> "u", "s").
 TOKEN_PATTERN = r"[^\W_]+(?:'[^\W_]+)*"
@@ -190,6 +191,31 @@ def encode_multi_hot(id_lists: Sequence[Sequence[int]], num_words: int) -> np.nd
     return out
 
 
+def encode_tokens(
+    documents: Sequence[Sequence[str]], vocab: Vocabulary, encoding: str, maxlen: int | None
+) -> np.ndarray:
+    """Tokenized documents as model inputs: id sequences or a multi-hot bag of words.
+
+    The first ``maxlen`` tokens of each document count (all of them when ``maxlen`` is None);
+    a multi-hot vector is ``len(vocab)`` wide.
+
+    Example:
+        >>> vocab = Vocabulary([*RESERVED, "news", "good"])
+        >>> encode_tokens([["good", "news", "today"]], vocab, "sequence", 4).tolist()
+        [[3, 2, 1, 0]]
+        >>> encode_tokens([["good", "news", "today"]], vocab, "multi_hot", 1).tolist()
+        [[0, 0, 0, 1]]
+    """
+    ids = [vocab.ids(t[:maxlen] if maxlen else t) for t in documents]
+    if encoding == "sequence":
+        if maxlen is None:
+            raise ValueError("sequences need a maxlen")
+        return encode_sequences(ids, maxlen)
+    if encoding == "multi_hot":
+        return encode_multi_hot(ids, len(vocab))
+    raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+
+
 @dataclass
 class TokenSplit:
     """Tokenized documents of one split with their integer labels."""
@@ -255,12 +281,7 @@ def build_text_dataset(
     num_words = len(vocab)
 
     def encode(split: TokenSplit) -> Split:
-        ids = [vocab.ids(t[: options.maxlen] if options.maxlen else t) for t in split.tokens]
-        if options.encoding == "sequence":
-            assert options.maxlen is not None  # TextOptions.parse gives sequences a length
-            x = encode_sequences(ids, options.maxlen)
-        else:
-            x = encode_multi_hot(ids, num_words)
+        x = encode_tokens(split.tokens, vocab, options.encoding, options.maxlen)
         return Split(x, split.labels.astype(np.int64))
 
     return Dataset(
@@ -302,7 +323,69 @@ def vocabulary_artifact(data: Dataset) -> dict[str, bytes]:
         "class_names": data.class_names,
         "vocabulary": data.meta["vocabulary"],
     }
-    return {"text_vocabulary.json": json.dumps(doc, ensure_ascii=False).encode()}
+    return {VOCABULARY_ARTIFACT: json.dumps(doc, ensure_ascii=False).encode()}
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """Turns raw documents into a trained text classifier's inputs, exactly as its trial did.
+
+    Made from the ``text_vocabulary.json`` a ``text_dense`` or ``text_conv1d`` trial stores
+    (:func:`vocabulary_artifact`): the same tokenizer (lower-cased, the stored pattern), the
+    same vocabulary (unknown words are id 1), the same ``maxlen`` and encoding.
+
+    Example:
+        >>> enc = TextEncoder.from_json({"encoding": "sequence", "maxlen": 3,
+        ...     "vocabulary": ["<pad>", "<oov>", "oil", "price"], "class_names": ["a", "b"]})
+        >>> enc.encode(["Oil PRICE rises"]).tolist(), enc.describe()
+        ([[2, 3, 1]], 'token sequences of 3 ids (4 words)')
+    """
+
+    words: tuple[str, ...]
+    encoding: str
+    maxlen: int | None
+    pattern: str = TOKEN_PATTERN
+    class_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> TextEncoder:
+        """Read a ``text_vocabulary.json`` document; :class:`ValueError` says what is wrong."""
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"{VOCABULARY_ARTIFACT} must hold a JSON object")
+        missing = [k for k in ("vocabulary", "encoding") if k not in doc]
+        if missing:
+            raise ValueError(f"{VOCABULARY_ARTIFACT} lacks {', '.join(missing)}")
+        encoding = str(doc["encoding"])
+        if encoding not in ENCODINGS:
+            raise ValueError(f"{VOCABULARY_ARTIFACT}: unknown encoding {encoding!r}")
+        maxlen = doc.get("maxlen")
+        if encoding == "sequence" and not isinstance(maxlen, int):
+            raise ValueError(f"{VOCABULARY_ARTIFACT}: sequences need an integer maxlen")
+        tokenizer = doc.get("tokenizer") or {}
+        words = tuple(str(w) for w in doc["vocabulary"])
+        if words[:2] != RESERVED:
+            raise ValueError(f"{VOCABULARY_ARTIFACT}: the vocabulary must start with {RESERVED}")
+        return cls(
+            words=words,
+            encoding=encoding,
+            maxlen=int(maxlen) if maxlen is not None else None,
+            pattern=str(tokenizer.get("pattern", TOKEN_PATTERN)),
+            class_names=tuple(str(c) for c in doc.get("class_names") or ()),
+        )
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """The model inputs of ``texts``: one row per document."""
+        pattern = re.compile(self.pattern)
+        tokens = [pattern.findall(t.lower()) for t in texts]
+        return encode_tokens(tokens, Vocabulary(self.words), self.encoding, self.maxlen)
+
+    def describe(self) -> str:
+        """What the model reads, in words (for messages)."""
+        if self.encoding == "sequence":
+            return f"token sequences of {self.maxlen} ids ({len(self.words)} words)"
+        return f"a multi-hot bag of {len(self.words)} words" + (
+            f" (first {self.maxlen} tokens)" if self.maxlen else ""
+        )
 
 
 def describe_inputs(data: Dataset) -> str:

@@ -24,7 +24,7 @@ from hpo.ensemble._build import (
     list_ensembles,
     show_ensemble,
 )
-from hpo.ensemble._errors import EnsembleError, EnsembleWarning
+from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
 from hpo.ensemble._export import (
     FORMATS,
     ensemble_model,
@@ -59,6 +59,7 @@ __all__ = [
     "EnsembleWarning",
     "Member",
     "PredictionSet",
+    "RegistryUnavailableError",
     "accuracy",
     "average_weights",
     "build_ensemble",

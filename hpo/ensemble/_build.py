@@ -7,6 +7,7 @@ plays no part in choosing or weighting.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -34,7 +35,7 @@ from hpo.ensemble._candidates import (
     load_studies,
     rank_by_validation_nll,
 )
-from hpo.ensemble._errors import EnsembleError, EnsembleWarning
+from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
 from hpo.ensemble._metrics import accuracy, as_probabilities, evaluate, metric_names, nll
 from hpo.ensemble._predictions import SPLITS, PredictionSet
 from hpo.ensemble._weights import (
@@ -43,6 +44,7 @@ from hpo.ensemble._weights import (
     caruana_weights,
     fit_simplex_weights,
 )
+from hpo.storage import mask_url
 
 SELECTION_METRICS = ("nll", "accuracy")
 KINDS = ("ensemble", "best_single", "average")
@@ -249,8 +251,15 @@ def build_ensemble(
     validation and test, plots, ``ensemble.json`` and the ensemble as an MLflow Keras model,
     registered as a new version of ``name`` in the MLflow Model Registry.
 
+    The Model Registry has no outbox: a build needs the server to answer. When it does not
+    (at the start, or it stops answering while the version is being created), the build fails
+    with :class:`RegistryUnavailableError` and nothing is registered; a run already created is
+    marked FAILED (that write waits in the outbox if need be). Once the version exists, the
+    remaining writes (tags, ``ensemble.json``, the run's end) go through the outbox.
+
     Raises:
         EnsembleError: invalid options, studies on different data, no usable candidate.
+        RegistryUnavailableError: the MLflow server does not answer (nothing registered).
         hpo.studies.StudyError: a study that does not exist.
 
     Example:
@@ -283,6 +292,7 @@ def build_ensemble(
         )
     uri = tracking_uri or (uris.pop() if uris else tracking.resolve_tracking_uri())
     client = tracking.client(uri)
+    _require_server(client, uri)
     _registered_model(client, name, create=False)  # refuse a foreign name before any work
     by_study = {s.name: complete_trials(store, s) for s in infos}
     if not any(by_study.values()):
@@ -406,6 +416,11 @@ def _record(
         ensemble_model,
         save_mlflow_model,
     )
+    from hpo.ensemble._members import (
+        shared_text_vocabulary,
+        text_vocabularies,
+        write_predict_files,
+    )
 
     _registered_model(client, name, create=True)
     study_names = [s.name for s in infos]
@@ -423,11 +438,16 @@ def _record(
         tags["mlflow.parentRunId"] = parent
     run_id = client.start_run(experiment_id, run_name=f"ensemble {name}", tags=tags)
     if is_placeholder(run_id) or is_placeholder(experiment_id):
-        raise EnsembleError(
-            f"MLflow at {uri} does not answer: the ensemble's run is queued in the outbox, "
-            "but a version can be registered only while the server answers; try again later"
+        client.set_tag(run_id, "hpo.fail_reason", "MLflow did not answer: nothing registered")
+        client.set_terminated(run_id, "FAILED")
+        raise RegistryUnavailableError(
+            f"MLflow at {mask_url(uri)} stopped answering before the ensemble could be "
+            f"registered: no version of {name!r} was registered (the ensemble's run waits in "
+            "the outbox, marked FAILED; `hpo sync` sends it). Build again once the server "
+            "answers."
         )
-    artifact_uri = str(client.get_run(run_id).info.artifact_uri)
+    with _unavailable(uri, f"reading the ensemble's run {run_id}"):
+        artifact_uri = str(client.get_run(run_id).info.artifact_uri)
     result = EnsembleResult(
         name=name,
         version=None,
@@ -474,11 +494,17 @@ def _record(
         }
         model_dir = dest / "mlflow-model"
         try:
+            # Text classifiers: one input means one encoding; carry it for `hpo predict`.
+            vocabulary = shared_text_vocabulary(
+                text_vocabularies(client, [m.run_id for m in members], dest / "vocabularies"),
+                [f"study {m.study!r} trial {m.trial}" for m in members],
+            )
             ensemble = ensemble_model(
                 models, [m.weight for m in members], [f"{m.study}_trial{m.trial}" for m in members]
             )
             check_standard(ensemble)
             save_mlflow_model(ensemble, model_dir)
+            write_predict_files(model_dir, vocabulary, dataset.get("class_names"))
         except EnsembleError as exc:
             result.exportable, result.export_problem = False, str(exc)
             warnings.warn(
@@ -487,27 +513,34 @@ def _record(
         if result.exportable:
             _log_folder(client, run_id, model_dir, MODEL_ARTIFACT)
         source = f"{artifact_uri}/{MODEL_ARTIFACT}" if result.exportable else artifact_uri
-        # Registry writes have no outbox: the server answered the reads just before.
-        mv = client.raw.create_model_version(
-            name,
-            source=source,
-            run_id=run_id,
-            tags={
-                "hpo.kind": "ensemble",
-                "hpo.studies": ",".join(study_names),
-                "hpo.ensemble_run": run_id,
-                "hpo.member_runs": ",".join(m.run_id for m in members),
-                "hpo.method": method,
-                "hpo.task": str(dataset["task"]),
-                "hpo.exportable": str(result.exportable).lower(),
-                **(
-                    {"hpo.export_problem": result.export_problem[:4000]}
-                    if result.export_problem
-                    else {}
-                ),
-            },
-            description=f"{method} ensemble of {len(members)} trials of " + ", ".join(study_names),
-        )
+        # Registry writes have no outbox: a server that stops answering now fails the build.
+        with _unavailable(
+            uri,
+            f"registering {name!r}",
+            f"no version of {name!r} was registered; the ensemble's run {run_id} is marked "
+            "FAILED (sent when the server answers, or with `hpo sync`)",
+        ):
+            mv = client.raw.create_model_version(
+                name,
+                source=source,
+                run_id=run_id,
+                tags={
+                    "hpo.kind": "ensemble",
+                    "hpo.studies": ",".join(study_names),
+                    "hpo.ensemble_run": run_id,
+                    "hpo.member_runs": ",".join(m.run_id for m in members),
+                    "hpo.method": method,
+                    "hpo.task": str(dataset["task"]),
+                    "hpo.exportable": str(result.exportable).lower(),
+                    **(
+                        {"hpo.export_problem": result.export_problem[:4000]}
+                        if result.export_problem
+                        else {}
+                    ),
+                },
+                description=f"{method} ensemble of {len(members)} trials of "
+                + ", ".join(study_names),
+            )
         result.version = int(mv.version)
         result.model_uri = f"models:/{name}/{mv.version}"
         tracking.log_artifact_files(
@@ -517,7 +550,19 @@ def _record(
         )
         client.set_tag(run_id, "hpo.ensemble.version", str(mv.version))
         client.set_tag(run_id, "hpo.ensemble.model_uri", result.model_uri)
-        _tag_sources(client, name, int(mv.version), members, infos)
+        try:
+            _tag_sources(client, name, int(mv.version), members, infos)
+        except Exception as exc:
+            if not tracking.is_unreachable(exc):
+                raise
+            # The version exists and names its members in its own tags: only the reverse
+            # links (read-modify-write tags on the member and study runs) are missing.
+            warnings.warn(
+                f"version {mv.version} of {name!r} is registered, but MLflow stopped "
+                f"answering before the member trial runs were tagged with it: {exc}",
+                EnsembleWarning,
+                stacklevel=3,
+            )
     except BaseException as exc:
         client.set_tag(run_id, "hpo.fail_reason", f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(run_id, "FAILED")
@@ -526,21 +571,56 @@ def _record(
     return result
 
 
+def _require_server(client: Any, uri: str) -> None:
+    """Fail before any work when the registry cannot be written (server down, offline)."""
+    from hpo.tracking import OFFLINE_ENV
+
+    if client.answers():
+        return
+    why = f"{OFFLINE_ENV} is set" if os.environ.get(OFFLINE_ENV) else "it does not answer"
+    raise RegistryUnavailableError(
+        f"MLflow at {mask_url(uri)} cannot be written ({why}): an ensemble is registered in "
+        "the MLflow Model Registry, which has no offline queue; nothing was built or "
+        "registered. Build again once the server answers."
+    )
+
+
+@contextlib.contextmanager
+def _unavailable(uri: str, doing: str, consequence: str = "nothing was registered") -> Any:
+    """Turn "the server does not answer" into a :class:`RegistryUnavailableError`."""
+    from hpo import tracking
+
+    try:
+        yield
+    except Exception as exc:
+        if not tracking.is_unreachable(exc):
+            raise
+        raise RegistryUnavailableError(
+            f"MLflow at {mask_url(uri)} stopped answering while {doing} "
+            f"({type(exc).__name__}): {consequence}. Build again once the server answers."
+        ) from exc
+
+
 def _registered_model(client: Any, name: str, create: bool) -> Any:
     """The registered model ``name`` (created if missing and ``create``; else None); refuses
     a registered model that hpo did not make."""
     from mlflow.exceptions import MlflowException
 
+    uri = client.uri
     try:
-        model = client.get_registered_model(name)
-    except MlflowException:
+        with _unavailable(uri, f"looking up the registered model {name!r}"):
+            model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         if not create:
             return None
-        return client.raw.create_registered_model(
-            name,
-            tags={"hpo.kind": "ensemble"},
-            description="Weighted ensemble of hpo trials, built by `hpo ensemble build`.",
-        )
+        with _unavailable(uri, f"creating the registered model {name!r}"):
+            return client.raw.create_registered_model(
+                name,
+                tags={"hpo.kind": "ensemble"},
+                description="Weighted ensemble of hpo trials, built by `hpo ensemble build`.",
+            )
     if model.tags.get("hpo.kind") != "ensemble":
         raise EnsembleError(
             f"the registry already has a model named {name!r} that is not an hpo ensemble; "

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 FORMATS = ("keras", "savedmodel", "mlflow")
 MODEL_ARTIFACT = "model"  # the MLflow model folder logged in an ensemble's run
 KERAS_IN_MLFLOW_MODEL = Path("data") / "model.keras"
+TEXT_VOCABULARY = "text_vocabulary.json"  # text classifiers' shared vocabulary, if any
 
 
 def ensemble_model(
@@ -262,10 +263,14 @@ def export_ensemble(
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = download_model_dir(client, mv, Path(tmp))
+        vocabulary = model_dir / TEXT_VOCABULARY
         if fmt == "mlflow":
             shutil.copytree(model_dir, output)
         elif fmt == "keras":
             shutil.copyfile(model_dir / KERAS_IN_MLFLOW_MODEL, output)
+            if vocabulary.is_file():
+                # Beside the file, so that `hpo predict NAME.keras --input docs.txt` finds it.
+                shutil.copyfile(vocabulary, output.with_suffix(".text_vocabulary.json"))
         else:
             from hpo.models import load_keras_model
 
@@ -274,6 +279,8 @@ def export_ensemble(
                 model.export(str(output), format="tf_saved_model", verbose=False)
             except (ImportError, ValueError, NotImplementedError) as exc:
                 raise EnsembleError(f"cannot write a SavedModel: {exc}") from None
+            if vocabulary.is_file():
+                shutil.copyfile(vocabulary, output / TEXT_VOCABULARY)
     return output
 
 
@@ -341,18 +348,29 @@ def read_inputs(path: str | Path, input_shape: Sequence[int | None]) -> np.ndarr
     return x
 
 
-def predict_arrays(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities, predicted)``: model outputs and the most probable class of each.
-
-    A single sigmoid output predicts class 1 when its probability is at least 0.5.
-    """
+def model_probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """``model``'s outputs for ``x`` (cast to the model's input dtype)."""
     dtype = str(model.inputs[0].dtype)
-    probs = np.asarray(model.predict(x.astype(dtype), batch_size=256, verbose=0))
+    return np.asarray(model.predict(x.astype(dtype), batch_size=256, verbose=0))
+
+
+def predicted_classes(probs: np.ndarray) -> np.ndarray:
+    """The most probable class of each row; a single sigmoid output predicts class 1 when its
+    probability is at least 0.5.
+
+    Example:
+        >>> predicted_classes(np.array([[0.2, 0.8], [0.9, 0.1]])).tolist()
+        [1, 0]
+    """
     if probs.ndim >= 1 and (probs.ndim == 1 or probs.shape[-1] == 1):
-        predicted = (probs.reshape(len(probs), -1)[:, 0] >= 0.5).astype(np.int64)
-    else:
-        predicted = np.argmax(probs, axis=-1)
-    return probs, predicted
+        return (probs.reshape(len(probs), -1)[:, 0] >= 0.5).astype(np.int64)
+    return np.asarray(np.argmax(probs, axis=-1))
+
+
+def predict_arrays(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, predicted)``: model outputs and the most probable class of each."""
+    probs = model_probabilities(model, x)
+    return probs, predicted_classes(probs)
 
 
 def write_predictions(path: str | Path, probs: np.ndarray, predicted: np.ndarray) -> Path:

@@ -1,0 +1,522 @@
+"""Registered ensembles member by member: predictions from raw text, generation from LMs.
+
+One exported model needs members that read the same inputs. Text classifiers that encode text
+differently (``text_dense``'s multi-hot bag of words beside ``text_conv1d``'s token sequences,
+or two vocabularies) cannot share one ``Input``, so such an ensemble is registered without a
+model; :class:`Predictor` loads its members from their trial runs instead, encodes the text for
+each with the vocabulary that member's trial stored (``text_vocabulary.json``) and averages
+their probabilities with the ensemble's weights. Language-model ensembles are used the same
+way for generation (:func:`language_model_ensemble`).
+
+Example:
+    >>> predictor = open_predictor("reuters-ens", want_text=True)  # doctest: +SKIP
+    >>> predictor.predict_texts(["oil prices rose"]).argmax(axis=1)  # doctest: +SKIP
+    array([19])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo.datasets._text import VOCABULARY_ARTIFACT, TextEncoder
+from hpo.ensemble._errors import EnsembleError
+
+MODEL_FILE = "model.keras"
+DATASET_FILE = "dataset.json"
+LM_VOCABULARY_FILE = "vocabulary.json"  # hpo.generation.VOCABULARY_FILE, without the import
+CLASSES_FILE = "classes.json"  # class names, in a registered ensemble's model folder
+MEMBER_FILES = (MODEL_FILE, VOCABULARY_ARTIFACT, LM_VOCABULARY_FILE, DATASET_FILE)
+TEXT_SUFFIXES = (".txt", ".text")
+CSV_SUFFIXES = (".csv", ".tsv")
+
+
+# -- members of a registered version ---------------------------------------------------------
+
+
+@dataclass
+class MemberFiles:
+    """One member of a registered ensemble: its weight and the files its trial stored."""
+
+    study: str
+    trial: int
+    run_id: str
+    weight: float
+    directory: Path
+
+    @property
+    def label(self) -> str:
+        return f"study {self.study!r} trial {self.trial}"
+
+    def has(self, name: str) -> bool:
+        return (self.directory / name).is_file()
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.directory / name).read_text(encoding="utf-8"))
+
+
+def member_list(client: Any, mv: Any) -> list[tuple[str, int, str, float]]:
+    """``(study, trial, run_id, weight)`` of each member, from the ensemble run's parameters."""
+    if not mv.run_id:
+        raise EnsembleError(f"version {mv.version} of {mv.name!r} has no run")
+    params = client.get_run(mv.run_id).data.params
+    try:
+        members = json.loads(params["members"])
+        return [(str(s), int(t), str(r), float(w)) for s, t, r, w in members]
+    except (KeyError, ValueError, TypeError):
+        raise EnsembleError(
+            f"version {mv.version} of {mv.name!r}: its run does not list its members"
+        ) from None
+
+
+def download_members(
+    client: Any, mv: Any, dest: Path, files: Sequence[str] = MEMBER_FILES
+) -> list[MemberFiles]:
+    """Download ``files`` (those each member's run has) of every member into ``dest``.
+
+    Raises:
+        EnsembleError: a member's run is gone or holds no model.
+    """
+    out = []
+    for study, trial, run_id, weight in member_list(client, mv):
+        where = dest / run_id
+        where.mkdir(parents=True, exist_ok=True)
+        try:
+            names = {a.path for a in client.list_artifacts(run_id)}
+        except Exception as exc:
+            raise EnsembleError(
+                f"member study {study!r} trial {trial} (run {run_id}) cannot be read: {exc}"
+            ) from None
+        if MODEL_FILE not in names:
+            raise EnsembleError(
+                f"member study {study!r} trial {trial} (run {run_id}) has no {MODEL_FILE}"
+            )
+        for name in files:
+            if name in names:
+                client.download_artifacts(run_id, name, str(where))
+        out.append(MemberFiles(study, trial, run_id, weight, where))
+    return out
+
+
+def text_vocabularies(client: Any, run_ids: Sequence[str], dest: Path) -> list[Any]:
+    """The ``text_vocabulary.json`` of each run (parsed), or None where it stored none."""
+    out: list[Any] = []
+    for run_id in run_ids:
+        if VOCABULARY_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+            out.append(None)
+            continue
+        local = client.download_artifacts(run_id, VOCABULARY_ARTIFACT, str(dest / run_id))
+        out.append(json.loads(Path(local).read_text(encoding="utf-8")))
+    return out
+
+
+def shared_text_vocabulary(docs: Sequence[Any], labels: Sequence[str]) -> Any:
+    """The one text vocabulary every member uses (None when no member reads text).
+
+    Raises:
+        EnsembleError: members encode text differently, or only some read text: one exported
+            model would feed them all the same inputs.
+    """
+    if all(d is None for d in docs):
+        return None
+    first = next(i for i, d in enumerate(docs) if d is not None)
+    for doc, label in zip(docs, labels, strict=True):
+        if doc is None:
+            raise EnsembleError(
+                f"member {label} stored no {VOCABULARY_ARTIFACT} but member {labels[first]} "
+                "reads text"
+            )
+    keys = [_encoding_key(d) for d in docs]
+    if len(set(keys)) > 1:
+        described = "; ".join(
+            f"{label}: {_describe(doc)}" for label, doc in zip(labels, docs, strict=True)
+        )
+        raise EnsembleError(
+            f"members encode text differently ({described}); one exported model has one "
+            "input, so `hpo predict NAME --input docs.txt` encodes the text for each member "
+            "instead"
+        )
+    return docs[first]
+
+
+def write_predict_files(model_dir: Path, vocabulary: Any, class_names: Any) -> None:
+    """Put what ``hpo predict`` needs beside an ensemble's model: the members' shared text
+    vocabulary (``text_vocabulary.json``) and the class names (``classes.json``)."""
+    if vocabulary is not None:
+        (model_dir / VOCABULARY_ARTIFACT).write_text(
+            json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8"
+        )
+    if class_names:
+        (model_dir / CLASSES_FILE).write_text(
+            json.dumps({"class_names": list(class_names)}, ensure_ascii=False), encoding="utf-8"
+        )
+
+
+def _encoding_key(doc: Any) -> tuple[Any, ...]:
+    return (
+        doc.get("encoding"),
+        doc.get("maxlen"),
+        json.dumps(doc.get("tokenizer"), sort_keys=True),
+        tuple(doc.get("vocabulary") or ()),
+    )
+
+
+def _describe(doc: Any) -> str:
+    try:
+        return TextEncoder.from_json(doc).describe()
+    except ValueError as exc:
+        return f"unreadable vocabulary ({exc})"
+
+
+# -- predictions ------------------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    """One model of a predictor, with its weight and, for text classifiers, its encoder."""
+
+    model: Any
+    weight: float
+    label: str
+    encoder: TextEncoder | None = None
+
+
+@dataclass
+class Predictor:
+    """A model, or the members of an ensemble, with what turns inputs into probabilities."""
+
+    parts: list[Part]
+    source: str
+    class_names: list[str] | None = None
+    members: list[MemberFiles] = field(default_factory=list)
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether raw text can be encoded for every part."""
+        return all(p.encoder is not None for p in self.parts)
+
+    def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities for raw documents, each part fed its own encoding of them."""
+        missing = [p.label for p in self.parts if p.encoder is None]
+        if missing:
+            raise EnsembleError(
+                f"{self.source}: {', '.join(missing)} has no text vocabulary "
+                f"({VOCABULARY_ARTIFACT}), so raw text cannot be turned into its inputs; "
+                "give encoded inputs (.npz, .npy, CSV of numbers)"
+                + ("" if len(self.parts) > 1 else " or the vocabulary with --vocabulary")
+            )
+        return self._combine([p.encoder.encode(texts) for p in self.parts if p.encoder])
+
+    def predict_file(self, path: Path) -> np.ndarray:
+        """Probabilities for the numeric inputs in ``path`` (see :func:`read_inputs`)."""
+        from hpo.ensemble._export import read_inputs
+
+        return self._combine(
+            [read_inputs(path, tuple(p.model.inputs[0].shape[1:])) for p in self.parts]
+        )
+
+    def _combine(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        from hpo.ensemble._export import model_probabilities
+
+        if len(self.parts) == 1:
+            return model_probabilities(self.parts[0].model, inputs[0])
+        total = np.zeros(())
+        for part, x in zip(self.parts, inputs, strict=True):
+            total = total + part.weight * model_probabilities(part.model, x).astype(np.float64)
+        return np.asarray(total / sum(p.weight for p in self.parts), dtype=np.float32)
+
+
+def _encoder(doc: Any, where: str) -> TextEncoder:
+    try:
+        return TextEncoder.from_json(doc)
+    except ValueError as exc:
+        raise EnsembleError(f"{where}: {exc}") from None
+
+
+def _read_doc(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EnsembleError(f"{path}: not a readable vocabulary file: {exc}") from None
+
+
+def file_predictor(path: Path, vocabulary: Path | None = None) -> Predictor:
+    """A ``.keras`` file (an exported ensemble or a trial's model) and its text vocabulary.
+
+    The vocabulary is ``vocabulary`` when given, else ``NAME.text_vocabulary.json`` beside
+    ``NAME.keras`` (what ``hpo export`` writes), else ``text_vocabulary.json`` beside it (a
+    trial's model folder).
+    """
+    from hpo.models import load_keras_model
+
+    model = load_keras_model(path)
+    places = [vocabulary] if vocabulary else [
+        path.with_suffix(".text_vocabulary.json"),
+        path.parent / VOCABULARY_ARTIFACT,
+    ]  # fmt: skip
+    found = next((p for p in places if p is not None and p.is_file()), None)
+    if vocabulary is not None and found is None:
+        raise EnsembleError(f"{vocabulary}: no such vocabulary file")
+    encoder = _encoder(_read_doc(found), str(found)) if found else None
+    return Predictor(
+        [Part(model, 1.0, str(path), encoder)],
+        str(path),
+        list(encoder.class_names) if encoder and encoder.class_names else None,
+    )
+
+
+def registered_predictor(
+    name: str,
+    version: int | None = None,
+    tracking_uri: str | None = None,
+    want_text: bool | None = None,
+) -> Predictor:
+    """A registered ensemble: its one exported model, or its members one by one.
+
+    The exported model serves when there is one and, for text (``want_text``), when its
+    folder holds the members' shared vocabulary; otherwise (members that read different
+    inputs, or a version built before vocabularies were carried) every member is loaded from
+    its trial run and averaged with its weight.
+    """
+    from hpo import tracking
+    from hpo.ensemble._export import registered_version
+
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    mv = registered_version(client, name, version)
+    # The models are in memory once loaded: the downloaded files go with the folder.
+    with tempfile.TemporaryDirectory(prefix="hpo-predict-") as tmp:
+        source = f"ensemble {name!r} version {mv.version}"
+        return _registered_predictor(client, mv, source, Path(tmp), want_text)
+
+
+def _registered_predictor(
+    client: Any, mv: Any, source: str, tmp: Path, want_text: bool | None
+) -> Predictor:
+    from hpo.ensemble._export import KERAS_IN_MLFLOW_MODEL, download_model_dir
+    from hpo.models import load_keras_model
+
+    if mv.tags.get("hpo.exportable") != "false":
+        model_dir = download_model_dir(client, mv, tmp)
+        vocab = model_dir / VOCABULARY_ARTIFACT
+        classes = model_dir / CLASSES_FILE
+        if want_text is not True or vocab.is_file():
+            encoder = _encoder(_read_doc(vocab), source) if vocab.is_file() else None
+            names = json.loads(classes.read_text())["class_names"] if classes.is_file() else None
+            model = load_keras_model(model_dir / KERAS_IN_MLFLOW_MODEL)
+            return Predictor([Part(model, 1.0, source, encoder)], source, names)
+    members = download_members(client, mv, tmp / "members")
+    parts = []
+    class_names = None
+    for m in members:
+        encoder = None
+        if m.has(VOCABULARY_ARTIFACT):
+            encoder = _encoder(m.read_json(VOCABULARY_ARTIFACT), f"member {m.label}")
+        if m.has(DATASET_FILE) and class_names is None:
+            class_names = m.read_json(DATASET_FILE).get("class_names")
+        if encoder and encoder.class_names and class_names is None:
+            class_names = list(encoder.class_names)
+        model = load_keras_model(m.directory / MODEL_FILE)
+        parts.append(Part(model, m.weight, f"member {m.label}", encoder))
+    return Predictor(parts, source, class_names, members)
+
+
+def open_predictor(
+    ref: str | Path,
+    tracking_uri: str | None = None,
+    vocabulary: Path | None = None,
+    want_text: bool | None = None,
+) -> Predictor:
+    """A predictor for a ``.keras`` file or a registered ensemble ``NAME[:VERSION]``."""
+    from hpo.ensemble._export import parse_registered_ref
+
+    path = Path(ref)
+    if path.exists() or path.suffix.lower() in {".keras", ".h5", ".hdf5"}:
+        return file_predictor(path, vocabulary)
+    if vocabulary is not None:
+        raise EnsembleError(
+            "--vocabulary is for a .keras file; a registered ensemble finds its members' own"
+        )
+    name, version = parse_registered_ref(str(ref))
+    return registered_predictor(name, version, tracking_uri, want_text)
+
+
+def is_text_input(path: Path) -> bool | None:
+    """True for a ``.txt`` file or a folder, False for arrays, None for CSV (either)."""
+    if path.is_dir() or path.suffix.lower() in TEXT_SUFFIXES:
+        return True
+    if path.suffix.lower() in CSV_SUFFIXES:
+        return None
+    return False
+
+
+def read_texts(path: Path, text_column: str = "text") -> tuple[list[str], list[str]]:
+    """``(documents, names)`` from raw text.
+
+    * a ``.txt`` file: one document per non-blank line (named ``line N``);
+    * a folder: every ``*.txt`` file under it (sorted, hidden ones skipped) is one document;
+    * a ``.csv``/``.tsv`` file with a header: the ``text_column`` of each row is one document.
+
+    Files are read as UTF-8.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.txt"
+        >>> _ = p.write_text("oil prices rose\\n\\nwheat exports fell\\n")
+        >>> read_texts(p)
+        (['oil prices rose', 'wheat exports fell'], ['line 1', 'line 3'])
+    """
+    if not path.exists():
+        raise EnsembleError(f"{path}: no such input file or folder")
+    try:
+        if path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*.txt")
+                if p.is_file() and not any(part.startswith(".") for part in p.parts)
+            )
+            if not files:
+                raise EnsembleError(f"{path}: the folder holds no .txt files")
+            return [f.read_text(encoding="utf-8") for f in files], [
+                str(f.relative_to(path)) for f in files
+            ]
+        if path.suffix.lower() in CSV_SUFFIXES:
+            return _read_csv_texts(path, text_column)
+        texts, names = [], []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                texts.append(line)
+                names.append(f"line {i}")
+    except UnicodeDecodeError as exc:
+        raise EnsembleError(f"{path} is not valid UTF-8 text: {exc.reason}") from None
+    if not texts:
+        raise EnsembleError(f"{path}: no document (every line is blank)")
+    return texts, names
+
+
+def _read_csv_texts(path: Path, text_column: str) -> tuple[list[str], list[str]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = list(reader.fieldnames or [])
+        if text_column not in columns:
+            raise EnsembleError(
+                f"{path} has no column {text_column!r}; its columns are "
+                f"{', '.join(map(repr, columns)) or 'none'}: name the text column with "
+                "--text-column"
+            )
+        texts, names = [], []
+        for row in reader:
+            texts.append(row.get(text_column) or "")
+            names.append(f"line {reader.line_num}")
+    if not texts:
+        raise EnsembleError(f"{path} has a header but no rows")
+    return texts, names
+
+
+# -- language models ----------------------------------------------------------------------------
+
+
+@dataclass
+class LanguageEnsemble:
+    """The members of a language-model ensemble, ready to generate from (their models in
+    memory; the downloaded files are gone).
+
+    ``predict_next`` takes windows of ``vocabulary.maxlen`` ids (the longest member window) and
+    feeds each member the last ``maxlen`` ids its own trial used.
+    """
+
+    source: str
+    vocabulary: Any  # hpo.generation.Vocabulary of the longest window
+    models: list[Any]
+    vocabularies: list[Any]
+    weights: list[float]
+    members: list[MemberFiles]
+    predict_next: Any
+
+
+def language_model_ensemble(
+    name: str, version: int | None = None, tracking_uri: str | None = None
+) -> LanguageEnsemble:
+    """Load the char_lstm/word_lstm members of a registered ensemble for generation.
+
+    Raises:
+        EnsembleError: a member is not a language model, or members do not share their
+            vocabulary (tokens, level, lowercasing); windows may differ in length.
+    """
+    from hpo import tracking
+    from hpo.ensemble._export import registered_version
+    from hpo.generation import average_predictors, model_predictor, window_predictor
+
+    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    mv = registered_version(client, name, version)
+    source = f"ensemble {name!r} version {mv.version}"
+    task = mv.tags.get("hpo.task")
+    if task and task != "language_model":
+        raise EnsembleError(
+            f"{source} is an ensemble of {task} models, not of language models: hpo generate "
+            "needs char_lstm or word_lstm members"
+        )
+    with tempfile.TemporaryDirectory(prefix="hpo-generate-") as tmp:
+        members = download_members(client, mv, Path(tmp), (MODEL_FILE, LM_VOCABULARY_FILE))
+        vocabularies, models = _language_models(source, members)
+    longest = max(range(len(members)), key=lambda i: vocabularies[i].maxlen)
+    weights = [m.weight for m in members]
+    predict_next = average_predictors(
+        [
+            window_predictor(model_predictor(model), v.maxlen)
+            for model, v in zip(models, vocabularies, strict=True)
+        ],
+        weights,
+    )
+    return LanguageEnsemble(
+        source, vocabularies[longest], models, vocabularies, weights, members, predict_next
+    )
+
+
+def _language_models(source: str, members: list[MemberFiles]) -> tuple[list[Any], list[Any]]:
+    """Each member's vocabulary and model, checked to share tokens and to fit them."""
+    from hpo.generation import Vocabulary
+    from hpo.models import load_keras_model
+
+    vocabularies = []
+    for m in members:
+        if not m.has(LM_VOCABULARY_FILE):
+            raise EnsembleError(
+                f"{source}: member {m.label} stored no {LM_VOCABULARY_FILE}: it is not a "
+                "char_lstm or word_lstm model"
+            )
+        try:
+            vocabularies.append(Vocabulary.from_json(m.read_json(LM_VOCABULARY_FILE)))
+        except (ValueError, TypeError) as exc:
+            raise EnsembleError(f"{source}: member {m.label}: {exc}") from None
+    first = vocabularies[0]
+    for m, v in zip(members, vocabularies, strict=True):
+        for what in ("level", "lowercase", "oov_token", "tokens"):
+            if getattr(v, what) != getattr(first, what):
+                raise EnsembleError(
+                    f"{source}: members {members[0].label} and {m.label} do not share their "
+                    f"vocabulary ({what} differs); averaging next-token distributions needs "
+                    "the same tokens in the same order"
+                )
+    models = []
+    for m, v in zip(members, vocabularies, strict=True):
+        model = load_keras_model(m.directory / MODEL_FILE)
+        if tuple(model.input_shape) != (None, v.maxlen) or tuple(model.output_shape) != (
+            None,
+            len(v.tokens),
+        ):
+            raise EnsembleError(
+                f"{source}: member {m.label} maps {model.input_shape} to {model.output_shape}, "
+                f"not windows of {v.maxlen} tokens to {len(v.tokens)} probabilities"
+            )
+        models.append(model)
+    return vocabularies, models

@@ -1,0 +1,73 @@
+"""The benchmark scripts start, and the orchestration bench's worker loop runs (tiny sizes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpo.storage import open_storage
+from hpo.studies import StudyConfig, create_study, is_done, load_study, study_status
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SPACE = """
+family: image_cnn
+dataset: {name: digits}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1}
+params:
+  x: {type: float, low: 0.0, high: 1.0}
+"""
+
+
+@pytest.mark.parametrize("script", ["overhead.py", "scaling.py", "worker_memory.py"])
+def test_bench_help(script: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--quick" in out.stdout
+
+
+def test_orchestration_smoke() -> None:
+    """20 no-training trials through the real worker loop on SQLite: a table and a ratio line."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "orchestration.py"), "--trials", "20", "--skip-mlflow",
+         "--skip-postgres"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    all_row = next(line for line in out.stdout.splitlines() if " all " in line)
+    assert "(20 trials in" in all_row
+    assert out.stdout.splitlines()[-1].startswith("ratios: SQLite, 1 worker: p95 ")
+
+
+def test_is_done_agrees_with_study_status(tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    from hpo.studies import requeue
+
+    store = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    config = StudyConfig("s", SPACE, "s.yaml", "optuna-random", "none", n_trials=2)
+    create_study(store, config)
+    study = load_study(store, config)  # kept, as a worker keeps it
+
+    def check(expected: bool) -> None:
+        assert is_done(study, config.n_trials) is expected
+        assert study_status(store, "s").done is expected
+
+    check(False)
+    first = study.ask()
+    check(False)  # running
+    study.tell(first, 0.5)
+    check(False)  # one of two
+    second = study.ask()
+    study.tell(second, state=TrialState.FAIL)
+    check(True)
+    requeue(study, store.get_trial(second._trial_id))  # the failed one is retried: not done
+    check(False)
+    retry = study.ask()
+    study.tell(retry, 0.7)
+    check(True)
