@@ -8,6 +8,7 @@ least 0.5 points of test accuracy and 10% of test NLL.
 
     .venv/bin/python bench/ensemble_quality.py            # 30 trials, the space's subset/epochs
     .venv/bin/python bench/ensemble_quality.py --quick    # 10 trials, 4,000 images, 4 epochs
+    .venv/bin/python bench/ensemble_quality.py --workdir W --resume --trials 40  # grow a study
 
 Other families plug in with --space (one study per space file, all on the same data), e.g. a
 Reuters ensemble of two families:
@@ -41,6 +42,8 @@ def run_study(space: Path, name: str, args: argparse.Namespace, workdir: Path) -
                         ("--pruner", args.pruner)):  # fmt: skip
         if value is not None:
             cmd += [flag, str(value)]
+    if args.resume:
+        cmd.append("--resume")
     print("$", " ".join(cmd[2:]), flush=True)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -63,6 +66,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the studies here (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the studies in --workdir up to --trials"
+    )
     args = parser.parse_args()
     if args.quick:
         args.trials = args.trials or 10
