@@ -107,12 +107,13 @@ def run_worker(url: str, study: str, index: int, out: str) -> None:
             self.t0 = time.perf_counter()
             return super()._claim()
 
-        def _run_trial(self, served: Any, trial: Any) -> None:
-            super()._run_trial(served, trial)
+        def _run_trial(self, slot: Any, served: Any, trial: Any) -> None:
+            super()._run_trial(slot, served, trial)
             times.append((trial.number, (time.perf_counter() - self.t0) * 1000))
 
     worker = TimedWorker(WorkerOptions(url, study, worker_index=index, poll_interval=0.2))
-    worker.process = _NoTraining()  # type: ignore[assignment]
+    for slot in worker.slots:  # one slot: the worker has no --gpus
+        slot.process = _NoTraining()  # type: ignore[assignment]
     worker.run()
     Path(out).write_text(json.dumps(times))
 

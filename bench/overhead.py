@@ -185,7 +185,7 @@ def main() -> None:
             t0 = time.perf_counter()
             claimed = worker._claim()
             assert claimed is not None and claimed[1].number == number, "trial out of order"
-            worker._run_trial(*claimed)
+            worker._run_trial(worker.slots[0], *claimed)
             return time.perf_counter() - t0
 
         try:
@@ -204,7 +204,7 @@ def main() -> None:
         finally:
             parent.send(None)
             proc.join(30)
-            worker.process.close()
+            worker.slots[0].process.close()
 
     print(f"\nOverhead: image_cnn on Fashion-MNIST ({subset} images), {epochs} epochs, ")
     print(f"{k} configurations x {rounds} rounds, {THREADS} threads; hpo trial states: {states}")
