@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI's commands: output, errors and exit codes, study set-up."""
+"""Helpers shared by the CLI's commands: options, output, errors and exit codes, study set-up."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from hpo.storage import mask_url
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -20,6 +23,36 @@ err_console = Console(stderr=True, soft_wrap=True)
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+
+STORAGE_HELP = "Study store URL (default: sqlite hpo.db here)."
+
+
+def storage_option(help: str = STORAGE_HELP) -> Any:
+    """The ``--storage`` option (else ``$HPO_STORAGE``), for ``Annotated[str | None, ...]``."""
+    return typer.Option("--storage", envvar="HPO_STORAGE", help=help)
+
+
+def tracking_uri_option(help: str = "MLflow tracking URI.") -> Any:
+    """The ``--tracking-uri`` option (else ``$MLFLOW_TRACKING_URI``), for ``Annotated``.
+
+    Commands give their own ``help`` where the default differs (the study's, the local store).
+    """
+    return typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=help)
+
+
+# Options that several commands share. Typer takes the default from the parameter, as in
+# ``storage: StorageOption = None``.
+StorageOption = Annotated[str | None, storage_option()]
+TrackingUriOption = Annotated[str | None, tracking_uri_option()]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+# What defines a study, the same in ``hpo run`` and ``hpo study create``.
+TrialsOption = Annotated[int | None, typer.Option("--trials", min=1, help="Trial budget.")]
+AlgorithmOption = Annotated[str | None, typer.Option("--algorithm", help="Search algorithm.")]
+DatasetOption = Annotated[str | None, typer.Option("--dataset", help="Dataset override.")]
+EpochsOption = Annotated[int | None, typer.Option("--epochs", min=1, help="Max epochs per trial.")]
+SubsetOption = Annotated[
+    int | None, typer.Option("--subset", min=1, help="Cap on training examples.")
+]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -46,6 +79,15 @@ def handled_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
     except (StudyError, DataError) as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def open_store(
+    storage: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> RDBStorage:
+    """The study store of ``--storage``: that URL, else ``$HPO_STORAGE``, else hpo.db here."""
+    from hpo.storage import open_storage, resolve_storage
+
+    return open_storage(resolve_storage(storage), heartbeat_interval, grace_period)
 
 
 def load_checked_spec(path: Path) -> Any:

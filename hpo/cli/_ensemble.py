@@ -7,27 +7,31 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from hpo.cli._common import EXIT_RUNTIME, EXIT_USAGE, console, err_console, fail, print_json
+from hpo.cli._common import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    JsonOption,
+    StorageOption,
+    console,
+    err_console,
+    fail,
+    print_json,
+    tracking_uri_option,
+)
 
 app = typer.Typer(
     help="Weighted ensembles of the best trials, registered in the MLflow Model Registry.",
     no_args_is_help=True,
 )
 
-StorageOpt = typer.Option(
-    None, "--storage", envvar="HPO_STORAGE", help="Study store URL (default: sqlite hpo.db here)."
-)
-TrackingOpt = typer.Option(
-    None,
-    "--tracking-uri",
-    envvar="MLFLOW_TRACKING_URI",
-    help="MLflow tracking URI (default: the studies' own, else mlflow.db here).",
-)
-JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+TrackingUri = Annotated[
+    str | None,
+    tracking_uri_option("MLflow tracking URI (default: the studies' own, else mlflow.db here)."),
+]
 
 
 @contextmanager
@@ -91,9 +95,9 @@ def build(
         "nll", "--metric", help="What caruana minimizes on validation: nll or accuracy."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of caruana's tie-breaking."),
-    storage: str | None = StorageOpt,
-    tracking_uri: str | None = TrackingOpt,
-    json_out: bool = JsonOpt,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUri = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Build a weighted ensemble from stored validation predictions and register it.
 
@@ -149,7 +153,7 @@ def _metrics_table(metrics: dict[str, Any]) -> Any:
 
 
 @app.command("list")
-def list_command(tracking_uri: str | None = TrackingOpt, json_out: bool = JsonOpt) -> None:
+def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False) -> None:
     """The registered ensembles, with their latest version."""
     from hpo.ensemble import list_ensembles
 
@@ -178,8 +182,8 @@ def list_command(tracking_uri: str | None = TrackingOpt, json_out: bool = JsonOp
 def show(
     name: str = typer.Argument(..., help="Registered ensemble name."),
     version: int | None = typer.Option(None, "--version", min=1, help="Only this version."),
-    tracking_uri: str | None = TrackingOpt,
-    json_out: bool = JsonOpt,
+    tracking_uri: TrackingUri = None,
+    json_out: JsonOption = False,
 ) -> None:
     """A registered ensemble's versions: method, members, weights and metrics."""
     from hpo.ensemble import show_ensemble
@@ -210,7 +214,7 @@ def export(
     fmt: str = typer.Option("keras", "--format", help="keras, savedmodel or mlflow."),
     version: int | None = typer.Option(None, "--version", min=1, help="Version (latest)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    tracking_uri: str | None = TrackingOpt,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Export a registered ensemble: one .keras file (loads without hpo, in safe mode), a
     TensorFlow SavedModel, or an MLflow model folder."""
@@ -245,8 +249,8 @@ def predict(
         help="text_vocabulary.json of a .keras text model (default: NAME.text_vocabulary.json "
         "or text_vocabulary.json beside the file).",
     ),
-    tracking_uri: str | None = TrackingOpt,
-    json_out: bool = JsonOpt,
+    tracking_uri: TrackingUri = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Class probabilities and the predicted class of each input example.
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from hpo.cli._common import EXIT_USAGE, console, fail, print_json
+from hpo.cli._common import (
+    EXIT_USAGE,
+    JsonOption,
+    StorageOption,
+    console,
+    fail,
+    open_store,
+    print_json,
+    tracking_uri_option,
+)
 
 DEFAULT_TEMPERATURES = (0.2, 0.5, 1.0)
 LANGUAGE_FAMILIES = ("char_lstm", "word_lstm")
@@ -48,19 +57,11 @@ def generate(
     seed: int | None = typer.Option(
         None, "--seed", help="Random seed for sampling (default: a fresh one, printed)."
     ),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        envvar="HPO_STORAGE",
-        help="Study store URL (default: sqlite hpo.db here).",
-    ),
-    tracking_uri: str | None = typer.Option(
-        None,
-        "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI (default: the study's).",
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    tracking_uri: Annotated[
+        str | None, tracking_uri_option("MLflow tracking URI (default: the study's).")
+    ] = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Generate text from a char_lstm or word_lstm model or ensemble, one sample per temperature.
 
@@ -181,11 +182,10 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
         return None
     if not ref.startswith("models:/"):
         from hpo.models import ModelError, parse_model_ref
-        from hpo.storage import open_storage, resolve_storage
         from hpo.studies import StudyError, load_config
 
         try:
-            load_config(open_storage(resolve_storage(storage)), parse_model_ref(ref)[0])
+            load_config(open_store(storage), parse_model_ref(ref)[0])
             return None  # a study: its trial
         except (StudyError, ModelError):
             pass

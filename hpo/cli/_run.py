@@ -8,17 +8,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from hpo.cli._common import (
     EXIT_OK,
     EXIT_RUNTIME,
+    AlgorithmOption,
+    DatasetOption,
+    EpochsOption,
+    StorageOption,
+    SubsetOption,
+    TrialsOption,
     console,
     fail,
     handled_errors,
     prepare_study,
+    tracking_uri_option,
 )
 
 DEFAULT_SPACE = Path("search_spaces/image_cnn.yaml")
@@ -27,26 +34,18 @@ LOG_DIR = Path("hpo-logs")
 
 def run(
     space: Path = typer.Argument(DEFAULT_SPACE, help="Search-space file."),
-    trials: int | None = typer.Option(None, "--trials", min=1, help="Trial budget."),
+    trials: TrialsOption = None,
     workers: int | None = typer.Option(None, "--workers", min=1, help="Local worker processes."),
-    algorithm: str | None = typer.Option(None, "--algorithm", help="Search algorithm."),
+    algorithm: AlgorithmOption = None,
     pruner: str | None = typer.Option(None, "--pruner", help="none, median, sha, hyperband."),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        envvar="HPO_STORAGE",
-        help="Study store URL (default: sqlite hpo.db here).",
-    ),
-    tracking_uri: str | None = typer.Option(
-        None,
-        "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI (default: mlflow.db here).",
-    ),
+    storage: StorageOption = None,
+    tracking_uri: Annotated[
+        str | None, tracking_uri_option("MLflow tracking URI (default: mlflow.db here).")
+    ] = None,
     study: str | None = typer.Option(None, "--study", help="Study name (default: the space's)."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Dataset override."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Max epochs per trial."),
-    subset: int | None = typer.Option(None, "--subset", min=1, help="Cap on training examples."),
+    dataset: DatasetOption = None,
+    epochs: EpochsOption = None,
+    subset: SubsetOption = None,
     seed: int | None = typer.Option(None, "--seed", help="Seed (one worker: reproducible)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an existing study."),
     skip_data_check: bool = typer.Option(
@@ -269,12 +268,7 @@ def worker(
     study: str | None = typer.Option(
         None, "--study", help="Study to work on (default: every active study with budget left)."
     ),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        envvar="HPO_STORAGE",
-        help="Study store URL (default: sqlite hpo.db here).",
-    ),
+    storage: StorageOption = None,
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads per trial (default: all cores)."
     ),
@@ -379,12 +373,9 @@ def worker(
 
 
 def ui(
-    tracking_uri: str | None = typer.Option(
-        None,
-        "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        help="Tracking store (default: mlflow.db here).",
-    ),
+    tracking_uri: Annotated[
+        str | None, tracking_uri_option("Tracking store (default: mlflow.db here).")
+    ] = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:

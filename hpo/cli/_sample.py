@@ -9,11 +9,18 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from hpo.cli._common import console, fail, handled_errors, print_json
+from hpo.cli._common import (
+    TrackingUriOption,
+    console,
+    fail,
+    handled_errors,
+    print_json,
+    storage_option,
+)
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1,1.25,1.5"
 TRAVERSAL_RANGE = 3.0  # +-3 standard deviations of the N(0, I) prior
@@ -48,12 +55,10 @@ def sample(
     scale: int | None = typer.Option(
         None, "--scale", min=1, max=16, help="Enlarge each pixel (default: images >= 48 px)."
     ),
-    storage: str | None = typer.Option(
-        None, "--storage", envvar="HPO_STORAGE", help="Study store URL (default: sqlite hpo.db)."
-    ),
-    tracking_uri: str | None = typer.Option(
-        None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."
-    ),
+    storage: Annotated[
+        str | None, storage_option("Study store URL (default: sqlite hpo.db).")
+    ] = None,
+    tracking_uri: TrackingUriOption = None,
     json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
 ) -> None:
     """Generate images with a trained VAE (family `vae`).

@@ -7,7 +7,14 @@ from typing import Any
 
 import typer
 
-from hpo.cli._common import EXIT_USAGE, console, err_console, handled_errors, print_json
+from hpo.cli._common import (
+    EXIT_USAGE,
+    JsonOption,
+    console,
+    err_console,
+    handled_errors,
+    print_json,
+)
 
 app = typer.Typer(help="List, validate and show search-space files.", no_args_is_help=True)
 
@@ -15,7 +22,7 @@ app = typer.Typer(help="List, validate and show search-space files.", no_args_is
 @app.command("list")
 def list_spaces(
     directory: Path = typer.Argument(Path("search_spaces"), help="Folder of space files."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOption = False,
 ) -> None:
     """List the space files in a folder with their family, dataset and objective."""
     from rich.table import Table
@@ -65,7 +72,7 @@ def list_spaces(
 @app.command("validate")
 def validate(
     files: list[Path] = typer.Argument(..., help="Space files to check."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOption = False,
 ) -> None:
     """Check space files; every problem names the file, the key path and the line."""
     from hpo.spaces import SpaceError, load_spec
@@ -104,7 +111,7 @@ def validate(
 @app.command("show")
 def show(
     file: Path = typer.Argument(..., help="Space file."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOption = False,
 ) -> None:
     """Show a space as a tree, conditional branches visible."""
     from hpo.spaces import load_spec

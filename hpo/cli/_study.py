@@ -7,30 +7,38 @@ from typing import Any
 
 import typer
 
-from hpo.cli._common import console, handled_errors, prepare_study, print_json
+from hpo.cli._common import (
+    AlgorithmOption,
+    DatasetOption,
+    EpochsOption,
+    JsonOption,
+    StorageOption,
+    SubsetOption,
+    TrackingUriOption,
+    TrialsOption,
+    console,
+    handled_errors,
+    open_store,
+    prepare_study,
+    print_json,
+)
 
 app = typer.Typer(help="Create and inspect studies.", no_args_is_help=True)
-
-StorageOpt = typer.Option(
-    None, "--storage", envvar="HPO_STORAGE", help="Study store URL (default: sqlite hpo.db here)."
-)
 
 
 @app.command("create")
 def create(
     space: Path = typer.Argument(..., help="Search-space file."),
     name: str | None = typer.Option(None, "--name", help="Study name (default: the space's)."),
-    trials: int | None = typer.Option(None, "--trials", min=1, help="Trial budget."),
-    algorithm: str | None = typer.Option(None, "--algorithm", help="Search algorithm."),
+    trials: TrialsOption = None,
+    algorithm: AlgorithmOption = None,
     pruner: str | None = typer.Option(None, "--pruner", help="Pruner."),
     seed: int | None = typer.Option(None, "--seed", help="Seed."),
-    storage: str | None = StorageOpt,
-    tracking_uri: str | None = typer.Option(
-        None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."
-    ),
-    dataset: str | None = typer.Option(None, "--dataset", help="Dataset override."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Max epochs per trial."),
-    subset: int | None = typer.Option(None, "--subset", min=1, help="Cap on training examples."),
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    dataset: DatasetOption = None,
+    epochs: EpochsOption = None,
+    subset: SubsetOption = None,
     priority: int = typer.Option(0, "--priority", help="Workers serve higher priority first."),
     max_retries: int = typer.Option(
         1, "--max-retries", min=0, help="Retries of a trial whose worker died."
@@ -40,7 +48,7 @@ def create(
         "--skip-data-check",
         help="Do not load the dataset here first (when only the workers' machines have it).",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOption = False,
 ) -> None:
     """Create a study that workers (`hpo worker --study NAME`) can join from any machine."""
     with handled_errors():
@@ -79,17 +87,16 @@ def create(
 
 @app.command("list")
 def list_studies(
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """List the studies in the store with their progress."""
     import optuna
     from rich.table import Table
 
-    from hpo.storage import open_storage, resolve_storage
     from hpo.studies import StudyError, study_status
 
-    store = open_storage(resolve_storage(storage))
+    store = open_store(storage)
     rows: list[dict[str, Any]] = []
     for summary in optuna.get_all_study_summaries(store):
         try:
@@ -135,15 +142,14 @@ def _fmt(values: list[float] | None) -> str:
 @app.command("status")
 def status(
     name: str = typer.Argument(..., help="Study name."),
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Trials finished, pruned, failed and running, and the best value so far."""
-    from hpo.storage import open_storage, resolve_storage
     from hpo.studies import study_status
 
     with handled_errors():
-        st = study_status(open_storage(resolve_storage(storage)), name)
+        st = study_status(open_store(storage), name)
     if json_out:
         print_json(st.to_dict())
         return
@@ -159,17 +165,16 @@ def status(
 @app.command("best")
 def best(
     name: str = typer.Argument(..., help="Study name."),
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """The best trial: its values, parameters and MLflow run."""
     from hpo.cli._common import fail
-    from hpo.storage import open_storage, resolve_storage
     from hpo.studies import load_config
     from hpo.study_report import best_trial_summary
 
     with handled_errors():
-        store = open_storage(resolve_storage(storage))
+        store = open_store(storage)
         summary = best_trial_summary(store, load_config(store, name))
     if summary is None:
         fail(f"study {name!r} has no complete trial yet", 1)
@@ -189,8 +194,8 @@ def best(
 def report(
     name: str = typer.Argument(..., help="Study name."),
     by: str = typer.Option(..., "--by", help="A categorical (or any) parameter to group by."),
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not attach the plot."),
 ) -> None:
     """Compare the values of one parameter: trials, best and median objective, epoch time, size.
@@ -202,12 +207,11 @@ def report(
     from rich.table import Table
 
     from hpo.cli._common import fail
-    from hpo.storage import open_storage, resolve_storage
     from hpo.studies import load_config
     from hpo.study_report import report_by, report_by_png
 
     with handled_errors():
-        store = open_storage(resolve_storage(storage))
+        store = open_store(storage)
         config = load_config(store, name)
         try:
             rows = report_by(store, config, by)
@@ -257,11 +261,10 @@ def report(
 
 
 def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> None:
-    from hpo.storage import open_storage, resolve_storage
     from hpo.studies import set_study_state
 
     with handled_errors():
-        set_study_state(open_storage(resolve_storage(storage)), name, state)
+        set_study_state(open_store(storage), name, state)
     if json_out:
         print_json({"study": name, "state": state})
     else:
@@ -271,8 +274,8 @@ def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> No
 @app.command("pause")
 def pause(
     name: str = typer.Argument(..., help="Study name."),
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Stop handing out new trials of a study (running trials finish)."""
     _set_state(name, storage, "paused", json_out)
@@ -281,8 +284,8 @@ def pause(
 @app.command("resume")
 def resume(
     name: str = typer.Argument(..., help="Study name."),
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Hand out trials of a paused study again."""
     _set_state(name, storage, "active", json_out)
@@ -291,8 +294,8 @@ def resume(
 @app.command("cancel")
 def cancel(
     name: str = typer.Argument(..., help="Study name."),
-    storage: str | None = StorageOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """End a study for good: no new trials (running trials finish)."""
     _set_state(name, storage, "cancelled", json_out)
@@ -301,21 +304,18 @@ def cancel(
 @app.command("reap")
 def reap(
     name: str = typer.Argument(..., help="Study name."),
-    storage: str | None = StorageOpt,
+    storage: StorageOption = None,
     grace_period: int = typer.Option(
         30, "--grace-period", min=2, help="Seconds without heartbeat that make a trial stale."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOption = False,
 ) -> None:
     """Fail and requeue trials whose worker died (what every worker's reaper does)."""
-    from hpo.storage import open_storage, resolve_storage
     from hpo.studies import load_config, reap_stale_trials
 
     with handled_errors():
-        store = open_storage(
-            resolve_storage(storage),
-            heartbeat_interval=max(1, grace_period // 3),
-            grace_period=grace_period,
+        store = open_store(
+            storage, heartbeat_interval=max(1, grace_period // 3), grace_period=grace_period
         )
         reaped = reap_stale_trials(store, load_config(store, name))
     if json_out:

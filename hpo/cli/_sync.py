@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from hpo.cli._common import EXIT_OK, EXIT_RUNTIME, console, err_console, print_json
+from hpo.cli._common import (
+    EXIT_OK,
+    EXIT_RUNTIME,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    tracking_uri_option,
+)
 
 
 def sync(
-    tracking_uri: str | None = typer.Option(
-        None,
-        "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        help="Replay only this tracking URI's outbox (default: every outbox on this machine).",
-    ),
+    tracking_uri: Annotated[
+        str | None,
+        tracking_uri_option(
+            "Replay only this tracking URI's outbox (default: every outbox on this machine)."
+        ),
+    ] = None,
     wait: float = typer.Option(
         300.0, "--wait", min=0, help="Seconds to wait for a replay already running elsewhere."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOption = False,
 ) -> None:
     """Replay MLflow writes kept in the local outbox; exit 1 if some are still pending.
 
