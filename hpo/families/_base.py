@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from hpo.datasets import DataError, Dataset, Task
+from hpo.datasets import DataError, Dataset, Split, Task
 
 if TYPE_CHECKING:
     import keras
@@ -70,13 +70,17 @@ class Family(ABC):
         """Train for ``epochs``; callbacks see validation metrics in ``logs`` every epoch."""
         model.fit(
             data.train.x,
-            data.train.y,
-            validation_data=(data.validation.x, data.validation.y),
+            self.fit_targets(data.train),
+            validation_data=(data.validation.x, self.fit_targets(data.validation)),
             batch_size=self.batch_size(hp),
             epochs=epochs,
             callbacks=list(callbacks),
             verbose=0,
         )
+
+    def fit_targets(self, split: Split) -> Any:
+        """What :meth:`fit` trains the model to output for ``split.x``: ``split.y``."""
+        return split.y
 
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
         """Files a trial stores beside its model (e.g. a vocabulary that generation needs)."""

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import keras
 import numpy as np
 
-from hpo.datasets import DataError, Dataset, Task
+from hpo.datasets import DataError, Dataset, Split, Task
 from hpo.families._base import Family
 from hpo.families._common import build_optimizer
 
@@ -241,24 +241,9 @@ class VAE(Family):
         )
         return model
 
-    def fit(
-        self,
-        model: keras.Model,
-        hp: Params,
-        data: Dataset,
-        epochs: int,
-        callbacks: Sequence[keras.callbacks.Callback],
-    ) -> None:
+    def fit_targets(self, split: Split) -> dict[str, np.ndarray]:
         """Train ``x -> x``; the KL output's target is a dummy (its loss ignores it)."""
-        model.fit(
-            data.train.x,
-            _targets(data.train.x),
-            validation_data=(data.validation.x, _targets(data.validation.x)),
-            batch_size=self.batch_size(hp),
-            epochs=epochs,
-            callbacks=list(callbacks),
-            verbose=0,
-        )
+        return _targets(split.x)
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
         """Each example's latent mean ``z_mean``, shape (n, latent_dim): small and useful."""
