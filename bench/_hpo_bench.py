@@ -1,4 +1,10 @@
-"""What the search benchmarks share: run a real ``hpo run``, measure it, read its trials back."""
+"""What the benchmarks share: make a study for workers; run a real ``hpo run``, measure it, read
+its trials back.
+
+Scripts import it as ``from _hpo_bench import ...``: run as ``python bench/<script>.py``, their
+own folder is first on ``sys.path``. It imports hpo only inside functions, so that each script
+decides where hpo comes from (``PYTHONPATH``, ``orchestration.py --baseline``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,62 @@ def children_cpu() -> float:
     """User + system seconds of every finished child process this process waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def make_study(
+    url: str,
+    name: str,
+    source: str,
+    n_trials: int,
+    *,
+    filename: str = "bench.yaml",
+    seed: int = 0,
+    tracking_uri: str | None = None,
+    enqueue: Iterable[dict[str, Any]] = (),
+) -> tuple[Any, Any]:
+    """An active ``optuna-random`` study without pruner at ``url``, ready for ``hpo worker``.
+
+    Args:
+        url: The study store.
+        name: The study's name.
+        source: The search space (YAML text).
+        n_trials: The budget.
+        filename: The space's file name, as the study records it.
+        seed: The study's seed.
+        tracking_uri: Where trials log to MLflow: the study's experiment and parent run are
+            created there first, as ``hpo study create`` does. None: no MLflow.
+        enqueue: Trial parameters the workers take first, in this order.
+
+    Returns:
+        ``(store, config)``: the opened store and the study's ``StudyConfig``.
+    """
+    from hpo.storage import open_storage
+    from hpo.studies import StudyConfig, create_study, save_config, set_study_state
+
+    store = open_storage(url)
+    config = StudyConfig(
+        name=name,
+        source=source,
+        filename=filename,
+        algorithm="optuna-random",
+        pruner="none",
+        n_trials=n_trials,
+        seed=seed,
+        tracking_uri=tracking_uri,
+    )
+    study = create_study(store, config)
+    if tracking_uri:
+        from hpo import tracking
+
+        config.experiment_id, config.parent_run_id = tracking.start_study_run(
+            tracking_uri, name, {}, {}
+        )
+        save_config(store, study, config)
+    for params in enqueue:
+        study.enqueue_trial(params)
+    # Last: workers take no trial of a study before it is active.
+    set_study_state(store, name, "active")
+    return store, config
 
 
 @dataclass

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from _hpo_bench import make_study
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -105,32 +107,6 @@ def trial_list(n: int, seed: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def make_study(url: str, name: str, space: str, trials: list[dict[str, Any]]) -> None:
-    """A study with ``trials`` enqueued in order and a budget of exactly that many."""
-    import optuna
-
-    from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study, save_config, set_study_state
-
-    store = open_storage(url)
-    config = StudyConfig(
-        name=name,
-        source=space,
-        filename="gpu_trials.yaml",
-        algorithm="optuna-random",
-        pruner="none",
-        n_trials=len(trials),
-        seed=0,
-        tracking_uri=None,
-    )
-    study = create_study(store, config)
-    save_config(store, study, config)
-    for params in trials:
-        study.enqueue_trial(params)
-    set_study_state(store, name, "active")
-    optuna.load_study(study_name=name, storage=store)  # the enqueued trials are readable
-
-
 def measure(
     label: str, k: int, cache: str, args: argparse.Namespace, space: str, workdir: Path
 ) -> Run:
@@ -141,7 +117,10 @@ def measure(
 
     trials = trial_list(args.trials)
     url = f"sqlite:///{workdir / f'{label}.db'}"
-    make_study(url, label, space, trials)
+    store, _ = make_study(
+        url, label, space, len(trials), filename="gpu_trials.yaml", enqueue=trials
+    )
+    optuna.load_study(study_name=label, storage=store)  # the enqueued trials are readable
     cache_dir = "" if cache == "off" else str(workdir / "jax-cache")
     cmd = [
         sys.executable, "-m", "hpo", "worker", "--study", label, "--storage", url,

@@ -35,6 +35,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from _hpo_bench import make_study
+
 SPACE = """
 family: image_cnn
 dataset: {name: digits}
@@ -48,26 +50,6 @@ params:
 POSTGRES = os.environ.get(
     "HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def _create(url: str, name: str, n_trials: int, tracking_uri: str | None = None) -> None:
-    from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study, set_study_state
-
-    store = open_storage(url)
-    config = StudyConfig(
-        name=name,
-        source=SPACE,
-        filename="bench.yaml",
-        algorithm="optuna-random",
-        pruner="none",
-        n_trials=n_trials,
-        seed=0,
-        tracking_uri=tracking_uri,
-    )
-    create_study(store, config)
-    set_study_state(store, name, "active")
-    store.engine.dispose()
 
 
 class _NoTraining:
@@ -144,7 +126,8 @@ def measure_store(
 
 
 def _measure(url: str, name: str, n_trials: int, workers: int, tmp: Path) -> None:
-    _create(url, name, n_trials)
+    store, _ = make_study(url, name, SPACE, n_trials)
+    store.engine.dispose()
     outs = [str(tmp / f"{name}-{i}.json") for i in range(workers)]
     if workers == 1:
         run_worker(url, name, 0, outs[0])

@@ -33,6 +33,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from _hpo_bench import make_study
+
 SPACE = """
 family: image_cnn
 dataset: {name: fashion_mnist, subset: SUBSET, validation_fraction: 0.1, seed: 0}
@@ -138,9 +140,7 @@ def main() -> None:
     order = [0] + [1 + i for _ in range(rounds) for i in range(k)]  # 0: warm-up
     params = _sampled_params(source, [CONFIGS[i] for i in order])
 
-    from hpo import tracking
-    from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study, load_study, save_config, set_study_state
+    from hpo.studies import load_study
     from hpo.worker import Worker, WorkerOptions
 
     bare: dict[int, list[float]] = {}
@@ -148,26 +148,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         url = f"sqlite:///{tmp / 'hpo.db'}"
-        store = open_storage(url)
-        config = StudyConfig(
-            name="overhead",
-            source=source,
+        store, config = make_study(
+            url,
+            "overhead",
+            source,
+            len(order) + 1,  # never "done": the once-per-study summary is not timed
             filename="overhead.yaml",
-            algorithm="optuna-random",
-            pruner="none",
-            n_trials=len(order) + 1,  # never "done": the once-per-study summary is not timed
             seed=SEED,
             tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+            enqueue=(CONFIGS[i] for i in order),
         )
-        study = create_study(store, config)
-        config.experiment_id, config.parent_run_id = tracking.start_study_run(
-            config.tracking_uri or "", config.name, {}, {}
-        )
-        save_config(store, study, config)
-        set_study_state(store, config.name, "active")
-        queued = load_study(store, config)
-        for i in order:
-            queued.enqueue_trial(CONFIGS[i])
 
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()

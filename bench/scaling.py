@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _hpo_bench import make_study
+
 SPACE = """
 family: image_cnn
 dataset: {name: digits, validation_fraction: 0.15, test_fraction: 0.2, seed: 0}
@@ -46,34 +48,21 @@ CONFIGS = [
 
 
 def run(n_workers: int, per_worker: int, epochs: int, cores: int, tmp: Path) -> dict[str, float]:
-    from hpo import tracking
-    from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study, load_study, save_config, set_study_state
+    from hpo.studies import load_study
     from hpo.worker import WORKER_ATTR
 
     name = f"scale{n_workers}"
     url = f"sqlite:///{tmp / f'{name}.db'}"
-    store = open_storage(url)
     n_trials = n_workers * (1 + per_worker)
-    config = StudyConfig(
-        name=name,
-        source=SPACE.replace("EPOCHS", str(epochs)),
+    store, config = make_study(
+        url,
+        name,
+        SPACE.replace("EPOCHS", str(epochs)),
+        n_trials,
         filename="scaling.yaml",
-        algorithm="optuna-random",
-        pruner="none",
-        n_trials=n_trials,
-        seed=0,
         tracking_uri=f"sqlite:///{tmp / f'{name}-mlflow.db'}",
+        enqueue=(CONFIGS[i % len(CONFIGS)] for i in range(n_trials)),
     )
-    study = create_study(store, config)
-    config.experiment_id, config.parent_run_id = tracking.start_study_run(
-        config.tracking_uri or "", name, {}, {}
-    )
-    save_config(store, study, config)
-    set_study_state(store, name, "active")
-    queued = load_study(store, config)
-    for i in range(n_trials):
-        queued.enqueue_trial(CONFIGS[i % len(CONFIGS)])
     threads = max(1, cores // n_workers)
     env = dict(os.environ, HPO_STORAGE=url)
     t0 = time.time()

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import psutil
+from _hpo_bench import make_study
 
-from hpo.storage import open_storage
-from hpo.studies import StudyConfig, create_study
 from hpo.worker import TrialProcess, Worker, WorkerOptions
 
 SPACE = """
@@ -43,30 +42,10 @@ WARMUP = 10
 
 def measure(trials: int, per_process: int, workdir: Path) -> tuple[list[float], list[float]]:
     """RSS in MB of the trial process and of the worker after each trial."""
-    from hpo import tracking
-
     url = f"sqlite:///{workdir / f'mem{per_process}.db'}"
-    store = open_storage(url)
-    config = StudyConfig(
-        name=f"mem{per_process}",
-        source=SPACE,
-        filename="bench.yaml",
-        algorithm="optuna-random",
-        pruner="none",
-        n_trials=trials,
-        seed=0,
-        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+    _, config = make_study(
+        url, f"mem{per_process}", SPACE, trials, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"
     )
-    study = create_study(store, config)
-    config.experiment_id, config.parent_run_id = tracking.start_study_run(
-        config.tracking_uri or "", config.name, {}, {}
-    )
-    from hpo.studies import save_config
-
-    save_config(store, study, config)
-    from hpo.studies import set_study_state
-
-    set_study_state(store, config.name, "active")
     samples: list[float] = []
     worker_rss: list[float] = []
     original = TrialProcess.run
