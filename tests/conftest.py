@@ -24,6 +24,25 @@ REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ENV = "HPO_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
+# The tests' own family (tests/fault_family.py, ``family: fault_family:build``): the hpo
+# processes that run its trials import it through this PYTHONPATH.
+FAULT_FAMILY_ENV = {
+    "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+}
+# Its trials train one epoch on 200 digits (about a second once the trial process is warm);
+# SLOW_SPACE's sleep SECONDS first (replace it), so that faults land while trials run.
+FAST_SPACE = """
+family: fault_family:build
+dataset: {name: digits, subset: 200}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1}
+defaults: {algorithm: optuna-random, pruner: none}
+params:
+  mode: ok
+  x: {type: float, low: 0.0, high: 1.0}
+"""
+SLOW_SPACE = FAST_SPACE.replace("mode: ok", "mode: sleep\n  sleep_seconds: SECONDS")
+
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

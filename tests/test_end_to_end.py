@@ -4,14 +4,13 @@ a SQLite study store shared by the workers, and MLflow runs checked through Mlfl
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, hpo
+from conftest import FAULT_FAMILY_ENV, REPO, hpo
 
 pytestmark = pytest.mark.slow
 DIGITS_SPACE = REPO / "search_spaces" / "image_cnn_digits.yaml"
@@ -114,7 +113,7 @@ def test_crashing_nan_and_killed_trials_are_recorded_and_the_study_goes_on(
         "params:\n"
         "  mode: {type: categorical, choices: [ok, raise, nan, kill]}\n"
     )
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = FAULT_FAMILY_ENV
     result = hpo(
         "run",
         str(space),

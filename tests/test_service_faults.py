@@ -11,7 +11,6 @@ PostgreSQL and the runs through the MLflow server's REST API.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from hpo._outbox import Outbox, is_placeholder
 from hpo.storage import open_storage
 from hpo.studies import counted_trials
 
-from conftest import REPO, hpo
+from conftest import FAULT_FAMILY_ENV, SLOW_SPACE, hpo
 from services import (
     SERVED_TRIALS,
     MlflowServer,
@@ -43,29 +42,14 @@ from services import (
 pytest_plugins = ["services"]
 pytestmark = pytest.mark.slow
 
-# Each trial sleeps SECONDS before one epoch on 200 digits: about SECONDS + 0.5 s once its
-# trial process is warm.
-SPACE = """
-family: fault_family:build
-dataset: {name: digits, subset: 200}
-objective: {metric: val_accuracy, direction: maximize}
-budget: {max_epochs: 1}
-defaults: {algorithm: optuna-random, pruner: none}
-params:
-  mode: sleep
-  sleep_seconds: SECONDS
-  x: {type: float, low: 0.0, high: 1.0}
-"""
-FAMILY_PATH = {
-    "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-}
-
 
 def _create(
     tmp_path: Path, storage: str, tracking_uri: str, name: str, trials: int, seconds: float
 ) -> None:
     space = tmp_path / f"{name}.yaml"
-    space.write_text(SPACE.replace("SECONDS", str(seconds)))
+    # Each trial sleeps SECONDS before one epoch on 200 digits: about SECONDS + 0.5 s once its
+    # trial process is warm.
+    space.write_text(SLOW_SPACE.replace("SECONDS", str(seconds)))
     result = hpo(
         "study",
         "create",
@@ -81,7 +65,7 @@ def _create(
             "HPO_STORAGE": storage,
             "MLFLOW_TRACKING_URI": tracking_uri,
             "HPO_OUTBOX_DIR": str(tmp_path / "outbox"),
-            **FAMILY_PATH,
+            **FAULT_FAMILY_ENV,
         },
     )
     assert result.returncode == 0, result.stderr
@@ -185,7 +169,7 @@ def test_postgresql_restart_mid_study_loses_and_duplicates_nothing(
         tracking_uri=mlflow_server.url,
         # A trial orphaned by the restart is requeued after the grace period: keep it short.
         args=["--study", name, "--threads", "1", "--heartbeat", "2", "--grace-period", "15"],
-        env=FAMILY_PATH,
+        env=FAULT_FAMILY_ENV,
     )
     outages: list[float] = []
     try:
@@ -239,7 +223,7 @@ def test_mlflow_server_down_30_s_mid_study_every_trial_reaches_mlflow(
         storage=postgres_url,
         tracking_uri=uri,
         args=["--study", name, "--threads", "1"],
-        env=FAMILY_PATH,
+        env=FAULT_FAMILY_ENV,
     )
 
     def finished() -> int:

@@ -24,29 +24,13 @@ from optuna.trial import TrialState
 from hpo.storage import open_storage
 from hpo.studies import counted_trials
 
-from conftest import REPO, hpo
+from conftest import FAST_SPACE, FAULT_FAMILY_ENV, SLOW_SPACE, hpo
 
 pytestmark = pytest.mark.slow
 
-FAST_SPACE = """
-family: fault_family:build
-dataset: {name: digits, subset: 200}
-objective: {metric: val_accuracy, direction: maximize}
-budget: {max_epochs: 1}
-defaults: {algorithm: optuna-random, pruner: none}
-params:
-  mode: ok
-  x: {type: float, low: 0.0, high: 1.0}
-"""
-SLOW_SPACE = FAST_SPACE.replace("mode: ok", "mode: sleep\n  sleep_seconds: SECONDS")
-
 
 def _env(storage: str) -> dict[str, str]:
-    return {
-        "HPO_STORAGE": storage,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    return {"HPO_STORAGE": storage, **FAULT_FAMILY_ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 class Workers:
