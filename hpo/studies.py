@@ -219,6 +219,13 @@ def is_done(study: optuna.Study, n_trials: int) -> bool:
     study loaded once and kept (as a worker keeps it) reads only new and unfinished trials
     from the store, so this check does not grow with the study.
     """
+    from hpo.storage import count_trials
+
+    # Counted trials are a subset of all trials: until the study holds n_trials trials it
+    # cannot be done, and one COUNT says so without reading any trial.
+    total = count_trials(study._storage, study._study_id)
+    if total is not None and total < n_trials:
+        return False
     trials = counted_trials(study.get_trials(deepcopy=False))
     return len(trials) >= n_trials and all(t.state.is_finished() for t in trials)
 

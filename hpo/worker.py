@@ -590,9 +590,11 @@ class Worker:
         from optuna.trial import TrialState
 
         study, config = served.study, served.config
-        if study._storage.get_trial(trial._trial_id).state.is_finished():
-            return  # a reaper (or an earlier attempt of this call) already recorded it
+        # A reaper (or an earlier attempt of this call) may have recorded the trial already:
+        # ``skip_if_finished`` makes tell check that with the one read it does anyway.
         if result.state == "FAIL":
+            if study._storage.get_trial(trial._trial_id).state.is_finished():
+                return
             reason = mask_url(result.reason or "unknown error")
             stopped = result.reason == STOPPED_REASON
             log.warning("trial %d failed: %s", trial.number, reason)
@@ -604,13 +606,13 @@ class Worker:
                     requeue(study, study._storage.get_trial(trial._trial_id))
             else:
                 self.storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-                study.tell(trial, state=TrialState.FAIL)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         elif result.state == "PRUNED":
             log.info("trial %d pruned", trial.number)
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             log.info("trial %d: %s", trial.number, result.values)
-            study.tell(trial, values=result.values)
+            study.tell(trial, values=result.values, skip_if_finished=True)
 
     @staticmethod
     def _end_orphan_run(config: StudyConfig, run_id: str, reason: str) -> None:

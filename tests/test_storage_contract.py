@@ -9,13 +9,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.storage import mask_url, open_storage
+from hpo.storage import count_trials, mask_url, open_storage
 from hpo.studies import (
     StudyConfig,
     StudyError,
     claim_trial,
     counted_trials,
     create_study,
+    is_done,
     load_config,
     reap_unstarted_trials,
     study_status,
@@ -102,6 +103,27 @@ def test_racing_claims_never_exceed_the_budget(storage_url: str) -> None:
     assert len(counted) == 7
     assert all(t.state == TrialState.COMPLETE for t in counted)
     assert len({t.number for t in counted}) == 7
+
+
+def test_count_trials_and_is_done_follow_the_store(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(2)
+    study = create_study(store, config)
+    other = create_study(store, _config(5))  # another study's trials are not counted
+    other.tell(other.ask(), values=[0.0])
+    assert count_trials(study._storage, study._study_id) == 0
+    first = claim_trial(study, 2)
+    assert first is not None
+    study.tell(first, state=TrialState.FAIL)  # failed, not retried: counts toward the budget
+    running = claim_trial(study, 2)
+    assert running is not None
+    assert count_trials(study._storage, study._study_id) == 2
+    assert count_trials(store, study._study_id) == 2
+    assert not is_done(study, 2)  # two trials exist, one still running
+    study.tell(running, values=[1.0])
+    assert is_done(study, 2)
+    assert not is_done(study, 3)  # fewer trials than the budget: the COUNT alone says so
+    assert count_trials(optuna.storages.InMemoryStorage(), 0) is None
 
 
 def test_failed_and_pruned_trials_count_toward_the_budget(storage_url: str) -> None:
