@@ -25,6 +25,7 @@ from hpo.storage import open_storage
 from hpo.studies import counted_trials
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, SLOW_SPACE, hpo
+from services import fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -244,22 +245,30 @@ def test_dropped_database_connections_lose_and_duplicate_nothing(
     ]
 
 
-def test_worker_without_study_serves_studies_created_after_it_started(
-    tmp_path: Path, postgres_url: str, workers: Workers
-) -> None:
-    proc = workers.start()  # no --study: serve everything, wait for work
-    time.sleep(3.0)
-    _create(tmp_path, postgres_url, "later_a", 2)
-    _create(tmp_path, postgres_url, "later_b", 2, FAST_SPACE, "--priority", "5")
+def test_worker_without_study_serves_studies_created_after_it_started(tmp_path: Path) -> None:
+    # Its own database: a worker without --study serves every active study it finds, and the
+    # session's database holds the other tests' studies (a requeued 60 s trial among them).
+    with fresh_database("hpo_later") as storage:
+        workers = Workers(tmp_path, storage)
+        try:
+            proc = workers.start()  # no --study: serve everything, wait for work
+            time.sleep(3.0)
+            _create(tmp_path, storage, "later_a", 2)
+            _create(tmp_path, storage, "later_b", 2, FAST_SPACE, "--priority", "5")
 
-    def done(name: str) -> bool:
-        return len([t for t in _trials(postgres_url, name) if t.state.is_finished()]) == 2
+            def done(name: str) -> bool:
+                return len([t for t in _trials(storage, name) if t.state.is_finished()]) == 2
 
-    _wait_for(lambda: done("later_a") and done("later_b"), 400, "both studies")
-    assert proc.poll() is None  # still serving
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    assert proc.returncode == 0, workers.logs()
+            _wait_for(lambda: done("later_a") and done("later_b"), 400, "both studies")
+            assert proc.poll() is None  # still serving
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            assert proc.returncode == 0, workers.logs()
+        finally:
+            workers.stop_all()
+            store = _STORES.pop(storage, None)
+            if store is not None:
+                store.engine.dispose()  # type: ignore[attr-defined]
 
 
 def test_paused_study_gets_no_trials_until_resumed(
