@@ -188,27 +188,3 @@ def small_text_studies(
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}{result.stdout[-2000:]}"
         summaries[name] = json.loads(result.stdout)
     return root, {n: summaries[n] for n in names}
-
-
-# `make test` runs two test processes (pytest-xdist, --dist loadgroup). Every file that uses
-# PostgreSQL runs in one process, one test after another: test_service_faults restarts the
-# server, which would cut the connections of a PostgreSQL test running beside it, and the
-# worker tests time real processes against heartbeats and signals. The ensemble files share
-# one session fixture (their studies), built once in their process.
-XDIST_GROUPS = {
-    "test_worker_service.py": "postgres",
-    "test_service_faults.py": "postgres",
-    "test_worker_slots.py": "postgres",
-    "test_storage_contract.py": "postgres",
-    "test_mlflow_server.py": "postgres",
-    "test_ui_browser.py": "postgres",
-    "test_ensemble.py": "ensemble_studies",
-    "test_export.py": "ensemble_studies",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = XDIST_GROUPS.get(item.path.name)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
