@@ -17,16 +17,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, from the lock alone, so that code changes reuse this (large) layer.
-# uv is pinned like in the Makefile.
+# uv is pinned like in the Makefile. --compile-bytecode: with PYTHONDONTWRITEBYTECODE set, every
+# worker and trial process would otherwise compile TensorFlow's, MLflow's and Optuna's sources
+# again when it imports them.
 COPY requirements.lock /app/requirements.lock
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/python -m pip install --no-cache-dir "uv==0.13.9" \
-    && uv pip install --no-cache --python /opt/venv/bin/python -r /app/requirements.lock
+    && uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python \
+       -r /app/requirements.lock
 
 WORKDIR /app
 COPY pyproject.toml README.md /app/
 COPY hpo /app/hpo
-RUN uv pip install --no-cache --python /opt/venv/bin/python --no-deps /app
+RUN uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-deps /app
 COPY search_spaces /app/search_spaces
 
 # An unprivileged user. The MLflow directories exist here, owned by it, so that the named

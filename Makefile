@@ -11,6 +11,10 @@ run: setup data
 	$(HPO) run --resume
 
 # Runtime environment from the lock file (uv installs the pinned set in seconds).
+# --compile-bytecode: every hpo process (CLI, worker, trial process) imports TensorFlow, MLflow
+# and Optuna; without .pyc files, and where PYTHONDONTWRITEBYTECODE is set (as on CI machines
+# and in containers), each of them would compile those sources again: about a third of the
+# CPU of a short study (bench/startup.py).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -18,8 +22,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	  $(PYTHON) -m pip install --quiet --user --break-system-packages virtualenv && \
 	  $(PYTHON) -m virtualenv --quiet $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade "uv==0.13.9"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m compileall -q hpo
 	touch $@
 
 # optuna-gp needs PyTorch; pip picks the CPU build where one is offered locally.
@@ -58,8 +63,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Two test processes: the suite mostly waits on servers and workers (see tests/conftest.py).
+PYTEST_WORKERS ?= 2
 test: dev data browser lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

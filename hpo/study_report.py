@@ -54,15 +54,23 @@ def _figure_png(fig: Any) -> bytes:
     raise TypeError("not a matplotlib figure")
 
 
+# fANOVA's importances from a handful of trials are noise, and computing them imports
+# scikit-learn (seconds at the end of every short study).
+IMPORTANCE_MIN_TRIALS = 5
+
+
 def study_plots(storage: BaseStorage, config: StudyConfig) -> dict[str, bytes]:
-    """Optuna's optimization history, parameter importances and parallel coordinates (PNG)."""
+    """Optuna's optimization history, parallel coordinates and, from
+    :data:`IMPORTANCE_MIN_TRIALS` complete trials on, parameter importances (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import optuna
+    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
     study = optuna.load_study(study_name=config.name, storage=storage)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     spec = config.spec()
     target = (lambda t: t.values[0]) if spec.multi_objective else None
     name = spec.metrics[0]
@@ -78,6 +86,9 @@ def study_plots(storage: BaseStorage, config: StudyConfig) -> dict[str, bytes]:
             study, target=target, target_name=name
         ),
     }
+    if len(complete) < IMPORTANCE_MIN_TRIALS:
+        log.info("no param_importances.png: %d complete trial(s)", len(complete))
+        del makers["param_importances.png"]
     import warnings
 
     for filename, make in makers.items():

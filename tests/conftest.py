@@ -188,3 +188,39 @@ def small_text_studies(
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}{result.stdout[-2000:]}"
         summaries[name] = json.loads(result.stdout)
     return root, {n: summaries[n] for n in names}
+
+
+# `make test` runs two test processes (pytest-xdist, --dist loadgroup); tests of one group run
+# in one process, one after another:
+# - "postgres": every file that uses the test PostgreSQL. test_service_faults restarts the
+#   server, which would cut the connections of a PostgreSQL test running beside it, and the
+#   worker tests time real processes against heartbeats and signals.
+# - the others: files that share a session fixture (the ensemble studies; the small text
+#   studies), which would otherwise be built once in each process.
+# Tests of no group go to whichever process is free.
+XDIST_GROUPS = {
+    "test_worker_service.py": "postgres",
+    "test_service_faults.py": "postgres",
+    "test_worker_slots.py": "postgres",
+    "test_storage_contract.py": "postgres",
+    "test_mlflow_server.py": "postgres",
+    "test_ui_browser.py": "postgres",
+    "test_ensemble.py": "ensemble_studies",
+    "test_export.py": "ensemble_studies",
+    "test_language_models.py": "small_text_studies",
+    "test_text_families.py": "small_text_studies",
+    "test_ensemble_text_lm.py": "small_text_studies",
+}
+
+
+# A test that asks for one of these joins the "postgres" group wherever its file is.
+POSTGRES_FIXTURES = {"postgres_url", "storage_url", "mlflow_server", "served_study"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            group = "postgres"
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

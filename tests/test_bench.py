@@ -22,7 +22,7 @@ params:
 """
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "scaling.py", "worker_memory.py"])
+@pytest.mark.parametrize("script", ["overhead.py", "scaling.py", "worker_memory.py", "startup.py"])
 def test_bench_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60

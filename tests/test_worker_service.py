@@ -159,13 +159,16 @@ def test_killed_worker_trial_is_failed_retried_and_the_study_completes(
     victim = workers.start("--study", "kill9", "--heartbeat", "1", "--grace-period", "4")
 
     def victim_running() -> bool:
+        # With its parameters: a worker claims a trial before its trial process (still
+        # importing Keras) suggests them, and a retry can only repeat parameters that exist.
         return any(
             t.state == TrialState.RUNNING
+            and t.params
             and str(t.system_attrs.get("hpo:worker", "")).endswith(f":{victim.pid}")
             for t in _trials(postgres_url, "kill9")
         )
 
-    _wait_for(victim_running, 120, "the first worker to run a trial")
+    _wait_for(victim_running, 120, "the first worker to run a trial with its parameters")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     survivor = workers.start("--study", "kill9", "--heartbeat", "1", "--grace-period", "4")

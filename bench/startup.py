@@ -1,0 +1,137 @@
+"""What a process pays before it trains: importing hpo's dependencies, with and without .pyc.
+
+Every hpo process (the CLI, each worker, each trial process) imports TensorFlow/Keras, MLflow
+and Optuna. Where ``PYTHONDONTWRITEBYTECODE`` is set (CI machines, most Docker images) and the
+install wrote no ``.pyc`` files (uv's default), Python compiles those sources again in every
+process. ``make setup`` and the Dockerfile install with ``uv pip install --compile-bytecode``.
+
+This script measures both ways in one run, alternating:
+
+- *compiled*: the ``.pyc`` files of the install (``PYTHONDONTWRITEBYTECODE=1``, so nothing is
+  written);
+- *from source*: the same, with ``PYTHONPYCACHEPREFIX`` pointing at an empty folder, so that
+  Python finds no ``.pyc`` and compiles every module it imports, as on an install without them.
+
+It times (1) one process importing what a trial process imports (keras, mlflow, optuna, hpo's
+runner) and (2) a whole ``hpo run`` of one tiny trial (dense_bn on 200 digits, 1 epoch: the
+CLI, a worker and a trial process, SQLite and a local MLflow store), wall time and the CPU of
+every process.
+
+    .venv/bin/python bench/startup.py            # 5 rounds
+    .venv/bin/python bench/startup.py --quick    # 2 rounds (about 5 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _hpo_bench import machine
+
+REPO = Path(__file__).resolve().parents[1]
+IMPORTS = "import keras, mlflow, optuna, hpo.runner"
+SPACE = """
+family: dense_bn
+dataset: {name: digits, subset: 200}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1}
+defaults: {algorithm: optuna-random, pruner: none}
+params:
+  units: {type: int, low: 8, high: 32}
+"""
+
+
+def missing_pyc() -> tuple[int, int]:
+    """(modules without an up-to-date-looking .pyc, modules) in this interpreter's site-packages."""
+    import importlib.util
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    total = missing = 0
+    for top in ("keras", "mlflow", "optuna", "sqlalchemy", "sklearn", "pandas"):
+        for source in (site / top).rglob("*.py"):
+            total += 1
+            if not Path(importlib.util.cache_from_source(str(source))).exists():
+                missing += 1
+    return missing, total
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall, CPU of the process and all its children) seconds of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 5)
+
+    work = Path(tempfile.mkdtemp(prefix="hpo-startup-"))
+    (work / "tiny.yaml").write_text(SPACE)
+    base = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "MLFLOW_TRACKING_URI")}
+    base.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2",
+                HPO_CACHE_DIR=str(work / "cache"), MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+    hpo = [sys.executable, "-m", "hpo"]
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        for mode in ("compiled", "from source"):  # alternating: drift hits both alike
+            env = dict(base)
+            empty = work / f"pycache-{r}"
+            if mode == "from source":
+                shutil.rmtree(empty, ignore_errors=True)
+                empty.mkdir()
+                env["PYTHONPYCACHEPREFIX"] = str(empty)
+            imp = timed([sys.executable, "-c", IMPORTS], env, work)
+            results.setdefault((mode, "imports"), []).append(imp)
+            run_dir = work / f"run-{r}-{mode.replace(' ', '-')}"
+            run_dir.mkdir()
+            run = timed([*hpo, "run", str(work / "tiny.yaml"), "--trials", "1", "--workers", "1",
+                         "--json"], env, run_dir)  # fmt: skip
+            results.setdefault((mode, "hpo run"), []).append(run)
+            print(f"round {r + 1}/{rounds} {mode:11}: imports {imp[0]:5.1f} s, "
+                  f"hpo run {run[0]:5.1f} s wall / {run[1]:5.1f} s CPU", flush=True)  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+
+    missing, total = missing_pyc()
+    print(f"\nmachine: {machine()}; {sys.executable}")
+    print(f"this install: {missing} of {total} modules of keras, mlflow, optuna, sqlalchemy, "
+          "sklearn, pandas lack a .pyc")  # fmt: skip
+    print(f"median of {rounds} rounds:")
+    print(f"{'':12} {'imports (s)':>12} {'hpo run wall (s)':>17} {'hpo run CPU (s)':>16}")
+
+    def med(mode: str, what: str, i: int) -> float:
+        return statistics.median(x[i] for x in results[(mode, what)])
+
+    for mode in ("compiled", "from source"):
+        print(f"{mode:12} {med(mode, 'imports', 0):12.2f} {med(mode, 'hpo run', 0):17.1f} "
+              f"{med(mode, 'hpo run', 1):16.1f}")  # fmt: skip
+    ratio = {
+        k: med("from source", *k) / med("compiled", *k)
+        for k in (("imports", 0), ("hpo run", 0), ("hpo run", 1))
+    }
+    print(
+        f"ratios: from source / compiled: imports {ratio[('imports', 0)]:.2f}x, "
+        f"hpo run wall {ratio[('hpo run', 0)]:.2f}x, CPU {ratio[('hpo run', 1)]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
