@@ -217,6 +217,8 @@ XDIST_GROUPS = {
 POSTGRES_FIXTURES = {"postgres_url", "storage_url", "mlflow_server", "served_study"}
 
 
+# tryfirst: xdist's own hook reads the markers to form the groups, so they must be set before it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         group = XDIST_GROUPS.get(item.path.name)
@@ -224,3 +226,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             group = "postgres"
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under ``--dist loadgroup``, stop at once if the groups did not apply.
+
+    xdist forms them by renaming each grouped test ``name@group`` in its worker; if a pytest
+    or xdist upgrade breaks that, the PostgreSQL restart would run beside other PostgreSQL tests.
+    """
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    grouped = [i for i in ids if i.split("::", 1)[0].rsplit("/", 1)[-1] in XDIST_GROUPS]
+    if grouped and not any("@" in i for i in grouped):
+        pytest.exit(
+            f"pytest-xdist's groups did not apply (e.g. {grouped[0]} has no @group): check "
+            "the pytest and pytest-xdist versions in requirements.lock",
+            returncode=3,
+        )
