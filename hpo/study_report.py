@@ -79,16 +79,16 @@ def study_plots(storage: BaseStorage, config: StudyConfig) -> dict[str, bytes]:
         "optimization_history.png": lambda: ovm.plot_optimization_history(
             study, target=target, target_name=name
         ),
-        "param_importances.png": lambda: ovm.plot_param_importances(
-            study, target=target, target_name=name
-        ),
         "parallel_coordinate.png": lambda: ovm.plot_parallel_coordinate(
             study, target=target, target_name=name
         ),
     }
-    if len(complete) < IMPORTANCE_MIN_TRIALS:
+    if len(complete) >= IMPORTANCE_MIN_TRIALS:
+        makers["param_importances.png"] = lambda: ovm.plot_param_importances(
+            study, target=target, target_name=name
+        )
+    else:
         log.info("no param_importances.png: %d complete trial(s)", len(complete))
-        del makers["param_importances.png"]
     import warnings
 
     for filename, make in makers.items():
