@@ -4,7 +4,8 @@ Runs a real study with ``hpo run`` (worker subprocesses, SQLite store, MLflow) o
 ``search_spaces/char_lstm.yaml`` (the first 400,000 characters of the plays, contiguous
 train / validation / test blocks), then reports the best trial's validation bits per character
 (``final_val_bits_per_token`` of its MLflow run: the objective ``val_loss`` / ln 2), its test bits
-per character (from the test predictions the trial stored; never used to choose), and three
+per character (test predictions made from its stored model by ``hpo.ensemble.trial_predictions``;
+never used to choose), and three
 samples of ``hpo generate`` at temperatures 0.2, 0.5 and 1.0.
 
     .venv/bin/python bench/quality_char_lstm.py            # the shipped space as it is
@@ -86,9 +87,15 @@ def best_trial_report(summary: dict[str, Any], workdir: Path) -> dict[str, Any]:
         [summary["experiment_id"]], f"tags.`hpo.trial_number` = '{number}'", max_results=1
     )
     run = runs[0]
-    path = client.download_artifacts(run.info.run_id, "predictions.npz", str(workdir))
-    with np.load(path) as preds:
-        p_true = preds["test"][np.arange(len(preds["test_true"])), preds["test_true"]]
+    from hpo.ensemble import trial_predictions
+
+    preds = trial_predictions(
+        summary["name"],
+        int(number),
+        storage=f"sqlite:///{workdir / 'hpo.db'}",
+        tracking_uri=summary["tracking_uri"],
+    )
+    p_true = preds["test"][np.arange(len(preds["test_true"])), preds["test_true"]]
     return {
         "trial": number,
         "params": run.data.params,

@@ -83,30 +83,27 @@ def run_study(space: Path, workdir: Path, extra: list[str]) -> dict[str, Any]:
 
 
 def trial_accuracies(summary: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
-    """Validation and test accuracy of every complete trial, from its stored predictions."""
+    """Validation and test accuracy of every complete trial, from its predictions (the test
+    ones made from its stored model by :func:`hpo.ensemble.trial_predictions`)."""
     import optuna
 
-    # MLflow draws a progress bar for every download; four of them only clutter the report.
+    # MLflow draws a progress bar for every download; they only clutter the report.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow import MlflowClient
     from optuna.trial import TrialState
 
-    from hpo.studies import RUN_ID_ATTR
+    from hpo.ensemble import trial_predictions
 
-    study = optuna.load_study(study_name=summary["name"], storage=f"sqlite:///{workdir}/hpo.db")
-    client = MlflowClient(summary["tracking_uri"])
+    storage = f"sqlite:///{workdir}/hpo.db"
+    study = optuna.load_study(study_name=summary["name"], storage=storage)
     rows = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        dst = workdir / "predictions" / f"trial-{trial.number}"
-        dst.mkdir(parents=True, exist_ok=True)
-        path = client.download_artifacts(trial.user_attrs[RUN_ID_ATTR], "predictions.npz", str(dst))
-        with np.load(path) as preds:
-            accuracy = {
-                split: float(((preds[split][:, 0] > 0.5) == preds[f"{split}_true"]).mean())
-                for split in ("validation", "test")
-            }
-            test_pred = preds["test"][:, 0] > 0.5
-            test_true = preds["test_true"]
+        preds = trial_predictions(
+            summary["name"], trial.number, storage=storage, tracking_uri=summary["tracking_uri"]
+        )
+        accuracy = {
+            split: float(((preds[split][:, 0] > 0.5) == preds[f"{split}_true"]).mean())
+            for split in ("validation", "test")
+        }
         rows.append(
             {
                 "trial": trial.number,
@@ -114,7 +111,7 @@ def trial_accuracies(summary: dict[str, Any], workdir: Path) -> list[dict[str, A
                 "validation_accuracy": accuracy["validation"],
                 "test_accuracy": accuracy["test"],
                 "params": trial.params,
-                "_correct": test_pred == test_true,
+                "_correct": (preds["test"][:, 0] > 0.5) == preds["test_true"],
             }
         )
     return rows

@@ -301,7 +301,14 @@ class TrialRunner:
         data: Dataset,
         callback: _EpochCallback,
     ) -> None:
-        """Save the model, its validation and test predictions and its learning curves."""
+        """Save the model, its validation predictions, the test targets and its learning curves.
+
+        The test split is not predicted here: only the models an ensemble scores on it need
+        test predictions, and :mod:`hpo.ensemble` makes them from the stored model at the final
+        stage (on image_cnn that prediction was most of what a trial paid on top of training;
+        ``bench/overhead.py``). The test targets (and language models' test rows) are stored so
+        that candidates can still be checked to share one test split.
+        """
         with tempfile.TemporaryDirectory() as tmp:
             model_path = Path(tmp) / MODEL_FILE
             model.save(model_path)
@@ -310,7 +317,8 @@ class TrialRunner:
             for name, split in (("validation", data.validation), ("test", data.test)):
                 rows = stored_rows(len(split.y), data.num_classes, data.task)
                 x, y = (split.x, split.y) if rows is None else (split.x[rows], split.y[rows])
-                arrays[name] = family.predict(model, hp, x)
+                if name == "validation":
+                    arrays[name] = family.predict(model, hp, x)
                 arrays[f"{name}_true"] = y
                 if rows is not None:
                     arrays[f"{name}_rows"] = rows

@@ -118,8 +118,14 @@ def artifact_dir(root: Path, run_id: str) -> Path:
 
 
 def stored(root: Path, run_id: str) -> dict[str, np.ndarray]:
-    with np.load(artifact_dir(root, run_id) / "predictions.npz") as data:
-        return {k: np.asarray(data[k]) for k in data.files}
+    """A trial's predictions.npz, plus the test predictions a build made, once it made them."""
+    out: dict[str, np.ndarray] = {}
+    for name in ("predictions.npz", "test_predictions.npz"):
+        path = artifact_dir(root, run_id) / name
+        if path.exists():
+            with np.load(path) as data:
+                out.update({k: np.asarray(data[k]) for k in data.files})
+    return out
 
 
 @contextmanager
@@ -180,6 +186,17 @@ def test_caruana_build_is_recorded_registered_and_tagged_both_ways(ws: Path) -> 
     assert run.data.metrics["ensemble_test_nll"] == pytest.approx(
         out["metrics"]["test"]["ensemble"]["nll"]
     )
+    # Trials did not predict the test split; the build did, for what it scored on test (here
+    # every candidate: --size 7 >= 5), from their models, and stored it in their runs.
+    made = {}
+    for cand in out["candidates"]:
+        with np.load(artifact_dir(ws, cand["run_id"]) / "predictions.npz") as data:
+            assert "test" not in data.files and "test_true" in data.files
+        test_file = artifact_dir(ws, cand["run_id"]) / "test_predictions.npz"
+        made[cand["run_id"]] = test_file.stat().st_mtime_ns
+        with np.load(test_file) as data:
+            assert data["test"].shape == (len(data["test_true"]), 10)
+            np.testing.assert_allclose(data["test"].sum(axis=1), 1.0, atol=1e-4)
     files = {a.path for a in c.list_artifacts(out["run_id"])}
     assert {"weights.png", "metrics.png", "ensemble.json", "model"} <= files
     assert "model/MLmodel" in {a.path for a in c.list_artifacts(out["run_id"], "model")}
@@ -201,6 +218,9 @@ def test_caruana_build_is_recorded_registered_and_tagged_both_ways(ws: Path) -> 
     # A second build is a new version; list and show read the registry back.
     again = build_json("digA", "--name", "digA-caruana", "--top", "5", "--size", "3")
     assert again["version"] == 2
+    # ...reading the stored test predictions back rather than predicting again.
+    for run_id, mtime in made.items():
+        assert (artifact_dir(ws, run_id) / "test_predictions.npz").stat().st_mtime_ns == mtime
     listed = json.loads(invoke("ensemble", "list", "--json").stdout)
     entry = next(e for e in listed if e["name"] == "digA-caruana")
     assert entry["versions"] == 2 and entry["latest_version"] == 2
@@ -251,11 +271,21 @@ def test_the_test_split_plays_no_part_in_choosing_or_weighting(ws: Path) -> None
     runs = [c["run_id"] for c in before["caruana"]["candidates"]]
     rng = np.random.default_rng(0)
     with contextlib_exit_stack() as stack:
+        # Replace the test predictions the builds made and stored (those they score on test).
+        damaged = 0
         for run_id in runs:
-            path = stack.enter_context(changed_file(artifact_dir(ws, run_id) / "predictions.npz"))
+            path = artifact_dir(ws, run_id) / "test_predictions.npz"
+            if not path.exists():
+                continue
+            stack.enter_context(changed_file(path))
             arrays = stored(ws, run_id)
-            arrays["test"] = rng.dirichlet(np.ones(10), size=len(arrays["test"])).astype("float32")
+            arrays = {
+                "test": rng.dirichlet(np.ones(10), size=len(arrays["test"])).astype("float32"),
+                "test_true": arrays["test_true"],
+            }
             np.savez_compressed(path, **arrays)
+            damaged += 1
+        assert damaged >= 4
         for method, first in before.items():
             after = build_json("digA", "--name", "digA-blind", "--method", method, "--size", "4")
             assert after["members"] == first["members"]

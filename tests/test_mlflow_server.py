@@ -83,7 +83,8 @@ def test_a_study_runs_through_the_server_over_http(served_study: ServedStudy) ->
         )
         preds = np.load(local)
         assert preds["validation"].shape == (len(preds["validation_true"]), 10)
-        np.testing.assert_allclose(preds["test"].sum(axis=1), 1.0, atol=1e-4)
+        np.testing.assert_allclose(preds["validation"].sum(axis=1), 1.0, atol=1e-4)
+        assert "test" not in preds.files and len(preds["test_true"]) > 0
         model = Path(
             client.download_artifacts(run.info.run_id, "model.keras", str(served_study.workdir))
         )

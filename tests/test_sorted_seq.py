@@ -363,9 +363,21 @@ def test_hpo_run_end_to_end(tmp_path: Path) -> None:
     local = Path(client.download_artifacts(run_id, "predictions.npz", str(tmp_path)))
     with np.load(io.BytesIO(local.read_bytes())) as preds:
         # The shipped space: 20,000 sequences, 10% validation and 20% test, never subset.
-        assert preds["test"].shape == (4000, 1) and preds["validation"].shape == (2000, 1)
-        assert set(np.unique(preds["test_true"])) == {0, 1}
-        assert ((preds["test"] >= 0) & (preds["test"] <= 1)).all()
+        assert preds["validation"].shape == (2000, 1) and preds["test_true"].shape == (4000,)
+        assert "test" not in preds.files  # made at the final stage, from the stored model
+    # ... as here: the trial's model predicts the test split it regenerates, and the result is
+    # stored in the trial's run.
+    from hpo.ensemble import TEST_PREDICTIONS_FILE, trial_predictions
+
+    arrays = trial_predictions(
+        summary["name"],
+        0,
+        storage=f"sqlite:///{tmp_path / 'hpo.db'}",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert arrays["test"].shape == (4000, 1) and set(np.unique(arrays["test_true"])) == {0, 1}
+    assert ((arrays["test"] >= 0) & (arrays["test"] <= 1)).all()
+    assert TEST_PREDICTIONS_FILE in {a.path for a in client.list_artifacts(run_id)}
     summary_file = Path(client.download_artifacts(run_id, "dataset.json", str(tmp_path)))
     assert json.loads(summary_file.read_text())["train_size"] == 300
 

@@ -1,7 +1,8 @@
 """Datasets: fixed, seeded train / validation / test splits of real data.
 
 The test split is never used for search or for fitting ensemble weights: trials only report
-validation metrics, and test predictions are stored for the final report alone.
+validation metrics and store the test targets; the final stage (:mod:`hpo.ensemble`) predicts
+the test split, for its report alone.
 """
 
 from __future__ import annotations

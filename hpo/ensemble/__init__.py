@@ -1,9 +1,10 @@
 """Weighted ensembles of a study's best trials, registered in MLflow and exported as one file.
 
 Choosing candidates (:mod:`hpo.ensemble._candidates`) and fitting weights
-(:mod:`hpo.ensemble._weights`) are separate, as in auto-sklearn. Everything works from the
-predictions trials stored: validation predictions choose and weight, test predictions are only
-scored.
+(:mod:`hpo.ensemble._weights`) are separate, as in auto-sklearn. Everything works from what
+trials stored: validation predictions choose and weight; test predictions are made at this stage,
+from the stored models, only for what is scored on test (:mod:`hpo.ensemble._test_predictions`),
+and are only scored.
 
 Example:
     >>> from hpo.ensemble import build_ensemble, export_ensemble
@@ -42,6 +43,11 @@ from hpo.ensemble._metrics import (
     true_class_probs,
 )
 from hpo.ensemble._predictions import PredictionSet
+from hpo.ensemble._test_predictions import (
+    TEST_PREDICTIONS_FILE,
+    DeferredPredictionError,
+    trial_predictions,
+)
 from hpo.ensemble._weights import (
     METHODS,
     average_weights,
@@ -53,7 +59,9 @@ from hpo.ensemble._weights import (
 __all__ = [
     "FORMATS",
     "METHODS",
+    "TEST_PREDICTIONS_FILE",
     "Combination",
+    "DeferredPredictionError",
     "EnsembleError",
     "EnsembleResult",
     "EnsembleWarning",
@@ -78,6 +86,7 @@ __all__ = [
     "predict_arrays",
     "read_inputs",
     "show_ensemble",
+    "trial_predictions",
     "true_class_probs",
     "write_predictions",
 ]

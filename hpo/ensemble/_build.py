@@ -1,7 +1,8 @@
 """Building an ensemble: candidates, weights, metrics, the MLflow run and the registered model.
 
 Everything works from what trials stored: their validation predictions choose and weight the
-members, their test predictions are only scored, and nothing is retrained. The test split
+members; test predictions, made from the stored models for the members and baselines only
+(:mod:`hpo.ensemble._test_predictions`), are only scored; nothing is retrained. The test split
 plays no part in choosing or weighting.
 """
 
@@ -27,7 +28,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from hpo._outbox import is_placeholder
 from hpo.ensemble._candidates import (
-    MODEL_FILE,
     Candidate,
     check_same_dataset,
     complete_trials,
@@ -38,6 +38,7 @@ from hpo.ensemble._candidates import (
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
 from hpo.ensemble._metrics import accuracy, as_probabilities, evaluate, metric_names, nll
 from hpo.ensemble._predictions import SPLITS, PredictionSet
+from hpo.ensemble._test_predictions import DeferredPredictionError, DeferredTestPredictions
 from hpo.ensemble._weights import (
     METHODS,
     average_weights,
@@ -302,6 +303,7 @@ def build_ensemble(
     skipped: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hpo-ensemble-") as tmp:
         dest = Path(tmp)
+        tester = DeferredTestPredictions(client, {s.name: s.spec for s in infos}, dest, {})
         dataset = check_same_dataset(client, infos, by_study, dest / "datasets")
         task = str(dataset["task"])
         comparable = len({(s.metric) for s in infos}) == 1
@@ -319,15 +321,23 @@ def build_ensemble(
                     "no usable candidate: every trial considered was skipped (see the warnings)"
                 )
             preds = PredictionSet([c.predictions for c in candidates if c.predictions], task)
-            comb = combine(preds, method, size, metric, seed)
-            models, broken = _load_members(client, candidates, comb.weights, dest)
+            weights = fit_weights(preds, method, size, metric, seed)
+            # Test predictions only now, and only for what is scored on test.
+            broken = _complete_test_predictions(
+                tester, [candidates[i] for i in scored_on_test(weights, size)]
+            )
+            if not broken:
+                preds = PredictionSet([c.predictions for c in candidates if c.predictions], task)
+                comb = Combination(method, weights, score(preds, weights, size), size)
+                models, broken = _load_members(tester, candidates, comb.weights)
             if not broken:
                 break
-            for cand, why in broken:
-                message = f"skipped {cand.label}: its model cannot be loaded: {why}"
+            for cand, part, why in broken:
+                verb = "loaded" if part == "model" else "made"
+                message = f"skipped {cand.label}: its {part} cannot be {verb}: {why}"
                 warnings.warn(message, EnsembleWarning, stacklevel=2)
-                skipped.append({**cand.to_dict(), "reason": f"model: {why}"})
-            bad = {c.run_id for c, _ in broken}
+                skipped.append({**cand.to_dict(), "reason": f"{part}: {why}"})
+            bad = {c.run_id for c, _, _ in broken}
             candidates = [c for c in candidates if c.run_id not in bad]
         members = [
             Member(c.study, c.trial_number, c.run_id, c.family, float(w), {c.metric: c.value})
@@ -355,22 +365,46 @@ def build_ensemble(
         )
 
 
-def _load_members(
-    client: Any, candidates: list[Candidate], weights: np.ndarray, dest: Path
-) -> tuple[list[Any], list[tuple[Candidate, str]]]:
-    """Load the models of the candidates with a non-zero weight (safe mode)."""
-    from hpo.models import load_keras_model
+def scored_on_test(weights: np.ndarray, size: int) -> list[int]:
+    """The candidates whose test predictions :func:`score` reads: the members (non-zero
+    weight), the best single candidate and the top-``size`` average.
 
+    Example:
+        >>> scored_on_test(np.array([0.0, 0.5, 0.0, 0.0, 0.5]), 2)
+        [0, 1, 4]
+    """
+    return sorted({0, *range(min(size, len(weights))), *np.flatnonzero(weights).tolist()})
+
+
+# A candidate that cannot be used after all: (candidate, "model" or "test predictions", why).
+Broken = list[tuple[Candidate, str, str]]
+
+
+def _complete_test_predictions(
+    tester: DeferredTestPredictions, candidates: list[Candidate]
+) -> Broken:
+    broken: Broken = []
+    for cand in candidates:
+        try:
+            tester.complete(cand)
+        except DeferredPredictionError as exc:
+            broken.append((cand, exc.part, str(exc)))
+    return broken
+
+
+def _load_members(
+    tester: DeferredTestPredictions, candidates: list[Candidate], weights: np.ndarray
+) -> tuple[list[Any], Broken]:
+    """The models of the candidates with a non-zero weight (safe mode; loaded once)."""
     models: list[Any] = []
-    broken: list[tuple[Candidate, str]] = []
+    broken: Broken = []
     for cand, w in zip(candidates, weights, strict=True):
         if w <= 0:
             continue
         try:
-            local = client.download_artifacts(cand.run_id, MODEL_FILE, str(dest / cand.run_id))
-            models.append(load_keras_model(local))
+            models.append(tester.model(cand.run_id))
         except Exception as exc:
-            broken.append((cand, f"{type(exc).__name__}: {exc}"))
+            broken.append((cand, "model", f"{type(exc).__name__}: {exc}"))
     return models, broken
 
 

@@ -43,6 +43,7 @@ class StudyInfo:
     experiment_id: str | None
     parent_run_id: str | None
     dataset: dict[str, Any] = field(default_factory=dict)
+    spec: Any = None  # its StudySpec: the dataset and family its test predictions need
 
 
 @dataclass
@@ -96,6 +97,7 @@ def load_studies(storage: Any, names: Sequence[str]) -> list[StudyInfo]:
                 tracking_uri=config.tracking_uri,
                 experiment_id=config.experiment_id,
                 parent_run_id=config.parent_run_id,
+                spec=spec,
             )
         )
     return out

@@ -30,7 +30,8 @@ import numpy as np
 from hpo.ensemble._metrics import true_class_probs
 
 SPLITS = ("validation", "test")
-ARRAYS = ("validation", "test", "validation_true", "test_true")
+# What every trial stores; "test" predictions too where they were made (see check_predictions).
+REQUIRED_ARRAYS = ("validation", "validation_true", "test_true")
 
 
 def read_array(path: Path, key: str) -> np.ndarray:
@@ -42,18 +43,26 @@ def read_array(path: Path, key: str) -> np.ndarray:
 def check_predictions(path: Path, reference: dict[str, np.ndarray] | None = None) -> str | None:
     """Why the predictions file at ``path`` cannot be used, or None when it can.
 
-    It must hold the four arrays, predictions must match their targets in length and be
-    finite, and targets must equal ``reference`` (the first candidate's) when given. The file
-    is checked one array at a time.
+    It must hold validation predictions and both splits' targets (test predictions are
+    optional: :mod:`hpo.ensemble._test_predictions` makes them for the candidates that need
+    them); predictions must match their targets in length and be finite, and targets must
+    equal ``reference`` (the first candidate's) when given. The file is checked one array at
+    a time.
     """
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ARRAYS if k not in data.files]
+            missing = [k for k in REQUIRED_ARRAYS if k not in data.files]
             if missing:
                 return f"predictions.npz has no {', '.join(missing)} array"
             for split in SPLITS:
-                pred = data[split]
                 target = data[f"{split}_true"]
+                if reference is not None:
+                    ref = reference[f"{split}_true"]
+                    if target.shape != ref.shape or not np.array_equal(target, ref):
+                        return f"{split} targets differ from the other candidates'"
+                if split not in data.files:
+                    continue
+                pred = data[split]
                 if pred.shape[0] != target.shape[0]:
                     return (
                         f"{split} predictions have {pred.shape[0]} rows but there are "
@@ -61,15 +70,11 @@ def check_predictions(path: Path, reference: dict[str, np.ndarray] | None = None
                     )
                 if not np.all(np.isfinite(pred)):
                     return f"{split} predictions are not all finite"
-                if reference is not None:
-                    ref = reference[f"{split}_true"]
-                    if target.shape != ref.shape or not np.array_equal(target, ref):
-                        return f"{split} targets differ from the other candidates'"
-                    if pred.shape[1:] != reference[f"{split}_shape"].shape[1:]:
-                        return (
-                            f"{split} predictions have shape {pred.shape}, the other "
-                            f"candidates' {reference[f'{split}_shape'].shape}"
-                        )
+                if reference is not None and pred.shape[1:] != reference["shape"].shape[1:]:
+                    return (
+                        f"{split} predictions have shape {pred.shape}, the other "
+                        f"candidates' {reference['shape'].shape}"
+                    )
                 del pred
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         return f"predictions.npz is unreadable: {type(exc).__name__}: {exc}"
@@ -82,8 +87,9 @@ def reference_of(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         for split in SPLITS:
             ref[f"{split}_true"] = np.asarray(data[f"{split}_true"])
-            # An empty array of the right trailing shape: the shape without the memory.
-            ref[f"{split}_shape"] = np.empty((0, *data[split].shape[1:]), dtype=np.float32)
+        # An empty array of the right trailing shape (one per model, whatever the split): the
+        # shape without the memory.
+        ref["shape"] = np.empty((0, *data["validation"].shape[1:]), dtype=np.float32)
     return ref
 
 
