@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo.runner import MODEL_FILE
+from hpo.artifacts import MODEL_FILE, PARAMS_FILE
 
 if TYPE_CHECKING:
     import keras
@@ -112,8 +112,8 @@ def resolve_trial_model(
             (tmp / MODEL_FILE).symlink_to(path.resolve())
             directory = tmp
         params = (
-            json.loads((directory / "params.json").read_text())
-            if (directory / "params.json").exists()
+            json.loads((directory / PARAMS_FILE).read_text())
+            if (directory / PARAMS_FILE).exists()
             else {}
         )
         return TrialModel(directory=directory, params=params)

@@ -23,15 +23,21 @@ import numpy as np
 
 from hpo import tracking
 from hpo._retry import with_db_retry
-from hpo.datasets import Dataset, load_dataset
+from hpo.artifacts import (
+    CURVES_FILE,
+    DATASET_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    PARAMS_FILE,
+    PREDICTIONS_FILE,
+)
+from hpo.datasets import Dataset, DatasetCache
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
 from hpo.studies import RUN_ID_ATTR, StudyConfig
 
 # Metrics a study may optimize besides what Keras logs each epoch.
 EXTRA_METRICS = ("params_count", "train_seconds")
-PREDICTIONS_FILE = "predictions.npz"
-MODEL_FILE = "model.keras"
 
 
 @dataclass
@@ -72,14 +78,27 @@ class _EpochCallback:
         outer = self
 
         class _Callback(keras.callbacks.Callback):  # type: ignore[misc]
+            # A callback with a batch-end hook makes Keras wait for every step's loss before
+            # it dispatches the next step, unless it is declared safe to run on Keras's
+            # callback thread (JAX and PyTorch backends; TensorFlow always runs callbacks
+            # inline). The NaN check is: on that thread it only records the failure, and the
+            # next batch-begin hook, which Keras always calls inline, stops training (setting
+            # stop_training from the callback thread races with the JAX trainer's state:
+            # "Buffer has been deleted or donated"). So steps stay queued on the GPU and a NaN
+            # still stops training a few steps after it.
+            async_safe = True
+
             def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
                 outer._t0 = time.perf_counter()
 
+            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+                if outer.failure:
+                    self.model.stop_training = True
+
             def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
                 loss = (logs or {}).get("loss")
-                if loss is not None and not math.isfinite(float(loss)):
+                if loss is not None and not outer.failure and not math.isfinite(float(loss)):
                     outer.failure = f"loss became {float(loss)} during epoch {outer.epochs + 1}"
-                    self.model.stop_training = True
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 if outer.failure:
@@ -119,15 +138,11 @@ class TrialRunner:
     """Runs trials one after another in this process."""
 
     def __init__(self) -> None:
-        self._datasets: dict[str, Dataset] = {}
+        self._datasets = DatasetCache(keep=1)  # one dataset in memory at a time
         self._storages: dict[str, Any] = {}
 
     def dataset(self, spec: DatasetSpec) -> Dataset:
-        key = spec.model_dump_json()
-        if key not in self._datasets:
-            self._datasets.clear()  # one dataset in memory at a time
-            self._datasets[key] = load_dataset(spec)
-        return self._datasets[key]
+        return self._datasets.get(spec)
 
     def _storage(self, url: str) -> Any:
         if url not in self._storages:
@@ -328,15 +343,15 @@ class TrialRunner:
                 run_id,
                 {
                     **family.extra_artifacts(model, hp, data),
-                    "params.json": json.dumps(hp.to_dict(), indent=1, default=str).encode(),
+                    PARAMS_FILE: json.dumps(hp.to_dict(), indent=1, default=str).encode(),
                     MODEL_FILE: model_path,
                     PREDICTIONS_FILE: preds.getvalue(),
-                    "history.json": json.dumps(
+                    HISTORY_FILE: json.dumps(
                         {"epochs": callback.history, "epoch_seconds": callback.epoch_seconds},
                         indent=1,
                     ).encode(),
-                    "learning_curves.png": learning_curve_png(callback.history),
-                    "dataset.json": json.dumps(data.summary(), indent=1).encode(),
+                    CURVES_FILE: learning_curve_png(callback.history),
+                    DATASET_FILE: json.dumps(data.summary(), indent=1).encode(),
                 },
             )
 

@@ -22,7 +22,9 @@ params:
 """
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "scaling.py", "worker_memory.py", "startup.py"])
+@pytest.mark.parametrize(
+    "script", ["overhead.py", "scaling.py", "worker_memory.py", "startup.py", "epoch_callback.py"]
+)
 def test_bench_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60
@@ -71,3 +73,17 @@ def test_is_done_agrees_with_study_status(tmp_path: Path) -> None:
     retry = study.ask()
     study.tell(retry, 0.7)
     check(True)
+
+
+@pytest.mark.slow
+def test_epoch_callback_bench_smoke() -> None:
+    """Tiny sizes on this process's backend: one table row per callback and a ratio line."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "epoch_callback.py"), "--rounds", "1", "--subset", "300",
+         "--epochs", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split()[0] for line in out.stdout.splitlines()]
+    assert {"none", "hpo", "inline"} <= set(rows)
+    assert out.stdout.strip().splitlines()[-1].startswith("ratios: none / hpo ")

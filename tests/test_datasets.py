@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hpo.datasets import DataError, Dataset, load_dataset
+from hpo.datasets import DataError, Dataset, DatasetCache, load_dataset
 from hpo.datasets import fashion_mnist as fm
 from hpo.spaces import DatasetSpec
 
@@ -303,3 +303,17 @@ def test_fashion_real_files_from_debian(monkeypatch: pytest.MonkeyPatch, tmp_pat
     raw = fm.read_idx_dir(fm.DEBIAN_DIR)
     assert raw["train_images"].shape == (60000, 28, 28)
     np.testing.assert_array_equal(data.test.y, raw["test_labels"])
+
+
+def test_dataset_cache_loads_once_and_keeps_at_most_what_it_is_told() -> None:
+    one, other = DatasetSpec(name="digits", seed=1), DatasetSpec(name="digits", seed=2)
+    single = DatasetCache(keep=1)
+    a = single.get(one)
+    assert single.get(one) is a  # loaded once
+    b = single.get(other)
+    assert single.get(other) is b
+    assert single.get(one) is not a  # dropped when the other was loaded: loaded again
+    np.testing.assert_array_equal(single.get(one).test.y, a.test.y)
+    every = DatasetCache()
+    c, d = every.get(one), every.get(other)
+    assert every.get(one) is c and every.get(other) is d

@@ -34,8 +34,10 @@ class FakeClient:
     def __init__(self) -> None:
         self.files: dict[str, dict[str, bytes]] = {}
         self.logged: list[tuple[str, str]] = []
+        self.listed = 0
 
     def list_artifacts(self, run_id: str) -> list[Any]:
+        self.listed += 1
         return [SimpleNamespace(path=name) for name in self.files.get(run_id, {})]
 
     def download_artifacts(self, run_id: str, name: str, dst: str) -> str:
@@ -105,9 +107,14 @@ def make_tester(client: FakeClient, tmp_path: Path, data: Any) -> DeferredTestPr
         family="fake",
         dataset=SimpleNamespace(name="toy", model_dump_json=lambda: "toy"),
     )
-    t = DeferredTestPredictions(client, {"s": spec}, tmp_path / "dest", {"r1": object()})
-    t._dataset = lambda spec: data  # type: ignore[method-assign]
-    return t
+    datasets = SimpleNamespace(get=lambda dataset_spec: data)
+    return DeferredTestPredictions(
+        client,
+        {"s": spec},
+        tmp_path / "dest",
+        {"r1": object()},
+        datasets,  # type: ignore[arg-type]
+    )
 
 
 def read(path: Path) -> dict[str, np.ndarray]:
@@ -227,3 +234,22 @@ def test_stored_test_predictions_for_other_targets_are_made_again_with_a_warning
     assert t.predicted == 1
     assert cand.predictions is not None
     assert read(cand.predictions)["test"].sum() == pytest.approx(N_TEST, rel=1e-5)
+
+
+def test_a_candidate_fetched_with_its_file_list_is_not_listed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: Any
+) -> None:
+    client, cand, _ = make_trial(tmp_path, monkeypatch, data)
+    stored = npz(test=np.full((N_TEST, 3), 1 / 3, np.float32), test_true=data.test.y)
+    client.files["r1"][TEST_PREDICTIONS_FILE] = stored
+    cand.artifacts = frozenset(client.files["r1"])  # as fetch_candidates records them
+    t = make_tester(client, tmp_path, data)
+    t.complete(cand)
+    assert client.listed == 0 and t.predicted == 0
+    assert cand.predictions is not None
+    np.testing.assert_allclose(read(cand.predictions)["test"], 1 / 3)
+
+    # Without the list (a candidate made by hand), the run is listed once.
+    client2, cand2, _ = make_trial(tmp_path / "2", monkeypatch, data)
+    make_tester(client2, tmp_path / "2", data).complete(cand2)
+    assert client2.listed == 1

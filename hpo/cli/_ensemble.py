@@ -101,8 +101,12 @@ def build(
 ) -> None:
     """Build a weighted ensemble from stored validation predictions and register it.
 
-    Candidates are the --top best COMPLETE trials over all STUDIES (which must share their
-    dataset); the test split is only scored. Nothing is retrained.
+    Candidates: the --top best COMPLETE trials of all STUDIES (one shared dataset).
+    The weights are fitted on validation predictions; nothing is retrained.
+
+    The test split is only scored. Its predictions are made here from the stored
+    models of the members and baselines, so this machine needs the studies' data
+    (as a worker does), and are kept in their runs for later builds.
     """
     from hpo.ensemble import build_ensemble
 

@@ -41,10 +41,39 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     return DATASETS.get(spec.name)(spec)
 
 
+class DatasetCache:
+    """Loaded datasets by spec, so that a process loads each one once.
+
+    Args:
+        keep: how many datasets to hold at once (None: all); when a new one is loaded past
+            that, the ones held are dropped first (a trial process keeps one in memory).
+
+    Example:
+        >>> from hpo.spaces import DatasetSpec
+        >>> cache = DatasetCache(keep=1)
+        >>> spec = DatasetSpec(name="digits")
+        >>> cache.get(spec) is cache.get(spec)
+        True
+    """
+
+    def __init__(self, keep: int | None = None) -> None:
+        self.keep = keep
+        self._loaded: dict[str, Dataset] = {}
+
+    def get(self, spec: DatasetSpec) -> Dataset:
+        key = spec.model_dump_json()
+        if key not in self._loaded:
+            if self.keep is not None and len(self._loaded) >= self.keep:
+                self._loaded.clear()  # drop before loading: never two large sets at once
+            self._loaded[key] = load_dataset(spec)
+        return self._loaded[key]
+
+
 __all__ = [
     "DATASETS",
     "DataError",
     "Dataset",
+    "DatasetCache",
     "DatasetLoader",
     "Split",
     "Task",

@@ -15,6 +15,7 @@ Example:
     PosixPath('cnn-ens.keras')
 """
 
+from hpo.artifacts import TEST_PREDICTIONS_FILE
 from hpo.ensemble._build import (
     Combination,
     EnsembleResult,
@@ -43,11 +44,7 @@ from hpo.ensemble._metrics import (
     true_class_probs,
 )
 from hpo.ensemble._predictions import PredictionSet
-from hpo.ensemble._test_predictions import (
-    TEST_PREDICTIONS_FILE,
-    DeferredPredictionError,
-    trial_predictions,
-)
+from hpo.ensemble._test_predictions import DeferredPredictionError, trial_predictions
 from hpo.ensemble._weights import (
     METHODS,
     average_weights,

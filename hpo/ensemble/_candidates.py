@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo._outbox import is_placeholder
+from hpo.artifacts import DATASET_FILE, MODEL_FILE, PREDICTIONS_FILE
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning
 from hpo.ensemble._metrics import SUPPORTED_TASKS, nll, true_class_probs
 from hpo.ensemble._predictions import PredictionSet, check_predictions, reference_of
@@ -25,9 +26,6 @@ from hpo.ensemble._predictions import PredictionSet, check_predictions, referenc
 if TYPE_CHECKING:
     from hpo.tracking import TrackingClient as MlflowClient
 
-MODEL_FILE = "model.keras"
-PREDICTIONS_FILE = "predictions.npz"
-DATASET_FILE = "dataset.json"
 REQUIRED = (MODEL_FILE, PREDICTIONS_FILE, DATASET_FILE)
 
 
@@ -58,6 +56,7 @@ class Candidate:
     direction: str
     family: str
     predictions: Path | None = None
+    artifacts: frozenset[str] | None = None  # its run's file names, as fetched (None: unread)
 
     @property
     def label(self) -> str:
@@ -235,6 +234,7 @@ def fetch_candidates(
         if missing:
             _skip(cand, f"{', '.join(missing)} missing from its MLflow run", skipped)
             continue
+        cand.artifacts = frozenset(names)
         try:
             summary = read_dataset_summary(client, cand.run_id, where)
             local = Path(client.download_artifacts(cand.run_id, PREDICTIONS_FILE, str(where)))

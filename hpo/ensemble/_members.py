@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from hpo.artifacts import DATASET_FILE, MODEL_FILE
 from hpo.datasets._text import VOCABULARY_ARTIFACT, TextEncoder
 from hpo.ensemble._errors import EnsembleError
 
-MODEL_FILE = "model.keras"
-DATASET_FILE = "dataset.json"
 LM_VOCABULARY_FILE = "vocabulary.json"  # hpo.generation.VOCABULARY_FILE, without the import
 CLASSES_FILE = "classes.json"  # class names, in a registered ensemble's model folder
 MEMBER_FILES = (MODEL_FILE, VOCABULARY_ARTIFACT, LM_VOCABULARY_FILE, DATASET_FILE)

@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from hpo.artifacts import MODEL_FILE, PARAMS_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
+from hpo.datasets import DatasetCache
 from hpo.ensemble._errors import EnsembleWarning
 
-TEST_PREDICTIONS_FILE = "test_predictions.npz"
-PARAMS_FILE = "params.json"
-MODEL_FILE = "model.keras"
 MERGED_FILE = "predictions-with-test.npz"
 
 
@@ -59,16 +58,23 @@ class DeferredTestPredictions:
         specs: each study's :class:`~hpo.spaces.StudySpec`, by study name.
         dest: where downloads and merged files go.
         models: loaded models by run id; filled here and read by the build (no second load).
+        datasets: where the studies' datasets are loaded (default: a new cache that keeps
+            every one it loads, since candidates of several studies may share one).
     """
 
     def __init__(
-        self, client: Any, specs: dict[str, Any], dest: Path, models: dict[str, Any]
+        self,
+        client: Any,
+        specs: dict[str, Any],
+        dest: Path,
+        models: dict[str, Any],
+        datasets: DatasetCache | None = None,
     ) -> None:
         self.client = client
         self.specs = specs
         self.dest = dest
         self.models = models
-        self._datasets: dict[str, Any] = {}
+        self.datasets = datasets or DatasetCache()
         self.predicted = 0  # how many candidates were predicted here (not read back)
 
     def complete(self, cand: Any) -> None:
@@ -103,7 +109,10 @@ class DeferredTestPredictions:
         return self.models[run_id]
 
     def _has_stored(self, cand: Any) -> bool:
-        return TEST_PREDICTIONS_FILE in {a.path for a in self.client.list_artifacts(cand.run_id)}
+        names = getattr(cand, "artifacts", None)  # listed when it was fetched
+        if names is None:
+            names = {a.path for a in self.client.list_artifacts(cand.run_id)}
+        return TEST_PREDICTIONS_FILE in names
 
     def _stored(self, cand: Any, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
         """The test predictions an earlier build logged, if they match this trial's targets."""
@@ -120,14 +129,6 @@ class DeferredTestPredictions:
             )
             return None
         return test
-
-    def _dataset(self, spec: Any) -> Any:
-        from hpo.datasets import load_dataset
-
-        key = spec.dataset.model_dump_json()
-        if key not in self._datasets:
-            self._datasets[key] = load_dataset(spec.dataset)
-        return self._datasets[key]
 
     def _predict(self, cand: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:
         from hpo.families import get_family
@@ -148,7 +149,7 @@ class DeferredTestPredictions:
         except Exception as exc:
             raise DeferredPredictionError(f"{type(exc).__name__}: {exc}", "model") from None
         try:
-            data = self._dataset(spec)
+            data = self.datasets.get(spec.dataset)
         except Exception as exc:
             raise DeferredPredictionError(
                 f"its dataset {spec.dataset.name!r} cannot be loaded here: "
@@ -219,7 +220,7 @@ def trial_predictions(
 
     from hpo import tracking
     from hpo._outbox import is_placeholder
-    from hpo.ensemble._candidates import PREDICTIONS_FILE, complete_trials, load_studies
+    from hpo.ensemble._candidates import complete_trials, load_studies
     from hpo.ensemble._errors import EnsembleError
     from hpo.storage import open_storage, resolve_storage
 

@@ -1,0 +1,25 @@
+"""The files a trial's MLflow run holds: written by :mod:`hpo.runner`, read by :mod:`hpo.models`
+and :mod:`hpo.ensemble`. One place, so writer and readers cannot drift apart.
+
+Example:
+    >>> from hpo.artifacts import MODEL_FILE, PREDICTIONS_FILE
+    >>> MODEL_FILE, PREDICTIONS_FILE
+    ('model.keras', 'predictions.npz')
+"""
+
+from __future__ import annotations
+
+MODEL_FILE = "model.keras"
+"""The trained model, as ``model.save`` writes it."""
+PREDICTIONS_FILE = "predictions.npz"
+"""Validation predictions, validation and test targets (language models: ``*_rows`` too)."""
+TEST_PREDICTIONS_FILE = "test_predictions.npz"
+"""Test predictions, written by the first ensemble build that scores the trial."""
+PARAMS_FILE = "params.json"
+"""The trial's parameters, constants included, as its family's ``build`` saw them."""
+DATASET_FILE = "dataset.json"
+"""The dataset summary: task, classes, split sizes and the fingerprint ensembles compare."""
+HISTORY_FILE = "history.json"
+"""Every epoch's logged metrics and seconds."""
+CURVES_FILE = "learning_curves.png"
+"""A plot of the metrics against the epoch."""
