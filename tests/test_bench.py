@@ -23,7 +23,15 @@ params:
 
 
 @pytest.mark.parametrize(
-    "script", ["overhead.py", "scaling.py", "worker_memory.py", "startup.py", "epoch_callback.py"]
+    "script",
+    [
+        "overhead.py",
+        "scaling.py",
+        "worker_memory.py",
+        "startup.py",
+        "epoch_callback.py",
+        "hyperband_history.py",
+    ],
 )
 def test_bench_help(script: str) -> None:
     out = subprocess.run(
@@ -87,3 +95,16 @@ def test_epoch_callback_bench_smoke() -> None:
     rows = [line.split()[0] for line in out.stdout.splitlines()]
     assert {"none", "hpo", "inline"} <= set(rows)
     assert out.stdout.strip().splitlines()[-1].startswith("ratios: none / hpo ")
+
+
+def test_hyperband_history_bench_smoke() -> None:
+    """Two seeds of short simulated studies: four arms and a ratio line naming both engines."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "hyperband_history.py"), "--seeds", "2", "--trials", "12"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    arms = [line.split()[:3] for line in out.stdout.splitlines() if "-tpe " in line[:14]]
+    assert ["optuna-tpe", "12", "bracket"] in arms and ["hyperopt-tpe", "12", "shared"] in arms
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("ratios (median best") and "hyperopt-tpe 12 trials" in last

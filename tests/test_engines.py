@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.engines import ALGORITHMS, PRUNERS, HyperoptSampler, create_pruner, create_sampler
+from hpo.engines._hyperband import SharedHistoryHyperband
 from hpo.spaces import BudgetSpec, SearchSpace, parse_params, suggest
 
 Direction = Literal["minimize", "maximize"]
@@ -230,9 +231,9 @@ def test_pruner_types_and_settings() -> None:
     assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner)
     assert (sha._min_resource, sha._reduction_factor) == (2, 3)
     hyperband = create_pruner("hyperband", budget)
-    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
-    assert (hyperband._min_resource, hyperband._max_resource) == (2, 27)
-    assert hyperband._reduction_factor == 3
+    assert isinstance(hyperband, SharedHistoryHyperband)
+    inner = hyperband.hyperband
+    assert (inner._min_resource, inner._max_resource, inner._reduction_factor) == (2, 27, 3)
 
 
 def test_unknown_pruner() -> None:
@@ -276,9 +277,57 @@ def test_none_never_prunes() -> None:
     assert scripted("none", BudgetSpec(max_epochs=3), bad=10.0) == [False] * 3
 
 
+class _SeenSampler(optuna.samplers.RandomSampler):
+    """Random proposals; records how many finished trials the sampler was shown each time."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.seen: list[tuple[int, int]] = []  # (trial number, finished trials shown)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        shown = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        self.seen.append((trial.number, len(shown)))
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def _hyperband_study(pruner: optuna.pruners.BasePruner) -> tuple[list[list[bool]], _SeenSampler]:
+    """20 trials of scripted curves: each trial's should_prune()s, and what its sampler saw."""
+    sampler = _SeenSampler()
+    study = optuna.create_study(study_name="hb-seen", sampler=sampler, pruner=pruner)
+    decisions = []
+    for number in range(20):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        value = 1.0 + ((number * 7) % 11) / 10  # minimize: a fixed, scrambled order of quality
+        mine = []
+        for epoch in range(1, 10):
+            trial.report(value + 1 / epoch, epoch)
+            mine.append(bool(trial.should_prune()))
+            if mine[-1]:
+                break
+        decisions.append(mine)
+        if mine[-1]:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    return decisions, sampler
+
+
+def test_hyperband_prunes_as_optunas_but_the_sampler_sees_every_trial() -> None:
+    budget = BudgetSpec(max_epochs=9, min_epochs=1)
+    ours, ours_seen = _hyperband_study(create_pruner("hyperband", budget))
+    optunas, optunas_seen = _hyperband_study(
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+    )
+    assert ours == optunas  # the same brackets, rungs and decisions
+    assert any(d[-1] for d in ours)  # and some trials were pruned
+    # Trial n is proposed from all n finished trials before it; Optuna's shows its bracket's.
+    assert ours_seen.seen == [(n, n) for n in range(20)]
+    assert any(shown < n for n, shown in optunas_seen.seen)
+
+
 @pytest.mark.parametrize("algorithm", ["hyperopt-tpe", "optuna-tpe"])
 def test_a_study_with_hyperband_prunes(algorithm: str) -> None:
-    # Hyperband hands the sampler a study filtered to one bracket: samplers must cope.
     space = CONDITIONAL
     sampler = create_sampler(algorithm, space, seed=0, directions=["minimize"])
     study = optuna.create_study(

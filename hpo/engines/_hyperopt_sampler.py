@@ -54,8 +54,9 @@ class HyperoptSampler(BaseSampler):
     workers enter as pending jobs (no loss), exactly as hyperopt's own parallel back ends
     (MongoTrials, SparkTrials) show in-flight jobs; TPE and annealing count them as infinitely
     bad, which keeps parallel workers from proposing the same point. Failed and waiting trials
-    are left out. Under the Hyperband pruner, Optuna hands samplers only the trials of the
-    current trial's bracket, so hyperopt sees those.
+    are left out. Under hpo's ``hyperband`` pruner it sees every trial of the study (Optuna's
+    own ``HyperbandPruner`` would show it the current trial's bracket only; see
+    :class:`hpo.engines._hyperband.SharedHistoryHyperband`).
 
     The algorithm's seed for trial number ``n`` is the ``n+1``-th draw of
     ``np.random.default_rng(seed).integers(2**31 - 1)``, as ``hyperopt.fmin(...,

@@ -44,7 +44,11 @@ def create_pruner(name: str, budget: BudgetSpec) -> optuna.pruners.BasePruner:
     if name == "sha":
         return pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=3)
     if name == "hyperband":
-        return pruners.HyperbandPruner(
-            min_resource=budget.min_epochs, max_resource=budget.max_epochs, reduction_factor=3
+        from hpo.engines._hyperband import SharedHistoryHyperband
+
+        return SharedHistoryHyperband(
+            pruners.HyperbandPruner(
+                min_resource=budget.min_epochs, max_resource=budget.max_epochs, reduction_factor=3
+            )
         )
     raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
