@@ -101,7 +101,8 @@ class _EpochCallback:
                     outer.failure = f"loss became {float(loss)} during epoch {outer.epochs + 1}"
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                if outer.failure:
+                if outer.failure:  # a NaN in the epoch's last steps: no next batch-begin
+                    self.model.stop_training = True
                     return
                 seconds = time.perf_counter() - outer._t0
                 values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}

@@ -29,14 +29,18 @@ def build(nan):
     return model
 
 out = {}
-for nan in (False, True):
+# ok: a normal fit; nan: the loss is NaN from the first step; last: an input of the epoch's
+# last batch is NaN (no shuffling), so the loss turns NaN at its last step.
+last = x[:1600].copy()
+last[1599, 0] = np.nan
+for case, inputs, nan in (("ok", x[:1600], False), ("nan", x[:1600], True), ("last", last, False)):
     model = build(nan)
     epochs = []
     callback = _EpochCallback(lambda epoch, logs, seconds: epochs.append(epoch) or False)
     callbacks = keras.callbacks.CallbackList([callback.keras_callback], model=model)
-    model.fit(x[:1600], y[:1600], validation_data=(x[1600:], y[1600:]), batch_size=8,
-              epochs=2, callbacks=[callback.keras_callback], verbose=0)
-    out["nan" if nan else "ok"] = {
+    model.fit(inputs, y[:1600], validation_data=(x[1600:], y[1600:]), batch_size=8,
+              epochs=2, callbacks=[callback.keras_callback], verbose=0, shuffle=False)
+    out[case] = {
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "failure": callback.failure, "epochs": epochs, "history": len(callback.history),
         "async": callbacks._async_train,
@@ -75,6 +79,10 @@ def test_a_nan_loss_stops_within_the_epoch_and_steps_are_not_held(backend: str) 
     assert isinstance(nan["failure"], str) and "during epoch 1" in nan["failure"]
     assert isinstance(nan["steps"], int) and 1 <= nan["steps"] < 200
     assert nan["epochs"] == [] and nan["history"] == 0  # no epoch of a NaN loss is reported
+    # A NaN at the epoch's very last step still ends training there: no step of epoch 2.
+    last = result["last"]
+    assert isinstance(last["failure"], str) and "during epoch 1" in last["failure"]
+    assert last["steps"] == 200 and last["epochs"] == [] and last["history"] == 0
     # JAX and PyTorch run batch hooks on Keras's callback thread, so steps are dispatched without
     # waiting for each loss; TensorFlow's callbacks always run inline.
     assert ok["async"] is (backend != "tensorflow")
