@@ -227,3 +227,45 @@ def test_200_candidates_of_10000_examples_build_within_2_gb(tmp_path: Path) -> N
     # The issue's bound: 200 candidates x 10,000 examples within 2 GB of memory.
     assert report["peak_rss_mb"] < 2048
     assert report["members"] >= 2
+
+
+def _probabilities(y: np.ndarray, right: np.ndarray, p_right: float, p_wrong: float) -> np.ndarray:
+    """10-class predictions: where ``right``, the true class gets ``p_right`` (the rest share
+    what is left); elsewhere the true class gets ``p_wrong`` and the next class the most."""
+    n, k = len(y), 10
+    p = np.zeros((n, k), np.float32)
+    for i, label in enumerate(y):
+        if right[i]:
+            p[i] = (1 - p_right) / (k - 1)
+            p[i, label] = p_right
+        else:
+            p[i] = (1 - p_wrong - 0.5) / (k - 2)
+            p[i, label], p[i, (label + 1) % k] = p_wrong, 0.5
+    return p
+
+
+def test_a_build_says_when_the_ensemble_is_less_accurate_than_its_best_single(
+    tmp_path: Path,
+) -> None:
+    """As in a real study: the best trial by accuracy was badly calibrated (flat
+    probabilities), so caruana on log loss chose a calibrated, less accurate one."""
+    from hpo.ensemble._build import validation_shortfall
+
+    y = np.arange(100) % 10
+    index = np.arange(100)
+    flat = _probabilities(y, index % 10 < 8, 0.2, 0.05)  # 80% right, log loss ~1.9
+    sharp = _probabilities(y, index % 10 < 7, 0.9, 0.1)  # 70% right, log loss ~0.8
+    paths = []
+    for i, p in enumerate((flat, sharp)):  # candidate 0 is the best by the study's objective
+        path = tmp_path / f"c{i}.npz"
+        np.savez(path, validation=p, validation_true=y, test=p, test_true=y)
+        paths.append(path)
+    preds = PredictionSet(paths, "classification")
+    by_nll = combine(preds, "caruana", size=5, metric="nll")
+    assert by_nll.metrics["validation"]["best_single"]["accuracy"] == pytest.approx(0.8)
+    assert by_nll.metrics["validation"]["ensemble"]["accuracy"] < 0.79
+    message = validation_shortfall(by_nll, "nll")
+    assert message is not None and "--metric accuracy" in message and "below" in message
+    by_accuracy = combine(preds, "caruana", size=5, metric="accuracy")
+    assert by_accuracy.metrics["validation"]["ensemble"]["accuracy"] == pytest.approx(0.8)
+    assert validation_shortfall(by_accuracy, "accuracy") is None

@@ -134,6 +134,38 @@ def score(preds: PredictionSet, weights: np.ndarray, size: int) -> dict[str, Any
     return out
 
 
+# How far (in accuracy) the ensemble may trail its best single candidate on validation before
+# the build says so: caruana on log loss can trade accuracy for calibration.
+SHORTFALL_POINTS = 1.0
+
+
+def validation_shortfall(comb: Combination, metric: str) -> str | None:
+    """Why the ensemble is less accurate on validation than its best single candidate, if it is
+    by more than :data:`SHORTFALL_POINTS` points (None otherwise, and for language models).
+
+    Example:
+        >>> comb = Combination("caruana", np.array([0.0, 1.0]), {"validation": {
+        ...     "ensemble": {"accuracy": 0.70}, "best_single": {"accuracy": 0.79}}}, 10)
+        >>> validation_shortfall(comb, "nll")[:59]
+        "the ensemble's validation accuracy (0.7000) is 9.0 points b"
+    """
+    val = comb.metrics.get("validation", {})
+    ens = val.get("ensemble", {}).get("accuracy")
+    best = val.get("best_single", {}).get("accuracy")
+    if ens is None or best is None or 100 * (best - ens) <= SHORTFALL_POINTS:
+        return None
+    why = (
+        "its weights minimize validation log loss, which can favour better-calibrated, "
+        "less accurate models; --metric accuracy selects for accuracy"
+        if metric == "nll" and comb.method == "caruana"
+        else "compare it with the best single trial before deploying it"
+    )
+    return (
+        f"the ensemble's validation accuracy ({ens:.4f}) is {100 * (best - ens):.1f} points "
+        f"below its best single trial's ({best:.4f}): {why}"
+    )
+
+
 def combine(
     preds: PredictionSet,
     method: str = "caruana",
@@ -339,6 +371,9 @@ def build_ensemble(
                 skipped.append({**cand.to_dict(), "reason": f"{part}: {why}"})
             bad = {c.run_id for c, _, _ in broken}
             candidates = [c for c in candidates if c.run_id not in bad]
+        shortfall = validation_shortfall(comb, metric)
+        if shortfall:
+            warnings.warn(shortfall, EnsembleWarning, stacklevel=2)
         members = [
             Member(c.study, c.trial_number, c.run_id, c.family, float(w), {c.metric: c.value})
             for c, w in zip(candidates, comb.weights, strict=True)
