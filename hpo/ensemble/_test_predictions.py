@@ -109,7 +109,7 @@ class DeferredTestPredictions:
         return self.models[run_id]
 
     def _has_stored(self, cand: Any) -> bool:
-        names = getattr(cand, "artifacts", None)  # listed when it was fetched
+        names = cand.artifacts  # listed when it was fetched
         if names is None:
             names = {a.path for a in self.client.list_artifacts(cand.run_id)}
         return TEST_PREDICTIONS_FILE in names
