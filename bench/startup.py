@@ -19,6 +19,10 @@ every process.
 
     .venv/bin/python bench/startup.py            # 5 rounds
     .venv/bin/python bench/startup.py --quick    # 2 rounds (about 5 minutes on 2 cores)
+
+With ``--baseline DIR`` (another checkout of hpo, e.g. ``git archive``) it compares instead that
+checkout's ``hpo run`` against this tree's, both compiled, alternating per round: one trial with
+one worker, and four trials with two workers (as ``hpo run --workers 2`` is used on 2 cores).
 """
 
 from __future__ import annotations
@@ -77,10 +81,55 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
     return wall, cpu
 
 
+STUDIES = {  # name: hpo run options
+    "1 trial, 1 worker": ["--trials", "1", "--workers", "1"],
+    "4 trials, 2 workers": ["--trials", "4", "--workers", "2"],
+}
+
+
+def compare_trees(baseline: Path, rounds: int, work: Path, base: dict[str, str]) -> None:
+    """``hpo run`` of ``baseline`` against this tree's, alternating which goes first."""
+    import compileall
+
+    compileall.compile_dir(str(baseline / "hpo"), quiet=1)  # compiled, like this tree's install
+    trees = {"baseline": str(baseline), "this tree": str(REPO)}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        order = list(trees) if r % 2 == 0 else list(reversed(trees))
+        for study, options in STUDIES.items():
+            for tree in order:
+                env = dict(base, PYTHONPATH=trees[tree])
+                run_dir = work / f"run-{r}-{tree.replace(' ', '-')}-{options[1]}"
+                run_dir.mkdir()
+                run = timed([sys.executable, "-m", "hpo", "run", str(work / "tiny.yaml"),
+                             *options, "--json"], env, run_dir)  # fmt: skip
+                results.setdefault((tree, study), []).append(run)
+                print(f"round {r + 1}/{rounds} {study:20} {tree:9}: {run[0]:5.1f} s wall / "
+                      f"{run[1]:5.1f} s CPU", flush=True)  # fmt: skip
+    print(f"\nmachine: {machine()}; {sys.executable}; baseline {baseline}")
+    print(f"hpo run of a tiny study (dense_bn, 200 digits, 1 epoch a trial), median of {rounds}:")
+    print(f"{'study':20} {'hpo':10} {'wall (s)':>9} {'CPU (s)':>8}")
+    parts = []
+    for study in STUDIES:
+        med = {
+            tree: [statistics.median(x[i] for x in results[(tree, study)]) for i in (0, 1)]
+            for tree in trees
+        }
+        for tree in trees:
+            print(f"{study:20} {tree:10} {med[tree][0]:9.1f} {med[tree][1]:8.1f}")
+        parts.append(
+            f"{study}: wall baseline / this tree {med['baseline'][0] / med['this tree'][0]:.2f}x "
+            f"({med['baseline'][0] - med['this tree'][0]:+.1f} s), "
+            f"CPU {med['baseline'][1] / med['this tree'][1]:.2f}x"
+        )
+    print("ratios: " + "; ".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--baseline", type=Path, help="another hpo checkout to compare against")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
 
@@ -89,6 +138,10 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "MLFLOW_TRACKING_URI")}
     base.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2",
                 HPO_CACHE_DIR=str(work / "cache"), MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+    if args.baseline:
+        compare_trees(args.baseline.resolve(), rounds, work, base)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     hpo = [sys.executable, "-m", "hpo"]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(rounds):

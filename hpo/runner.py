@@ -7,6 +7,7 @@ store connection and the MLflow client between trials.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -40,6 +41,17 @@ from hpo.studies import RUN_ID_ATTR, StudyConfig
 EXTRA_METRICS = ("params_count", "train_seconds")
 
 
+def warm_up() -> None:
+    """Import what every trial needs (Keras and its backend, MLflow) ahead of the first trial.
+
+    A failed import is left for the trial to raise, with the trial's own error handling.
+    """
+    with contextlib.suppress(Exception):  # the trial that needs it reports the error
+        import keras  # noqa: F401
+        import mlflow.store.tracking.sqlalchemy_store  # the default store
+        import mlflow.tracking  # noqa: F401
+
+
 @dataclass
 class TrialTask:
     """What a worker hands to its trial process."""
@@ -49,6 +61,14 @@ class TrialTask:
     trial_id: int
     trial_number: int
     params: dict[str, Any]
+
+
+@dataclass
+class FinalizeTask:
+    """Asks a trial process to end a finished study's MLflow run (see ``finalize_study``)."""
+
+    storage_url: str
+    config_json: str
 
 
 @dataclass
@@ -151,6 +171,18 @@ class TrialRunner:
 
             self._storages[url] = open_storage(url)
         return self._storages[url]
+
+    def finalize(self, task: FinalizeTask) -> str | None:
+        """End the study's MLflow run with its plots; None when done, else the error."""
+        from hpo.study_report import finalize_study
+
+        try:
+            config = StudyConfig.from_json(task.config_json)
+            storage = self._storage(task.storage_url)
+            with_db_retry(lambda: finalize_study(storage, config), what="finalizing the study")
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def run(self, task: TrialTask, notify: Callable[[str, Any], None]) -> TrialResult:
         """Run ``task``; ``notify("started", run_id)`` is sent once its MLflow run exists."""

@@ -14,6 +14,7 @@ reaper threads, its stop request and its ``max_trials``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -28,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hpo._retry import with_db_retry
-from hpo.runner import TrialResult, TrialTask
+from hpo.runner import FinalizeTask, TrialResult, TrialTask
 from hpo.slots import SlotPlan, configure_backend, plan_slots
 from hpo.storage import mask_url, open_storage
 from hpo.studies import (
@@ -75,18 +76,30 @@ def _child_main(
     # Each trial builds new models, so TensorFlow's "retracing" warnings are expected noise.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     configure_backend()
-    from hpo.runner import TrialRunner
+    from hpo.runner import TrialRunner, warm_up
 
+    # The worker starts this process before it claims a trial: these imports (seconds) overlap
+    # with the claim instead of delaying the first trial.
+    warm_up()
     runner = TrialRunner()
     while True:
         try:
             task = conn.recv()
         except (EOFError, OSError):
-            return
+            break
         if task is None:
-            return
+            break
+        if isinstance(task, FinalizeTask):
+            conn.send(("finalized", runner.finalize(task)))
+            continue
         result = runner.run(task, lambda kind, value: conn.send((kind, value)))
         conn.send(("result", result))
+    # Every result was sent and every write committed. Tearing down an interpreter that holds
+    # TensorFlow takes seconds (and its threads have hung at exit), for nothing to clean up.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _die_with_parent(worker_pid: int | None = None) -> None:
@@ -133,6 +146,12 @@ class TrialProcess:
         self._conn: Connection | None = None
         self._served = 0
 
+    def start(self) -> None:
+        """Start the process now (unless it runs), so that it imports Keras ahead of a trial."""
+        if self._proc is None or not self._proc.is_alive():
+            self.close()
+            self._start()
+
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
@@ -174,6 +193,11 @@ class TrialProcess:
                         run_id = value
                         continue
                     result: TrialResult = value
+                    if self._served >= self.max_trials:
+                        # Replace the spent process now: the new one imports while the
+                        # worker records this result and claims the next trial.
+                        self.close()
+                        self._start()
                     return result
             except (EOFError, OSError):
                 ready = False
@@ -193,9 +217,33 @@ class TrialProcess:
                     self.close(kill=True)
                     return TrialResult(state="FAIL", reason=STOPPED_REASON, run_id=run_id)
 
+    def finalize(self, task: FinalizeTask, timeout: float = 300.0) -> str | None:
+        """End the study's MLflow run in this process, which has run trials, so MLflow and
+        matplotlib are loaded here already (seconds the worker would pay to import them).
+
+        Returns None when done, else why not (no warm process, it died, or the error).
+        """
+        if self._proc is None or self._conn is None or self._served == 0:
+            return "no trial process that has run a trial"
+        try:
+            self._conn.send(task)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self._conn.poll(0.5):
+                    kind, value = self._conn.recv()
+                    if kind == "finalized":
+                        return value  # type: ignore[no-any-return]
+                elif not self._proc.is_alive():
+                    break
+        except (EOFError, OSError):
+            pass
+        self.close(kill=True)
+        return "the trial process did not answer"
+
     def close(self, kill: bool = False) -> None:
         if self._proc is None:
             return
+        kill = kill or self._served == 0  # started ahead and never used: nothing to finish
         if self._conn is not None:
             try:
                 if not kill and self._proc.is_alive():
@@ -271,9 +319,6 @@ class Worker:
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self.storage = open_storage(
-            options.storage_url, options.heartbeat_interval, options.grace_period
-        )
         plans = plan_slots(
             options.gpus,
             options.trials_per_gpu,
@@ -296,6 +341,13 @@ class Worker:
         self._running: dict[int, int] = {}  # slot index -> trial id, for the heartbeat
         self._started = 0
         self._error: Exception | None = None  # what stopped a slot, raised by run()
+
+    @functools.cached_property
+    def storage(self) -> Any:
+        """The study store, opened on first use (after the trial processes have started)."""
+        return open_storage(
+            self.options.storage_url, self.options.heartbeat_interval, self.options.grace_period
+        )
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -393,7 +445,19 @@ class Worker:
     def run(self) -> int:
         """Run trials until there is no work (or a stop); returns how many this worker ran."""
         if self.options.study:
-            load_config(self.storage, self.options.study)  # a clear error before anything
+            # A named study has work at once: its trial processes start importing Keras now,
+            # while this process opens the store and claims. (A worker serving every study
+            # starts them when a trial comes, so that an idle worker holds no Keras process.)
+            for slot in self.slots:
+                slot.process.start()
+        try:
+            storage = self.storage  # opened here, before the threads that share it
+            if self.options.study:
+                load_config(storage, self.options.study)  # a clear error before anything
+        except BaseException:
+            for slot in self.slots:
+                slot.process.close(kill=True)
+            raise
         if len(self.slots) > 1:
             log.info(
                 "%d slots: %s",
@@ -544,7 +608,7 @@ class Worker:
                 stop_grace=self.options.stop_grace,
             )
             self._record(served, trial, result)
-            self._finalize_if_done(served.config)
+            self._finalize_if_done(served.config, slot)
         finally:
             self._running.pop(slot.plan.index, None)
 
@@ -555,8 +619,12 @@ class Worker:
 
         with_db_retry(tell, what="recording a result")
 
-    def _finalize_if_done(self, config: StudyConfig) -> None:
-        """The worker that records a study's last trial ends its MLflow study run with plots."""
+    def _finalize_if_done(self, config: StudyConfig, slot: Slot | None = None) -> None:
+        """The worker that records a study's last trial ends its MLflow study run with plots.
+
+        The slot's trial process does it when it can (it has MLflow and matplotlib loaded);
+        else this process does.
+        """
         from hpo.studies import is_done, study_status
         from hpo.study_report import finalize_study
 
@@ -579,10 +647,14 @@ class Worker:
             with self._finalize_lock:  # two slots may record a study's last trials at once
                 if not with_db_retry(claim_finalization, what="checking the study's end"):
                     return
-                with_db_retry(
-                    lambda: finalize_study(storage, load_config(storage, config.name)),
-                    what="finalizing the study",
-                )
+                latest = with_db_retry(lambda: load_config(storage, config.name))
+                if slot is not None:
+                    task = FinalizeTask(self.options.storage_url, latest.to_json())
+                    why = slot.process.finalize(task)
+                    if why is None:
+                        return
+                    log.info("finalizing study %s here: %s", config.name, why)
+                with_db_retry(lambda: finalize_study(storage, latest), what="finalizing the study")
         except Exception as exc:  # reporting must never stop a worker
             log.warning("could not finalize study %s: %s", config.name, exc)
 

@@ -203,6 +203,7 @@ def test_three_slots_keep_max_trials_and_the_budget(
     url = _fake_study(tmp_path, n_trials=10)
     fake = _FakeRuns(seconds=0.5)
     monkeypatch.setattr(TrialProcess, "run", fake.run)
+    monkeypatch.setattr(TrialProcess, "start", lambda process: None)
     options = WorkerOptions(
         url, "fake", gpus=["0"], trials_per_gpu=3, max_trials=5, poll_interval=0.5
     )
@@ -232,6 +233,7 @@ def test_a_stop_requeues_the_trials_of_every_slot(
     url = _fake_study(tmp_path, n_trials=6)
     fake = _FakeRuns(seconds=60)
     monkeypatch.setattr(TrialProcess, "run", fake.run)
+    monkeypatch.setattr(TrialProcess, "start", lambda process: None)
     worker = Worker(WorkerOptions(url, "fake", gpus=["0", "1"], trials_per_gpu=1))
     threading.Timer(1.5, worker.request_stop).start()
     t0 = time.monotonic()
@@ -242,6 +244,32 @@ def test_a_stop_requeues_the_trials_of_every_slot(
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert len(failed) == 2 and len(waiting) == 2
     assert sorted(t.params["x"] for t in waiting) == sorted(t.params["x"] for t in failed)
+
+
+def test_a_named_study_starts_every_trial_process_before_the_first_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpo.worker
+    from hpo.worker import TrialProcess, Worker, WorkerOptions
+
+    url = _fake_study(tmp_path, n_trials=2)
+    events: list[str] = []
+    claim = hpo.worker.claim_trial
+
+    def counted_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("claim")
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.worker, "claim_trial", counted_claim)
+    monkeypatch.setattr(TrialProcess, "start", lambda process: events.append("start"))
+    monkeypatch.setattr(TrialProcess, "run", _FakeRuns(seconds=0.1).run)
+    assert Worker(WorkerOptions(url, "fake", gpus=["0"], trials_per_gpu=2)).run() == 2
+    assert events[:3] == ["start", "start", "claim"]
+    # A worker serving every study starts a trial process only when a trial comes (here the
+    # budget is spent: it never does), so that an idle worker holds no Keras process.
+    events.clear()
+    assert Worker(WorkerOptions(url, exit_when_idle=True, poll_interval=0.1)).run() == 0
+    assert "start" not in events
 
 
 # -- real workers with two slots ---------------------------------------------------------------

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -191,7 +191,9 @@ def _watch(store: Any, name: str, procs: list[subprocess.Popen[bytes]], quiet: b
                 )
                 if not alive:
                     break
-                time.sleep(1.0)
+                # Wakes as soon as a worker exits: the last one to exit ends the study.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    alive[0].wait(timeout=1.0)
     except KeyboardInterrupt:
         console.print("stopping workers...")
         for p in procs:
