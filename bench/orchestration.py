@@ -72,6 +72,13 @@ class _NoTraining:
         storage.set_trial_user_attr(task.trial_id, "epochs", 1)
         return TrialResult(state="COMPLETE", values=[value])
 
+    def start(self) -> None:
+        pass
+
+    def finalize(self, task: Any, timeout: float = 300.0) -> str | None:
+        # No warm process here: the worker ends the study's run itself.
+        return "no trial process (benchmark stand-in)"
+
     def close(self, kill: bool = False) -> None:
         pass
 
