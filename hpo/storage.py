@@ -34,6 +34,25 @@ def mask_url(text: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
 
 
+def _ignore_heartbeat_warnings() -> None:
+    """Silence Optuna's two warnings about heartbeats, which hpo uses on purpose.
+
+    Workers drive trials with ``ask``/``tell`` (not ``Study.optimize``) and keep them alive with
+    their own heartbeat thread; Optuna warns about both in every process, on every trial.
+    """
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning
+    )
+    for argument in ("heartbeat_interval", "grace_period"):
+        warnings.filterwarnings(
+            "ignore", message=f"Argument ``{argument}``", category=ExperimentalWarning
+        )
+
+
 def open_storage(
     url: str, heartbeat_interval: int | None = None, grace_period: int | None = None
 ) -> RDBStorage:
@@ -47,6 +66,7 @@ def open_storage(
     from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _ignore_heartbeat_warnings()
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

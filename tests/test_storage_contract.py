@@ -193,3 +193,20 @@ def test_sqlite_stores_commit_to_a_write_ahead_log(tmp_path: Path) -> None:
             assert conn.execute(sa.text("PRAGMA journal_mode")).scalar_one() == "wal"
             assert conn.execute(sa.text("PRAGMA synchronous")).scalar_one() == 1  # NORMAL
         store.engine.dispose()
+
+
+def test_a_heartbeat_store_claims_trials_without_optuna_warnings(storage_url: str) -> None:
+    # Workers use heartbeats with ask/tell on purpose; Optuna's warnings about that filled
+    # every worker log, once per trial.
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        store = open_storage(storage_url, heartbeat_interval=5, grace_period=10)
+        config = _config(1)
+        study = create_study(store, config)
+        trial = claim_trial(study, config.n_trials)
+        assert trial is not None
+        study.tell(trial, values=[0.5])
+    optuna_warnings = [w for w in seen if "optuna" in w.filename or "eartbeat" in str(w.message)]
+    assert optuna_warnings == [], [str(w.message) for w in optuna_warnings]
