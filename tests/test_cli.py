@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,8 +26,6 @@ params:
 
 
 def test_help_imports_no_heavy_library(tmp_path: Path) -> None:
-    import subprocess
-
     code = (
         "import sys; import hpo.cli; "
         "print([m for m in ('tensorflow', 'keras', 'mlflow', 'optuna', 'hyperopt', 'torch') "
@@ -38,6 +37,27 @@ def test_help_imports_no_heavy_library(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("run", "worker", "spaces", "study", "ui"):
         assert command in result.stdout
+
+
+def _main_with(setup: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``hpo.cli.main()`` in a fresh interpreter after running ``setup`` there."""
+    code = f"import sys; sys.argv = {['hpo', *argv]!r}; {setup}; from hpo.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_the_fast_exit_keeps_exit_handlers_statuses_and_waiting_threads() -> None:
+    # main() skips interpreter teardown; what a normal exit does for a user must still happen.
+    handler = "import atexit; atexit.register(lambda: print('exit handler ran', flush=True))"
+    done = _main_with(handler, "--help")
+    assert done.returncode == 0
+    assert "Usage" in done.stdout and done.stdout.rstrip().endswith("exit handler ran")
+    assert _main_with(handler, "no-such-command").returncode == 2
+    thread = (
+        "import threading, time; threading.Thread(target=lambda: (time.sleep(1), "
+        "print('thread finished', flush=True))).start()"
+    )
+    waited = _main_with(thread, "--help")
+    assert waited.returncode == 0 and "thread finished" in waited.stdout
 
 
 def test_spaces_validate_accepts_the_shipped_spaces(tmp_path: Path) -> None:
