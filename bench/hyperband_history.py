@@ -75,7 +75,9 @@ def run_arm(algorithm: str, shared: bool, seed: int, n_trials: int) -> tuple[flo
             max_resource=spec.budget.max_epochs,
             reduction_factor=3,
         )
-    sampler = create_sampler(algorithm, spec.space, seed=seed, directions=["maximize"])
+    sampler = create_sampler(
+        algorithm, spec.space, seed=seed, directions=["maximize"], n_trials=n_trials
+    )
     study = optuna.create_study(
         study_name=f"hb-{seed}", direction="maximize", sampler=sampler, pruner=pruner
     )

@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "search_spaces" / "dense_bn_digits.yaml"
 BASELINE = "optuna-random"
 CHALLENGERS = ("optuna-tpe", "hyperopt-tpe")
-# TPE starts with random proposals (Optuna: 10 trials, hyperopt: 20) from the same seeded
-# generator as random search: the baseline takes seed + 1000 so it is not TPE's own prefix.
+# TPE starts with random proposals (a quarter of N, 3 to 10 for Optuna and 3 to 20 for
+# hyperopt: hpo.engines.startup_trials) from the same seeded generator as random search:
+# the baseline takes seed + 1000 so it is not TPE's own prefix.
 BASELINE_SEED_OFFSET = 1000
 
 
@@ -66,7 +67,10 @@ def run_library(algorithm: str, seed: int, n_trials: int, space: str) -> list[fl
     data = load_dataset(spec.dataset)
     family = get_family(spec.family)
     metric = spec.metrics[0]
-    sampler = create_sampler(algorithm, spec.space, seed=seed, directions=spec.directions)
+    # With the study's budget, as a worker builds it (TPE's random start sized to N).
+    sampler = create_sampler(
+        algorithm, spec.space, seed=seed, directions=spec.directions, n_trials=n_trials
+    )
     study = optuna.create_study(directions=spec.directions, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> float:

@@ -430,6 +430,7 @@ class Worker:
                 spec.space,
                 seed=self._sampler_seed(config),
                 directions=spec.directions,
+                n_trials=config.n_trials,
             )
             pruner = create_pruner(config.pruner, spec.budget)
             served = _Served(

@@ -370,3 +370,26 @@ def test_hyperopt_sampler_is_exported_lazily() -> None:
     assert "HyperoptSampler" in hpo.engines.__all__
     with pytest.raises(AttributeError):
         hpo.engines.NoSuchThing  # noqa: B018
+
+
+@pytest.mark.parametrize(("n_trials", "expected"), [(10, 3), (24, 6), (400, 10), (None, 10)])
+def test_tpe_starts_with_a_quarter_of_the_budget_as_random_trials(
+    n_trials: int | None, expected: int
+) -> None:
+    def proposals(budget: int | None) -> list[dict[str, Any]]:
+        sampler = create_sampler(
+            "optuna-tpe", CONDITIONAL, seed=0, directions=["minimize"], n_trials=budget
+        )
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(objective_for(CONDITIONAL, 1), n_trials=expected + 1)
+        return [t.params for t in study.trials]
+
+    sampler = create_sampler(
+        "optuna-tpe", CONDITIONAL, seed=0, directions=["minimize"], n_trials=n_trials
+    )
+    assert sampler._n_startup_trials == expected  # type: ignore[attr-defined]
+    # The same random draws as with Optuna's 10 random trials, then the model's proposal.
+    got, all_random = proposals(n_trials), proposals(None)
+    assert got[:expected] == all_random[:expected]
+    if expected < 10:
+        assert got[expected] != all_random[expected]

@@ -89,7 +89,9 @@ def loss(p: Mapping[str, Any]) -> float:
     return float(value)
 
 
-def fmin_proposals(space: SearchSpace, algo: str, seed: int) -> list[dict[str, Any]]:
+def fmin_proposals(
+    space: SearchSpace, algo: str, seed: int, suggest_fn: Callable[..., Any] | None = None
+) -> list[dict[str, Any]]:
     """What ``hyperopt.fmin`` proposes, decoded to parameters by path name."""
 
     # The objective decodes hyperopt's own numbers (misc.vals), as our side does.
@@ -101,7 +103,7 @@ def fmin_proposals(space: SearchSpace, algo: str, seed: int) -> list[dict[str, A
     fmin(
         objective,
         to_hyperopt(space),
-        algo=ALGOS[algo],
+        algo=suggest_fn or ALGOS[algo],
         max_evals=N_TRIALS,
         trials=trials,
         rstate=np.random.default_rng(seed),
@@ -153,6 +155,26 @@ def test_same_proposals_as_fmin(algo: str, tmp_path: Any) -> None:
     # The proposal is visible on each trial.
     attr = study.trials[0].system_attrs[PROPOSAL_ATTR]
     assert attr["params"] == study.trials[0].params
+
+
+def test_a_study_budget_shortens_tpe_random_start_as_fmin_would() -> None:
+    # A 12-trial study starts TPE's model after max(3, 12 // 4) = 3 random trials instead of
+    # hyperopt's 20: the proposals must be fmin's with n_startup_jobs=3, trial for trial.
+    import functools
+
+    from hpo.engines import startup_trials
+
+    assert startup_trials("hyperopt-tpe", 12) == 3
+    space = make_space()
+    sampler = create_sampler("hyperopt-tpe", space, seed=SEED, directions=["minimize"], n_trials=12)
+    study = optuna.create_study(sampler=sampler)
+    got: list[dict[str, Any]] = []
+    study.optimize(lambda t: loss(got.append(suggest(t, space)) or got[-1]), n_trials=N_TRIALS)
+    expected = fmin_proposals(space, "tpe", SEED, functools.partial(tpe.suggest, n_startup_jobs=3))
+    assert_same(expected, got)
+    # And it is not hyperopt's default start: from trial 4 on the two differ.
+    default = fmin_proposals(space, "tpe", SEED)
+    assert default[:3] == expected[:3] and default[3:] != expected[3:]
 
 
 def test_random_matches_fmin() -> None:

@@ -147,17 +147,41 @@ def test_run_rejects_bad_gpus_before_creating_a_study(
 # -- the worker's slots with a fake trial process (no Keras) ---------------------------------
 
 
-def _fake_study(tmp_path: Path, n_trials: int) -> str:
+def _fake_study(tmp_path: Path, n_trials: int, algorithm: str = "optuna-random") -> str:
     from hpo.storage import open_storage
     from hpo.studies import StudyConfig, create_study, set_study_state
 
     url = f"sqlite:///{tmp_path / 'fake.db'}"
     space = FAST_SPACE.replace("fault_family:build", "image_cnn")
-    config = StudyConfig("fake", space, "fake.yaml", "optuna-random", "none", n_trials, seed=0)
+    config = StudyConfig("fake", space, "fake.yaml", algorithm, "none", n_trials, seed=0)
     store = open_storage(url)
     create_study(store, config)
     set_study_state(store, "fake", "active")
     return url
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "startup"), [("optuna-tpe", "_n_startup_trials"), ("hyperopt-tpe", None)]
+)
+def test_the_worker_sizes_tpe_random_start_to_the_study_budget(
+    tmp_path: Path, algorithm: str, startup: str | None
+) -> None:
+    # With the engines' defaults (10 and 20 random trials) a 12-trial study would be random
+    # search throughout; the worker's sampler starts its model after 3.
+    import functools
+
+    from hpo.studies import load_config
+    from hpo.worker import Worker, WorkerOptions
+
+    url = _fake_study(tmp_path, n_trials=12, algorithm=algorithm)
+    worker = Worker(WorkerOptions(url, "fake"))
+    sampler = worker._served_study(load_config(worker.storage, "fake")).study.sampler
+    if startup is not None:
+        assert getattr(sampler, startup) == 3
+    else:
+        suggest = sampler._suggest  # type: ignore[attr-defined]
+        assert isinstance(suggest, functools.partial)
+        assert suggest.keywords == {"n_startup_jobs": 3}
 
 
 class _FakeRuns:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.engines._names import ALGORITHMS, PRUNERS, AlgorithmInfo
 from hpo.engines._pruners import create_pruner
-from hpo.engines._samplers import create_sampler, grid_size
+from hpo.engines._samplers import create_sampler, grid_size, startup_trials
 
 if TYPE_CHECKING:
     from hpo.engines._hyperopt_sampler import HyperoptSampler
@@ -38,6 +38,7 @@ __all__ = [
     "create_pruner",
     "create_sampler",
     "grid_size",
+    "startup_trials",
 ]
 
 

@@ -18,8 +18,38 @@ if TYPE_CHECKING:
     from hpo.spaces import SearchSpace
 
 
+#: Random trials each model-based algorithm starts with when the budget is unknown: its
+#: engine's own default (Optuna's ``n_startup_trials``, hyperopt's ``n_startup_jobs``).
+ENGINE_STARTUP_TRIALS = {"optuna-tpe": 10, "optuna-gp": 10, "hyperopt-tpe": 20}
+
+
+def startup_trials(algorithm: str, n_trials: int | None) -> int | None:
+    """How many random trials ``algorithm`` runs before its model proposes, for a budget.
+
+    A quarter of the study's ``n_trials``, at least 3 and at most the engine's default (10 for
+    Optuna's TPE and GP, 20 for hyperopt's TPE): with the engines' defaults, a study of 10 or
+    20 trials would be random search throughout. None for algorithms without a random start,
+    or when ``n_trials`` is None (the engine's default then applies).
+
+    Example:
+        >>> [startup_trials("optuna-tpe", n) for n in (8, 20, 100)]
+        [3, 5, 10]
+        >>> startup_trials("hyperopt-tpe", 60), startup_trials("optuna-random", 60)
+        (15, None)
+    """
+    default = ENGINE_STARTUP_TRIALS.get(algorithm)
+    if default is None or n_trials is None:
+        return None
+    return min(default, max(3, n_trials // 4))
+
+
 def create_sampler(
-    algorithm: str, space: SearchSpace, *, seed: int | None, directions: list[str]
+    algorithm: str,
+    space: SearchSpace,
+    *,
+    seed: int | None,
+    directions: list[str],
+    n_trials: int | None = None,
 ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler that runs ``algorithm`` over ``space``.
 
@@ -31,6 +61,8 @@ def create_sampler(
         space: The search space the objective samples with :func:`hpo.spaces.suggest`.
         seed: Seed of the sampler; None for a random one.
         directions: The study's directions, one per objective.
+        n_trials: The study's budget. TPE and GP then start with :func:`startup_trials`
+            random trials instead of their engine's default; None keeps the default.
 
     Raises:
         ValueError: The name is unknown, or the algorithm optimizes one objective and
@@ -54,12 +86,19 @@ def create_sampler(
             f"(use {', '.join(n for n, a in ALGORITHMS.items() if a.multi_objective)})"
         )
     samplers = optuna.samplers
+    startup = startup_trials(algorithm, n_trials)
     with warnings.catch_warnings():
         # `group` and friends are flagged experimental: nothing a user of hpo can act on.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if algorithm == "optuna-tpe":
             # Constant liar: parallel workers see running trials as bad and spread out.
-            return samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+            return samplers.TPESampler(
+                n_startup_trials=startup or ENGINE_STARTUP_TRIALS[algorithm],
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+                seed=seed,
+            )
         if algorithm == "optuna-cmaes":
             # CMA-ES handles the numbers present in every trial; TPE the categoricals and the
             # parameters of conditional branches. Those are expected, so no warning per trial.
@@ -74,7 +113,11 @@ def create_sampler(
             except ImportError:
                 raise RuntimeError("optuna-gp needs PyTorch: pip install 'hpo[gp]'") from None
             # Conditional parameters fall back to random sampling: expected, so no warning.
-            return samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+            return samplers.GPSampler(
+                n_startup_trials=startup or ENGINE_STARTUP_TRIALS[algorithm],
+                seed=seed,
+                warn_independent_sampling=False,
+            )
         if algorithm == "optuna-random":
             return samplers.RandomSampler(seed=seed)
         if algorithm == "optuna-grid":
@@ -86,7 +129,9 @@ def create_sampler(
 
         algos: dict[str, HyperoptAlgo] = {"tpe": "tpe", "anneal": "anneal", "random": "random"}
         algo = algos[algorithm.removeprefix("hyperopt-")]
-        return HyperoptSampler(space, algo=algo, seed=seed, direction=directions[0])
+        return HyperoptSampler(
+            space, algo=algo, seed=seed, direction=directions[0], startup_trials=startup
+        )
     raise AssertionError(f"{algorithm} is listed in ALGORITHMS but has no sampler")
 
 
