@@ -166,7 +166,7 @@ def build(runs: list[HpoRun], label: str, top: int, size: int, seed: int) -> Any
         [r.name for r in runs],
         label,
         method="caruana",
-        metric="nll",
+        metric="auto",  # the product default: accuracy for these accuracy studies
         top=top,
         size=size,
         storage=runs[0].storage,

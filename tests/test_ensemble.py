@@ -263,6 +263,23 @@ def test_reported_metrics_match_recomputation_from_stored_predictions(
         assert val["ensemble"]["nll"] <= floor + 1e-6
 
 
+def test_the_default_build_selects_on_the_studies_accuracy_objective(ws: Path) -> None:
+    # digA optimized val_accuracy: by default caruana selects on accuracy, as --metric
+    # accuracy does; --metric nll is still there for calibrated probabilities.
+    default = build_json("digA", "--name", "digA-auto", "--size", "4")
+    by_accuracy = build_json("digA", "--name", "digA-acc", "--size", "4", "--metric", "accuracy")
+    by_nll = build_json("digA", "--name", "digA-nll", "--size", "4", "--metric", "nll")
+    assert (default["metric"], by_accuracy["metric"], by_nll["metric"]) == (
+        "accuracy",
+        "accuracy",
+        "nll",
+    )
+    members = [(m["run_id"], m["weight"]) for m in default["members"]]
+    assert members == [(m["run_id"], m["weight"]) for m in by_accuracy["members"]]
+    run = client(ws).get_run(default["run_id"])
+    assert run.data.params["selection_metric"] == "accuracy"  # what auto chose, in MLflow
+
+
 def test_the_test_split_plays_no_part_in_choosing_or_weighting(ws: Path) -> None:
     before = {
         method: build_json("digA", "--name", "digA-blind", "--method", method, "--size", "4")

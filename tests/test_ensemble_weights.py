@@ -269,3 +269,30 @@ def test_a_build_says_when_the_ensemble_is_less_accurate_than_its_best_single(
     by_accuracy = combine(preds, "caruana", size=5, metric="accuracy")
     assert by_accuracy.metrics["validation"]["ensemble"]["accuracy"] == pytest.approx(0.8)
     assert validation_shortfall(by_accuracy, "accuracy") is None
+
+
+@pytest.mark.parametrize(
+    ("metric", "objectives", "task", "expected"),
+    [
+        ("auto", ["val_accuracy"], "classification", "accuracy"),
+        ("auto", ["val_sparse_categorical_accuracy"], "binary", "accuracy"),
+        ("auto", ["val_loss"], "classification", "nll"),
+        ("auto", ["val_accuracy", "val_loss"], "classification", "nll"),  # mixed studies
+        ("auto", ["val_accuracy"], "language_model", "nll"),  # no accuracy selection there
+        ("nll", ["val_accuracy"], "classification", "nll"),  # asked for: kept
+        ("accuracy", ["val_loss"], "classification", "accuracy"),
+    ],
+)
+def test_the_selection_metric_follows_the_studies_objective(
+    metric: str, objectives: list[str], task: str, expected: str
+) -> None:
+    from hpo.ensemble import selection_metric
+
+    assert selection_metric(metric, objectives, task) == expected
+
+
+def test_an_unknown_selection_metric_names_the_choices() -> None:
+    from hpo.ensemble import EnsembleError, selection_metric
+
+    with pytest.raises(EnsembleError, match="choose one of auto, nll, accuracy"):
+        selection_metric("f1", ["val_accuracy"], "classification")

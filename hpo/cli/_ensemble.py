@@ -92,7 +92,10 @@ def build(
         10, "--size", min=1, help="Greedy rounds (caruana) or members of the average."
     ),
     metric: str = typer.Option(
-        "nll", "--metric", help="What caruana minimizes on validation: nll or accuracy."
+        "auto",
+        "--metric",
+        help="What caruana selects on (validation): accuracy, nll, or auto (accuracy when "
+        "the studies optimized an accuracy, else nll).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of caruana's tie-breaking."),
     storage: StorageOption = None,

@@ -24,6 +24,7 @@ from hpo.ensemble._build import (
     combine,
     fit_weights,
     list_ensembles,
+    selection_metric,
     show_ensemble,
 )
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
@@ -82,6 +83,7 @@ __all__ = [
     "nll",
     "predict_arrays",
     "read_inputs",
+    "selection_metric",
     "show_ensemble",
     "trial_predictions",
     "true_class_probs",

@@ -48,6 +48,8 @@ from hpo.ensemble._weights import (
 from hpo.storage import mask_url
 
 SELECTION_METRICS = ("nll", "accuracy")
+# What a build may be asked to select on: "auto" picks from the studies' objective.
+BUILD_METRICS = ("auto", *SELECTION_METRICS)
 KINDS = ("ensemble", "best_single", "average")
 CROSS_STUDY_EXPERIMENT = "ensembles"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -137,6 +139,34 @@ def score(preds: PredictionSet, weights: np.ndarray, size: int) -> dict[str, Any
 # How far (in accuracy) the ensemble may trail its best single candidate on validation before
 # the build says so: caruana on log loss can trade accuracy for calibration.
 SHORTFALL_POINTS = 1.0
+
+
+def selection_metric(metric: str, objectives: Sequence[str], task: str) -> str:
+    """The metric greedy selection minimizes: ``metric``, or for ``auto`` the studies' own.
+
+    ``auto`` selects on accuracy when every study optimized an accuracy (``val_accuracy``,
+    ``val_sparse_categorical_accuracy``, ...) and the task is a classification, since the
+    ensemble then answers the question the studies asked; otherwise on log loss. Selecting on
+    log loss can pick a calibrated but less accurate mix: in the Keras Tuner benchmark's small
+    studies it lost up to 11 points of test accuracy against the best trial
+    (``docs/benchmarks.md``, section 2).
+
+    Example:
+        >>> selection_metric("auto", ["val_accuracy"], "classification")
+        'accuracy'
+        >>> selection_metric("auto", ["val_accuracy", "val_loss"], "classification")
+        'nll'
+        >>> selection_metric("nll", ["val_accuracy"], "classification")
+        'nll'
+    """
+    if metric not in BUILD_METRICS:
+        raise EnsembleError(
+            f"unknown selection metric {metric!r}; choose one of {', '.join(BUILD_METRICS)}"
+        )
+    if metric != "auto":
+        return metric
+    accuracy_objective = bool(objectives) and all("accuracy" in o for o in objectives)
+    return "accuracy" if accuracy_objective and task != "language_model" else "nll"
 
 
 def validation_shortfall(comb: Combination, metric: str) -> str | None:
@@ -270,7 +300,7 @@ def build_ensemble(
     method: str = "caruana",
     top: int = 20,
     size: int = 10,
-    metric: str = "nll",
+    metric: str = "auto",
     storage: str | None = None,
     tracking_uri: str | None = None,
     seed: int | None = 0,
@@ -279,10 +309,12 @@ def build_ensemble(
 
     Candidates are the ``top`` best COMPLETE trials by validation objective over all the
     studies; weights come from ``method`` (see :func:`fit_weights`) on their validation
-    predictions. The ensemble's MLflow run (in the study's experiment, or in ``ensembles`` for
-    several studies) holds its parameters, the metrics of the ensemble and of the baselines on
-    validation and test, plots, ``ensemble.json`` and the ensemble as an MLflow Keras model,
-    registered as a new version of ``name`` in the MLflow Model Registry.
+    predictions, caruana's selecting on ``metric`` (see :func:`selection_metric`: by default
+    accuracy for studies that optimized an accuracy, else log loss). The ensemble's MLflow run
+    (in the study's experiment, or in ``ensembles`` for several studies) holds its parameters,
+    the metrics of the ensemble and of the baselines on validation and test, plots,
+    ``ensemble.json`` and the ensemble as an MLflow Keras model, registered as a new version
+    of ``name`` in the MLflow Model Registry.
 
     The Model Registry has no outbox: a build needs the server to answer. When it does not
     (at the start, or it stops answering while the version is being created), the build fails
@@ -308,9 +340,9 @@ def build_ensemble(
         raise EnsembleError("--top and --size must be at least 1")
     if method not in METHODS:
         raise EnsembleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if metric not in SELECTION_METRICS:
+    if metric not in BUILD_METRICS:
         raise EnsembleError(
-            f"unknown selection metric {metric!r}; choose one of {', '.join(SELECTION_METRICS)}"
+            f"unknown selection metric {metric!r}; choose one of {', '.join(BUILD_METRICS)}"
         )
     if not studies:
         raise EnsembleError("name at least one study")
@@ -338,6 +370,7 @@ def build_ensemble(
         tester = DeferredTestPredictions(client, {s.name: s.spec for s in infos}, dest, {})
         dataset = check_same_dataset(client, infos, by_study, dest / "datasets")
         task = str(dataset["task"])
+        metric = selection_metric(metric, [s.metric for s in infos], task)
         comparable = len({(s.metric) for s in infos}) == 1
         everyone = [c for s in infos for c in by_study[s.name]]
         if comparable:
