@@ -113,10 +113,20 @@ def fmin_proposals(
 
 
 def study_proposals(
-    space: SearchSpace, algo: str, seed: int, storage: str | None, direction: Direction = "minimize"
+    space: SearchSpace,
+    algo: str,
+    seed: int,
+    storage: str | None,
+    direction: Direction = "minimize",
+    budget: int | None = None,
 ) -> tuple[list[dict[str, Any]], optuna.Study]:
-    """What our sampler proposes in a one-worker Optuna study (constants included)."""
-    sampler = create_sampler(f"hyperopt-{algo}", space, seed=seed, directions=[direction])
+    """What our sampler proposes in a one-worker Optuna study (constants included).
+
+    ``budget`` is the study's ``n_trials`` as a worker passes it (it sizes TPE's random start).
+    """
+    sampler = create_sampler(
+        f"hyperopt-{algo}", space, seed=seed, directions=[direction], n_trials=budget
+    )
     study = optuna.create_study(storage=storage, sampler=sampler, direction=direction)
     seen: list[dict[str, Any]] = []
     sign = -1.0 if direction == "maximize" else 1.0
@@ -166,10 +176,7 @@ def test_a_study_budget_shortens_tpe_random_start_as_fmin_would() -> None:
 
     assert startup_trials("hyperopt-tpe", 12) == 3
     space = make_space()
-    sampler = create_sampler("hyperopt-tpe", space, seed=SEED, directions=["minimize"], n_trials=12)
-    study = optuna.create_study(sampler=sampler)
-    got: list[dict[str, Any]] = []
-    study.optimize(lambda t: loss(got.append(suggest(t, space)) or got[-1]), n_trials=N_TRIALS)
+    got, _ = study_proposals(space, "tpe", SEED, None, budget=12)
     expected = fmin_proposals(space, "tpe", SEED, functools.partial(tpe.suggest, n_startup_jobs=3))
     assert_same(expected, got)
     # And it is not hyperopt's default start: from trial 4 on the two differ.
