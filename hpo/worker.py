@@ -267,6 +267,13 @@ class WorkerOptions:
     :mod:`hpo.slots`); without ``gpus`` the worker has one slot. ``backend`` sets
     ``KERAS_BACKEND`` for the trial processes; ``compile_cache`` is the JAX compile cache of
     GPU slots (None: ``~/.cache/hpo/jax``, ``""``: off).
+
+    ``settle_poll_interval``: how often a worker that will exit when idle looks again while
+    the last trials run elsewhere (they may fail and be requeued; else the study is done and
+    the worker exits). ``start_gate``: called once the trial processes have started and
+    before the store is opened; False means the study will not run, and the worker exits
+    having written nothing (``hpo run`` starts its workers while it still checks the data and
+    sets up MLflow, so that their imports overlap).
     """
 
     storage_url: str
@@ -284,6 +291,8 @@ class WorkerOptions:
     trials_per_gpu: int = 1
     backend: str | None = None
     compile_cache: str | None = None
+    settle_poll_interval: float = 1.0
+    start_gate: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -451,6 +460,11 @@ class Worker:
             # starts them when a trial comes, so that an idle worker holds no Keras process.)
             for slot in self.slots:
                 slot.process.start()
+        if self.options.start_gate is not None and not self.options.start_gate():
+            log.info("start cancelled: no trial taken, nothing written")
+            for slot in self.slots:
+                slot.process.close(kill=True)
+            return 0
         try:
             storage = self.storage  # opened here, before the threads that share it
             if self.options.study:
@@ -506,9 +520,11 @@ class Worker:
                     # requeued, so a slot only leaves once its studies have settled.
                     if exit_when_idle and with_db_retry(self._settled, what="reading status"):
                         return
-                    self._activity.wait(
-                        min(self.options.poll_interval, float(self.options.heartbeat_interval))
-                    )
+                    # About to exit: look again soon, since the study's end waits for this
+                    # worker (``hpo run`` returns when its workers have exited).
+                    o = self.options
+                    interval = o.settle_poll_interval if exit_when_idle else o.poll_interval
+                    self._activity.wait(min(interval, float(o.heartbeat_interval)))
                     continue
                 served, trial = claimed
                 try:

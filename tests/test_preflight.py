@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from textwrap import dedent
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -35,6 +36,10 @@ def write_space(root: Path, family: str, dataset: str, params: str = "units: 8")
 def assert_nothing_written(root: Path) -> None:
     assert not (root / "hpo.db").exists(), "the study store was written before the data check"
     assert not (root / "mlflow.db").exists(), "MLflow was written before the data check"
+    # hpo run starts its workers before the data check: they are gone, and so are their logs.
+    assert not (root / "hpo-logs").exists()
+    workers = [c for c in psutil.Process().children(recursive=True) if "worker" in c.cmdline()]
+    assert not workers, [c.cmdline() for c in workers]
 
 
 @pytest.mark.parametrize("command", ["run", "create"])

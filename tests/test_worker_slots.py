@@ -129,6 +129,23 @@ def test_run_passes_the_slot_options_to_its_workers() -> None:
     assert _slot_args(None, 1, "jax") == (["--trials-per-gpu", "1", "--backend", "jax"], 1)
 
 
+def test_a_worker_waiting_for_go_exits_when_its_stdin_ends(tmp_path: Path) -> None:
+    # What an `hpo run` that died or gave up before the study was ready leaves its workers.
+    db = tmp_path / "hpo.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", "--study", "s", "--wait-for-go"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=dict(os.environ, HPO_STORAGE=f"sqlite:///{db}"),
+    )
+    out, _ = proc.communicate(input=b"", timeout=120)  # stdin ends without a 'go'
+    assert proc.returncode == 0, out.decode()
+    assert b"start cancelled" in out
+    assert not db.exists()
+
+
 def test_run_rejects_bad_gpus_before_creating_a_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,6 +311,76 @@ def test_a_named_study_starts_every_trial_process_before_the_first_claim(
     events.clear()
     assert Worker(WorkerOptions(url, exit_when_idle=True, poll_interval=0.1)).run() == 0
     assert "start" not in events
+
+
+def test_a_closed_start_gate_stops_the_trial_processes_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hpo run starts its workers before the data check and the MLflow set-up; when those fail
+    # the gate says no, and the worker must leave no store behind.
+    from hpo.worker import TrialProcess, Worker, WorkerOptions
+
+    events: list[str] = []
+    monkeypatch.setattr(TrialProcess, "start", lambda process: events.append("start"))
+    monkeypatch.setattr(
+        TrialProcess, "close", lambda process, kill=False: events.append(f"close kill={kill}")
+    )
+    db = tmp_path / "never.db"
+
+    def gate() -> bool:
+        events.append("gate")
+        return False
+
+    worker = Worker(WorkerOptions(f"sqlite:///{db}", "study", start_gate=gate))
+    assert worker.run() == 0
+    assert events == ["start", "gate", "close kill=True"]
+    assert not db.exists()
+
+
+def test_an_open_start_gate_runs_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpo.worker import TrialProcess, Worker, WorkerOptions
+
+    url = _fake_study(tmp_path, n_trials=2)
+    monkeypatch.setattr(TrialProcess, "start", lambda process: None)
+    monkeypatch.setattr(TrialProcess, "run", _FakeRuns(seconds=0.1).run)
+    assert Worker(WorkerOptions(url, "fake", start_gate=lambda: True)).run() == 2
+
+
+def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slot 0 runs a short trial, slot 1 a long one; with nothing left to claim, slot 0 waits
+    # for slot 1's trial (it could fail and be requeued). hpo run waits for every worker, so
+    # the study's end must not wait for a full poll interval after the last trial.
+    import threading
+
+    from hpo.worker import TrialProcess, Worker, WorkerOptions
+
+    url = _fake_study(tmp_path, n_trials=2)
+    lengths = iter([0.1, 2.0])
+    lock = threading.Lock()
+
+    def run(process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
+        from hpo.runner import TrialResult
+
+        with lock:
+            seconds = next(lengths)
+        time.sleep(seconds)
+        return TrialResult("COMPLETE", values=[task.params["x"]])
+
+    closed: list[float] = []  # one entry per slot that ended
+    monkeypatch.setattr(TrialProcess, "start", lambda process: None)
+    monkeypatch.setattr(TrialProcess, "run", run)
+    monkeypatch.setattr(TrialProcess, "close", lambda p, kill=False: closed.append(1.0))
+    options = WorkerOptions(
+        url, "fake", gpus=["0", "1"], poll_interval=30.0, settle_poll_interval=0.2
+    )
+    t0 = time.monotonic()
+    assert Worker(options).run() == 2
+    took = time.monotonic() - t0
+    assert len(closed) == 2
+    # The long trial ends about 2 s in; both slots are gone well before a 10 s heartbeat poll.
+    assert 1.9 < took < 6.0
 
 
 # -- real workers with two slots ---------------------------------------------------------------

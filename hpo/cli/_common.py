@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -113,12 +113,15 @@ def prepare_study(
     priority: int = 0,
     max_retries: int = 1,
     check_data: bool = True,
+    on_valid: Callable[[Any, str], None] | None = None,
 ) -> tuple[Any, Any, bool]:
     """Validate the space, options and data, then create the study (or load it with ``resume``).
 
     With ``check_data`` the dataset is loaded once and checked against the family (see
-    :mod:`hpo.preflight`). Returns ``(storage, config, created)``. Nothing is written before
-    everything is valid.
+    :mod:`hpo.preflight`). ``on_valid(spec, study_name)`` is called once the space and the
+    options are valid, before the data check and before anything is written (``hpo run``
+    starts its workers there). Returns ``(storage, config, created)``. Nothing is written
+    before everything is valid.
     """
     from hpo.spaces import SpaceError, SpaceIssue, check_run_options
     from hpo.storage import open_storage, resolve_storage
@@ -140,11 +143,13 @@ def prepare_study(
     problems = check_run_options(spec_run, algorithm, pruner)
     if problems:
         raise SpaceError([SpaceIssue(str(space), "", None, p) for p in problems])
+    study_name = name or spec.name
+    if on_valid is not None:
+        on_valid(spec, study_name)
     if check_data:
         from hpo.preflight import check_study_data, describe
 
         err_console.print(describe(check_study_data(spec_run)), style="dim", highlight=False)
-    study_name = name or spec.name
     url = resolve_storage(storage)
     store = open_storage(url)
     import optuna

@@ -66,35 +66,37 @@ def run(
     from hpo.storage import resolve_storage
 
     slot_args, slots = _slot_args(gpus, trials_per_gpu, backend)
-    with handled_errors():
-        spec_workers = None
-        store, config, created = prepare_study(
-            space,
-            name=study,
-            trials=trials,
-            algorithm=algorithm,
-            pruner=pruner,
-            seed=seed,
-            storage=storage,
-            tracking_uri=tracking_uri,
-            dataset=dataset,
-            epochs=epochs,
-            subset=subset,
-            resume=resume,
-            check_data=not skip_data_check,
-        )
-        spec_workers = config.spec().defaults.workers
-    # GPU slots make one worker enough; several workers would each take a GPU's full share.
-    n_workers = workers or (1 if gpus else spec_workers) or 1
     url = resolve_storage(storage)
+    launch = _WorkerLaunch(url, workers, bool(gpus), slot_args, slots)
+    try:
+        with handled_errors():
+            store, config, created = prepare_study(
+                space,
+                name=study,
+                trials=trials,
+                algorithm=algorithm,
+                pruner=pruner,
+                seed=seed,
+                storage=storage,
+                tracking_uri=tracking_uri,
+                dataset=dataset,
+                epochs=epochs,
+                subset=subset,
+                resume=resume,
+                check_data=not skip_data_check,
+                on_valid=launch.start,
+            )
+    except BaseException:
+        launch.cancel()
+        raise
     if not json_out:
         verb = "created" if created else "resuming"
         console.print(
             f"{verb} study [bold]{config.name}[/]: {config.n_trials} trials, "
-            f"{config.algorithm}, pruner {config.pruner}, {n_workers} worker(s)"
+            f"{config.algorithm}, pruner {config.pruner}, {len(launch.procs)} worker(s)"
         )
-    procs, logs = _start_workers(config.name, url, n_workers, slot_args, slots)
-    ok = _watch(store, config.name, procs, quiet=json_out)
+    launch.go()
+    ok = _watch(store, config.name, launch.procs, quiet=json_out)
     from hpo.studies import load_config, study_status
     from hpo.study_report import finalize_study
 
@@ -103,8 +105,60 @@ def run(
     study_id = store.get_study_id_from_name(config.name)
     if st.done and not store.get_study_system_attrs(study_id).get("hpo:finalized"):
         finalize_study(store, config)  # normally the worker with the last trial did it
-    _summary(store, config, st, logs, json_out)
+    _summary(store, config, st, launch.logs, json_out)
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
+
+
+class _WorkerLaunch:
+    """``hpo run``'s workers, started as soon as the space and options are valid.
+
+    A worker's start-up (imports, and its trial processes importing Keras and MLflow) takes
+    seconds, as do the data check and the MLflow set-up here; started early, the workers
+    wait with their trial processes ready for ``go`` on their stdin, and open the store only
+    then (a worker whose stdin ends without ``go`` exits, as when this process dies).
+    ``cancel`` (an error before the study is ready) stops them, having written nothing, and
+    removes the log files made for them.
+    """
+
+    def __init__(
+        self, url: str, workers: int | None, gpus: bool, slot_args: list[str], slots: int
+    ) -> None:
+        self.url, self.workers, self.gpus = url, workers, gpus
+        self.slot_args, self.slots = slot_args, slots
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        self._new_paths: list[Path] = []  # made by start: removed by cancel
+
+    def start(self, spec: Any, name: str) -> None:
+        # GPU slots make one worker enough; several workers would each take a GPU's full share.
+        n = self.workers or (1 if self.gpus else spec.defaults.workers) or 1
+        log_dir = LOG_DIR / name
+        self._new_paths = [p for p in (LOG_DIR, log_dir) if not p.exists()]
+        self._new_paths += [
+            p for p in (log_dir / f"worker-{i}.log" for i in range(n)) if not p.exists()
+        ]
+        self.procs, self.logs = _start_workers(name, self.url, n, self.slot_args, self.slots)
+
+    def go(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError):  # a worker that died already: _watch reports it
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.close()
+
+    def cancel(self) -> None:
+        # Before go a worker has opened no store: killing it (its trial processes die with
+        # it) loses nothing and does not keep the user waiting for its imports to finish.
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+        for path in reversed(self._new_paths):  # the files, then the folders made for them
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
 
 
 def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tuple[list[str], int]:
@@ -147,8 +201,10 @@ def _start_workers(
                         str(threads),
                         "--worker-index",
                         str(i),
+                        "--wait-for-go",
                         *slot_args,
                     ],
+                    stdin=subprocess.PIPE,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -175,6 +231,10 @@ def _watch(store: Any, name: str, procs: list[subprocess.Popen[bytes]], quiet: b
         transient=False,
     )
     try:
+        if quiet:  # no progress to show: only wait (reading the study costs CPU the trials use)
+            for p in procs:
+                p.wait()
+            return all(p.returncode == 0 for p in procs)
         with progress:
             st = study_status(store, name)
             task = progress.add_task(name, total=st.n_trials, info="")
@@ -324,6 +384,12 @@ def worker(
         "--compile-cache",
         help="JAX compile cache shared by GPU slots (default ~/.cache/hpo/jax; '' turns it off).",
     ),
+    wait_for_go: bool = typer.Option(
+        False,
+        "--wait-for-go",
+        hidden=True,
+        help="Start the trial processes, then wait for a line 'go' on stdin (hpo run).",
+    ),
 ) -> None:
     """Take trials from the store and run them; serves every active study without --study."""
     from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
@@ -367,11 +433,17 @@ def worker(
                 trials_per_gpu=trials_per_gpu,
                 backend=backend,
                 compile_cache=compile_cache,
+                start_gate=_stdin_says_go if wait_for_go else None,
             )
         )
         w.install_signal_handlers()
         n = w.run()
     logger.info("worker %d done after %d trial(s)", os.getpid(), n)
+
+
+def _stdin_says_go() -> bool:
+    """True once stdin gives the line ``go``; False at its end (the parent gave up or died)."""
+    return sys.stdin.readline().strip() == "go"
 
 
 def ui(
