@@ -40,7 +40,7 @@ def main() -> None:
     storage = f"sqlite:///{Path('hpo.db').resolve()}"
     names = args.study or sorted(s.study_name for s in open_storage(storage).get_all_studies())
     print(f"work folder {args.workdir}, {len(names)} studies, caruana, size {args.size}")
-    print(f"{'study':22} {'kind':14} {'val acc':>8} {'test acc':>8} {'val nll':>8} {'test nll':>8}")
+    print(f"{'study':22} {'kind':17} {'val acc':>8} {'test acc':>8} {'val nll':>8} {'test nll':>8}")
     gains: dict[str, list[float]] = {m: [] for m in METRICS}
     t0 = time.perf_counter()
     stamp = time.strftime("%H%M%S")
@@ -78,7 +78,7 @@ def main() -> None:
 def _row(study: str, kind: str, by_split: dict[str, dict[str, float]]) -> None:
     v, t = by_split["validation"], by_split["test"]
     print(
-        f"{study:22} {kind:14} {v['accuracy']:8.4f} {t['accuracy']:8.4f} "
+        f"{study:22} {kind:17} {v['accuracy']:8.4f} {t['accuracy']:8.4f} "
         f"{v['nll']:8.4f} {t['nll']:8.4f}",
         flush=True,
     )

@@ -6,7 +6,8 @@ on a noisy machine:
 
 - **bare**: a plain loop in a child process of its own (TensorFlow imported once, the dataset
   loaded once, same threads as a trial process): ``family.build`` + ``model.fit`` with the
-  validation split, then ``clear_session`` and ``gc.collect`` (as hpo cleans up), nothing else;
+  validation split, then the clean-up hpo's trial process does (``clear_session`` and one
+  ``gc.collect``, with the imports' objects frozen out of the collector's way), nothing else;
 - **hpo**: the real worker path: a :class:`hpo.worker.Worker` claims the (enqueued) trial from a
   SQLite store, samples it (``suggest``), runs it in its reusable trial process (isolation), which
   reports every epoch to the store, logs the run to MLflow (file store), saves the ``.keras``
@@ -90,6 +91,8 @@ def _bare_child(conn: Connection, source: str, threads: int) -> None:
     spec = parse_spec(source, "overhead.yaml")
     data = load_dataset(spec.dataset)
     family = get_family(spec.family)
+    gc.collect()  # as hpo.runner.warm_up: the imports' objects are not scanned again
+    gc.freeze()
     conn.send("ready")
     while True:
         task = conn.recv()
@@ -104,7 +107,8 @@ def _bare_child(conn: Connection, source: str, threads: int) -> None:
         t1 = time.perf_counter()
         family.fit(model, hp, data, spec.budget.max_epochs, [])
         fit_seconds = time.perf_counter() - t1
-        keras.backend.clear_session()  # the clean-up a loop of many models needs, as hpo does
+        # The clean-up a loop of many models needs, as hpo does it.
+        keras.backend.clear_session(free_memory=False)
         gc.collect()
         conn.send((time.perf_counter() - t0, fit_seconds))
 

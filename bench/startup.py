@@ -22,7 +22,8 @@ every process.
 
 With ``--baseline DIR`` (another checkout of hpo, e.g. ``git archive``) it compares instead that
 checkout's ``hpo run`` against this tree's, both compiled, alternating per round: one trial with
-one worker, and four trials with two workers (as ``hpo run --workers 2`` is used on 2 cores).
+one worker, four trials with two workers (as ``hpo run --workers 2`` is used on 2 cores), and
+twelve trials with one worker (what each further trial costs a warm trial process).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
 STUDIES = {  # name: hpo run options
     "1 trial, 1 worker": ["--trials", "1", "--workers", "1"],
     "4 trials, 2 workers": ["--trials", "4", "--workers", "2"],
+    "12 trials, 1 worker": ["--trials", "12", "--workers", "1"],
 }
 
 

@@ -45,11 +45,18 @@ def warm_up() -> None:
     """Import what every trial needs (Keras and its backend, MLflow) ahead of the first trial.
 
     A failed import is left for the trial to raise, with the trial's own error handling.
+
+    Then the objects those imports made (some 650,000 with TensorFlow) are moved out of the
+    garbage collector's sight (:func:`gc.freeze`): they live as long as the process, and every
+    full collection scanned them all, about 0.3 s each on a CPU core, at least once per trial
+    (measured: 275 ms, then 7 ms). Only for a process that runs trials, as trial processes do.
     """
     with contextlib.suppress(Exception):  # the trial that needs it reports the error
         import keras  # noqa: F401
         import mlflow.store.tracking.sqlalchemy_store  # the default store
         import mlflow.tracking  # noqa: F401
+    gc.collect()  # what the imports left as garbage is freed, not frozen
+    gc.freeze()
 
 
 @dataclass
@@ -223,7 +230,9 @@ class TrialRunner:
                     mlflow, run_id, {"traceback.txt": traceback.format_exc().encode()}
                 )
         finally:
-            keras.backend.clear_session()
+            # One full collection frees the trial's model (its layers hold reference cycles);
+            # clear_session's own would be a second one.
+            keras.backend.clear_session(free_memory=False)
             gc.collect()
         result.run_id = run_id
         if mlflow is not None and run_id:

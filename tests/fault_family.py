@@ -6,15 +6,18 @@ sleeps ``sleep_seconds`` before training (a long trial that a test interrupts).
 
 With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
 process's id, when the build started and ended, its Keras backend and the slot environment
-(GPU, memory share, compile cache) the worker gave it.
+(GPU, memory share, compile cache) the worker gave it, how many objects its garbage collector
+leaves frozen (the imports') and how many models of its earlier trials are still alive.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import time
+import weakref
 from typing import Any
 
 RECORDED_ENV = (
@@ -26,6 +29,7 @@ RECORDED_ENV = (
     "KERAS_BACKEND",
     "OMP_NUM_THREADS",
 )
+_BUILT: list[weakref.ref[Any]] = []  # the models this process built, weakly
 
 
 def build(hp: Any, data: Any) -> Any:
@@ -47,6 +51,8 @@ def build(hp: Any, data: Any) -> Any:
             "end": time.time(),
             "backend": keras.backend.backend(),
             "env": {k: os.environ.get(k) for k in RECORDED_ENV},
+            "frozen": gc.get_freeze_count(),
+            "earlier_models_alive": sum(ref() is not None for ref in _BUILT),
         }
         with open(record, "a") as f:
             f.write(json.dumps(line) + "\n")
@@ -63,4 +69,5 @@ def build(hp: Any, data: Any) -> Any:
 
     loss = nan_loss if mode == "nan" else "sparse_categorical_crossentropy"
     model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    _BUILT.append(weakref.ref(model))
     return model

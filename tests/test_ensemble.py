@@ -390,3 +390,25 @@ def test_invalid_options_exit_2(ws: Path) -> None:
         result = invoke("ensemble", "build", *args)
         assert result.exit_code == 2, (args, result.stdout)
         assert message in " ".join(result.stderr.split())
+
+
+def test_ensemble_metric_bench_rebuilds_each_study_per_metric(studies: Path) -> None:
+    """bench/ensemble_metric.py on the studies here: a row per build and a ratio line."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "ensemble_metric.py"), str(studies),
+         "--study", "digA", "--study", "digB", "--size", "3", "--top", "3"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split() for line in out.stdout.splitlines()[2:-2]]
+    kinds = [" ".join(r[:-4]) for r in rows]
+    assert kinds == [
+        "digA best single", "ensemble nll", "ensemble accuracy",
+        "digB best single", "ensemble nll", "ensemble accuracy",
+    ]  # fmt: skip
+    for row in rows:  # validation and test accuracy, then log loss
+        assert all(0.0 < float(x) <= 1.0 for x in row[-4:-2]), row
+        assert all(float(x) > 0.0 for x in row[-2:]), row
+    assert "2 studies, 4 builds in" in out.stdout
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("ratios (ensemble test accuracy") and "nll: " in last, last

@@ -69,6 +69,10 @@ def test_spent_processes_are_replaced_and_the_last_one_ends_the_study(tmp_path: 
     builds = [json.loads(line) for line in (tmp_path / "builds.jsonl").read_text().splitlines()]
     pids = [b["pid"] for b in builds]
     assert len(pids) == 3 and pids[0] == pids[1] != pids[2]  # two trials, then a new process
+    # The imports' objects are frozen out of the collector's way, and the one collection after
+    # a trial still frees its model.
+    assert all(b["frozen"] > 0 for b in builds)
+    assert [b["earlier_models_alive"] for b in builds] == [0, 0, 0]
     status, files = _study_run(tmp_path, "replaced")
     assert status == "FINISHED"
     assert {"best_trial.json", "optimization_history.png"} <= files  # type: ignore[operator]
