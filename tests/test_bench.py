@@ -108,3 +108,38 @@ def test_hyperband_history_bench_smoke() -> None:
     assert ["optuna-tpe", "12", "bracket"] in arms and ["hyperopt-tpe", "12", "shared"] in arms
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("ratios (median best") and "hyperopt-tpe 12 trials" in last
+
+
+def test_pruning_bench_epoch_bound_matches_optunas_hyperband() -> None:
+    """The bound bench/pruning.py prints: the mean epochs of trials that Optuna's own Hyperband
+    pruner stops, on random learning curves, come out near it."""
+    import importlib.util
+    import random
+
+    import optuna
+
+    module = importlib.util.spec_from_file_location("pruning_bench", BENCH / "pruning.py")
+    assert module is not None and module.loader is not None
+    pruning = importlib.util.module_from_spec(module)
+    sys.path.insert(0, str(BENCH))  # its `from _hpo_bench import ...`
+    try:
+        module.loader.exec_module(pruning)
+    finally:
+        sys.path.remove(str(BENCH))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for max_epochs in (6, 9):
+        pruner = optuna.pruners.HyperbandPruner(1, max_epochs, reduction_factor=3)
+        study = optuna.create_study(direction="maximize", pruner=pruner, study_name="hb")
+        rng = random.Random(0)
+        trained = []
+        for _ in range(400):
+            trial, skill = study.ask(), rng.random()
+            for epoch in range(1, max_epochs + 1):
+                trial.report(skill + 0.01 * epoch, epoch)
+                if epoch < max_epochs and trial.should_prune():
+                    break
+            trained.append(epoch)
+            study.tell(trial, skill)
+        expected = pruning.hyperband_epochs(1, max_epochs)
+        mean = sum(trained) / len(trained)
+        assert abs(mean - expected) <= 0.08 * expected, (max_epochs, mean, expected)
