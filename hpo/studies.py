@@ -122,6 +122,14 @@ def save_config(storage: BaseStorage, study: optuna.Study, config: StudyConfig) 
 
 def load_config(storage: BaseStorage, name: str) -> StudyConfig:
     """The configuration stored with study ``name``."""
+    return load_config_and_state(storage, name)[0]
+
+
+def load_config_and_state(storage: BaseStorage, name: str) -> tuple[StudyConfig, str]:
+    """The configuration stored with study ``name`` and its state, read together.
+
+    Both live in the study's attributes: a worker reads them before every claim, once.
+    """
     import optuna
 
     try:
@@ -129,10 +137,11 @@ def load_config(storage: BaseStorage, name: str) -> StudyConfig:
     except KeyError:
         known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise StudyError(f"no study named {name!r}; known: {', '.join(known) or 'none'}") from None
-    raw = storage.get_study_system_attrs(study_id).get(CONFIG_ATTR)
+    attrs = storage.get_study_system_attrs(study_id)
+    raw = attrs.get(CONFIG_ATTR)
     if raw is None:
         raise StudyError(f"study {name!r} was not created by hpo (no stored configuration)")
-    return StudyConfig.from_json(raw)
+    return StudyConfig.from_json(raw), state_from_attrs(attrs)
 
 
 def load_study(
@@ -304,7 +313,12 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
 
 def get_study_state(storage: BaseStorage, name: str) -> str:
     study_id = storage.get_study_id_from_name(name)
-    return str(storage.get_study_system_attrs(study_id).get(STATE_ATTR, "active"))
+    return state_from_attrs(storage.get_study_system_attrs(study_id))
+
+
+def state_from_attrs(attrs: dict[str, Any]) -> str:
+    """A study's state (see :data:`STUDY_STATES`) from its system attributes."""
+    return str(attrs.get(STATE_ATTR, "active"))
 
 
 def set_study_state(storage: BaseStorage, name: str, state: str) -> None:

@@ -38,12 +38,13 @@ from hpo.studies import (
     StudyConfig,
     claim_trial,
     fail_trial,
-    get_study_state,
     load_config,
+    load_config_and_state,
     load_study,
     reap_stale_trials,
     reap_unstarted_trials,
     requeue,
+    state_from_attrs,
 )
 
 log = logging.getLogger("hpo.worker")
@@ -418,15 +419,22 @@ class Worker:
     # -- choosing work ---------------------------------------------------------------------
 
     def _candidate_configs(self) -> list[StudyConfig]:
+        return [config for config, _ in self._candidates()]
+
+    def _active_configs(self) -> list[StudyConfig]:
+        return [config for config, state in self._candidates() if state == "active"]
+
+    def _candidates(self) -> list[tuple[StudyConfig, str]]:
+        """The studies this worker serves, by priority, each with its state (one read)."""
         if self.options.study:
-            return [load_config(self.storage, self.options.study)]
-        configs = []
+            return [load_config_and_state(self.storage, self.options.study)]
+        found = []
         for frozen in self.storage.get_all_studies():
             raw = frozen.system_attrs.get(CONFIG_ATTR)
             if raw is not None:
-                configs.append(StudyConfig.from_json(raw))
-        configs.sort(key=lambda c: (-c.priority, c.created_at))
-        return configs
+                found.append((StudyConfig.from_json(raw), state_from_attrs(frozen.system_attrs)))
+        found.sort(key=lambda c: (-c[0].priority, c[0].created_at))
+        return found
 
     def _served_study(self, config: StudyConfig) -> _Served:
         from hpo.engines import create_pruner, create_sampler
@@ -546,9 +554,7 @@ class Worker:
         with self._lock:
             if self._stop.is_set() or self._quota_used():
                 return None
-            for config in self._candidate_configs():
-                if get_study_state(self.storage, config.name) != "active":
-                    continue
+            for config in self._active_configs():
                 served = self._served_study(config)
                 trial = claim_trial(served.study, config.n_trials)
                 if trial is not None:
@@ -560,9 +566,7 @@ class Worker:
         """No active study this worker serves has a running or queued trial."""
         from optuna.trial import TrialState
 
-        for config in self._candidate_configs():
-            if get_study_state(self.storage, config.name) != "active":
-                continue
+        for config in self._active_configs():
             study_id = self.storage.get_study_id_from_name(config.name)
             states = (TrialState.RUNNING, TrialState.WAITING)
             if self.storage.get_all_trials(study_id, deepcopy=False, states=states):

@@ -17,9 +17,12 @@ from hpo.studies import (
     claim_trial,
     counted_trials,
     create_study,
+    get_study_state,
     is_done,
     load_config,
+    load_config_and_state,
     reap_unstarted_trials,
+    set_study_state,
     study_status,
 )
 
@@ -53,6 +56,20 @@ def test_config_round_trips_through_the_store(storage_url: str) -> None:
     assert loaded == config
     spec = loaded.spec()
     assert spec.dataset.subset == 50 and spec.budget.max_epochs == 1
+
+
+def test_config_and_state_are_read_together(storage_url: str) -> None:
+    store = open_storage(storage_url)
+    config = _config(3)
+    create_study(store, config)
+    # Workers skip a study until its set-up is stored.
+    assert load_config_and_state(store, config.name) == (config, "creating")
+    for state in ("paused", "active", "cancelled"):
+        set_study_state(store, config.name, state)
+        assert load_config_and_state(store, config.name) == (config, state)
+        assert get_study_state(store, config.name) == state
+    with pytest.raises(StudyError, match="no study named 'nope'"):
+        load_config_and_state(store, "nope")
 
 
 def test_duplicate_and_unknown_study_names_are_clear_errors(storage_url: str) -> None:
