@@ -2,7 +2,8 @@
 
 Two real studies (``hpo run``: worker processes, SQLite store, MLflow) on the same space, data,
 algorithm (``optuna-tpe``) and seed, with the same number of trials: ``--pruner hyperband``
-(rungs from ``budget.min_epochs`` to ``--epochs``, reduction factor 3) and ``--pruner none``.
+(rungs from ``budget.min_epochs`` to ``--epochs``, the space's ``budget.reduction_factor``, 3
+by default) and ``--pruner none``.
 CPU time is that of the whole ``hpo run`` process tree (user + system, from
 ``getrusage(RUSAGE_CHILDREN)``), so start-up, MLflow logging and the trial processes count.
 The best trial's test accuracy comes from ``hpo.ensemble.build_ensemble`` (its "best single"
@@ -137,10 +138,11 @@ def main() -> None:
         )
     from hpo.spaces import parse_spec
 
-    min_epochs = parse_spec(args.space.read_text(), args.space.name).budget.min_epochs
-    bound = epochs / hyperband_epochs(min_epochs, epochs)
+    budget = parse_spec(args.space.read_text(), args.space.name).budget
+    min_epochs, factor = budget.min_epochs, budget.reduction_factor
+    bound = epochs / hyperband_epochs(min_epochs, epochs, factor)
     print(
-        f"Hyperband's brackets at epochs {min_epochs}-{epochs}, reduction factor 3: about "
+        f"Hyperband's brackets at epochs {min_epochs}-{epochs}, reduction factor {factor}: about "
         f"{bound:.2f}x fewer epochs a trial than no pruner; this run {none['epochs']} / "
         f"{hb['epochs']} = {none['epochs'] / max(hb['epochs'], 1):.2f}x"
     )

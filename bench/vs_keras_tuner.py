@@ -139,7 +139,10 @@ def run_kt(args: argparse.Namespace) -> None:
     elif args.kt_run == "BayesianOptimization":
         tuner = kt.BayesianOptimization(max_trials=100_000, **common)
     elif args.kt_run == "Hyperband":
-        tuner = kt.Hyperband(max_epochs=max_epochs, factor=3, hyperband_iterations=1000, **common)
+        factor = spec.budget.reduction_factor  # as hpo's hyperband pruner uses it
+        tuner = kt.Hyperband(
+            max_epochs=max_epochs, factor=factor, hyperband_iterations=1000, **common
+        )
     else:
         sys.exit(f"unknown tuner {args.kt_run!r}; choose one of {', '.join(KT_TUNERS)}")
     budget.tuner = tuner

@@ -234,6 +234,11 @@ def test_pruner_types_and_settings() -> None:
     assert isinstance(hyperband, SharedHistoryHyperband)
     inner = hyperband.hyperband
     assert (inner._min_resource, inner._max_resource, inner._reduction_factor) == (2, 27, 3)
+    # The space's budget sets how many trials each rung keeps (1/reduction_factor).
+    aggressive = BudgetSpec(max_epochs=27, min_epochs=1, reduction_factor=4)
+    assert create_pruner("sha", aggressive)._reduction_factor == 4  # type: ignore[attr-defined]
+    inner = create_pruner("hyperband", aggressive).hyperband  # type: ignore[attr-defined]
+    assert (inner._min_resource, inner._max_resource, inner._reduction_factor) == (1, 27, 4)
 
 
 def test_unknown_pruner() -> None:

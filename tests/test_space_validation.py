@@ -364,6 +364,12 @@ def test_min_epochs_above_max_epochs(tmp_path: Path) -> None:
     check(text, tmp_path, ("budget.min_epochs", 6, "min_epochs (3) must not exceed max_epochs"))
 
 
+def test_reduction_factor_below_two(tmp_path: Path) -> None:
+    budget = "budget:\n  max_epochs: 2\n  reduction_factor: 1"
+    text = VALID.replace("budget: {max_epochs: 2}", budget)
+    check(text, tmp_path, ("budget.reduction_factor", 6, "greater than or equal to 2, got 1"))
+
+
 def test_unreadable_files() -> None:
     with pytest.raises(SpaceError, match=r"missing\.yaml: <top level>: cannot read: "):
         load_spec("/nonexistent/dir/missing.yaml")

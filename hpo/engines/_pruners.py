@@ -21,8 +21,9 @@ def create_pruner(name: str, budget: BudgetSpec) -> optuna.pruners.BasePruner:
 
     ``none`` never prunes; ``median`` stops a trial below the median of earlier trials at the
     same epoch (after 5 trials, from epoch ``min_epochs``); ``sha`` is asynchronous successive
-    halving from ``min_epochs`` with reduction factor 3; ``hyperband`` runs several such
-    brackets between ``min_epochs`` and ``max_epochs``.
+    halving from ``min_epochs`` that keeps the best 1/``reduction_factor`` (3 by default) of
+    the trials at each rung; ``hyperband`` runs several such brackets between ``min_epochs``
+    and ``max_epochs``.
 
     Raises:
         ValueError: The name is unknown.
@@ -42,13 +43,17 @@ def create_pruner(name: str, budget: BudgetSpec) -> optuna.pruners.BasePruner:
         # epoch on (Optuna skips steps below n_warmup_steps).
         return pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=budget.min_epochs)
     if name == "sha":
-        return pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=3)
+        return pruners.SuccessiveHalvingPruner(
+            min_resource=budget.min_epochs, reduction_factor=budget.reduction_factor
+        )
     if name == "hyperband":
         from hpo.engines._hyperband import SharedHistoryHyperband
 
         return SharedHistoryHyperband(
             pruners.HyperbandPruner(
-                min_resource=budget.min_epochs, max_resource=budget.max_epochs, reduction_factor=3
+                min_resource=budget.min_epochs,
+                max_resource=budget.max_epochs,
+                reduction_factor=budget.reduction_factor,
             )
         )
     raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")

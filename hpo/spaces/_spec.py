@@ -58,6 +58,8 @@ class BudgetSpec(_Section):
     max_epochs: int = Field(gt=0)
     min_epochs: int = Field(default=1, gt=0)
     trial_timeout: float | None = Field(default=None, gt=0, description="seconds")
+    # sha and hyperband keep the best 1/reduction_factor of the trials at each rung.
+    reduction_factor: int = Field(default=3, ge=2)
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSpec:
