@@ -60,6 +60,17 @@ def hyperband_epochs(min_epochs: int, max_epochs: int, reduction_factor: int = 3
     return epochs / shares
 
 
+def with_reduction_factor(space: Path, factor: int, folder: Path) -> Path:
+    """A copy of ``space`` in ``folder`` whose budget has ``reduction_factor: factor``."""
+    import yaml
+
+    data = yaml.safe_load(space.read_text())
+    data["budget"]["reduction_factor"] = factor
+    copy = folder / f"{space.stem}_rf{factor}{space.suffix}"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="12 trials, 2,000 images, 6 epochs")
@@ -72,6 +83,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the studies here (default: temp)")
     parser.add_argument("--save", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--reduction-factor",
+        type=int,
+        help="run a copy of the space with this budget.reduction_factor (default: the space's)",
+    )
     args = parser.parse_args()
     trials = args.trials or (12 if args.quick else 40)
     subset = args.subset or (2000 if args.quick else 10000)
@@ -79,6 +95,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hpo-pruning-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}\nwork folder: {workdir}", flush=True)
+    if args.reduction_factor is not None:
+        args.space = with_reduction_factor(args.space, args.reduction_factor, workdir)
 
     t0 = time.perf_counter()
     rows: dict[str, dict[str, Any]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,19 +114,11 @@ def test_hyperband_history_bench_smoke() -> None:
 def test_pruning_bench_epoch_bound_matches_optunas_hyperband() -> None:
     """The bound bench/pruning.py prints: the mean epochs of trials that Optuna's own Hyperband
     pruner stops, on random learning curves, come out near it."""
-    import importlib.util
     import random
 
     import optuna
 
-    module = importlib.util.spec_from_file_location("pruning_bench", BENCH / "pruning.py")
-    assert module is not None and module.loader is not None
-    pruning = importlib.util.module_from_spec(module)
-    sys.path.insert(0, str(BENCH))  # its `from _hpo_bench import ...`
-    try:
-        module.loader.exec_module(pruning)
-    finally:
-        sys.path.remove(str(BENCH))
+    pruning = _pruning_bench()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for max_epochs in (6, 9):
         pruner = optuna.pruners.HyperbandPruner(1, max_epochs, reduction_factor=3)
@@ -143,3 +136,29 @@ def test_pruning_bench_epoch_bound_matches_optunas_hyperband() -> None:
         expected = pruning.hyperband_epochs(1, max_epochs)
         mean = sum(trained) / len(trained)
         assert abs(mean - expected) <= 0.08 * expected, (max_epochs, mean, expected)
+
+
+def _pruning_bench() -> Any:
+    import importlib.util
+
+    module = importlib.util.spec_from_file_location("pruning_bench", BENCH / "pruning.py")
+    assert module is not None and module.loader is not None
+    pruning = importlib.util.module_from_spec(module)
+    sys.path.insert(0, str(BENCH))  # its `from _hpo_bench import ...`
+    try:
+        module.loader.exec_module(pruning)
+    finally:
+        sys.path.remove(str(BENCH))
+    return pruning
+
+
+def test_pruning_bench_copies_a_space_with_another_reduction_factor(tmp_path: Path) -> None:
+    from hpo.spaces import load_spec
+
+    original = BENCH.parent / "search_spaces" / "image_cnn.yaml"
+    copy = _pruning_bench().with_reduction_factor(original, 4, tmp_path)
+    assert copy.parent == tmp_path
+    before, after = load_spec(original), load_spec(copy)
+    assert (before.budget.reduction_factor, after.budget.reduction_factor) == (3, 4)
+    assert after.space == before.space and after.dataset == before.dataset
+    assert after.budget.max_epochs == before.budget.max_epochs
