@@ -261,15 +261,19 @@ class TrialRunner:
         )
         single = not spec.multi_objective
         pruner = create_pruner(config.pruner, spec.budget)
-        study = with_db_retry(
-            lambda: optuna.load_study(
-                study_name=config.name,
-                storage=storage,
-                sampler=optuna.samplers.RandomSampler(),
-                pruner=pruner,
-            ),
-            what="loading the study",
-        )
+        # Without a pruner there is nothing to ask after each epoch (nor a study to ask with).
+        prunes = single and not isinstance(pruner, optuna.pruners.NopPruner)
+        study: optuna.Study | None = None
+        if prunes:
+            study = with_db_retry(
+                lambda: optuna.load_study(
+                    study_name=config.name,
+                    storage=storage,
+                    sampler=optuna.samplers.RandomSampler(),
+                    pruner=pruner,
+                ),
+                what="loading the study",
+            )
         metric = spec.metrics[0]
 
         def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
@@ -285,10 +289,11 @@ class TrialRunner:
             with_db_retry(
                 lambda: storage.set_trial_intermediate_value(task.trial_id, epoch, logs[metric])
             )
-            if epoch >= spec.budget.max_epochs:
+            if epoch >= spec.budget.max_epochs or study is None:
                 return False
+            loaded = study
             return with_db_retry(
-                lambda: bool(pruner.prune(study, storage.get_trial(task.trial_id))),
+                lambda: bool(pruner.prune(loaded, storage.get_trial(task.trial_id))),
                 what="asking the pruner",
             )
 
