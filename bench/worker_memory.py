@@ -1,11 +1,12 @@
 """Memory of a worker and its trial process from trial to trial.
 
 Runs a real study (image_cnn on digits, real Keras training, SQLite store, MLflow logging) with
-one in-process worker, and samples after every trial the resident memory (RSS) of the worker
-process (this process: store, sampler, worker loop; it never imports Keras) and of its trial
-process: once with the trial process replaced every 25 trials (the default) and once never
-replaced, so the per-trial growth that replacement bounds is visible side by side. Growth per
-trial is the least-squares slope of RSS against the trial number after a warm-up of 10 trials.
+one in-process worker, and samples per trial the resident memory (RSS) of the worker process
+after the trial (this process: store, sampler, worker loop; it never imports Keras) and the
+largest RSS of its trial process during the trial: once with the trial process replaced every
+25 trials (the default) and once never replaced, so the per-trial growth that replacement
+bounds is visible side by side. Growth per trial is the least-squares slope of RSS against the
+trial number after a warm-up of 10 trials.
 
     .venv/bin/python bench/worker_memory.py            # 200 trials per mode
     .venv/bin/python bench/worker_memory.py --quick    # 30 trials per mode
@@ -14,7 +15,9 @@ trial is the least-squares slope of RSS against the trial number after a warm-up
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +44,13 @@ WARMUP = 10
 
 
 def measure(trials: int, per_process: int, workdir: Path) -> tuple[list[float], list[float]]:
-    """RSS in MB of the trial process and of the worker after each trial."""
+    """Per trial, the trial process's largest RSS while it ran the trial and the worker's RSS
+    after it, in MB.
+
+    The trial process is sampled every 50 ms during the trial rather than once after it: a
+    process that has served its last trial exits as soon as it sends the result, so a sample
+    taken after it would catch it half torn down.
+    """
     url = f"sqlite:///{workdir / f'mem{per_process}.db'}"
     _, config = make_study(
         url, f"mem{per_process}", SPACE, trials, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"
@@ -52,10 +61,26 @@ def measure(trials: int, per_process: int, workdir: Path) -> tuple[list[float], 
     me = psutil.Process()
 
     def run_and_sample(self: TrialProcess, task, *args, **kwargs):  # type: ignore[no-untyped-def]
-        result = original(self, task, *args, **kwargs)
-        if self._proc is not None and self._proc.is_alive():
-            samples.append(psutil.Process(self._proc.pid).memory_info().rss / 2**20)
-            worker_rss.append(me.memory_info().rss / 2**20)
+        self.start()  # the process that will run this trial (started ahead, normally)
+        assert self._proc is not None and self._proc.pid is not None
+        child = psutil.Process(self._proc.pid)
+        peak = [0.0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                with contextlib.suppress(psutil.Error):
+                    peak[0] = max(peak[0], child.memory_info().rss / 2**20)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            result = original(self, task, *args, **kwargs)
+        finally:
+            done.set()
+            sampler.join()
+        samples.append(peak[0])
+        worker_rss.append(me.memory_info().rss / 2**20)
         return result
 
     TrialProcess.run = run_and_sample  # type: ignore[method-assign]

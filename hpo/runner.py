@@ -12,6 +12,7 @@ import gc
 import io
 import json
 import math
+import sys
 import tempfile
 import time
 import traceback
@@ -162,6 +163,41 @@ def _is_number(v: Any) -> bool:
     return True
 
 
+# TensorFlow's graph mode registers every tf.custom_gradient it traces in a process-wide
+# gradient registry, under a new "CustomGradient-<uid>" name, and never removes it. Keras's
+# TensorFlow optimizer traces one in each train step (tf.distribute's all-reduce of the
+# gradients), and the registered function holds that step's tensors: every trial's whole
+# train graph stayed alive in its trial process (about 1,000 graph operations and 7 MB a
+# trial on image_cnn; bench/worker_memory.py). The names a trial added are dropped after it,
+# once its model is gone; gradients registered for named ops (tf.RegisterGradient) are kept.
+_CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
+
+
+def _gradient_registry() -> dict[str, Any] | None:
+    """TensorFlow's gradient registry if TensorFlow is loaded (never imports it)."""
+    ops = sys.modules.get("tensorflow.python.framework.ops")
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else None
+
+
+def _custom_gradient_names() -> set[str]:
+    registry = _gradient_registry()
+    if registry is None:
+        return set()
+    return {name for name in registry if name.startswith(_CUSTOM_GRADIENT_PREFIX)}
+
+
+def _forget_custom_gradients(before: set[str]) -> int:
+    """Drop the custom gradients registered since ``before``; returns how many."""
+    registry = _gradient_registry()
+    if registry is None:
+        return 0
+    added = _custom_gradient_names() - before
+    for name in added:
+        registry.pop(name, None)
+    return len(added)
+
+
 class TrialRunner:
     """Runs trials one after another in this process."""
 
@@ -219,6 +255,7 @@ class TrialRunner:
             with_db_retry(lambda: storage.set_trial_user_attr(task.trial_id, RUN_ID_ATTR, run_id))
             notify("started", run_id)
         result = TrialResult(state="FAIL", run_id=run_id)
+        gradients_before = _custom_gradient_names()
         try:
             result = self._train(task, config, storage, mlflow, run_id)
         except TrialFailedError as exc:
@@ -233,6 +270,7 @@ class TrialRunner:
             # One full collection frees the trial's model (its layers hold reference cycles);
             # clear_session's own would be a second one.
             keras.backend.clear_session(free_memory=False)
+            _forget_custom_gradients(gradients_before)
             gc.collect()
         result.run_id = run_id
         if mlflow is not None and run_id:

@@ -7,7 +7,8 @@ sleeps ``sleep_seconds`` before training (a long trial that a test interrupts).
 With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
 process's id, when the build started and ended, its Keras backend and the slot environment
 (GPU, memory share, compile cache) the worker gave it, how many objects its garbage collector
-leaves frozen (the imports') and how many models of its earlier trials are still alive.
+leaves frozen (the imports'), how many models of its earlier trials are still alive, and how
+many traced TensorFlow graphs are (None on other backends).
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ RECORDED_ENV = (
 _BUILT: list[weakref.ref[Any]] = []  # the models this process built, weakly
 
 
+def _graphs_alive() -> int | None:
+    """Traced TensorFlow graphs (tf.function's FuncGraphs) still in memory."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    gc.collect()
+    return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+
 def build(hp: Any, data: Any) -> Any:
     import keras
 
@@ -53,6 +66,7 @@ def build(hp: Any, data: Any) -> Any:
             "env": {k: os.environ.get(k) for k in RECORDED_ENV},
             "frozen": gc.get_freeze_count(),
             "earlier_models_alive": sum(ref() is not None for ref in _BUILT),
+            "graphs_alive": _graphs_alive(),
         }
         with open(record, "a") as f:
             f.write(json.dumps(line) + "\n")

@@ -73,6 +73,9 @@ def test_spent_processes_are_replaced_and_the_last_one_ends_the_study(tmp_path: 
     # a trial still frees its model.
     assert all(b["frozen"] > 0 for b in builds)
     assert [b["earlier_models_alive"] for b in builds] == [0, 0, 0]
+    # Nor does TensorFlow keep the first trial's traced train, test and predict steps (its
+    # gradient registry held every train step: hpo.runner drops what a trial registered).
+    assert builds[1]["graphs_alive"] == builds[0]["graphs_alive"], builds
     status, files = _study_run(tmp_path, "replaced")
     assert status == "FINISHED"
     assert {"best_trial.json", "optimization_history.png"} <= files  # type: ignore[operator]
