@@ -10,6 +10,7 @@ trial number after a warm-up of 10 trials.
 
     .venv/bin/python bench/worker_memory.py            # 200 trials per mode
     .venv/bin/python bench/worker_memory.py --quick    # 30 trials per mode
+    .venv/bin/python bench/worker_memory.py --quick --backend jax
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ params:
 WARMUP = 10
 
 
-def measure(trials: int, per_process: int, workdir: Path) -> tuple[list[float], list[float]]:
+def measure(
+    trials: int, per_process: int, workdir: Path, backend: str | None = None
+) -> tuple[list[float], list[float]]:
     """Per trial, the trial process's largest RSS while it ran the trial and the worker's RSS
     after it, in MB.
 
@@ -85,7 +88,10 @@ def measure(trials: int, per_process: int, workdir: Path) -> tuple[list[float], 
 
     TrialProcess.run = run_and_sample  # type: ignore[method-assign]
     try:
-        Worker(WorkerOptions(url, config.name, threads=2, max_trials_per_process=per_process)).run()
+        options = WorkerOptions(
+            url, config.name, threads=2, max_trials_per_process=per_process, backend=backend
+        )
+        Worker(options).run()
     finally:
         TrialProcess.run = original  # type: ignore[method-assign]
     return samples, worker_rss
@@ -107,16 +113,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 trials per mode instead of 200")
     parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument(
+        "--backend", default=None, help="Keras backend of the trial processes (default: hpo's)"
+    )
     args = parser.parse_args()
     n = args.trials or (30 if args.quick else 200)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        recycled, worker_recycled = measure(n, 25, Path(tmp))
-        kept, worker_kept = measure(n, 10_000, Path(tmp))
+        recycled, worker_recycled = measure(n, 25, Path(tmp), args.backend)
+        kept, worker_kept = measure(n, 10_000, Path(tmp), args.backend)
         wall = time.perf_counter() - t0
     n = min(len(recycled), len(kept))
     marks = sorted({m for m in (1, 5, WARMUP, 25, 26, 50, 100, 150, n) if m <= n})
-    print(f"Memory: image_cnn on digits (400 images, 1 epoch), {n} trials per mode, {wall:.0f} s")
+    backend = args.backend or "the default backend"
+    print(
+        f"Memory: image_cnn on digits (400 images, 1 epoch), {n} trials per mode, {backend}, "
+        f"{wall:.0f} s"
+    )
     print(
         f"{'trial':>6} {'trial process MB,':>18} {'worker MB,':>11} {'trial process MB,':>18} "
         f"{'worker MB,':>11}"
