@@ -170,6 +170,8 @@ def _is_number(v: Any) -> bool:
 # train graph stayed alive in its trial process (about 1,000 graph operations and 7 MB a
 # trial on image_cnn; bench/worker_memory.py). The names a trial added are dropped after it,
 # once its model is gone; gradients registered for named ops (tf.RegisterGradient) are kept.
+# A family that kept a traced custom-gradient function across trials (in a module global)
+# could not differentiate it again in a later trial: Keras builds its steps per model.
 _CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
 
 
