@@ -194,9 +194,9 @@ def _forget_custom_gradients(before: set[str]) -> int:
     registry = _gradient_registry()
     if registry is None:
         return 0
-    added = _custom_gradient_names() - before
+    added = [n for n in registry if n.startswith(_CUSTOM_GRADIENT_PREFIX) and n not in before]
     for name in added:
-        registry.pop(name, None)
+        del registry[name]
     return len(added)
 
 
