@@ -46,7 +46,10 @@ class TrialModel:
         return self.directory / MODEL_FILE
 
     def load(self) -> keras.Model:
-        return load_keras_model(self.model_path)
+        """The trained model, reading the arrays the trial trained on (not raw inputs)."""
+        from hpo.inputs import core_model
+
+        return core_model(load_keras_model(self.model_path))
 
     def read_json(self, name: str) -> Any:
         path = self.directory / name

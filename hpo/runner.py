@@ -411,9 +411,23 @@ class TrialRunner:
         ``bench/overhead.py``). The test targets (and language models' test rows) are stored so
         that candidates can still be checked to share one test split.
         """
+        summary = data.summary()
         with tempfile.TemporaryDirectory() as tmp:
             model_path = Path(tmp) / MODEL_FILE
-            model.save(model_path)
+            try:
+                # What users deploy takes raw inputs: the dataset's transformation as layers.
+                saved = family.saved_model(model, data)
+                saved.save(model_path)
+            except Exception as exc:
+                if "inputs" not in summary:
+                    raise
+                # Keep the trial; its dataset.json says why its model takes transformed inputs,
+                # and an ensemble export names the problem.
+                saved = model
+                summary["inputs_problem"] = f"{type(exc).__name__}: {exc}"[:500]
+                model.save(model_path)
+            if saved is model:
+                summary.pop("inputs", None)  # dataset.json: "inputs" = what model.keras takes
             preds = io.BytesIO()
             arrays: dict[str, np.ndarray] = {}
             for name, split in (("validation", data.validation), ("test", data.test)):
@@ -438,7 +452,7 @@ class TrialRunner:
                         indent=1,
                     ).encode(),
                     CURVES_FILE: learning_curve_png(callback.history),
-                    DATASET_FILE: json.dumps(data.summary(), indent=1).encode(),
+                    DATASET_FILE: json.dumps(summary, indent=1).encode(),
                 },
             )
 

@@ -29,11 +29,21 @@ app.command("sync")(_sync.sync)
 
 def main() -> None:
     """Run one ``hpo`` command, then exit without tearing the interpreter down."""
+    _quiet_tensorflow()
     try:
         app()
     except SystemExit as exc:
         _exit(exc.code)
     _exit(0)
+
+
+def _quiet_tensorflow() -> None:
+    """TensorFlow's start-up notices (absl, oneDNN, retracing) are not for users of hpo."""
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _exit(code: object) -> None:

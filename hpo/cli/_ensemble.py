@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from hpo.cli._common import (
@@ -240,56 +242,64 @@ def predict(
         ...,
         "--input",
         "-i",
-        help="Inputs: .npz with an array x, .npy, or CSV of numbers; for text classifiers raw "
-        "text: a .txt file (one document per line), a folder of .txt files (one document "
-        "each) or a CSV/TSV with a text column.",
+        help="Raw inputs as you hold them: a CSV of raw feature values with a header (columns "
+        "matched by name; the label column is ignored), images or integer sequences as .npz "
+        "(array x), .npy or CSV rows, text as a .txt file (one document per line), a folder of "
+        ".txt files or a CSV/TSV with a text column.",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write predictions to .npz, .csv or .json (else print)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output."),
     text_column: str = typer.Option(
         "text", "--text-column", help="The CSV column holding the documents (text models)."
     ),
     vocabulary: Path | None = typer.Option(
         None,
         "--vocabulary",
-        help="text_vocabulary.json of a .keras text model (default: NAME.text_vocabulary.json "
-        "or text_vocabulary.json beside the file).",
+        help="text_vocabulary.json of a .keras text model saved before models took raw text.",
     ),
     tracking_uri: TrackingUri = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Class probabilities and the predicted class of each input example.
+    """Class probabilities, the predicted class and its name for each input example.
 
-    Raw text is encoded as the trials encoded their training data (their
-    stored text_vocabulary.json); ensemble members that encode it differently
-    (text_dense beside text_conv1d) each get their own encoding, and their
-    probabilities are averaged with the ensemble's weights. Class names are
-    printed where known. Model files are loaded in safe mode: legacy .h5 files
+    Models take raw inputs (what the exported model's hpo.json, or NAME.hpo.json
+    beside a .keras file, describes): the transformation the trials trained with
+    is inside the model. Model files are loaded in safe mode: legacy .h5 files
     and files with a Lambda layer or other arbitrary code are refused.
     """
     from hpo.ensemble import write_predictions
     from hpo.ensemble._export import predicted_classes
-    from hpo.ensemble._members import is_text_input, open_predictor, read_texts
+    from hpo.ensemble._members import open_predictor
 
-    names: list[str] | None = None
-    with _handled():
-        text = is_text_input(input_file)
-        predictor = open_predictor(model, tracking_uri, vocabulary, want_text=text)
-        if text is None:  # a CSV: text for a text model, numbers otherwise
-            text = predictor.takes_text
-        if text:
-            texts, names = read_texts(input_file, text_column)
-            probs = predictor.predict_texts(texts)
-        else:
-            probs = predictor.predict_file(input_file)
-        predicted = predicted_classes(probs)
-        if output is not None:
-            write_predictions(output, probs, predicted)
-    classes = predictor.class_names
-    labels = _class_labels(predicted, classes)
     if output is not None:
-        console.print(f"wrote predictions of {len(probs)} examples to {output}")
+        _check_output(output, overwrite)
+    with _handled():
+        from hpo.ensemble._members import is_text_input
+
+        predictor = open_predictor(
+            model, tracking_uri, vocabulary, want_text=is_text_input(input_file)
+        )
+        probs, names = predictor.predict_path(input_file, text_column)
+        if len(probs) == 0:
+            fail(f"{input_file}: no examples to predict", EXIT_USAGE)
+        if not np.all(np.isfinite(probs)):
+            fail(
+                f"{input_file}: the model gave non-finite probabilities (are the inputs in "
+                "the range the model was trained on?)",
+                EXIT_RUNTIME,
+            )
+        predicted = predicted_classes(probs)
+        classes = predictor.class_names
+        labels = _class_labels(predicted, classes)
+        if output is not None:
+            try:
+                write_predictions(output, probs, predicted, labels)
+            except OSError as exc:
+                fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_USAGE)
+    if output is not None:
+        console.print(f"wrote predictions of {len(probs)} examples to {output}", markup=False)
     elif json_out:
         print_json(
             {
@@ -309,6 +319,21 @@ def predict(
             sys.stdout.write(
                 f"{i}\t{' '.join(map(str, cls))}\t{name}{' '.join(f'{p:.4f}' for p in row)}\n"
             )
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Refuse before any work: an existing output without --overwrite, a missing folder."""
+    if output.suffix.lower() not in (".npz", ".csv", ".json"):
+        fail(f"{output}: write predictions to a .npz, .csv or .json file", EXIT_USAGE)
+    if output.is_dir():
+        fail(f"{output} is a folder; give a file name", EXIT_USAGE)
+    if output.exists() and not overwrite:
+        fail(f"{output} exists; remove it or pass --overwrite", EXIT_USAGE)
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        fail(f"{output}: the folder {parent} does not exist", EXIT_USAGE)
+    if not os.access(parent, os.W_OK):
+        fail(f"{output}: the folder {parent} is not writable", EXIT_USAGE)
 
 
 def _class_labels(predicted: Any, classes: list[str] | None) -> list[str] | None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hpo.inputs import InputSpec
 
 Task = Literal["classification", "binary", "language_model", "reconstruction"]
 
@@ -40,6 +43,8 @@ class Dataset:
 
     ``num_classes`` is set for classification and language models (vocabulary size);
     ``meta`` carries what a family may need (vocabulary, class names, sequence length, ...).
+    ``inputs`` records how the arrays were made from what users hold (pixels, raw feature
+    values, strings): saved models take those raw inputs (:mod:`hpo.inputs`).
     """
 
     name: str
@@ -50,6 +55,7 @@ class Dataset:
     num_classes: int | None = None
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    inputs: InputSpec | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -75,6 +81,7 @@ class Dataset:
             "num_classes": self.num_classes,
             "fingerprint": self.fingerprint(),
             **({"class_names": list(self.class_names)} if self.class_names else {}),
+            **({"inputs": self.inputs.to_json()} if self.inputs is not None else {}),
         }
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo.datasets._base import DataError, Dataset, Split, split_indices, take_subset
+from hpo.inputs import InputSpec, keras_tokenize
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
@@ -46,22 +47,22 @@ TEXT_OPTIONS = ("num_words", "maxlen", "encoding")
 DEFAULT_NUM_WORDS = 10_000
 DEFAULT_MAXLEN = 200
 VOCABULARY_ARTIFACT = "text_vocabulary.json"  # what a text-classifier trial stores
-# Letters and digits of any script; an inner apostrophe keeps "company's" one word, as Keras'
-# Tokenizer did. Punctuation, hyphens and dots split ("u.s." -> "u", "s").
+# The tokenizer of studies made before tokens followed Keras' TextVectorization: letters and
+# digits of any script, an inner apostrophe kept. Still read from their text_vocabulary.json.
 TOKEN_PATTERN = r"[^\W_]+(?:'[^\W_]+)*"
-_TOKEN_RE = re.compile(TOKEN_PATTERN)
+TOKENIZER = "keras_text_vectorization"  # lower_and_strip_punctuation, split on white space
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens of ``text``.
+    """Word tokens of ``text``, as Keras' ``TextVectorization`` makes them by default.
 
     Example:
         >>> tokenize("The U.S. company's profit rose 4.5 pct to 1,200 dlrs - Reuter")
         ... # doctest: +NORMALIZE_WHITESPACE
-        ['the', 'u', 's', "company's", 'profit', 'rose', '4', '5', 'pct', 'to', '1', '200',
-         'dlrs', 'reuter']
+        ['the', 'us', 'companys', 'profit', 'rose', '45', 'pct', 'to', '1200', 'dlrs',
+         'reuter']
     """
-    return _TOKEN_RE.findall(text.lower())
+    return keras_tokenize(text)
 
 
 @dataclass(frozen=True)
@@ -298,8 +299,9 @@ def build_text_dataset(
             "maxlen": options.maxlen,
             "encoding": options.encoding,
             "vocabulary": vocab.words,
-            "tokenizer": TOKEN_PATTERN,
+            "tokenizer": TOKENIZER,
         },
+        inputs=InputSpec.text(vocab.words, encoding=options.encoding, maxlen=options.maxlen),
     )
 
 
@@ -315,7 +317,7 @@ def vocabulary_artifact(data: Dataset) -> dict[str, bytes]:
         "encoding": data.meta.get("encoding"),
         "maxlen": data.meta.get("maxlen"),
         "num_words": data.meta.get("num_words"),
-        "tokenizer": {"lowercase": True, "pattern": data.meta.get("tokenizer", TOKEN_PATTERN)},
+        "tokenizer": {"name": TOKENIZER},
         "padding": "post",
         "truncating": "post",
         "pad_id": PAD_ID,
@@ -331,7 +333,8 @@ class TextEncoder:
     """Turns raw documents into a trained text classifier's inputs, exactly as its trial did.
 
     Made from the ``text_vocabulary.json`` a ``text_dense`` or ``text_conv1d`` trial stores
-    (:func:`vocabulary_artifact`): the same tokenizer (lower-cased, the stored pattern), the
+    (:func:`vocabulary_artifact`): the same tokenizer (:func:`tokenize`, or the stored regular
+    expression of a study made before tokens followed Keras), the
     same vocabulary (unknown words are id 1), the same ``maxlen`` and encoding.
 
     Example:
@@ -344,7 +347,7 @@ class TextEncoder:
     words: tuple[str, ...]
     encoding: str
     maxlen: int | None
-    pattern: str = TOKEN_PATTERN
+    pattern: str | None = None  # None: :func:`tokenize`
     class_names: tuple[str, ...] = ()
 
     @classmethod
@@ -369,14 +372,17 @@ class TextEncoder:
             words=words,
             encoding=encoding,
             maxlen=int(maxlen) if maxlen is not None else None,
-            pattern=str(tokenizer.get("pattern", TOKEN_PATTERN)),
+            pattern=str(tokenizer["pattern"]) if tokenizer.get("pattern") else None,
             class_names=tuple(str(c) for c in doc.get("class_names") or ()),
         )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """The model inputs of ``texts``: one row per document."""
-        pattern = re.compile(self.pattern)
-        tokens = [pattern.findall(t.lower()) for t in texts]
+        if self.pattern is None:
+            tokens = [tokenize(t) for t in texts]
+        else:
+            pattern = re.compile(self.pattern)
+            tokens = [pattern.findall(t.lower()) for t in texts]
         return encode_tokens(tokens, Vocabulary(self.words), self.encoding, self.maxlen)
 
     def describe(self) -> str:

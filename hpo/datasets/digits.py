@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpo.datasets._base import Dataset, Split, split_indices, take_subset
+from hpo.inputs import InputSpec
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
@@ -50,4 +51,11 @@ def load(spec: DatasetSpec) -> Dataset:
         num_classes=10,
         class_names=list(CLASS_NAMES),
         meta={"source": "sklearn.datasets.load_digits"},
+        inputs=InputSpec.image(
+            (8, 8),
+            scale=1 / _MAX_PIXEL,
+            channels=1,
+            description="images of 8x8 pixels, values 0 to 16 as sklearn's load_digits gives "
+            "them (its 64 columns, reshaped)",
+        ),
     )

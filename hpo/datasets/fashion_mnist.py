@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo.datasets._base import DataError, Dataset, Split, split_indices, take_subset
+from hpo.inputs import InputSpec
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
@@ -90,6 +91,13 @@ def load(spec: DatasetSpec) -> Dataset:
         num_classes=len(CLASS_NAMES),
         class_names=list(CLASS_NAMES),
         meta={"source": source, "test_split": "official t10k"},
+        inputs=InputSpec.image(
+            (IMAGE_SIZE, IMAGE_SIZE),
+            scale=1 / 255,
+            channels=1,
+            description="grayscale images of 28x28 pixels, values 0 to 255 (uint8 as in the "
+            "IDX files, or floats)",
+        ),
     )
 
 

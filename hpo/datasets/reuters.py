@@ -73,7 +73,7 @@ import numpy as np
 
 from hpo.datasets._base import DataError, Dataset
 from hpo.datasets._text import (
-    TOKEN_PATTERN,
+    TOKENIZER,
     TextOptions,
     TokenSplit,
     build_text_dataset,
@@ -465,7 +465,7 @@ def cache_dir() -> Path:
 
 
 def _cache_key(files: Sequence[Path]) -> str:
-    h = hashlib.sha256(f"reuters-parser-{PARSER_VERSION}|{TOKEN_PATTERN}".encode())
+    h = hashlib.sha256(f"reuters-parser-{PARSER_VERSION}|{TOKENIZER}".encode())
     for f in files:
         st = f.stat()
         h.update(f"|{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())

@@ -21,6 +21,10 @@ holds ``vocab_size`` (``high - low + 2``, padding included), ``pad`` (0), ``low`
 ``min_length`` and ``max_length``; per split, ``meta["kinds"]`` says which examples are
 ``sorted``, ``hard`` or ``easy``.
 
+Saved models take the values themselves (integers from ``low`` to ``high``), right-padded to
+``max_length`` with ``low - 1`` (-1 for the default range): a ``Rescaling`` layer inside them
+makes the tokens (:mod:`hpo.inputs`).
+
 Every sequence is generated once and appears once: train, validation and test are disjoint
 (stratified by kind, so each split has the same mix of sorted, hard and easy examples).
 """
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo.datasets._base import DataError, Dataset, Split, split_indices, take_subset
+from hpo.inputs import InputSpec
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
@@ -106,6 +111,7 @@ def load(spec: DatasetSpec) -> Dataset:
                 "test": kinds[te].tolist(),
             },
         },
+        inputs=InputSpec.sequence(opts["max_length"], low=opts["low"]),
     )
 
 

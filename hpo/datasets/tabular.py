@@ -11,7 +11,12 @@ Options (``dataset: {name: tabular, options: {...}}`` in the space file):
 * ``task`` [``auto``]: ``auto`` makes two classes ``binary`` data (one sigmoid output) and more
   ``classification``; ``classification`` keeps two classes as softmax classification;
 * ``standardize`` [true]: scale every feature to mean 0 and standard deviation 1 with the
-  statistics of the training split only, so nothing about validation or test leaks into them.
+  statistics of the training split only, so nothing about validation or test leaks into them;
+* ``test_path``: a second file of the same columns (or arrays) that is the test split, whole
+  and in its order; without it the test split is a stratified ``test_fraction`` of ``path``.
+
+Saved models take the raw feature values, in the file's column order (the label left out):
+the standardization is a ``Normalization`` layer inside them (:mod:`hpo.inputs`).
 
 Labels, numbers or strings, become class indices 0..K-1 in sorted order, and ``class_names``
 keeps the original labels (``"setosa"``, or ``"3"`` for a numeric label 3).
@@ -29,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo.datasets._base import DataError, Dataset, Split, Task, split_indices, take_subset
+from hpo.inputs import InputSpec
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
 
 ENV_VAR = "HPO_TABULAR_PATH"
-OPTIONS = ("path", "label", "delimiter", "x_key", "y_key", "task", "standardize")
+OPTIONS = ("path", "label", "delimiter", "x_key", "y_key", "task", "standardize", "test_path")
 TASKS = ("auto", "binary", "classification")
 SUFFIXES = (".csv", ".tsv", ".npz")
 _SHOWN = 5  # how many bad columns or rows an error message lists
@@ -76,13 +82,19 @@ def load(spec: DatasetSpec) -> Dataset:
             f"{options['standardize']!r}"
         )
     path = _resolve_path(options)
-    if path.suffix.lower() == ".npz":
-        x, labels, feature_names = _read_npz(
-            path, str(options.get("x_key", "x")), str(options.get("y_key", "y"))
-        )
-    else:
-        delimiter = str(options.get("delimiter", "\t" if path.suffix.lower() == ".tsv" else ","))
-        x, labels, feature_names = _read_csv(path, str(options.get("label", "label")), delimiter)
+    x, labels, feature_names = _read_file(path, options)
+    test_file = None
+    if options.get("test_path"):
+        test_file = _resolve_path({"path": options["test_path"]}, "dataset option 'test_path'")
+        x_test, labels_test, test_names = _read_file(test_file, options)
+        if test_names != feature_names or x_test.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"{test_file} (test_path) has the features {', '.join(test_names[:_SHOWN])}"
+                f"{' ...' if len(test_names) > _SHOWN else ''} of shape {x_test.shape[1:]}, but "
+                f"{path} has {', '.join(feature_names[:_SHOWN])}"
+                f"{' ...' if len(feature_names) > _SHOWN else ''} of shape {x.shape[1:]}"
+            )
+        _check_finite(x_test, feature_names, test_file)
     _check_finite(x, feature_names, path)
     y, class_names = _encode_labels(labels, path)
     if len(class_names) < 2:
@@ -99,10 +111,11 @@ def load(spec: DatasetSpec) -> Dataset:
         "binary" if task_option != "classification" and len(class_names) == 2 else "classification"
     )
 
-    tr, va, te = split_indices(
-        len(y), spec.validation_fraction, spec.test_fraction, spec.seed, labels=y
-    )
-    if min(len(tr), len(va), len(te)) == 0:
+    test_fraction = 0.0 if test_file is not None else spec.test_fraction
+    tr, va, te = split_indices(len(y), spec.validation_fraction, test_fraction, spec.seed, labels=y)
+    if test_file is not None:
+        y_test = _labels_as(labels_test, class_names, test_file)
+    if min(len(tr), len(va), len(te) if test_file is None else len(y_test)) == 0:
         raise DataError(
             f"{path}: {len(y)} rows are too few to split into train ({len(tr)}), validation "
             f"({len(va)}) and test ({len(te)}) with validation_fraction "
@@ -110,13 +123,16 @@ def load(spec: DatasetSpec) -> Dataset:
             "raise the fractions"
         )
     train = take_subset(Split(x[tr], y[tr]), spec.subset, spec.seed)
-    validation, test = Split(x[va], y[va]), Split(x[te], y[te])
+    validation = Split(x[va], y[va])
+    test = Split(x[te], y[te]) if test_file is None else Split(x_test, y_test)
     scaled: tuple[Split, ...] = (train, validation, test)
     meta: dict[str, Any] = {
         "source": str(path),
         "feature_names": feature_names,
         "standardized": bool(options.get("standardize", True)),
+        "test_split": str(test_file) if test_file else f"stratified {spec.test_fraction}",
     }
+    inputs = InputSpec.tabular(feature_names, shape=x.shape[1:])
     if meta["standardized"]:
         mean = train.x.mean(axis=0, dtype=np.float64)
         std = train.x.std(axis=0, dtype=np.float64)
@@ -124,6 +140,12 @@ def load(spec: DatasetSpec) -> Dataset:
         std = np.where(std > 0, std, 1.0)
         scaled = tuple(Split((s.x - mean) / std, s.y) for s in scaled)
         meta.update(mean=mean.tolist(), std=std.tolist())
+        inputs = InputSpec.tabular(
+            feature_names,
+            mean=mean.reshape(-1).tolist(),
+            std=std.reshape(-1).tolist(),
+            shape=x.shape[1:],
+        )
     # float32 only now: the statistics and the scaling were computed in float64.
     train, validation, test = (Split(s.x.astype(np.float32), s.y) for s in scaled)
     return Dataset(
@@ -135,12 +157,33 @@ def load(spec: DatasetSpec) -> Dataset:
         num_classes=len(class_names),
         class_names=class_names,
         meta=meta,
+        inputs=inputs,
     )
 
 
-def _resolve_path(options: dict[str, Any]) -> Path:
+def _read_file(path: Path, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if path.suffix.lower() == ".npz":
+        return _read_npz(path, str(options.get("x_key", "x")), str(options.get("y_key", "y")))
+    delimiter = str(options.get("delimiter", "\t" if path.suffix.lower() == ".tsv" else ","))
+    return _read_csv(path, str(options.get("label", "label")), delimiter)
+
+
+def _labels_as(labels: np.ndarray, class_names: list[str], path: Path) -> np.ndarray:
+    """Class indices of a test file's labels, in the classes of the training file."""
+    y, names = _encode_labels(labels, path)
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise DataError(
+            f"{path} (test_path) has labels that the training file lacks: "
+            f"{', '.join(map(repr, unknown[:_SHOWN]))}"
+        )
+    return np.array([index[names[i]] for i in y], dtype=np.int64)
+
+
+def _resolve_path(options: dict[str, Any], where: str = "dataset option 'path'") -> Path:
     if options.get("path"):
-        where, raw = "dataset option 'path'", str(options["path"])
+        raw = str(options["path"])
     elif os.environ.get(ENV_VAR):
         where, raw = f"${ENV_VAR}", os.environ[ENV_VAR]
     else:

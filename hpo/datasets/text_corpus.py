@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo.datasets._base import DataError, Dataset, Split, take_subset
+from hpo.inputs import InputSpec
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
@@ -504,4 +505,11 @@ def build_dataset(
             "split": "contiguous blocks: train, then validation, then test (the end)",
             "context": generation_context(blocks["train"], opts.maxlen),
         },
+        inputs=InputSpec.tokens(
+            vocabulary,
+            maxlen=opts.maxlen,
+            oov_token=OOV_TOKEN if opts.level == "word" else None,
+            level=opts.level,
+            lowercase=opts.lowercase,
+        ),
     )

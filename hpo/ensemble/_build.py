@@ -516,12 +516,8 @@ def _record(
         MODEL_ARTIFACT,
         check_standard,
         ensemble_model,
+        model_info,
         save_mlflow_model,
-    )
-    from hpo.ensemble._members import (
-        shared_text_vocabulary,
-        text_vocabularies,
-        write_predict_files,
     )
 
     _registered_model(client, name, create=True)
@@ -596,17 +592,22 @@ def _record(
         }
         model_dir = dest / "mlflow-model"
         try:
-            # Text classifiers: one input means one encoding; carry it for `hpo predict`.
-            vocabulary = shared_text_vocabulary(
-                text_vocabularies(client, [m.run_id for m in members], dest / "vocabularies"),
-                [f"study {m.study!r} trial {m.trial}" for m in members],
+            inputs = raw_inputs_of(
+                [c for c, w in zip(candidates, comb.weights, strict=True) if w > 0]
             )
             ensemble = ensemble_model(
                 models, [m.weight for m in members], [f"{m.study}_trial{m.trial}" for m in members]
             )
             check_standard(ensemble)
-            save_mlflow_model(ensemble, model_dir)
-            write_predict_files(model_dir, vocabulary, dataset.get("class_names"))
+            save_mlflow_model(
+                ensemble,
+                model_dir,
+                model_info(
+                    inputs,
+                    dataset.get("class_names") or _lm_tokens(inputs),
+                    str(dataset["task"]),
+                ),
+            )
         except EnsembleError as exc:
             result.exportable, result.export_problem = False, str(exc)
             warnings.warn(
@@ -671,6 +672,53 @@ def _record(
         raise
     client.set_terminated(run_id, "FINISHED")
     return result
+
+
+def raw_inputs_of(members: Sequence[Any]) -> Any:
+    """The raw inputs every member's saved model takes (:mod:`hpo.inputs`).
+
+    Raises:
+        EnsembleError: a member's model takes transformed arrays (a trial stored before
+            models took raw inputs, or one whose input layers could not be saved): one
+            exported model would silently expect transformed inputs.
+    """
+    from hpo.inputs import INPUTS_KEY, InputSpec, InputSpecError
+
+    specs = []
+    for m in members:
+        summary = m.summary or {}
+        if INPUTS_KEY not in summary:
+            why = summary.get("inputs_problem") or (
+                "it was stored before hpo saved models with their input transformation; run "
+                "the study's trials again (hpo run --resume with more --trials) to get such "
+                "models"
+            )
+            raise EnsembleError(
+                f"{m.label}'s model takes the transformed arrays it trained on, not raw inputs: "
+                f"{why}"
+            )
+        try:
+            specs.append(InputSpec.from_json(summary[INPUTS_KEY]))
+        except InputSpecError as exc:
+            raise EnsembleError(f"{m.label}: {exc}") from None
+    first = specs[0]
+    for m, spec in zip(members, specs, strict=True):
+        if (spec.kind, spec.shape, spec.dtype) != (first.kind, first.shape, first.dtype):
+            raise EnsembleError(
+                f"{m.label} takes {spec.description} {spec.describe_shape()}, but "
+                f"{members[0].label} takes {first.description} {first.describe_shape()}: one "
+                "exported model has one input"
+            )
+    return first
+
+
+def _lm_tokens(inputs: Any) -> list[str] | None:
+    """A language model's "classes": its tokens, by id."""
+    if inputs.kind != "tokens":
+        return None
+    step = inputs.steps[0]
+    oov = step.get("oov_token")
+    return ([oov] if oov is not None else []) + list(step["vocabulary"])
 
 
 def _require_server(client: Any, uri: str) -> None:

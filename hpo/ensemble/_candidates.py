@@ -57,6 +57,7 @@ class Candidate:
     family: str
     predictions: Path | None = None
     artifacts: frozenset[str] | None = None  # its run's file names, as fetched (None: unread)
+    summary: dict[str, Any] | None = None  # its dataset.json, as fetched
 
     @property
     def label(self) -> str:
@@ -251,6 +252,7 @@ def fetch_candidates(
         if reference is None:
             reference = reference_of(local)
         cand.predictions = local
+        cand.summary = summary
         out.append(cand)
     return out
 

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -44,7 +45,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("keras", "savedmodel", "mlflow")
 MODEL_ARTIFACT = "model"  # the MLflow model folder logged in an ensemble's run
-KERAS_IN_MLFLOW_MODEL = Path("data") / "model.keras"
+KERAS_IN_MLFLOW_MODEL = Path("artifacts") / "model.keras"
+LEGACY_KERAS_IN_MLFLOW_MODEL = Path("data") / "model.keras"  # the Keras flavour's place
+INFO_FILE = "hpo.json"  # inputs, class names and task of an exported model
+INFO_IN_MLFLOW_MODEL = Path("artifacts") / INFO_FILE
 TEXT_VOCABULARY = "text_vocabulary.json"  # text classifiers' shared vocabulary, if any
 
 
@@ -155,21 +159,96 @@ def check_standard(model: keras.Model) -> None:
         )
 
 
-def save_mlflow_model(model: keras.Model, path: Path) -> None:
-    """Save ``model`` as an MLflow model folder (Keras flavour, loadable as pyfunc)."""
+def model_info(inputs: Any, class_names: Sequence[str] | None, task: str) -> dict[str, Any]:
+    """What ``hpo.json`` says beside an exported model: its raw inputs (kind, shape, dtype,
+    in words, feature names; not the transformation, which is inside the model), its class
+    names and task."""
+    doc = inputs.to_json()
+    doc.pop("steps", None)
+    return {"inputs": doc, "class_names": list(class_names or []) or None, "task": task}
+
+
+def input_example(inputs: Any) -> Any:
+    """A small valid input for the MLflow signature: a row of training means for tables."""
+    import pandas as pd
+
+    steps = {s["op"]: s for s in inputs.steps}
+    shape = tuple(int(d) for d in inputs.shape)
+    if inputs.kind == "tabular":
+        mean = steps.get("normalize", {}).get("mean")
+        values = np.asarray(mean if mean is not None else np.zeros(int(np.prod(shape))))
+        names = list(inputs.feature_names) or [f"f{i}" for i in range(values.size)]
+        return pd.DataFrame([values.reshape(-1).tolist()], columns=names)
+    if inputs.kind == "text":
+        return pd.DataFrame({"text": ["an example document"]})
+    if inputs.kind == "tokens":
+        vocabulary = steps["string_lookup"]["vocabulary"]
+        return np.asarray([[vocabulary[i % len(vocabulary)] for i in range(shape[0])]], dtype=str)
+    if inputs.kind == "sequence":
+        low = 1.0 - float(steps["rescale"]["offset"])
+        return np.full((1, *shape), low, dtype=np.float32)
+    return np.zeros((1, *shape), dtype=np.float32)
+
+
+def save_mlflow_model(model: keras.Model, path: Path, info: dict[str, Any]) -> None:
+    """Save ``model`` as an MLflow pyfunc model folder that takes raw inputs.
+
+    The folder holds the ``.keras`` file and ``hpo.json`` (:func:`model_info`) under
+    ``artifacts/``, and ``pyfunc_model.py``, which MLflow runs to load them (models from code:
+    no hpo needed to serve it), with a signature and an input example for the raw inputs.
+    """
     import keras
-    import mlflow.keras
+    import mlflow
+    import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    example = np.zeros((1, *model.inputs[0].shape[1:]), dtype=str(model.inputs[0].dtype))
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-    # Explicit requirements: inferring them would load the model again in a subprocess.
-    mlflow.keras.save_model(
-        model,
-        str(path),
-        signature=signature,
-        pip_requirements=[f"keras=={keras.__version__}", "numpy"],
-    )
+    from hpo.ensemble import pyfunc_model
+    from hpo.inputs import InputSpec
+
+    inputs = InputSpec.from_json(info["inputs"])
+    example = input_example(inputs)
+    loaded = pyfunc_model.RawInputsModel()
+    loaded.model, loaded.inputs, loaded.class_names = model, info["inputs"], info["class_names"]
+    signature = infer_signature(example, loaded.predict(None, example))
+    with tempfile.TemporaryDirectory(prefix="hpo-mlflow-model-") as tmp:
+        keras_path, info_path = Path(tmp) / "model.keras", Path(tmp) / INFO_FILE
+        keras.saving.save_model(model, keras_path)
+        info_path.write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+        # Explicit requirements: inferring them would load the model again in a subprocess.
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=str(Path(pyfunc_model.__file__)),
+            artifacts={"keras_model": str(keras_path), "info": str(info_path)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=[
+                f"keras=={keras.__version__}",
+                f"mlflow=={mlflow.__version__}",
+                *_backend_requirements(),
+                "numpy",
+                "pandas",
+            ],
+        )
+
+
+def _backend_requirements() -> list[str]:
+    from importlib import metadata
+
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return [f"{dist}=={metadata.version(dist)}"]
+        except metadata.PackageNotFoundError:
+            continue
+    return []
+
+
+def keras_file(model_dir: Path) -> Path:
+    """The ``.keras`` file of an exported MLflow model folder (pyfunc, or the Keras flavour
+    of versions registered before ensembles took raw inputs)."""
+    for candidate in (KERAS_IN_MLFLOW_MODEL, LEGACY_KERAS_IN_MLFLOW_MODEL):
+        if (model_dir / candidate).is_file():
+            return model_dir / candidate
+    raise EnsembleError(f"{model_dir}: the MLflow model folder holds no .keras file")
 
 
 # -- registered ensembles --------------------------------------------------------------------
@@ -208,8 +287,12 @@ def download_model_dir(client: Any, mv: Any, dest: Path) -> Path:
             f"{mv.tags.get('hpo.export_problem', 'its members cannot be combined into one')}"
         )
     local = Path(client.download_artifacts(mv.run_id, MODEL_ARTIFACT, str(dest)))
-    if not (local / KERAS_IN_MLFLOW_MODEL).exists():
-        raise EnsembleError(f"version {mv.version} of {mv.name!r}: its run holds no model")
+    try:
+        keras_file(local)
+    except EnsembleError:
+        raise EnsembleError(
+            f"version {mv.version} of {mv.name!r}: its run holds no model"
+        ) from None
     return local
 
 
@@ -240,8 +323,14 @@ def export_ensemble(
     """Write registered ensemble ``name`` (its latest version, or ``version``) to ``output``.
 
     Formats: ``keras``, one ``.keras`` file that loads with ``keras.models.load_model`` in safe
-    mode without hpo; ``savedmodel``, a TensorFlow SavedModel for serving (``model.export``);
-    ``mlflow``, an MLflow model folder loadable with ``mlflow.pyfunc.load_model``.
+    mode without hpo, with ``NAME.hpo.json`` beside it (its inputs and class names);
+    ``savedmodel``, a TensorFlow SavedModel for serving (``model.export``), ``hpo.json``
+    inside; ``mlflow``, an MLflow model folder (``mlflow.pyfunc.load_model``,
+    ``mlflow models serve``). All of them take raw inputs.
+
+    Nothing is replaced before everything was checked and the new export is complete: it is
+    written next to ``output`` and then moved into place. ``overwrite`` replaces an earlier
+    export only (a ``.keras`` file, or a folder holding an MLflow model or a SavedModel).
 
     Example:
         >>> export_ensemble("digits-ens", "ens.keras")  # doctest: +SKIP
@@ -254,34 +343,81 @@ def export_ensemble(
     output = Path(output)
     if fmt == "keras" and output.suffix != ".keras":
         raise EnsembleError(f"{output}: a Keras model file must end in .keras")
-    if output.exists():
-        if not overwrite:
-            raise EnsembleError(f"{output} exists; remove it or pass --overwrite")
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    sidecar = info_sidecar(output) if fmt == "keras" else None
+    for target in (output, sidecar):
+        if target is not None and (target.exists() or target.is_symlink()):
+            if not overwrite:
+                raise EnsembleError(f"{target} exists; remove it or pass --overwrite")
+            if not _is_earlier_export(target):
+                raise EnsembleError(
+                    f"{target} exists and is not an earlier export (no .keras file, MLflow "
+                    "model or SavedModel): refusing to replace it"
+                )
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise EnsembleError(f"{output}: the folder {parent} does not exist")
     client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
     mv = registered_version(client, name, version)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = download_model_dir(client, mv, Path(tmp))
-        vocabulary = model_dir / TEXT_VOCABULARY
+    with tempfile.TemporaryDirectory(prefix="hpo-export-") as tmp:
+        model_dir = download_model_dir(client, mv, Path(tmp) / "download")
+        info = _read_info(model_dir)
+        staged = Path(tmp) / "staged"
         if fmt == "mlflow":
-            shutil.copytree(model_dir, output)
+            shutil.copytree(model_dir, staged)
         elif fmt == "keras":
-            shutil.copyfile(model_dir / KERAS_IN_MLFLOW_MODEL, output)
-            if vocabulary.is_file():
-                # Beside the file, so that `hpo predict NAME.keras --input docs.txt` finds it.
-                shutil.copyfile(vocabulary, output.with_suffix(".text_vocabulary.json"))
+            shutil.copyfile(keras_file(model_dir), staged)
         else:
             from hpo.models import load_keras_model
 
-            model = load_keras_model(model_dir / KERAS_IN_MLFLOW_MODEL)
+            model = load_keras_model(keras_file(model_dir))
             try:
-                model.export(str(output), format="tf_saved_model", verbose=False)
+                model.export(str(staged), format="tf_saved_model", verbose=False)
             except (ImportError, ValueError, NotImplementedError) as exc:
                 raise EnsembleError(f"cannot write a SavedModel: {exc}") from None
-            if vocabulary.is_file():
-                shutil.copyfile(vocabulary, output / TEXT_VOCABULARY)
+            if info is not None:
+                (staged / INFO_FILE).write_text(json.dumps(info, ensure_ascii=False))
+        try:
+            # Stage beside the target (same file system), then move into place.
+            with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=parent) as near:
+                _replace(Path(shutil.move(str(staged), Path(near) / "new")), output)
+                if sidecar is not None and info is not None:
+                    side = Path(near) / "info.json"
+                    side.write_text(json.dumps(info, ensure_ascii=False, indent=1))
+                    _replace(side, sidecar)
+        except OSError as exc:
+            raise EnsembleError(f"cannot write {output}: {exc.strerror or exc}") from None
     return output
+
+
+def info_sidecar(path: Path) -> Path:
+    """``NAME.hpo.json`` beside ``NAME.keras``: the file's inputs and class names."""
+    return path.with_suffix(".hpo.json")
+
+
+def _read_info(model_dir: Path) -> dict[str, Any] | None:
+    path = model_dir / INFO_IN_MLFLOW_MODEL
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _is_earlier_export(path: Path) -> bool:
+    if path.is_symlink():
+        return False
+    if path.is_file():
+        return path.suffix in (".keras", ".json")
+    return (path / "MLmodel").is_file() or (path / "saved_model.pb").is_file()
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Put ``new`` where ``target`` is; an old folder is removed only once ``new`` is there."""
+    if target.is_dir():
+        old = new.with_name(new.name + ".old")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
 
 
 # -- predictions -------------------------------------------------------------------------------
@@ -307,7 +443,7 @@ def load_predictor(
     mv = registered_version(client, name, version if version is not None else parsed)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = download_model_dir(client, mv, Path(tmp))
-        return load_keras_model(model_dir / KERAS_IN_MLFLOW_MODEL)
+        return load_keras_model(keras_file(model_dir))
 
 
 def read_inputs(path: str | Path, input_shape: Sequence[int | None]) -> np.ndarray:
@@ -349,9 +485,12 @@ def read_inputs(path: str | Path, input_shape: Sequence[int | None]) -> np.ndarr
 
 
 def model_probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """``model``'s outputs for ``x`` (cast to the model's input dtype)."""
+    """``model``'s outputs for ``x`` (numbers cast to the model's input dtype; strings as
+    they are)."""
     dtype = str(model.inputs[0].dtype)
-    return np.asarray(model.predict(x.astype(dtype), batch_size=256, verbose=0))
+    if "string" not in dtype and isinstance(x, np.ndarray):
+        x = x.astype(dtype)
+    return np.asarray(model.predict(x, batch_size=256, verbose=0))
 
 
 def predicted_classes(probs: np.ndarray) -> np.ndarray:
@@ -373,22 +512,42 @@ def predict_arrays(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.nd
     return probs, predicted_classes(probs)
 
 
-def write_predictions(path: str | Path, probs: np.ndarray, predicted: np.ndarray) -> Path:
-    """Write predictions: ``.npz`` (arrays ``probabilities`` and ``predicted``), ``.csv``
-    (one row per example: the probabilities, then the predicted class) or ``.json``."""
+def write_predictions(
+    path: str | Path,
+    probs: np.ndarray,
+    predicted: np.ndarray,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write predictions: ``.npz`` (arrays ``probabilities``, ``predicted`` and, with
+    ``class_names`` (one per example), ``class_name``), ``.csv`` (one row per example: the
+    probabilities, the predicted class, its name) or ``.json``."""
     path = Path(path)
     suffix = path.suffix.lower()
+    names = list(class_names) if class_names is not None else None
     if suffix == ".npz":
-        np.savez_compressed(path, probabilities=probs, predicted=predicted)
+        arrays: dict[str, Any] = {"probabilities": probs, "predicted": predicted}
+        if names is not None:
+            arrays["class_name"] = np.asarray(names, dtype=str)
+        np.savez_compressed(path, **arrays)
     elif suffix == ".csv":
         flat = probs.reshape(len(probs), -1)
-        header = ",".join([*(f"p{i}" for i in range(flat.shape[1])), "predicted"])
-        rows = np.column_stack([flat, predicted.reshape(len(flat), -1)])
-        np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%.8g")
+        pred = predicted.reshape(len(flat), -1)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(
+                [*(f"p{i}" for i in range(flat.shape[1])), "predicted"]
+                + (["class_name"] if names is not None else [])
+            )
+            for i, row in enumerate(flat):
+                writer.writerow(
+                    [*(f"{v:.8g}" for v in row), *(str(int(c)) for c in pred[i])]
+                    + ([names[i]] if names is not None else [])
+                )
     elif suffix == ".json":
-        path.write_text(
-            json.dumps({"probabilities": probs.tolist(), "predicted": predicted.tolist()})
-        )
+        doc: dict[str, Any] = {"probabilities": probs.tolist(), "predicted": predicted.tolist()}
+        if names is not None:
+            doc["class_name"] = names
+        path.write_text(json.dumps(doc, ensure_ascii=False))
     else:
         raise EnsembleError(f"{path}: write predictions to a .npz, .csv or .json file")
     return path

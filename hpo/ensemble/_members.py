@@ -180,12 +180,15 @@ def _describe(doc: Any) -> str:
 
 @dataclass
 class Part:
-    """One model of a predictor, with its weight and, for text classifiers, its encoder."""
+    """One model of a predictor, with its weight and what reads its inputs: ``info`` (the
+    ``hpo.json`` of a model that takes raw inputs) or, for a text classifier saved before
+    models took raw inputs, its ``encoder``."""
 
     model: Any
     weight: float
     label: str
     encoder: TextEncoder | None = None
+    info: dict[str, Any] | None = None
 
 
 @dataclass
@@ -200,7 +203,31 @@ class Predictor:
     @property
     def takes_text(self) -> bool:
         """Whether raw text can be encoded for every part."""
-        return all(p.encoder is not None for p in self.parts)
+        return all(
+            p.encoder is not None
+            or (p.info is not None and p.info["inputs"]["kind"] in ("text", "tokens"))
+            for p in self.parts
+        )
+
+    def predict_path(
+        self, path: Path, text_column: str = "text"
+    ) -> tuple[np.ndarray, list[str] | None]:
+        """``(probabilities, example names or None)`` for the inputs in ``path``: raw inputs
+        as the model's ``hpo.json`` describes them, else (models saved before models took raw
+        inputs) encoded arrays, or text for text classifiers with a stored vocabulary."""
+        from hpo.ensemble._export import model_probabilities
+        from hpo.ensemble._user_inputs import read_model_inputs
+
+        if len(self.parts) == 1 and self.parts[0].info is not None:
+            x, names = read_model_inputs(path, self.parts[0].info, text_column)
+            return model_probabilities(self.parts[0].model, x), names
+        text = is_text_input(path)
+        if text is None:  # a CSV: text for a text model, numbers otherwise
+            text = self.takes_text
+        if text:
+            texts, names = read_texts(path, text_column)
+            return self.predict_texts(texts), names
+        return self.predict_file(path), None
 
     def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities for raw documents, each part fed its own encoding of them."""
@@ -212,7 +239,15 @@ class Predictor:
                 "give encoded inputs (.npz, .npy, CSV of numbers)"
                 + ("" if len(self.parts) > 1 else " or the vocabulary with --vocabulary")
             )
-        return self._combine([p.encoder.encode(texts) for p in self.parts if p.encoder])
+        return self._combine(
+            [
+                np.asarray(texts, dtype=object)
+                if p.encoder is _RAW_TEXT
+                else p.encoder.encode(texts)
+                for p in self.parts
+                if p.encoder
+            ]
+        )
 
     def predict_file(self, path: Path) -> np.ndarray:
         """Probabilities for the numeric inputs in ``path`` (see :func:`read_inputs`)."""
@@ -231,6 +266,14 @@ class Predictor:
         for part, x in zip(self.parts, inputs, strict=True):
             total = total + part.weight * model_probabilities(part.model, x).astype(np.float64)
         return np.asarray(total / sum(p.weight for p in self.parts), dtype=np.float32)
+
+
+# A member that takes raw strings: its "encoder" passes the documents through.
+_RAW_TEXT = TextEncoder(words=("<pad>", "<oov>"), encoding="sequence", maxlen=1)
+
+
+def _takes_strings(model: Any) -> bool:
+    return "string" in str(model.inputs[0].dtype)
 
 
 def _encoder(doc: Any, where: str) -> TextEncoder:
@@ -254,9 +297,16 @@ def file_predictor(path: Path, vocabulary: Path | None = None) -> Predictor:
     ``NAME.keras`` (what ``hpo export`` writes), else ``text_vocabulary.json`` beside it (a
     trial's model folder).
     """
+    from hpo.ensemble._export import info_sidecar
     from hpo.models import load_keras_model
 
     model = load_keras_model(path)
+    sidecar = info_sidecar(path)
+    if vocabulary is None and sidecar.is_file():
+        info = _read_doc(sidecar)
+        return Predictor(
+            [Part(model, 1.0, str(path), info=info)], str(path), info.get("class_names")
+        )
     places = [vocabulary] if vocabulary else [
         path.with_suffix(".text_vocabulary.json"),
         path.parent / VOCABULARY_ARTIFACT,
@@ -299,17 +349,23 @@ def registered_predictor(
 def _registered_predictor(
     client: Any, mv: Any, source: str, tmp: Path, want_text: bool | None
 ) -> Predictor:
-    from hpo.ensemble._export import KERAS_IN_MLFLOW_MODEL, download_model_dir
+    from hpo.ensemble._export import INFO_IN_MLFLOW_MODEL, download_model_dir, keras_file
+    from hpo.inputs import core_model
     from hpo.models import load_keras_model
 
     if mv.tags.get("hpo.exportable") != "false":
         model_dir = download_model_dir(client, mv, tmp)
+        info_path = model_dir / INFO_IN_MLFLOW_MODEL
+        if info_path.is_file():
+            info = _read_doc(info_path)
+            model = load_keras_model(keras_file(model_dir))
+            return Predictor([Part(model, 1.0, source, info=info)], source, info.get("class_names"))
         vocab = model_dir / VOCABULARY_ARTIFACT
         classes = model_dir / CLASSES_FILE
         if want_text is not True or vocab.is_file():
             encoder = _encoder(_read_doc(vocab), source) if vocab.is_file() else None
             names = json.loads(classes.read_text())["class_names"] if classes.is_file() else None
-            model = load_keras_model(model_dir / KERAS_IN_MLFLOW_MODEL)
+            model = load_keras_model(keras_file(model_dir))
             return Predictor([Part(model, 1.0, source, encoder)], source, names)
     members = download_members(client, mv, tmp / "members")
     parts = []
@@ -322,7 +378,12 @@ def _registered_predictor(
             class_names = m.read_json(DATASET_FILE).get("class_names")
         if encoder and encoder.class_names and class_names is None:
             class_names = list(encoder.class_names)
+        # Members that take raw text need no encoder; older ones read the encoder's ids.
         model = load_keras_model(m.directory / MODEL_FILE)
+        if _takes_strings(model):
+            encoder = _RAW_TEXT
+        elif encoder is not None:
+            model = core_model(model)
         parts.append(Part(model, m.weight, f"member {m.label}", encoder))
     return Predictor(parts, source, class_names, members)
 
@@ -506,9 +567,11 @@ def _language_models(source: str, members: list[MemberFiles]) -> tuple[list[Any]
                     f"vocabulary ({what} differs); averaging next-token distributions needs "
                     "the same tokens in the same order"
                 )
+    from hpo.inputs import core_model
+
     models = []
     for m, v in zip(members, vocabularies, strict=True):
-        model = load_keras_model(m.directory / MODEL_FILE)
+        model = core_model(load_keras_model(m.directory / MODEL_FILE))
         if tuple(model.input_shape) != (None, v.maxlen) or tuple(model.output_shape) != (
             None,
             len(v.tokens),

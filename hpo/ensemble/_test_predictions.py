@@ -132,6 +132,7 @@ class DeferredTestPredictions:
 
     def _predict(self, cand: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:
         from hpo.families import get_family
+        from hpo.inputs import core_model
         from hpo.spaces import Params
 
         spec = self.specs.get(cand.study)
@@ -164,7 +165,8 @@ class DeferredTestPredictions:
                 "trial stored (other data files, or another version of the loader)"
             )
         try:
-            test = np.asarray(get_family(spec.family).predict(model, Params(params), x))
+            # The stored model takes raw inputs; the loaded split holds the model's own arrays.
+            test = np.asarray(get_family(spec.family).predict(core_model(model), Params(params), x))
         except Exception as exc:
             raise DeferredPredictionError(
                 f"predicting the test split: {type(exc).__name__}: {exc}"

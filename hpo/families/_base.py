@@ -43,6 +43,9 @@ class Family(ABC):
     name: str = ""
     tasks: ClassVar[tuple[Task, ...]] = ("classification",)
     default_batch_size: ClassVar[int] = 32
+    # Whether the model a trial saves takes raw inputs (the dataset's transformation in front
+    # of it, hpo.inputs). Off for models whose use is not model.predict on the inputs (a VAE).
+    raw_inputs: ClassVar[bool] = True
 
     @abstractmethod
     def build(self, hp: Params, data: Dataset) -> keras.Model:
@@ -85,6 +88,16 @@ class Family(ABC):
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
         """Files a trial stores beside its model (e.g. a vocabulary that generation needs)."""
         return {}
+
+    def saved_model(self, model: keras.Model, data: Dataset) -> keras.Model:
+        """The model a trial saves: ``model`` behind ``data``'s input transformation, so that
+        it takes what users hold (:func:`hpo.inputs.raw_model`), or ``model`` itself when the
+        data records none or the family keeps its own inputs (``raw_inputs = False``)."""
+        if not self.raw_inputs or data.inputs is None:
+            return model
+        from hpo.inputs import raw_model
+
+        return raw_model(model, data.inputs)
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
         """Model outputs for ``x`` (class probabilities for classifiers)."""

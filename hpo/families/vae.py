@@ -179,6 +179,8 @@ class VAE(Family):
         ((None, 8, 8, 1), ['kl', 'reconstruction'])
     """
 
+    # `hpo sample` decodes latents; the saved model keeps the [0, 1] images it trained on.
+    raw_inputs = False
     name = "vae"
     tasks: ClassVar[tuple[Task, ...]] = ("classification", "reconstruction")
     default_batch_size: ClassVar[int] = 64
