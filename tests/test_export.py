@@ -23,7 +23,8 @@ NAME = "digA-export"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A caruana ensemble of digA registered as NAME, with digits test inputs."""
+    """A caruana ensemble of digA registered as NAME, with digits test inputs: ``x`` raw, as
+    sklearn's load_digits gives them (8x8 values 0-16), ``x_model`` as the trials read them."""
     from hpo.datasets import load_dataset
     from hpo.ensemble import build_ensemble
     from hpo.spaces import DatasetSpec
@@ -31,8 +32,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = studies_workspace(tmp_path_factory)
     result = build_ensemble(["digA"], NAME, size=6, storage=f"sqlite:///{root / 'hpo.db'}")
     data = load_dataset(DatasetSpec(name="digits", validation_fraction=0.15, test_fraction=0.2))
-    x = data.test.x[:64]
-    return {"root": root, "result": result, "x": x}
+    x_model = data.test.x[:64]
+    # Raw pixels, independently of the dataset's scaling: the same rows of load_digits.
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().data.reshape(-1, 8, 8).astype(np.float32)
+    rows = [
+        int(np.flatnonzero((raw / 16.0 == x_model[i, ..., 0]).all(axis=(1, 2)))[0])
+        for i in range(len(x_model))
+    ]
+    return {"root": root, "result": result, "x": raw[rows], "x_model": x_model}
 
 
 @pytest.fixture
@@ -44,13 +53,17 @@ def ws(built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def members_average(built: dict[str, Any]) -> np.ndarray:
-    """The weighted average of the members' own predictions, from their stored models."""
+    """The weighted average of the members' own predictions: their trained models (inside the
+    stored raw-input models) on the arrays the trials read."""
+    from hpo.inputs import core_model
     from hpo.models import load_keras_model
 
     total = None
     for m in built["result"].members:
-        model = load_keras_model(artifact_dir(built["root"], m.run_id) / "model.keras")
-        part = m.weight * np.asarray(model.predict(built["x"], verbose=0), dtype=np.float64)
+        stored = load_keras_model(artifact_dir(built["root"], m.run_id) / "model.keras")
+        model = core_model(stored)
+        assert model is not stored, "the stored model does not take raw inputs"
+        part = m.weight * np.asarray(model.predict(built["x_model"], verbose=0), dtype=np.float64)
         total = part if total is None else total + part
     assert total is not None
     return total
@@ -141,8 +154,10 @@ def test_savedmodel_and_mlflow_exports_load_and_predict(
     assert result.exit_code == 0, result.stderr
     assert (folder / "MLmodel").is_file()
     model = mlflow.pyfunc.load_model(str(folder))
-    got = np.asarray(model.predict(built["x"]))
+    frame = model.predict(built["x"])
+    got = np.stack(frame["probabilities"].to_numpy())
     assert np.max(np.abs(got - expected)) <= 1e-5
+    assert frame["class_name"].tolist() == [str(c) for c in expected.argmax(axis=1)]
 
 
 def test_predict_from_a_file_and_from_the_registry(
@@ -166,7 +181,7 @@ def test_predict_from_a_file_and_from_the_registry(
     data = json.loads(result.stdout)
     assert data["predicted"] == expected.argmax(axis=1).tolist()
 
-    # A CSV of 64 numbers per row is reshaped to the model's 8x8x1 images.
+    # A CSV of 64 raw values per row (no header) is reshaped to the model's 8x8 images.
     csv = tmp_path / "inputs.csv"
     np.savetxt(csv, built["x"][:3].reshape(3, -1), delimiter=",")
     result = invoke("predict", str(model), "--input", str(csv))
