@@ -307,6 +307,10 @@ def file_predictor(path: Path, vocabulary: Path | None = None) -> Predictor:
         return Predictor(
             [Part(model, 1.0, str(path), info=info)], str(path), info.get("class_names")
         )
+    if vocabulary is None and _takes_strings(model) and len(model.inputs[0].shape) == 1:
+        # A text model whose vocabulary is inside it (TextVectorization).
+        info = {"inputs": {"kind": "text", "shape": [], "dtype": "string"}}
+        return Predictor([Part(model, 1.0, str(path), info=info)], str(path))
     places = [vocabulary] if vocabulary else [
         path.with_suffix(".text_vocabulary.json"),
         path.parent / VOCABULARY_ARTIFACT,

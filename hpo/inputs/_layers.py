@@ -85,17 +85,31 @@ def preprocessing_layers(spec: InputSpec) -> list[keras.layers.Layer]:
 def raw_model(model: keras.Model, spec: InputSpec) -> keras.Model:
     """``model`` behind ``spec``'s preprocessing layers: a model that takes raw inputs.
 
-    The trained model is kept whole as one layer (``core_model`` gives it back), so its
-    weights are shared, not copied.
+    The trained model is kept whole as one layer (``core_model`` gives it back): an
+    uncompiled copy with the same weights, so that the file loads without the functions the
+    model was compiled with (a custom metric would otherwise have to be importable).
     """
     import keras
 
+    model = _uncompiled(model)
     dtype = "string" if spec.dtype == "string" else spec.dtype
     inputs = keras.Input(spec.shape, dtype=dtype, name="raw_inputs")
     x = inputs
     for layer in preprocessing_layers(spec):
         x = layer(x)
     return keras.Model(inputs, model(x), name=RAW_MODEL_NAME)
+
+
+def _uncompiled(model: keras.Model) -> keras.Model:
+    if not getattr(model, "compiled", False):
+        return model
+    try:
+        # From its config alone: clone_model would compile the copy like the original.
+        copy = type(model).from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+    except Exception:  # a subclassed model that cannot be cloned: saved with its compile state
+        return model
+    return copy
 
 
 def core_model(model: keras.Model) -> keras.Model:
