@@ -39,8 +39,9 @@ def check_model(
 ) -> None:
     """Raise :class:`ModelCheckError` when ``model`` does not suit ``data`` or the objectives.
 
-    1. For classification and binary data, the model's output per example must be one value per
-       class (binary: one sigmoid value, or two softmax values).
+    1. For classification and binary data, when the family trains on the labels (does not
+       override :meth:`Family.fit_targets`, as an autoencoder does), the model's output per
+       example must be one value per class (binary: one sigmoid value, or two softmax values).
     2. Unless the family trains in its own way (overrides :meth:`Family.fit`), the model is run
        on ``batch`` training examples, eagerly, and its compiled loss and metrics computed on
        them. This is the cheapest reliable way to learn the names Keras will log: before
@@ -80,9 +81,10 @@ def check_model(
             f"the model cannot run on {batch} training examples of dataset {data.name!r} "
             f"(input {_shape(data.input_shape)} per example): {type(exc).__name__}: {exc}"
         ) from exc
-    _check_outputs(y_pred, data)
     from hpo.families import Family
 
+    if type(family).fit_targets is Family.fit_targets:  # it trains on the labels
+        _check_outputs(y_pred, data)
     if type(family).fit is not Family.fit:
         return  # it trains (and logs) in its own way; the runner checks the logs each epoch
     y = _head(family.fit_targets(data.train), batch)
