@@ -35,6 +35,7 @@ from hpo.artifacts import (
 )
 from hpo.datasets import Dataset, DatasetCache
 from hpo.families import get_family
+from hpo.model_checks import ModelCheckError, check_model
 from hpo.spaces import DatasetSpec, Params
 from hpo.studies import RUN_ID_ATTR, StudyConfig
 
@@ -295,6 +296,12 @@ class TrialRunner:
         if config.seed is not None:
             keras.utils.set_random_seed((config.seed * 100_003 + task.trial_number) % 2**31)
         model = family.build(hp, data)
+        try:
+            # Outputs that suit the task and the objective's metric, before the first epoch.
+            logged = [m for m in spec.metrics if m not in EXTRA_METRICS]
+            check_model(model, family, data, logged)
+        except ModelCheckError as exc:
+            raise TrialFailedError(f"family {spec.family!r}: {exc}") from None
         params_count = int(model.count_params())
         with_db_retry(
             lambda: storage.set_trial_user_attr(task.trial_id, "params_count", params_count)

@@ -34,7 +34,8 @@ class Family(ABC):
         ...                                   keras.layers.Flatten(),
         ...                                   keras.layers.Dense(data.num_classes,
         ...                                                      activation="softmax")])
-        ...         model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        ...         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...                       metrics=["accuracy"])
         ...         return model
         >>> Tiny().name
         'tiny'
