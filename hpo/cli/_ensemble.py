@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from hpo.cli._common import (
     EXIT_RUNTIME,
@@ -71,7 +73,9 @@ def _printed_warnings() -> Iterator[None]:
         finally:
             for w in caught:
                 if issubclass(w.category, EnsembleWarning):
-                    err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+                    err_console.print(
+                        f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False
+                    )
 
 
 def _fmt(value: float | None) -> str:
@@ -132,17 +136,17 @@ def build(
     from rich.table import Table
 
     console.print(
-        f"[bold]{result.name}[/] version {result.version}: {result.method} ensemble of "
+        f"[bold]{escape(result.name)}[/] version {result.version}: {result.method} ensemble of "
         f"{len(result.members)} trials from {len(result.candidates)} candidates "
         f"(MLflow run {result.run_id})"
     )
     members = Table("study", "trial", "family", "weight", "MLflow run")
     for m in result.members:
-        members.add_row(m.study, str(m.trial), m.family, f"{m.weight:.3f}", m.run_id)
+        members.add_row(Text(m.study), str(m.trial), Text(m.family), f"{m.weight:.3f}", m.run_id)
     console.print(members)
     console.print(_metrics_table(result.metrics))
     if not result.exportable:
-        err_console.print(f"[yellow]note:[/] not exportable: {result.export_problem}")
+        err_console.print(f"[yellow]note:[/] not exportable: {escape(str(result.export_problem))}")
 
 
 def _metrics_table(metrics: dict[str, Any]) -> Any:
@@ -175,10 +179,10 @@ def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False)
     for r in rows:
         test = r["metrics"].get("test", {}).get("ensemble", {})
         table.add_row(
-            r["name"],
+            Text(r["name"]),
             str(r["versions"]),
-            str(r["method"]),
-            ", ".join(r["studies"]),
+            Text(str(r["method"])),
+            Text(", ".join(r["studies"])),
             str(r["members"]),
             ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(test.items())),
         )
@@ -204,13 +208,15 @@ def show(
 
     for v in info["versions"]:
         console.print(
-            f"[bold]{info['name']}[/] version {v['version']} ({v['created']}): {v['method']} "
-            f"ensemble of {', '.join(v['studies'])}; MLflow run {v['run_id']}"
+            f"[bold]{escape(info['name'])}[/] version {v['version']} ({v['created']}): "
+            + escape(
+                f"{v['method']} ensemble of {', '.join(v['studies'])}; MLflow run {v['run_id']}"
+            )
             + ("" if v["exportable"] else " [yellow](not exportable)[/]")
         )
         members = Table("study", "trial", "weight", "MLflow run")
         for m in v["members"]:
-            members.add_row(m["study"], str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
+            members.add_row(Text(m["study"]), str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
         console.print(members)
         console.print(_metrics_table(v["metrics"]))
 
@@ -229,7 +235,7 @@ def export(
 
     with _handled():
         path = export_ensemble(name, output, fmt, version, tracking_uri, overwrite)
-    console.print(f"wrote {path} ({fmt})")
+    console.print(f"wrote {path} ({fmt})", markup=False)
 
 
 def predict(
@@ -289,7 +295,7 @@ def predict(
     classes = predictor.class_names
     labels = _class_labels(predicted, classes)
     if output is not None:
-        console.print(f"wrote predictions of {len(probs)} examples to {output}")
+        console.print(f"wrote predictions of {len(probs)} examples to {output}", markup=False)
     elif json_out:
         print_json(
             {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Literal, NoReturn, TypeAlias
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hpo.names import name_problem
 from hpo.spaces._errors import (
     FieldError,
     KeyPath,
@@ -85,7 +85,6 @@ class DefaultsSpec(_Section):
     seed: int | None = None
 
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _REQUIRED = {
     "family": "the model family, e.g. `family: image_cnn`",
     "dataset": "the data to train on, e.g. `dataset: digits`",
@@ -281,16 +280,11 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
 
     if "name" in raw and raw["name"] is not None:
         name = raw["name"]
-        if isinstance(name, str) and _NAME_PATTERN.match(name):
+        problem = name_problem(name, "study")
+        if problem is None:
             values["name"] = name
         else:
-            issues.append(
-                (
-                    ("name",),
-                    "a study name may contain letters, digits, _, . and - "
-                    f"only, got {describe_value(name)}",
-                )
-            )
+            issues.append((("name",), problem))
     if "description" in raw and raw["description"] is not None:
         if isinstance(raw["description"], str):
             values["description"] = raw["description"]
