@@ -25,8 +25,6 @@ err_console = Console(stderr=True, soft_wrap=True)
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
-# numpy's seeds: 0 to 2**32 - 1 (Optuna's and hyperopt's samplers pass the seed on to numpy).
-MAX_SEED = 2**32 - 1
 
 STORAGE_HELP = "Study store URL (default: sqlite hpo.db here)."
 
@@ -175,6 +173,8 @@ def prepare_study(
     if problems:
         raise SpaceError([SpaceIssue(str(space), "", None, p) for p in problems])
     study_name = name or spec.name
+    from hpo.spaces._spec import MAX_SEED
+
     problem = name_problem(study_name, "study")
     if problem:
         where = f"{name_option}: " if name else f"{space}: name: "

@@ -167,9 +167,13 @@ def _metrics_table(metrics: dict[str, Any]) -> Any:
 def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False) -> None:
     """The registered ensembles, with their latest version."""
     from hpo.ensemble import list_ensembles
+    from hpo.storage import store_exists
+    from hpo.tracking import resolve_tracking_uri
 
     with _handled():
-        rows = list_ensembles(tracking_uri)
+        # No local tracking store yet: no ensembles (and no empty mlflow.db left behind).
+        exists = store_exists(resolve_tracking_uri(tracking_uri))
+        rows = list_ensembles(tracking_uri) if exists else []
     if json_out:
         print_json(rows)
         return
@@ -198,7 +202,12 @@ def show(
 ) -> None:
     """A registered ensemble's versions: method, members, weights and metrics."""
     from hpo.ensemble import show_ensemble
+    from hpo.storage import store_exists
+    from hpo.tracking import resolve_tracking_uri
 
+    uri = resolve_tracking_uri(tracking_uri)
+    if not store_exists(uri):
+        fail(f"no ensemble named {name!r}: the tracking store {uri} does not exist")
     with _handled():
         info = show_ensemble(name, version, tracking_uri)
     if json_out:

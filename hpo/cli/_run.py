@@ -396,10 +396,14 @@ def worker(
     ),
 ) -> None:
     """Take trials from the store and run them; serves every active study without --study."""
+    from hpo.names import name_problem
     from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
     from hpo.storage import mask_url, resolve_storage
     from hpo.worker import Worker, WorkerOptions
 
+    problem = name_problem(study, "study") if study is not None else None
+    if problem:
+        fail(f"--study: {problem}")
     try:
         gpu_list = parse_gpus(gpus)
         plan_slots(gpu_list, trials_per_gpu)

@@ -39,6 +39,12 @@ Scalar: TypeAlias = str | int | float | bool | None
 # no "." (it would make names ambiguous) and only characters MLflow accepts in parameter keys.
 OPTION_PATTERN = re.compile(r"[A-Za-z0-9_\-]+")
 PATH_SEPARATOR = "."
+# Conditional sub-spaces nest at most this deep. Both engines were run (hyperopt-tpe and
+# optuna-tpe sampling) at 100 levels; hyperopt recursion fails at some 200 on the default
+# recursion limit: 32 leaves a wide margin (tests/test_hostile_input.py runs it).
+MAX_CONDITIONAL_DEPTH = 32
+# Choices of one categorical: Optuna and hyperopt handle a few thousand easily.
+MAX_CHOICES = 10_000
 
 
 class _Param(BaseModel):
@@ -401,6 +407,15 @@ def parse_params(
     """
     issues: list[RawIssue] = []
     out: dict[str, Param] = {}
+    depth = (prefix.count(PATH_SEPARATOR) + 1) // 2 if prefix else 0
+    if depth > MAX_CONDITIONAL_DEPTH:
+        return out, [
+            (
+                path,
+                f"conditional sub-spaces nested {depth} levels deep: at most "
+                f"{MAX_CONDITIONAL_DEPTH}",
+            )
+        ]
     if not isinstance(raw, Mapping):
         return out, [(path, f"expected a mapping of parameter names, got {describe_value(raw)}")]
     if not raw:
@@ -471,6 +486,9 @@ def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue], name: str) -> 
 def _parse_choices(
     raw: Any, where: KeyPath, issues: list[RawIssue], name: str
 ) -> list[Choice] | None:
+    if isinstance(raw, list | Mapping) and len(raw) > MAX_CHOICES:
+        issues.append((where, f"{len(raw):,} choices: at most {MAX_CHOICES:,}"))
+        return None
     if isinstance(raw, list):
         if not raw:
             issues.append((where, "no choices: give at least one"))
