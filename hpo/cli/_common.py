@@ -172,12 +172,12 @@ def prepare_study(
     problems = check_run_options(spec_run, algorithm, pruner)
     if problems:
         raise SpaceError([SpaceIssue(str(space), "", None, p) for p in problems])
-    study_name = name or spec.name
+    study_name = name if name is not None else spec.name
     from hpo.spaces._spec import MAX_SEED
 
     problem = name_problem(study_name, "study")
     if problem:
-        where = f"{name_option}: " if name else f"{space}: name: "
+        where = f"{name_option}: " if name is not None else f"{space}: name: "
         fail(f"{where}{problem}")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         fail(f"--seed: must be between 0 and {MAX_SEED}, got {seed}")
