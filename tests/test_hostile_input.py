@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from hpo.names import MAX_NAME_LENGTH, MAX_PARAM_NAME_LENGTH, check_name, name_problem
@@ -164,7 +164,8 @@ def test_hostile_study_options_exit_2_in_one_line(
 
 
 @FAST
-@given(st.text(max_size=60))
+@given(st.text(max_size=60) | st.sampled_from(["x[/]y", "[bold]", "a\\", "[/]", "[red"]))
+@example("x[/]y")
 def test_errors_and_trees_print_any_text(text: str) -> None:
     import typer
     from rich.console import Console
