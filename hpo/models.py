@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,24 @@ from hpo.artifacts import MODEL_FILE, PARAMS_FILE
 
 if TYPE_CHECKING:
     import keras
+
+
+_TEMP_DIRS: list[Path] = []
+
+
+def _temp_dir(prefix: str) -> Path:
+    """A temporary folder that is removed when the process exits (downloads, links)."""
+    if not _TEMP_DIRS:
+        atexit.register(remove_temp_dirs)
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _TEMP_DIRS.append(path)
+    return path
+
+
+def remove_temp_dirs() -> None:
+    """Remove the temporary folders made so far (also run at exit)."""
+    while _TEMP_DIRS:
+        shutil.rmtree(_TEMP_DIRS.pop(), ignore_errors=True)
 
 
 class ModelError(ValueError):
@@ -111,7 +131,7 @@ def resolve_trial_model(
         directory = path if path.is_dir() else path.parent
         if path.is_file() and path.name != MODEL_FILE:
             # A lone .keras file: give it the folder layout the rest expects.
-            tmp = Path(tempfile.mkdtemp(prefix="hpo-model-"))
+            tmp = _temp_dir("hpo-model-")
             (tmp / MODEL_FILE).symlink_to(path.resolve())
             directory = tmp
         params = (
@@ -157,7 +177,7 @@ def _from_store(ref: str, storage: str | None, tracking_uri: str | None) -> Tria
     uri = tracking_uri or config.tracking_uri
     if not run_id or not uri:
         raise ModelError(f"trial {trial.number} of {study_name!r} has no MLflow run")
-    directory = Path(tempfile.mkdtemp(prefix=f"hpo-{study_name}-{trial.number}-"))
+    directory = _temp_dir(f"hpo-{trial.number}-")
     # One progress bar per artifact is noise on a terminal; the user asked for a model.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = tracking.client(uri)

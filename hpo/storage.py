@@ -21,6 +21,77 @@ DEFAULT_STORAGE_FILE = "hpo.db"
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
 
 
+class StorageError(RuntimeError):
+    """The study store cannot be opened; ``exit_code`` 2 for a bad URL, 1 for a store that
+    does not answer. The message names the problem in one line, passwords masked."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(mask_url(message))
+        self.exit_code = exit_code
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL, or None for another database or SQLite in memory.
+
+    Example:
+        >>> sqlite_path("sqlite:////tmp/hpo.db"), sqlite_path("sqlite://")
+        (PosixPath('/tmp/hpo.db'), None)
+    """
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1] if "///" in url else ""
+    path = path.split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def store_exists(url: str) -> bool:
+    """False only for a SQLite file that does not exist yet (read-only commands must not
+    create it); a server database is assumed to exist."""
+    path = sqlite_path(url)
+    return path is None or path.exists()
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a study-store URL that is not a SQLAlchemy URL of an installed database driver.
+
+    Raises:
+        StorageError: with exit code 2, naming the problem.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. sqlite:///hpo.db or postgresql+psycopg://user@host:5432/db"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StorageError(f"invalid --storage URL {url!r}: expected {example}", 2) from None
+    if parsed.drivername.startswith("sqlite") and parsed.database == "":
+        raise StorageError(f"--storage {url!r}: give the SQLite file, {example}", 2)
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise StorageError(
+            f"invalid --storage URL {url!r}: unknown database {parsed.drivername!r} ({example})",
+            2,
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise StorageError(
+            f"--storage {url!r}: the database driver {parsed.drivername!r} is not installed "
+            f"({exc})",
+            2,
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's own error
+    text = str(orig if orig is not None else exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def resolve_storage(url: str | None = None) -> str:
     """The storage URL: ``url``, else ``$HPO_STORAGE``, else ``hpo.db`` in the working dir."""
     url = url or os.environ.get(STORAGE_ENV)
@@ -67,10 +138,16 @@ def open_storage(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _ignore_heartbeat_warnings()
+    check_storage_url(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot open the study store {url}: {exc.strerror or exc}", 1
+                ) from None
         engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
     else:
         # A worker needs at most a few connections at once (main loop, heartbeat, reaper);
@@ -100,7 +177,9 @@ def open_storage(
             if attempt == 4 or not any(
                 k in text for k in ("UniqueViolation", "already exists", "IntegrityError")
             ):
-                raise
+                raise StorageError(
+                    f"cannot open the study store {url}: {_one_line(exc)}", 1
+                ) from exc
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 

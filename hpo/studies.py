@@ -98,6 +98,11 @@ def create_study(storage: BaseStorage, config: StudyConfig) -> optuna.Study:
     """Create the Optuna study and store ``config`` in it; fails if the name is taken."""
     import optuna
 
+    from hpo.names import name_problem
+
+    problem = name_problem(config.name, "study")
+    if problem:
+        raise StudyError(problem)
     spec = config.spec()
     try:
         study = optuna.create_study(
@@ -107,8 +112,8 @@ def create_study(storage: BaseStorage, config: StudyConfig) -> optuna.Study:
         )
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(
-            f"study {config.name!r} already exists: resume it with --resume, or choose another "
-            "name with --study"
+            f"study {config.name!r} already exists: continue it (hpo run --resume), or choose "
+            "another name"
         ) from None
     # Workers skip the study until its set-up (MLflow experiment and run) is stored.
     storage.set_study_system_attr(study._study_id, STATE_ATTR, "creating")

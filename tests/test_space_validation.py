@@ -349,7 +349,7 @@ def test_sections_of_the_wrong_type(tmp_path: Path) -> None:
     check(
         text,
         tmp_path,
-        ("name", 1, "a study name may contain letters, digits, _, . and - only"),
+        ("name", 1, "invalid study name 'my study': use letters, digits"),
         ("family", 2, "expected the name of a model family, got a list"),
         ("dataset", 3, "expected a dataset name or a mapping with its name and options, got 5"),
         ("objective.metric", 4, "String should have at least 1 character"),

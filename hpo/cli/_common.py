@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from hpo.names import name_problem
 from hpo.storage import mask_url
 
 if TYPE_CHECKING:
@@ -56,8 +58,14 @@ SubsetOption = Annotated[
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {mask_url(message)}", highlight=False)
+    """Print ``message`` (plain text, never markup) as one error line and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(one_line(mask_url(message)))}", highlight=False)
     raise typer.Exit(code)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks shown as spaces: an error is one line."""
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
 def print_json(data: Any) -> None:
@@ -68,26 +76,45 @@ def print_json(data: Any) -> None:
 def handled_errors() -> Iterator[None]:
     """Turn the product's own errors into a message and the documented exit status."""
     from hpo.datasets import DataError
+    from hpo.names import InvalidNameError
     from hpo.spaces import SpaceError
+    from hpo.storage import StorageError
     from hpo.studies import StudyError
 
     try:
         yield
     except SpaceError as exc:
         for issue in exc.issues:
-            err_console.print(f"[bold red]error:[/] {issue}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(issue))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
-    except (StudyError, DataError) as exc:
+    except StorageError as exc:
+        fail(str(exc), exc.exit_code)
+    except (StudyError, DataError, InvalidNameError) as exc:
         fail(str(exc), EXIT_USAGE)
 
 
 def open_store(
-    storage: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None
+    storage: str | None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    *,
+    study: str | None = None,
 ) -> RDBStorage:
-    """The study store of ``--storage``: that URL, else ``$HPO_STORAGE``, else hpo.db here."""
-    from hpo.storage import open_storage, resolve_storage
+    """The study store of ``--storage``: that URL, else ``$HPO_STORAGE``, else hpo.db here.
 
-    return open_storage(resolve_storage(storage), heartbeat_interval, grace_period)
+    With ``study`` (a command that reads or changes that study) a SQLite file that does not
+    exist is not created: the study is not there. A URL that is not one, or a store that does
+    not answer, ends the command with one line (exit 2 or 1).
+    """
+    from hpo.storage import StorageError, open_storage, resolve_storage, store_exists
+
+    url = resolve_storage(storage)
+    if study is not None and not store_exists(url):
+        fail(f"no study named {study!r}: the study store {url} does not exist")
+    try:
+        return open_storage(url, heartbeat_interval, grace_period)
+    except StorageError as exc:
+        fail(str(exc), exc.exit_code)
 
 
 def load_checked_spec(path: Path) -> Any:
@@ -114,6 +141,7 @@ def prepare_study(
     max_retries: int = 1,
     check_data: bool = True,
     on_valid: Callable[[Any, str], None] | None = None,
+    name_option: str = "--study",
 ) -> tuple[Any, Any, bool]:
     """Validate the space, options and data, then create the study (or load it with ``resume``).
 
@@ -133,6 +161,7 @@ def prepare_study(
         k: v for k, v in {"dataset": dataset, "epochs": epochs, "subset": subset}.items() if v
     }
     spec_run = apply_overrides(spec, overrides)
+    given = {"algorithm": algorithm, "pruner": pruner, "seed": seed}
     algorithm = algorithm or spec.defaults.algorithm
     pruner = pruner or spec.defaults.pruner
     if dataset:
@@ -143,7 +172,15 @@ def prepare_study(
     problems = check_run_options(spec_run, algorithm, pruner)
     if problems:
         raise SpaceError([SpaceIssue(str(space), "", None, p) for p in problems])
-    study_name = name or spec.name
+    study_name = name if name is not None else spec.name
+    from hpo.spaces._spec import MAX_SEED
+
+    problem = name_problem(study_name, "study")
+    if problem:
+        where = f"{name_option}: " if name is not None else f"{space}: name: "
+        fail(f"{where}{problem}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        fail(f"--seed: must be between 0 and {MAX_SEED}, got {seed}")
     if on_valid is not None:
         on_valid(spec, study_name)
     if check_data:
@@ -157,14 +194,32 @@ def prepare_study(
     exists = study_name in [s.study_name for s in optuna.get_all_study_summaries(store)]
     if exists:
         if not resume:
+            how = (
+                "continue it with hpo run --resume"
+                if name_option == "--name"
+                else "add --resume to continue it"
+            )
             raise StudyError(
-                f"study {study_name!r} already exists in {url}: add --resume to continue it, "
-                "or give another name with --study"
+                f"study {study_name!r} already exists in {url}: {how}, "
+                f"or give another name with {name_option}"
             )
         config = load_config(store, study_name)
         from hpo.studies import get_study_state
 
-        if get_study_state(store, study_name) == "creating":
+        state = get_study_state(store, study_name)
+        if state == "cancelled":
+            raise StudyError(
+                f"study {study_name!r} was cancelled (hpo study cancel) and cannot be resumed: "
+                "create a new study with another --study name"
+            )
+        differences = _resume_differences(config, spec, given, overrides)
+        if differences:
+            raise StudyError(
+                f"--resume: study {study_name!r} was created with other settings: "
+                f"{'; '.join(differences)}. Resume it with the same ones, or give another "
+                "name with --study"
+            )
+        if state == "creating":
             # An earlier creation stopped before its MLflow set-up: finish it now.
             _start_tracking(store, config, spec_run, algorithm, pruner, space)
         if trials and trials != config.n_trials:
@@ -198,6 +253,39 @@ def prepare_study(
     create_study(store, config)
     _start_tracking(store, config, spec_run, algorithm, pruner, space)
     return store, config, True
+
+
+def _resume_differences(
+    config: Any, spec: Any, given: dict[str, Any], overrides: dict[str, Any]
+) -> list[str]:
+    """What a ``--resume`` asks for that the stored study was not created with.
+
+    The space is compared as parsed (comments and layout may differ); ``given`` holds the
+    flags given on the command line (None: not given, the stored value goes on).
+    """
+    import dataclasses
+
+    from hpo.spaces import parse_spec
+
+    def meaning(s: Any) -> Any:
+        return dataclasses.replace(
+            s, name="", description="", source="", filename="", defaults=None
+        )
+
+    out = []
+    if meaning(spec) != meaning(parse_spec(config.source, config.filename)):
+        out.append(
+            f"the space file differs from the one the study was created from ({config.filename})"
+        )
+    for key in ("algorithm", "pruner", "seed"):
+        value, stored = given[key], getattr(config, key)
+        if value is not None and value != stored:
+            out.append(f"--{key} {value} instead of {stored}")
+    if overrides and overrides != config.overrides:
+        asked = ", ".join(f"--{k} {v}" for k, v in sorted(overrides.items()))
+        kept = ", ".join(f"--{k} {v}" for k, v in sorted(config.overrides.items())) or "none"
+        out.append(f"{asked} instead of {kept}")
+    return out
 
 
 def _start_tracking(

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from hpo.cli._common import (
     EXIT_RUNTIME,
@@ -73,7 +75,9 @@ def _printed_warnings() -> Iterator[None]:
         finally:
             for w in caught:
                 if issubclass(w.category, EnsembleWarning):
-                    err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+                    err_console.print(
+                        f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False
+                    )
 
 
 def _fmt(value: float | None) -> str:
@@ -134,17 +138,17 @@ def build(
     from rich.table import Table
 
     console.print(
-        f"[bold]{result.name}[/] version {result.version}: {result.method} ensemble of "
+        f"[bold]{escape(result.name)}[/] version {result.version}: {result.method} ensemble of "
         f"{len(result.members)} trials from {len(result.candidates)} candidates "
         f"(MLflow run {result.run_id})"
     )
     members = Table("study", "trial", "family", "weight", "MLflow run")
     for m in result.members:
-        members.add_row(m.study, str(m.trial), m.family, f"{m.weight:.3f}", m.run_id)
+        members.add_row(Text(m.study), str(m.trial), Text(m.family), f"{m.weight:.3f}", m.run_id)
     console.print(members)
     console.print(_metrics_table(result.metrics))
     if not result.exportable:
-        err_console.print(f"[yellow]note:[/] not exportable: {result.export_problem}")
+        err_console.print(f"[yellow]note:[/] not exportable: {escape(str(result.export_problem))}")
 
 
 def _metrics_table(metrics: dict[str, Any]) -> Any:
@@ -165,9 +169,13 @@ def _metrics_table(metrics: dict[str, Any]) -> Any:
 def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False) -> None:
     """The registered ensembles, with their latest version."""
     from hpo.ensemble import list_ensembles
+    from hpo.storage import store_exists
+    from hpo.tracking import resolve_tracking_uri
 
     with _handled():
-        rows = list_ensembles(tracking_uri)
+        # No local tracking store yet: no ensembles (and no empty mlflow.db left behind).
+        exists = store_exists(resolve_tracking_uri(tracking_uri))
+        rows = list_ensembles(tracking_uri) if exists else []
     if json_out:
         print_json(rows)
         return
@@ -177,10 +185,10 @@ def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False)
     for r in rows:
         test = r["metrics"].get("test", {}).get("ensemble", {})
         table.add_row(
-            r["name"],
+            Text(r["name"]),
             str(r["versions"]),
-            str(r["method"]),
-            ", ".join(r["studies"]),
+            Text(str(r["method"])),
+            Text(", ".join(r["studies"])),
             str(r["members"]),
             ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(test.items())),
         )
@@ -196,7 +204,12 @@ def show(
 ) -> None:
     """A registered ensemble's versions: method, members, weights and metrics."""
     from hpo.ensemble import show_ensemble
+    from hpo.storage import store_exists
+    from hpo.tracking import resolve_tracking_uri
 
+    uri = resolve_tracking_uri(tracking_uri)
+    if not store_exists(uri):
+        fail(f"no ensemble named {name!r}: the tracking store {uri} does not exist")
     with _handled():
         info = show_ensemble(name, version, tracking_uri)
     if json_out:
@@ -206,13 +219,15 @@ def show(
 
     for v in info["versions"]:
         console.print(
-            f"[bold]{info['name']}[/] version {v['version']} ({v['created']}): {v['method']} "
-            f"ensemble of {', '.join(v['studies'])}; MLflow run {v['run_id']}"
+            f"[bold]{escape(info['name'])}[/] version {v['version']} ({v['created']}): "
+            + escape(
+                f"{v['method']} ensemble of {', '.join(v['studies'])}; MLflow run {v['run_id']}"
+            )
             + ("" if v["exportable"] else " [yellow](not exportable)[/]")
         )
         members = Table("study", "trial", "weight", "MLflow run")
         for m in v["members"]:
-            members.add_row(m["study"], str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
+            members.add_row(Text(m["study"]), str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
         console.print(members)
         console.print(_metrics_table(v["metrics"]))
 
@@ -231,7 +246,7 @@ def export(
 
     with _handled():
         path = export_ensemble(name, output, fmt, version, tracking_uri, overwrite)
-    console.print(f"wrote {path} ({fmt})")
+    console.print(f"wrote {path} ({fmt})", markup=False)
 
 
 def predict(

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from hpo.cli._common import (
     EXIT_OK,
@@ -27,6 +29,7 @@ from hpo.cli._common import (
     prepare_study,
     tracking_uri_option,
 )
+from hpo.storage import mask_url
 
 DEFAULT_SPACE = Path("search_spaces/image_cnn.yaml")
 LOG_DIR = Path("hpo-logs")
@@ -92,8 +95,9 @@ def run(
     if not json_out:
         verb = "created" if created else "resuming"
         console.print(
-            f"{verb} study [bold]{config.name}[/]: {config.n_trials} trials, "
-            f"{config.algorithm}, pruner {config.pruner}, {len(launch.procs)} worker(s)"
+            f"{verb} study [bold]{escape(config.name)}[/]: {config.n_trials} trials, "
+            f"{escape(config.algorithm)}, pruner {escape(config.pruner)}, "
+            f"{len(launch.procs)} worker(s)"
         )
     launch.go()
     ok = _watch(store, config.name, launch.procs, quiet=json_out)
@@ -237,7 +241,7 @@ def _watch(store: Any, name: str, procs: list[subprocess.Popen[bytes]], quiet: b
             return all(p.returncode == 0 for p in procs)
         with progress:
             st = study_status(store, name)
-            task = progress.add_task(name, total=st.n_trials, info="")
+            task = progress.add_task(escape(name), total=st.n_trials, info="")
             while True:
                 alive = [p for p in procs if p.poll() is None]
                 st = study_status(store, name)
@@ -292,11 +296,11 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
     table = Table(
         "trial",
         "state",
-        *config.spec().metrics,
+        *[escape(m) for m in config.spec().metrics],
         "epochs",
         "params",
         "note",
-        title=f"{config.name}: best trials",
+        title=escape(f"{config.name}: best trials"),
     )
     for t in ranked[:8]:
         values = [f"{v:.4f}" for v in t.values] if t.values else ["-"] * len(st.directions)
@@ -306,15 +310,15 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
             *values,
             str(t.user_attrs.get("epochs", "")),
             str(t.user_attrs.get("params_count", "")),
-            str(t.user_attrs.get("fail_reason", ""))[:60],
+            Text(str(t.user_attrs.get("fail_reason", ""))[:60]),
         )
     console.print(table)
     console.print(
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed\n"
-        f"MLflow: experiment [bold]{config.name}[/] in {config.tracking_uri} "
-        "(browse it with [bold]hpo ui[/])\n"
-        f"worker logs: {', '.join(str(p) for p in logs)}"
+        f"MLflow: experiment [bold]{escape(config.name)}[/] in "
+        f"{escape(mask_url(config.tracking_uri or ''))} (browse it with [bold]hpo ui[/])\n"
+        f"worker logs: {escape(', '.join(str(p) for p in logs))}"
     )
     from hpo import tracking
 
@@ -392,10 +396,14 @@ def worker(
     ),
 ) -> None:
     """Take trials from the store and run them; serves every active study without --study."""
+    from hpo.names import name_problem
     from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
     from hpo.storage import mask_url, resolve_storage
     from hpo.worker import Worker, WorkerOptions
 
+    problem = name_problem(study, "study") if study is not None else None
+    if problem:
+        fail(f"--study: {problem}")
     try:
         gpu_list = parse_gpus(gpus)
         plan_slots(gpu_list, trials_per_gpu)
@@ -457,7 +465,7 @@ def ui(
     from hpo.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    console.print(f"MLflow UI for {uri} on http://{host}:{port}")
+    console.print(f"MLflow UI for {uri} on http://{host}:{port}", markup=False)
     cmd = [
         sys.executable,
         "-m",

@@ -143,16 +143,18 @@ def sample(
         print_json(report)
         return
     where = f"trial {trial.trial_number} of {trial.study}" if trial.study else model
-    console.print(f"VAE from {where} (latent_dim {d})")
-    console.print(f"  {written['grid']}: {n}x{n} samples from N(0, I)")
+    console.print(f"VAE from {where} (latent_dim {d})", markup=False)
+    console.print(f"  {written['grid']}: {n}x{n} samples from N(0, I)", markup=False)
     console.print(
         f"  {written['traversal']}: rows = latent dims {dims}, columns = "
-        f"-{TRAVERSAL_RANGE:g} .. {TRAVERSAL_RANGE:g}"
+        f"-{TRAVERSAL_RANGE:g} .. {TRAVERSAL_RANGE:g}",
+        markup=False,
     )
     if pair is not None:
         console.print(
             f"  {written['arithmetic']}: rows = samples of {pair[1]!r}, columns = + alpha * "
-            f"({pair[0]!r} - {pair[1]!r}) for alpha in {alpha_values}"
+            f"({pair[0]!r} - {pair[1]!r}) for alpha in {alpha_values}",
+            markup=False,
         )
 
 

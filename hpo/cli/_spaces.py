@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from hpo.cli._common import (
     EXIT_USAGE,
@@ -26,6 +27,7 @@ def list_spaces(
 ) -> None:
     """List the space files in a folder with their family, dataset and objective."""
     from rich.table import Table
+    from rich.text import Text
 
     from hpo.spaces import SpaceError, load_spec
 
@@ -59,10 +61,10 @@ def list_spaces(
     table = Table("file", "family", "dataset", "objective", "params", "valid")
     for r in rows:
         table.add_row(
-            r["file"],
-            r.get("family", ""),
-            r.get("dataset", ""),
-            r.get("objective", ""),
+            Text(r["file"]),
+            Text(r.get("family", "")),
+            Text(r.get("dataset", "")),
+            Text(r.get("objective", "")),
             str(r.get("params", "")),
             "yes" if r["valid"] else "[red]no[/]",
         )
@@ -86,7 +88,9 @@ def validate(
                 {"file": str(path), "valid": True, "name": spec.name, "params": spec.space.names()}
             )
             if not json_out:
-                console.print(f"[green]ok[/] {path} ({len(spec.space.names())} parameters)")
+                console.print(
+                    f"[green]ok[/] {escape(str(path))} ({len(spec.space.names())} parameters)"
+                )
         except SpaceError as exc:
             bad = True
             results.append(
@@ -101,7 +105,7 @@ def validate(
             )
             if not json_out:
                 for issue in exc.issues:
-                    err_console.print(f"[bold red]error:[/] {issue}", highlight=False)
+                    err_console.print(f"[bold red]error:[/] {escape(str(issue))}", highlight=False)
     if json_out:
         print_json(results)
     if bad:

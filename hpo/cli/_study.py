@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from hpo.cli._common import (
     AlgorithmOption,
@@ -68,6 +70,7 @@ def create(
             priority=priority,
             max_retries=max_retries,
             check_data=not skip_data_check,
+            name_option="--name",
         )
     if json_out:
         print_json(
@@ -80,8 +83,8 @@ def create(
         )
     else:
         console.print(
-            f"created study [bold]{config.name}[/]: {config.n_trials} trials, "
-            f"{config.algorithm}, pruner {config.pruner}"
+            f"created study [bold]{escape(config.name)}[/]: {config.n_trials} trials, "
+            f"{escape(config.algorithm)}, pruner {escape(config.pruner)}"
         )
 
 
@@ -94,11 +97,15 @@ def list_studies(
     import optuna
     from rich.table import Table
 
+    from hpo.storage import resolve_storage, store_exists
     from hpo.studies import StudyError, study_status
 
-    store = open_store(storage)
     rows: list[dict[str, Any]] = []
-    for summary in optuna.get_all_study_summaries(store):
+    # No store yet: no studies (and no empty hpo.db left behind).
+    store = open_store(storage) if store_exists(resolve_storage(storage)) else None
+    summaries = optuna.get_all_study_summaries(store) if store is not None else []
+    for summary in summaries:
+        assert store is not None
         try:
             rows.append(study_status(store, summary.study_name).to_dict())
         except StudyError:
@@ -119,12 +126,12 @@ def list_studies(
     )
     for r in rows:
         if r.get("foreign"):
-            table.add_row(r["name"], "(not an hpo study)", *[""] * 7)
+            table.add_row(Text(r["name"]), "(not an hpo study)", *[""] * 7)
             continue
         table.add_row(
-            r["name"],
-            r["family"],
-            r["algorithm"],
+            Text(r["name"]),
+            Text(r["family"]),
+            Text(r["algorithm"]),
             f"{r['finished']}/{r['n_trials']}",
             str(r["complete"]),
             str(r["pruned"]),
@@ -149,12 +156,14 @@ def status(
     from hpo.studies import study_status
 
     with handled_errors():
-        st = study_status(open_store(storage), name)
+        st = study_status(open_store(storage, study=name), name)
     if json_out:
         print_json(st.to_dict())
         return
     console.print(
-        f"[bold]{st.name}[/] ({st.family} on {st.dataset}, {st.algorithm}, pruner {st.pruner})\n"
+        f"[bold]{escape(st.name)}[/] "
+        + escape(f"({st.family} on {st.dataset}, {st.algorithm}, pruner {st.pruner})")
+        + "\n"
         f"  finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed; {st.running} running\n"
         f"  best: {_fmt(st.best_values)}"
@@ -174,7 +183,7 @@ def best(
     from hpo.study_report import best_trial_summary
 
     with handled_errors():
-        store = open_store(storage)
+        store = open_store(storage, study=name)
         summary = best_trial_summary(store, load_config(store, name))
     if summary is None:
         fail(f"study {name!r} has no complete trial yet", 1)
@@ -184,10 +193,10 @@ def best(
     for t in summary["best_trials"]:
         console.print(
             f"[bold]trial {t['number']}[/]: values {_fmt(t['values'])}, "
-            f"{t['params_count']} parameters, MLflow run {t['mlflow_run_id']}"
+            + escape(f"{t['params_count']} parameters, MLflow run {t['mlflow_run_id']}")
         )
         for k, v in sorted(t["params"].items()):
-            console.print(f"  {k} = {v!r}")
+            console.print(f"  {k} = {v!r}", markup=False, highlight=False)
 
 
 @app.command("report")
@@ -211,7 +220,7 @@ def report(
     from hpo.study_report import report_by, report_by_png
 
     with handled_errors():
-        store = open_store(storage)
+        store = open_store(storage, study=name)
         config = load_config(store, name)
         try:
             rows = report_by(store, config, by)
@@ -230,16 +239,16 @@ def report(
         print_json({"study": name, "by": by, "metric": metric, "rows": rows})
         return
     table = Table(
-        by,
+        escape(by),
         "trials",
         "complete",
         "pruned",
         "failed",
-        f"best {metric}",
-        f"median {metric}",
+        escape(f"best {metric}"),
+        escape(f"median {metric}"),
         "median s/epoch",
         "median params",
-        title=f"{name}: by {by}",
+        title=escape(f"{name}: by {by}"),
     )
 
     def cell(v: Any, fmt: str) -> str:
@@ -247,7 +256,7 @@ def report(
 
     for r in rows:
         table.add_row(
-            r["value"],
+            Text(str(r["value"])),
             str(r["trials"]),
             str(r["complete"]),
             str(r["pruned"]),
@@ -264,11 +273,11 @@ def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> No
     from hpo.studies import set_study_state
 
     with handled_errors():
-        set_study_state(open_store(storage), name, state)
+        set_study_state(open_store(storage, study=name), name, state)
     if json_out:
         print_json({"study": name, "state": state})
     else:
-        console.print(f"study [bold]{name}[/] is {state}")
+        console.print(f"study [bold]{escape(name)}[/] is {state}")
 
 
 @app.command("pause")
@@ -315,7 +324,10 @@ def reap(
 
     with handled_errors():
         store = open_store(
-            storage, heartbeat_interval=max(1, grace_period // 3), grace_period=grace_period
+            storage,
+            heartbeat_interval=max(1, grace_period // 3),
+            grace_period=grace_period,
+            study=name,
         )
         reaped = reap_stale_trials(store, load_config(store, name))
     if json_out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from hpo.cli._common import (
     EXIT_OK,
@@ -55,17 +56,20 @@ def sync(
 
 def _print(r: dict[str, Any]) -> None:
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(r["replayed_by_kind"].items()))
-    line = f"[bold]{r['tracking_uri']}[/]: replayed {r['replayed']} write(s)"
+    line = f"[bold]{escape(r['tracking_uri'])}[/]: replayed {r['replayed']} write(s)"
     console.print(line + (f" ({kinds})" if kinds else ""), highlight=False)
     for placeholder, real in sorted(r["mapped"].items()):
-        console.print(f"  {placeholder} -> {real}", highlight=False)
+        console.print(f"  {placeholder} -> {real}", highlight=False, markup=False)
     for d in r["dropped"]:
-        err_console.print(f"  [yellow]dropped[/] {d['operation']}: {d['error']}", highlight=False)
+        err_console.print(
+            f"  [yellow]dropped[/] {escape(str(d['operation']))}: {escape(str(d['error']))}",
+            highlight=False,
+        )
     if r["pending"]:
         why = "another process is replaying it" if r["busy"] else (r["error"] or "")
         err_console.print(
             f"  [bold red]still pending:[/] {r['pending']} write(s), "
-            f"{r['pending_runs']} run(s) not created yet" + (f" ({why})" if why else ""),
+            f"{r['pending_runs']} run(s) not created yet" + (f" ({escape(why)})" if why else ""),
             highlight=False,
         )
     else:

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -45,6 +44,7 @@ from hpo.ensemble._weights import (
     caruana_weights,
     fit_simplex_weights,
 )
+from hpo.names import name_problem
 from hpo.storage import mask_url
 
 SELECTION_METRICS = ("nll", "accuracy")
@@ -52,7 +52,6 @@ SELECTION_METRICS = ("nll", "accuracy")
 BUILD_METRICS = ("auto", *SELECTION_METRICS)
 KINDS = ("ensemble", "best_single", "average")
 CROSS_STUDY_EXPERIMENT = "ensembles"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ENSEMBLE_FILE = "ensemble.json"
 
 
@@ -285,12 +284,10 @@ class EnsembleResult:
 
 
 def check_name(name: str) -> None:
-    """Registered ensemble names: letters, digits, ``_``, ``.``, ``-`` (they become tags)."""
-    if not NAME_PATTERN.match(name):
-        raise EnsembleError(
-            f"invalid ensemble name {name!r}: use letters, digits, '_', '.' and '-' "
-            "(at most 100, starting with a letter or digit)"
-        )
+    """Registered ensemble names follow :mod:`hpo.names` (they become tags and model names)."""
+    problem = name_problem(name, "ensemble")
+    if problem:
+        raise EnsembleError(problem)
 
 
 def build_ensemble(

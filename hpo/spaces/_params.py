@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpo import names
 from hpo.spaces._errors import (
     FieldError,
     KeyPath,
@@ -34,12 +35,16 @@ from hpo.spaces._errors import (
 )
 
 Scalar: TypeAlias = str | int | float | bool | None
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An option with its own parameters becomes part of their path names (``optimizer.adam.lr``):
 # no "." (it would make names ambiguous) and only characters MLflow accepts in parameter keys.
-OPTION_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+OPTION_PATTERN = re.compile(r"[A-Za-z0-9_\-]+")
 PATH_SEPARATOR = "."
-RESERVED_PREFIX = "__"  # the hyperopt compiler uses such keys in its expressions
+# Conditional sub-spaces nest at most this deep. Both engines were run (hyperopt-tpe and
+# optuna-tpe sampling) at 100 levels; hyperopt recursion fails at some 200 on the default
+# recursion limit: 32 leaves a wide margin (tests/test_hostile_input.py runs it).
+MAX_CONDITIONAL_DEPTH = 32
+# Choices of one categorical: Optuna and hyperopt handle a few thousand easily.
+MAX_CHOICES = 10_000
 
 
 class _Param(BaseModel):
@@ -241,19 +246,13 @@ def name_problem(name: object) -> str | None:
         >>> name_problem("learning-rate")[:39]
         "invalid parameter name 'learning-rate':"
     """
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        return (
-            f"invalid parameter name {name!r}: use letters, digits and _, not starting with a digit"
-        )
-    if name.startswith(RESERVED_PREFIX):
-        return f"invalid parameter name {name!r}: names starting with __ are reserved"
-    return None
+    return names.name_problem(name, "parameter")
 
 
 def option_problem(value: Scalar) -> str | None:
     """Why option ``value`` cannot carry its own parameters, or None when it can."""
     label = _label(value)
-    if not OPTION_PATTERN.match(label):
+    if not OPTION_PATTERN.fullmatch(label):
         return (
             f"option {label!r} has its own parameters, so it is part of their names "
             f"(<parameter>.{label}.<name>): use letters, digits, _ and - only (no '.')"
@@ -393,8 +392,10 @@ def _param_to_dict(p: Param) -> Any:
 # -- parsing raw (YAML) data, collecting every problem with its key path ---------------------
 
 
-def parse_params(raw: Any, path: KeyPath = ("params",)) -> tuple[dict[str, Param], list[RawIssue]]:
-    """Parse the ``params`` mapping of a space file.
+def parse_params(
+    raw: Any, path: KeyPath = ("params",), prefix: str = ""
+) -> tuple[dict[str, Param], list[RawIssue]]:
+    """Parse the ``params`` mapping of a space file (``prefix``: the path name it sits under).
 
     Returns the parameters and a list of ``(key path, message)`` problems; the parameters are
     only meaningful when that list is empty.
@@ -406,6 +407,15 @@ def parse_params(raw: Any, path: KeyPath = ("params",)) -> tuple[dict[str, Param
     """
     issues: list[RawIssue] = []
     out: dict[str, Param] = {}
+    depth = (prefix.count(PATH_SEPARATOR) + 1) // 2 if prefix else 0
+    if depth > MAX_CONDITIONAL_DEPTH:
+        return out, [
+            (
+                path,
+                f"conditional sub-spaces nested {depth} levels deep: at most "
+                f"{MAX_CONDITIONAL_DEPTH}",
+            )
+        ]
     if not isinstance(raw, Mapping):
         return out, [(path, f"expected a mapping of parameter names, got {describe_value(raw)}")]
     if not raw:
@@ -424,16 +434,18 @@ def parse_params(raw: Any, path: KeyPath = ("params",)) -> tuple[dict[str, Param
     for key, spec in raw.items():
         where = (*path, key)
         problem = name_problem(key)
+        if problem is None:
+            problem = names.path_name_problem(join_path(prefix, key) if prefix else key)
         if problem:
             issues.append((where, problem))
             continue
-        param = _parse_one(spec, where, issues)
+        param = _parse_one(spec, where, issues, join_path(prefix, key) if prefix else key)
         if param is not None:
             out[key] = param
     return out, issues
 
 
-def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue]) -> Param | None:
+def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue], name: str) -> Param | None:
     if not isinstance(spec, Mapping):
         if isinstance(spec, list):
             issues.append((where, "a list is ambiguous: write {type: categorical, choices: [...]}"))
@@ -457,7 +469,7 @@ def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue]) -> Param | Non
     data = dict(spec)
     bad_choices = False
     if kind == "categorical" and "choices" in data:
-        choices = _parse_choices(data["choices"], (*where, "choices"), issues)
+        choices = _parse_choices(data["choices"], (*where, "choices"), issues, name)
         bad_choices = choices is None
         # A stand-in for choices already reported, so that the other keys are still checked.
         data["choices"] = choices if choices is not None else [Choice(value=None)]
@@ -471,7 +483,12 @@ def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue]) -> Param | Non
     return None if bad_choices else param
 
 
-def _parse_choices(raw: Any, where: KeyPath, issues: list[RawIssue]) -> list[Choice] | None:
+def _parse_choices(
+    raw: Any, where: KeyPath, issues: list[RawIssue], name: str
+) -> list[Choice] | None:
+    if isinstance(raw, list | Mapping) and len(raw) > MAX_CHOICES:
+        issues.append((where, f"{len(raw):,} choices: at most {MAX_CHOICES:,}"))
+        return None
     if isinstance(raw, list):
         if not raw:
             issues.append((where, "no choices: give at least one"))
@@ -518,7 +535,7 @@ def _parse_choices(raw: Any, where: KeyPath, issues: list[RawIssue]) -> list[Cho
                 ok = False
                 issues.append((at, bad_option))
                 continue
-            params, sub_issues = parse_params(sub, at)
+            params, sub_issues = parse_params(sub, at, join_path(name, _label(value)))
             issues.extend(sub_issues)
             ok = ok and not sub_issues
             choices.append(Choice(value=value, params=params))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Literal, NoReturn, TypeAlias
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hpo.names import name_problem
 from hpo.spaces._errors import (
     FieldError,
     KeyPath,
@@ -23,7 +23,13 @@ from hpo.spaces._errors import (
     unknown_message,
 )
 from hpo.spaces._params import FloatParam, SearchSpace, parse_params
-from hpo.spaces._yaml import YamlDocument
+from hpo.spaces._yaml import YamlDocument, YamlLimitError
+
+# A space file is a page or two of YAML; 1 MB leaves room for long descriptions and lists.
+MAX_FILE_BYTES = 1_000_000
+_TOO_LARGE = f"the file is larger than {MAX_FILE_BYTES:,} bytes: not a search space"
+# numpy's seeds (the samplers and the data splits use numpy): 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 
 class _Section(BaseModel):
@@ -41,7 +47,7 @@ class DatasetSpec(_Section):
     subset: int | None = Field(default=None, gt=0, description="cap on training examples")
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -82,10 +88,9 @@ class DefaultsSpec(_Section):
     pruner: str = "median"
     trials: int = Field(default=20, gt=0)
     workers: int = Field(default=1, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _REQUIRED = {
     "family": "the model family, e.g. `family: image_cnn`",
     "dataset": "the data to train on, e.g. `dataset: digits`",
@@ -152,7 +157,11 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a search-space file; raises :class:`SpaceError` naming every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # bounded: a huge file or /dev/zero is refused
+        if len(data) > MAX_FILE_BYTES:
+            raise SpaceError([SpaceIssue(str(path), "", None, _TOO_LARGE)])
+        text = data.decode("utf-8")
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise SpaceError([SpaceIssue(str(path), "", None, f"cannot read: {reason}")]) from None
@@ -188,8 +197,13 @@ def parse_spec(text: str, filename: str = "<string>") -> StudySpec:
         ...     print(exc.issues[-1])
         s.yaml:2: budget.max_epochs: Input should be greater than 0, got 0
     """
+    if len(text) > MAX_FILE_BYTES:
+        raise SpaceError([SpaceIssue(filename, "", None, _TOO_LARGE)])
     try:
         doc = YamlDocument.parse(text, filename)
+    except YamlLimitError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
+        raise SpaceError([SpaceIssue(filename, "", line, exc.problem)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -206,6 +220,7 @@ def parse_spec(text: str, filename: str = "<string>") -> StudySpec:
         (path, f"duplicate key: {path[-1]!r} is already given on line {first}", line)
         for path, line, first in doc.duplicates
     ]
+    issues.extend((path, msg, None) for path, msg in doc.problems)
     raw = doc.data
     if not isinstance(raw, Mapping):
         _raise(
@@ -281,16 +296,11 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
 
     if "name" in raw and raw["name"] is not None:
         name = raw["name"]
-        if isinstance(name, str) and _NAME_PATTERN.match(name):
+        problem = name_problem(name, "study")
+        if problem is None:
             values["name"] = name
         else:
-            issues.append(
-                (
-                    ("name",),
-                    "a study name may contain letters, digits, _, . and - "
-                    f"only, got {describe_value(name)}",
-                )
-            )
+            issues.append((("name",), problem))
     if "description" in raw and raw["description"] is not None:
         if isinstance(raw["description"], str):
             values["description"] = raw["description"]
@@ -451,6 +461,10 @@ def _cross_checks(
         elif sep:
             if not module_exists(family):
                 issues.append((("family",), f"cannot find module {module!r} of {family!r}"))
+            else:
+                problem = _family_problem(family)
+                if problem:
+                    issues.append((("family",), problem))
         else:
             issues.append(
                 (
@@ -490,6 +504,33 @@ def _cross_checks(
     ):
         issues.append((("defaults", key), problem))
     return issues
+
+
+def _family_problem(target: str) -> str | None:
+    """Why ``module:attribute`` is not a family; the module is imported here (its code runs)."""
+    import inspect
+
+    from hpo._registry import import_object
+    from hpo.families import Family
+
+    try:
+        obj = import_object(target)
+    except AttributeError:
+        module, _, attr = target.partition(":")
+        return f"module {module!r} has no attribute {attr!r}"
+    except Exception as exc:  # the user's module failed to import: say how, in one line
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return f"cannot import {target!r}: {reason[:300]}"
+    if inspect.isclass(obj):
+        if issubclass(obj, Family):
+            return None
+        return f"{target!r} is a class but not a subclass of hpo.families.Family"
+    if isinstance(obj, Family) or callable(obj):
+        return None
+    return (
+        f"{target!r} is {describe_value(obj)}: expected a Family subclass or a "
+        "build(hp, data) function"
+    )
 
 
 def _raise(filename: str, doc: YamlDocument, issues: list[_Issue]) -> NoReturn:

@@ -10,6 +10,22 @@ from yaml.constructor import ConstructorError
 
 from hpo.spaces._errors import KeyPath
 
+# Limits on what a document may hold, so that a small hostile file cannot take the machine's
+# memory or time: every value counts once per place it appears, so an alias (``*name``) counts
+# as often as it is used (a "billion laughs" file of a few hundred bytes is refused early).
+MAX_VALUES = 100_000
+MAX_STRING_LENGTH = 10_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A document beyond :data:`MAX_VALUES` values (aliases expanded)."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), as users write it."""
@@ -34,7 +50,9 @@ class YamlDocument:
 
     ``duplicates`` lists ``(key path, line, line of the first occurrence)`` of every key given
     twice in one mapping (the later value wins, as in plain YAML). Keys that a merge key
-    (``<<: *base``) brings in may be overridden: that is what merging is for.
+    (``<<: *base``) brings in may be overridden: that is what merging is for. ``problems``
+    lists ``(key path, message)`` of values beyond the size limits (long text, integers
+    outside 64 bits).
 
     Example:
         >>> doc = YamlDocument.parse("a:\\n  b: 1\\n  b: 2\\n", "x.yaml")
@@ -47,10 +65,12 @@ class YamlDocument:
         data: Any,
         lines: dict[KeyPath, int],
         duplicates: list[tuple[KeyPath, int, int]],
+        problems: list[tuple[KeyPath, str]] | None = None,
     ) -> None:
         self.data = data
         self._lines = lines
         self.duplicates = duplicates
+        self.problems = problems or []
 
     def line_of(self, path: KeyPath) -> int | None:
         """Line of the deepest prefix of ``path`` that the document knows."""
@@ -72,10 +92,19 @@ class YamlDocument:
         constructor = _Loader("")
         # Nodes being built: an alias inside its own anchor would otherwise recurse forever.
         building: set[int] = set()
+        problems: list[tuple[KeyPath, str]] = []
+        count = [0]
 
         def build(n: yaml.Node, path: KeyPath) -> Any:
             if id(n) in building:
                 raise ConstructorError(None, None, "an alias refers to itself", n.start_mark)
+            count[0] += 1
+            if count[0] > MAX_VALUES:
+                raise YamlLimitError(
+                    f"the document holds more than {MAX_VALUES:,} values once its aliases "
+                    "(*name) are expanded: refused",
+                    n.start_mark,
+                )
             if isinstance(n, yaml.MappingNode):
                 building.add(id(n))
                 own = sum(1 for k, _ in n.value if k.tag != "tag:yaml.org,2002:merge")
@@ -112,7 +141,18 @@ class YamlDocument:
                     items.append(build(item, (*path, i)))
                 building.discard(id(n))
                 return items
-            return scalar(n)
+            value = scalar(n)
+            if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+                problems.append(
+                    (path, f"text of {len(value):,} characters: at most {MAX_STRING_LENGTH:,}")
+                )
+            elif (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not INT64_MIN <= value <= INT64_MAX
+            ):
+                problems.append((path, f"integer {_short_int(value)} is outside the 64-bit range"))
+            return value
 
         def scalar(n: yaml.Node) -> Any:
             try:
@@ -123,4 +163,10 @@ class YamlDocument:
                     None, None, f"cannot read value: {exc}", n.start_mark
                 ) from None
 
-        return cls(build(node, ()), lines, duplicates)
+        data = build(node, ())
+        return cls(data, lines, duplicates, problems)
+
+
+def _short_int(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
