@@ -513,7 +513,6 @@ def _record(
         MODEL_ARTIFACT,
         check_standard,
         ensemble_model,
-        model_info,
         save_mlflow_model,
     )
 
@@ -599,11 +598,9 @@ def _record(
             save_mlflow_model(
                 ensemble,
                 model_dir,
-                model_info(
-                    inputs,
-                    dataset.get("class_names") or _lm_tokens(inputs),
-                    str(dataset["task"]),
-                ),
+                inputs,
+                dataset.get("class_names") or _lm_tokens(inputs),
+                str(dataset["task"]),
             )
         except EnsembleError as exc:
             result.exportable, result.export_problem = False, str(exc)

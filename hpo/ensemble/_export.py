@@ -190,10 +190,17 @@ def input_example(inputs: Any) -> Any:
     return np.zeros((1, *shape), dtype=np.float32)
 
 
-def save_mlflow_model(model: keras.Model, path: Path, info: dict[str, Any]) -> None:
+def save_mlflow_model(
+    model: keras.Model,
+    path: Path,
+    inputs: Any,
+    class_names: Sequence[str] | None,
+    task: str,
+) -> None:
     """Save ``model`` as an MLflow pyfunc model folder that takes raw inputs.
 
-    The folder holds the ``.keras`` file and ``hpo.json`` (:func:`model_info`) under
+    ``inputs`` is the members' :class:`hpo.inputs.InputSpec`. The folder holds the ``.keras``
+    file and ``hpo.json`` (:func:`model_info`) under
     ``artifacts/``, and ``pyfunc_model.py``, which MLflow runs to load them (models from code:
     no hpo needed to serve it), with a signature and an input example for the raw inputs.
     """
@@ -203,9 +210,8 @@ def save_mlflow_model(model: keras.Model, path: Path, info: dict[str, Any]) -> N
     from mlflow.models import infer_signature
 
     from hpo.ensemble import pyfunc_model
-    from hpo.inputs import InputSpec
 
-    inputs = InputSpec.from_json(info["inputs"])
+    info = model_info(inputs, class_names, task)
     example = input_example(inputs)
     loaded = pyfunc_model.RawInputsModel()
     loaded.model, loaded.inputs, loaded.class_names = model, info["inputs"], info["class_names"]
