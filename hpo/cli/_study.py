@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from hpo.cli._common import (
     AlgorithmOption,
@@ -108,6 +109,7 @@ def list_studies(
         return
     table = Table(
         "study",
+        "state",
         "family",
         "algorithm",
         "finished",
@@ -119,10 +121,11 @@ def list_studies(
     )
     for r in rows:
         if r.get("foreign"):
-            table.add_row(r["name"], "(not an hpo study)", *[""] * 7)
+            table.add_row(r["name"], "", "(not an hpo study)", *[""] * 7)
             continue
         table.add_row(
             r["name"],
+            r["state"],
             r["family"],
             r["algorithm"],
             f"{r['finished']}/{r['n_trials']}",
@@ -133,6 +136,9 @@ def list_studies(
             _fmt(r["best_values"]),
         )
     console.print(table)
+    for r in rows:
+        if r.get("broken_reason"):
+            console.print(f"{escape(r['name'])} is broken: {escape(r['broken_reason'])}")
 
 
 def _fmt(values: list[float] | None) -> str:
@@ -159,6 +165,9 @@ def status(
         f"{st.failed} failed; {st.running} running\n"
         f"  best: {_fmt(st.best_values)}"
         + (f" (trial {st.best_trial})" if st.best_trial is not None else "")
+        + f"\n  state: {st.state}"
+        + (f": {escape(st.broken_reason)}" if st.broken_reason else "")
+        + ("\n  fix the cause, then `hpo study resume` serves it again" if st.broken_reason else "")
     )
 
 
