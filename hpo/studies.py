@@ -123,6 +123,11 @@ def create_study(storage: BaseStorage, config: StudyConfig) -> optuna.Study:
 
 
 def save_config(storage: BaseStorage, study: optuna.Study, config: StudyConfig) -> None:
+    """Store ``config`` in the study; never with a password (see ``strip_password``)."""
+    from hpo.storage import strip_password
+
+    if config.tracking_uri:
+        config.tracking_uri = strip_password(config.tracking_uri)
     storage.set_study_system_attr(study._study_id, CONFIG_ATTR, config.to_json())
 
 

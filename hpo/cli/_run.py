@@ -272,6 +272,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
     from rich.table import Table
 
     from hpo.cli._common import print_json
+    from hpo.storage import mask_url
     from hpo.studies import counted_trials
 
     study = optuna.load_study(study_name=config.name, storage=store)
@@ -280,7 +281,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
         print_json(
             st.to_dict()
             | {
-                "tracking_uri": config.tracking_uri,
+                "tracking_uri": mask_url(config.tracking_uri or ""),
                 "experiment_id": config.experiment_id,
                 "parent_run_id": config.parent_run_id,
                 "logs": [str(p) for p in logs],
@@ -312,7 +313,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
     console.print(
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed\n"
-        f"MLflow: experiment [bold]{config.name}[/] in {config.tracking_uri} "
+        f"MLflow: experiment [bold]{config.name}[/] in {mask_url(config.tracking_uri or '')} "
         "(browse it with [bold]hpo ui[/])\n"
         f"worker logs: {', '.join(str(p) for p in logs)}"
     )
@@ -454,20 +455,13 @@ def ui(
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:
     """Serve the MLflow UI on the local tracking store."""
+    from hpo.storage import mask_url
     from hpo.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    console.print(f"MLflow UI for {uri} on http://{host}:{port}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    raise typer.Exit(subprocess.call(cmd))
+    console.print(f"MLflow UI for {mask_url(uri)} on http://{host}:{port}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+    # The store URI goes through the environment (mlflow reads it there): a command line is
+    # visible to every user of the machine (ps), and the URI may hold a password.
+    env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=uri)
+    raise typer.Exit(subprocess.call(cmd, env=env))
