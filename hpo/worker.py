@@ -38,6 +38,7 @@ from hpo.studies import (
     FAIL_REASON_ATTR,
     SETUP_FAILURES_ATTR,
     StudyConfig,
+    StudyError,
     claim_trial,
     clear_setup_failures,
     fail_trial,
@@ -497,7 +498,14 @@ class Worker:
         try:
             storage = self.storage  # opened here, before the threads that share it
             if self.options.study:
-                load_config(storage, self.options.study)  # a clear error before anything
+                config = load_config(storage, self.options.study)  # a clear error first
+                from hpo.families import ALLOWED_MODULES_ENV, family_allowed
+
+                if not family_allowed(config.spec().family):
+                    raise StudyError(
+                        f"study {config.name!r}: family {config.spec().family!r} is not allowed "
+                        f"on this worker (${ALLOWED_MODULES_ENV})"
+                    )
         except BaseException:
             for slot in self.slots:
                 slot.process.close(kill=True)
@@ -577,6 +585,8 @@ class Worker:
                 return None
             for config in self._active_configs():
                 try:
+                    if not self._family_allowed(config):
+                        continue
                     served = self._served_study(config)
                     trial = claim_trial(served.study, config.n_trials)
                 except Exception as exc:
@@ -682,6 +692,18 @@ class Worker:
             self._running.pop(slot.plan.index, None)
 
     # -- studies that keep failing -----------------------------------------------------------
+
+    def _family_allowed(self, config: StudyConfig) -> bool:
+        """Whether this worker may import the study's family (``--allow-family-module``)."""
+        from hpo.families import ALLOWED_MODULES_ENV, family_allowed
+
+        family = config.spec().family
+        if family_allowed(family):
+            return True
+        self._warn_once(
+            config.name, f"its family {family!r} is not allowed here (${ALLOWED_MODULES_ENV})"
+        )
+        return False
 
     def _warn_once(self, name: str, message: str) -> None:
         if name not in self._warned:

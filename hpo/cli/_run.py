@@ -183,7 +183,10 @@ def _start_workers(
     log_dir = LOG_DIR / name
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // (n * slots))
-    env = dict(os.environ, HPO_STORAGE=url)  # not on the command line: it may hold a password
+    # The store URL goes in the environment, not on the command line: it may hold a password.
+    # PYTHONSAFEPATH/-P: the workers and their trial processes never import from the working
+    # directory (a `typer.py` there would run in every one of them).
+    env = dict(os.environ, HPO_STORAGE=url, PYTHONSAFEPATH="1")
     procs, logs = [], []
     for i in range(n):
         log_path = log_dir / f"worker-{i}.log"
@@ -192,6 +195,7 @@ def _start_workers(
                 subprocess.Popen(
                     [
                         sys.executable,
+                        "-P",
                         "-m",
                         "hpo",
                         "worker",
@@ -385,6 +389,13 @@ def worker(
         "--compile-cache",
         help="JAX compile cache shared by GPU slots (default ~/.cache/hpo/jax; '' turns it off).",
     ),
+    allow_family_module: list[str] | None = typer.Option(
+        None,
+        "--allow-family-module",
+        help="Import your own families (family: module:attr) only from this module or "
+        "package; repeat for several (default: $HPO_ALLOWED_FAMILY_MODULES, else any). "
+        "Built-in families are always allowed.",
+    ),
     wait_for_go: bool = typer.Option(
         False,
         "--wait-for-go",
@@ -409,6 +420,12 @@ def worker(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from hpo.families import ALLOWED_MODULES_ENV
+
+    if allow_family_module is not None:
+        # In the environment: the trial processes inherit it and check it before any import.
+        os.environ[ALLOWED_MODULES_ENV] = ",".join(allow_family_module)
+    os.environ.setdefault("PYTHONSAFEPATH", "1")  # trial processes: nothing from the cwd
     url = resolve_storage(storage)
     logger = logging.getLogger("hpo.worker")
     logger.info(
