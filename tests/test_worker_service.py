@@ -377,8 +377,8 @@ def test_poison_studies_are_marked_broken_and_never_stop_a_service_worker(
     assert "gone.csv" in reasons["baddata"] and "does not exist" in reasons["baddata"], reasons
     # A broken study stops using its budget: 3 failed trials, not all 10.
     for name in ("badfamily", "baddata"):
-        trials = _trials(storage, name)
-        assert len(trials) == 3 and all(t.state == TrialState.FAIL for t in trials), name
+        failed = _trials(storage, name)
+        assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed), name
     listing = hpo("study", "list", cwd=tmp_path, env={**env, "COLUMNS": "200"})
     assert listing.returncode == 0, listing.stderr
     for name in ("deep", "badfamily", "baddata"):
