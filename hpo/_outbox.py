@@ -75,7 +75,10 @@ def outbox_root() -> Path:
 
 
 def normalize_uri(uri: str) -> str:
-    return uri.rstrip("/")
+    """``uri`` as outboxes and clients are keyed and stored: without a password."""
+    from hpo.storage import strip_password
+
+    return strip_password(uri).rstrip("/")
 
 
 def outbox_dir(uri: str, root: Path | None = None) -> Path:

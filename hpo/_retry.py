@@ -11,7 +11,8 @@ T = TypeVar("T")
 log = logging.getLogger("hpo.retry")
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a dropped connection or a database restart (worth retrying)."""
     # Connection-level failures only: a constraint violation or a bug must surface at once.
     from sqlalchemy import exc as sa_exc
 
@@ -20,7 +21,7 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     cause = exc.__cause__ or exc.__context__
-    return cause is not None and cause is not exc and _transient(cause)
+    return cause is not None and cause is not exc and is_transient(cause)
 
 
 def with_db_retry(
@@ -44,7 +45,7 @@ def with_db_retry(
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts or not _transient(exc):
+            if attempt == attempts or not is_transient(exc):
                 raise
             log.warning(
                 "%s failed (%s: %s); retry %d/%d in %.1f s",

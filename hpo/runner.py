@@ -89,10 +89,17 @@ class TrialResult:
     reason: str | None = None
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # The study's set-up failed (data, family import, sampler), not this trial's parameters:
+    # the worker counts these in a row and marks the study broken (see hpo.studies).
+    setup_failed: bool = False
 
 
 class TrialFailedError(Exception):
     """The trial cannot go on (non-finite loss, missing metric); the message says why."""
+
+
+class TrialSetupError(Exception):
+    """The study's set-up failed in the trial process (its data, its family's import)."""
 
 
 class _EpochCallback:
@@ -263,6 +270,13 @@ class TrialRunner:
             result = self._train(task, config, storage, mlflow, run_id)
         except TrialFailedError as exc:
             result.reason = str(exc)
+        except TrialSetupError as exc:
+            result.reason = str(exc)
+            result.setup_failed = True
+            if mlflow is not None and run_id:
+                tracking.log_artifact_files(
+                    mlflow, run_id, {"traceback.txt": traceback.format_exc().encode()}
+                )
         except Exception as exc:
             result.reason = f"{type(exc).__name__}: {exc}"
             if mlflow is not None and run_id:
@@ -289,9 +303,19 @@ class TrialRunner:
         from hpo.engines import create_pruner
 
         spec = config.spec()
-        data = self.dataset(spec.dataset)
-        family = get_family(spec.family)
-        family.check_data(data)
+        try:
+            data = self.dataset(spec.dataset)
+        except Exception as exc:
+            raise TrialSetupError(
+                f"loading dataset {spec.dataset.name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            family = get_family(spec.family)
+            family.check_data(data)
+        except (Exception, SystemExit) as exc:  # a family module may even call sys.exit
+            raise TrialSetupError(
+                f"family {spec.family!r} failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
         hp = Params(task.params)
         if config.seed is not None:
             keras.utils.set_random_seed((config.seed * 100_003 + task.trial_number) % 2**31)

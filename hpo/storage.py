@@ -105,6 +105,35 @@ def mask_url(text: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
 
 
+def has_password(url: str) -> bool:
+    """Whether ``url`` holds a password (``scheme://user:password@host``)."""
+    return _PASSWORD.match(url) is not None
+
+
+def strip_password(url: str) -> str:
+    """``url`` as it may be stored or shown: without its password.
+
+    A database URL keeps its user (``postgresql+psycopg://hpo@db/hpo``: the password then
+    comes from ``PGPASSWORD`` or ``~/.pgpass``, which psycopg reads); an HTTP URL loses user
+    and password (MLflow reads ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``).
+
+    Example:
+        >>> strip_password("postgresql+psycopg://hpo:s3cret@db:5432/hpo")
+        'postgresql+psycopg://hpo@db:5432/hpo'
+        >>> strip_password("https://admin:s3cret@mlflow:5000")
+        'https://mlflow:5000'
+    """
+    match = _PASSWORD.match(url)
+    if match is None:
+        return url
+    head = match.group("head")[:-1]  # scheme://user
+    if head.lower().startswith(("http://", "https://")):
+        head = head.split("://", 1)[0] + "://"
+    else:
+        head += "@"
+    return head + url[match.end() :]
+
+
 def _ignore_heartbeat_warnings() -> None:
     """Silence Optuna's two warnings about heartbeats, which hpo uses on purpose.
 

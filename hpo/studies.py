@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpo._retry import with_db_retry
+from hpo._retry import is_transient, with_db_retry
 from hpo.spaces import StudySpec, parse_spec
 
 if TYPE_CHECKING:
@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
 CONFIG_ATTR = "hpo:config"
 STATE_ATTR = "hpo:state"
-STUDY_STATES = ("creating", "active", "paused", "cancelled")
+STUDY_STATES = ("creating", "active", "paused", "cancelled", "broken")
+# A study whose set-up fails (its sampler, data, family or trial process set-up raises) this
+# many times in a row is marked broken: workers skip it, and the reason is shown by
+# ``hpo study status`` and ``hpo study list``; ``hpo study resume`` serves it again.
+BROKEN_AFTER = 3
+SETUP_FAILURES_ATTR = "hpo:setup_failures"
+BROKEN_REASON_ATTR = "hpo:broken_reason"
 RETRY_ATTR = "hpo:retry"
 SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
@@ -122,6 +128,11 @@ def create_study(storage: BaseStorage, config: StudyConfig) -> optuna.Study:
 
 
 def save_config(storage: BaseStorage, study: optuna.Study, config: StudyConfig) -> None:
+    """Store ``config`` in the study; never with a password (see ``strip_password``)."""
+    from hpo.storage import strip_password
+
+    if config.tracking_uri:
+        config.tracking_uri = strip_password(config.tracking_uri)
     storage.set_study_system_attr(study._study_id, CONFIG_ATTR, config.to_json())
 
 
@@ -206,7 +217,7 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     waiting = any(t.state == TrialState.WAITING for t in trials)
     if len(counted_trials(trials)) >= n_trials and not waiting:
         return None
-    trial = study.ask()
+    trial = _ask(study)
     if trial.number < n_trials:
         return trial  # at most trial.number trials are ahead of it: within budget, no scan
 
@@ -224,6 +235,33 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
         return True
 
     return None if with_db_retry(surplus, what="checking the budget") else trial
+
+
+class SamplerError(RuntimeError):
+    """The study's sampler raised while a trial was asked for; that trial was failed."""
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, except that a sampler that raises fails the trial it was asked for.
+
+    Optuna creates the trial (or takes a queued one) before the sampler's ``before_trial``
+    runs (hyperopt proposes there): a sampler that raised left that trial RUNNING with no
+    worker, to be reaped and requeued for ever.
+    """
+    import optuna
+
+    study._thread_local.cached_all_trials = None  # as ask() does: read the trials afresh
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(study._study_id)
+    try:
+        return optuna.Trial(study, trial_id)
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # the store, not the sampler: retried as before (see reap_unstarted_trials)
+        reason = f"the sampler failed: {type(exc).__name__}: {exc}"
+        with_db_retry(lambda: fail_trial(study, trial_id, reason, retry=False, max_retries=0))
+        raise SamplerError(reason) from exc
 
 
 def is_done(study: optuna.Study, n_trials: int) -> bool:
@@ -263,6 +301,7 @@ class StudyStatus:
     family: str
     dataset: str
     state: str = "active"
+    broken_reason: str | None = None
 
     @property
     def finished(self) -> int:
@@ -281,8 +320,14 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     from optuna.trial import TrialState
 
     config = load_config(storage, name)
-    spec = config.spec()
     study = optuna.load_study(study_name=name, storage=storage)
+    try:
+        spec = config.spec()
+        directions, family, dataset = spec.directions, spec.family, spec.dataset.name
+    except Exception as exc:  # e.g. its family module is not installed here: still shown
+        spec = None
+        directions = [d.name.lower() for d in study.directions]
+        family = dataset = f"? ({type(exc).__name__})"
     trials = counted_trials(study.get_trials(deepcopy=False))
 
     def n(state: TrialState) -> int:
@@ -291,7 +336,9 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     best_values: list[float] | None = None
     best_number: int | None = None
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete and not spec.multi_objective:
+    attrs = storage.get_study_system_attrs(study._study_id)
+    state = state_from_attrs(attrs)
+    if complete and len(directions) == 1:
         best = study.best_trial
         best_values, best_number = list(best.values), best.number
     return StudyStatus(
@@ -304,12 +351,13 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         waiting=n(TrialState.WAITING),
         best_values=best_values,
         best_trial=best_number,
-        directions=spec.directions,
+        directions=directions,
         algorithm=config.algorithm,
         pruner=config.pruner,
-        family=spec.family,
-        dataset=spec.dataset.name,
-        state=get_study_state(storage, name),
+        family=family,
+        dataset=dataset,
+        state=state,
+        broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
     )
 
 
@@ -334,7 +382,39 @@ def set_study_state(storage: BaseStorage, name: str, state: str) -> None:
     current = get_study_state(storage, name)
     if current == "cancelled" and state != "cancelled":
         raise StudyError(f"study {name!r} was cancelled; create a new study instead")
-    storage.set_study_system_attr(storage.get_study_id_from_name(name), STATE_ATTR, state)
+    study_id = storage.get_study_id_from_name(name)
+    if current == "broken" and state == "active":
+        # Resumed after the cause was fixed: the count of set-up failures starts again.
+        storage.set_study_system_attr(study_id, SETUP_FAILURES_ATTR, 0)
+    storage.set_study_system_attr(study_id, STATE_ATTR, state)
+
+
+def record_setup_failure(
+    storage: BaseStorage, name: str, reason: str, threshold: int = BROKEN_AFTER
+) -> bool:
+    """Count one more set-up failure of study ``name`` in a row; True once it is broken.
+
+    At ``threshold`` failures in a row the study is marked broken with ``reason``: workers skip
+    it from then on. Workers racing may lose an increment; the study then breaks a little later.
+    """
+    study_id = storage.get_study_id_from_name(name)
+    attrs = storage.get_study_system_attrs(study_id)
+    if state_from_attrs(attrs) == "broken":
+        return True
+    count = int(attrs.get(SETUP_FAILURES_ATTR, 0)) + 1
+    storage.set_study_system_attr(study_id, SETUP_FAILURES_ATTR, count)
+    if count < threshold or state_from_attrs(attrs) != "active":
+        return False
+    storage.set_study_system_attr(
+        study_id, BROKEN_REASON_ATTR, f"{count} set-up failures in a row; last: {reason}"[:2000]
+    )
+    storage.set_study_system_attr(study_id, STATE_ATTR, "broken")
+    return True
+
+
+def clear_setup_failures(storage: BaseStorage, name: str) -> None:
+    """A trial of study ``name`` got past its set-up: the failures in a row start again at 0."""
+    storage.set_study_system_attr(storage.get_study_id_from_name(name), SETUP_FAILURES_ATTR, 0)
 
 
 # -- failed trials: requeue and reap -------------------------------------------------------------

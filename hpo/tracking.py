@@ -54,7 +54,7 @@ from hpo._outbox import (
     outbox_root,
     placeholder_key,
 )
-from hpo.storage import mask_url
+from hpo.storage import has_password, mask_url, strip_password
 
 __all__ = [
     "RUN_STATUS",
@@ -136,6 +136,22 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path.cwd() / DEFAULT_TRACKING_FILE}"
+
+
+def with_credentials(uri: str) -> str:
+    """``uri`` with the password of ``$MLFLOW_TRACKING_URI`` when that names the same server.
+
+    Studies store their tracking URI without a password (see :func:`hpo.storage.strip_password`):
+    a worker gets it from its own environment, as ``$MLFLOW_TRACKING_URI`` with the password
+    (or, for an HTTP server, ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, which
+    MLflow reads itself; for a database, ``PGPASSWORD`` or ``~/.pgpass``).
+    """
+    if has_password(uri):
+        return uri
+    env = os.environ.get(TRACKING_ENV, "")
+    if has_password(env) and normalize_uri(env) == normalize_uri(uri):
+        return env
+    return uri
 
 
 _CLIENTS: dict[tuple[str, str], TrackingClient] = {}
@@ -243,9 +259,10 @@ class TrackingClient(_ClientBase):
     """
 
     def __init__(self, uri: str, root: Path | None = None) -> None:
-        super().__init__(tracking_uri=uri, registry_uri=uri)
-        self.uri = uri
-        self.outbox = Outbox(uri, root)
+        self._connect_uri = with_credentials(uri)
+        super().__init__(tracking_uri=self._connect_uri, registry_uri=self._connect_uri)
+        self.uri = strip_password(uri)  # what it shows and stores
+        self.outbox = Outbox(self.uri, root)
         self._plain: MlflowClient | None = None
         self._lock = threading.RLock()
         self._delay = 0.0  # > 0 while the server is believed down
@@ -260,7 +277,9 @@ class TrackingClient(_ClientBase):
         if self._plain is None:
             from mlflow import MlflowClient
 
-            self._plain = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._plain = MlflowClient(
+                tracking_uri=self._connect_uri, registry_uri=self._connect_uri
+            )
         return self._plain
 
     # --- hpo's writes --------------------------------------------------------------------

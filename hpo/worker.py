@@ -28,21 +28,26 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from hpo._retry import with_db_retry
+from hpo._retry import is_transient, with_db_retry
 from hpo.runner import FinalizeTask, TrialResult, TrialTask
 from hpo.slots import SlotPlan, configure_backend, plan_slots
 from hpo.storage import mask_url, open_storage
 from hpo.studies import (
+    BROKEN_AFTER,
     CONFIG_ATTR,
     FAIL_REASON_ATTR,
+    SETUP_FAILURES_ATTR,
     StudyConfig,
+    StudyError,
     claim_trial,
+    clear_setup_failures,
     fail_trial,
     load_config,
     load_config_and_state,
     load_study,
     reap_stale_trials,
     reap_unstarted_trials,
+    record_setup_failure,
     requeue,
     state_from_attrs,
 )
@@ -93,7 +98,11 @@ def _child_main(
         if isinstance(task, FinalizeTask):
             conn.send(("finalized", runner.finalize(task)))
             continue
-        result = runner.run(task, lambda kind, value: conn.send((kind, value)))
+        try:
+            result = runner.run(task, lambda kind, value: conn.send((kind, value)))
+        except Exception as exc:  # the study's set-up (its config, MLflow): not this process
+            reason = mask_url(f"set-up failed: {type(exc).__name__}: {exc}")
+            result = TrialResult(state="FAIL", reason=reason, setup_failed=True)
         conn.send(("result", result))
     # Every result was sent and every write committed. Tearing down an interpreter that holds
     # TensorFlow takes seconds (and its threads have hung at exit), for nothing to clean up.
@@ -294,6 +303,7 @@ class WorkerOptions:
     compile_cache: str | None = None
     settle_poll_interval: float = 1.0
     start_gate: Callable[[], bool] | None = None
+    broken_after: int = BROKEN_AFTER
 
 
 @dataclass
@@ -346,11 +356,15 @@ class Worker:
         self._activity = threading.Event()  # a trial ended or a stop came: idle slots look again
         # Claims, counts and results go through one lock: Optuna's study and sampler objects
         # are shared by the slots, and claims must be counted exactly for max_trials.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: a failed claim records it under the lock
         self._finalize_lock = threading.Lock()
         self._running: dict[int, int] = {}  # slot index -> trial id, for the heartbeat
         self._started = 0
         self._error: Exception | None = None  # what stopped a slot, raised by run()
+        # Per study: its set-up failures in a row as last read (None: not known), so that a
+        # trial that gets past its set-up resets the count only when there is one to reset.
+        self._setup_failures: dict[str, int | None] = {}
+        self._warned: set[str] = set()
 
     @functools.cached_property
     def storage(self) -> Any:
@@ -431,8 +445,16 @@ class Worker:
         found = []
         for frozen in self.storage.get_all_studies():
             raw = frozen.system_attrs.get(CONFIG_ATTR)
-            if raw is not None:
-                found.append((StudyConfig.from_json(raw), state_from_attrs(frozen.system_attrs)))
+            if raw is None:
+                continue
+            try:
+                config = StudyConfig.from_json(raw)
+            except Exception as exc:  # one bad study must not stop the others
+                self._warn_once(frozen.study_name, f"unreadable configuration: {exc}")
+                continue
+            failures = frozen.system_attrs.get(SETUP_FAILURES_ATTR) or 0
+            self._setup_failures[config.name] = int(failures)
+            found.append((config, state_from_attrs(frozen.system_attrs)))
         found.sort(key=lambda c: (-c[0].priority, c[0].created_at))
         return found
 
@@ -476,7 +498,14 @@ class Worker:
         try:
             storage = self.storage  # opened here, before the threads that share it
             if self.options.study:
-                load_config(storage, self.options.study)  # a clear error before anything
+                config = load_config(storage, self.options.study)  # a clear error first
+                from hpo.families import ALLOWED_MODULES_ENV, family_allowed
+
+                if not family_allowed(config.spec().family):
+                    raise StudyError(
+                        f"study {config.name!r}: family {config.spec().family!r} is not allowed "
+                        f"on this worker (${ALLOWED_MODULES_ENV})"
+                    )
         except BaseException:
             for slot in self.slots:
                 slot.process.close(kill=True)
@@ -555,8 +584,18 @@ class Worker:
             if self._stop.is_set() or self._quota_used():
                 return None
             for config in self._active_configs():
-                served = self._served_study(config)
-                trial = claim_trial(served.study, config.n_trials)
+                try:
+                    if not self._family_allowed(config):
+                        continue
+                    served = self._served_study(config)
+                    trial = claim_trial(served.study, config.n_trials)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # the store, not the study: with_db_retry retries the claim
+                    self._setup_failed(
+                        config, f"setting up its sampler failed: {type(exc).__name__}: {exc}"
+                    )
+                    continue  # the next study
                 if trial is not None:
                     self._started += 1
                     return served, trial
@@ -609,8 +648,10 @@ class Worker:
                 # dropped connection returns those already written.
                 params = with_db_retry(sample, what="sampling parameters")
             except Exception as exc:  # a sampler bug must not stop the worker
-                result = TrialResult("FAIL", reason=f"sampling failed: {exc}")
+                reason = f"sampling failed: {type(exc).__name__}: {exc}"
+                result = TrialResult("FAIL", reason=reason, setup_failed=True)
                 self._record(served, trial, result)
+                self._setup_failed(config, reason)
                 return
             log.info(
                 "study %s trial %d%s: %s",
@@ -629,9 +670,77 @@ class Worker:
                 stop_grace=self.options.stop_grace,
             )
             self._record(served, trial, result)
+            if result.setup_failed:
+                self._setup_failed(config, result.reason or "unknown error")
+            else:
+                self._setup_passed(config)
             self._finalize_if_done(served.config, slot)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the store is gone for longer than with_db_retry waits: as before
+            # The study's sampler (its after_trial) or a bad configuration: fail this trial
+            # and count it against the study, never stop the worker.
+            reason = f"recording the trial failed: {type(exc).__name__}: {exc}"
+            try:
+                with_db_retry(
+                    lambda: fail_trial(served.study, trial_id, reason, retry=False, max_retries=0)
+                )
+            except Exception as inner:
+                log.warning("could not fail trial %d: %s", trial.number, inner)
+            self._setup_failed(config, reason)
         finally:
             self._running.pop(slot.plan.index, None)
+
+    # -- studies that keep failing -----------------------------------------------------------
+
+    def _family_allowed(self, config: StudyConfig) -> bool:
+        """Whether this worker may import the study's family (``--allow-family-module``)."""
+        from hpo.families import ALLOWED_MODULES_ENV, family_allowed
+
+        family = config.spec().family
+        if family_allowed(family):
+            return True
+        self._warn_once(
+            config.name, f"its family {family!r} is not allowed here (${ALLOWED_MODULES_ENV})"
+        )
+        return False
+
+    def _warn_once(self, name: str, message: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("study %s skipped: %s", name, mask_url(message))
+
+    def _setup_failed(self, config: StudyConfig, reason: str) -> None:
+        """Count a set-up failure of ``config``'s study; at ``broken_after`` in a row it is
+        marked broken (and skipped by every worker) with ``reason``."""
+        reason = mask_url(reason)
+        log.warning("study %s: set-up failed: %s", config.name, reason)
+        with self._lock:
+            self._served.pop(config.name, None)  # a fresh sampler and study the next time
+        try:
+            broken = with_db_retry(
+                lambda: record_setup_failure(
+                    self.storage, config.name, reason, self.options.broken_after
+                ),
+                what="recording a set-up failure",
+            )
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("study %s: could not record its set-up failure: %s", config.name, exc)
+            return
+        self._setup_failures[config.name] = None
+        if broken:
+            log.error("study %s is broken and skipped from now on: %s", config.name, reason)
+
+    def _setup_passed(self, config: StudyConfig) -> None:
+        if self._setup_failures.get(config.name) == 0:
+            return
+        try:
+            with_db_retry(lambda: clear_setup_failures(self.storage, config.name))
+            self._setup_failures[config.name] = 0
+        except Exception as exc:  # only a count: the next trial tries again
+            log.warning("study %s: could not reset its set-up failures: %s", config.name, exc)
 
     def _record(self, served: _Served, trial: Any, result: TrialResult) -> None:
         def tell() -> None:

@@ -205,6 +205,7 @@ XDIST_GROUPS = {
     "test_storage_contract.py": "postgres",
     "test_mlflow_server.py": "postgres",
     "test_ui_browser.py": "postgres",
+    "test_secrets.py": "postgres",
     "test_ensemble.py": "ensemble_studies",
     "test_export.py": "ensemble_studies",
     "test_language_models.py": "small_text_studies",

@@ -37,13 +37,13 @@ def _env(storage: str) -> dict[str, str]:
 class Workers:
     """Real `hpo worker` subprocesses with their logs in the test's directory."""
 
-    def __init__(self, cwd: Path, storage: str) -> None:
-        self.cwd, self.storage = cwd, storage
+    def __init__(self, cwd: Path, storage: str, env: dict[str, str] | None = None) -> None:
+        self.cwd, self.storage, self.env = cwd, storage, env or {}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.cwd / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        env = dict(os.environ, **_env(self.storage))
+        env = {**os.environ, **_env(self.storage), **self.env}
         env.pop("MLFLOW_TRACKING_URI", None)
         proc = subprocess.Popen(
             [sys.executable, "-m", "hpo", "worker", "--threads", "1", *args],
@@ -293,3 +293,95 @@ def test_paused_study_gets_no_trials_until_resumed(
     assert hpo("study", "cancel", "paused", cwd=tmp_path, env=env).returncode == 0
     again = hpo("study", "resume", "paused", cwd=tmp_path, env=env)
     assert again.returncode == 2 and "cancelled" in again.stderr
+
+
+def _nested_space(depth: int) -> str:
+    """FAST_SPACE with ``depth`` conditionals nested in one another (hyperopt recurses on it)."""
+
+    def nest(d: int, indent: str) -> str:
+        if d == 0:
+            return f"{indent}y: {{type: float, low: 0.0, high: 1.0}}\n"
+        return (
+            f"{indent}c{d}:\n{indent}  type: categorical\n{indent}  choices:\n"
+            f"{indent}    a:\n{nest(d - 1, indent + '      ')}{indent}    b: {{}}\n"
+        )
+
+    return FAST_SPACE.replace("optuna-random", "hyperopt-tpe") + nest(depth, "  ")
+
+
+def test_poison_studies_are_marked_broken_and_never_stop_a_service_worker(
+    tmp_path: Path,
+) -> None:
+    """Studies whose sampler, family import or data loading raises: the worker serving every
+    study fails their trials, marks each broken after 3 set-up failures in a row, and goes on
+    serving the good study (issue #19)."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "poison_family.py").write_text('raise RuntimeError("poisoned family import")\n')
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    extra = {"PYTHONPATH": os.pathsep.join([str(mods), FAULT_FAMILY_ENV["PYTHONPATH"]])}
+    env = {**_env(storage), **extra}
+    spaces = {
+        "deep": (_nested_space(150), 5),
+        "badfamily": (FAST_SPACE.replace("fault_family:build", "poison_family:build"), 10),
+        "baddata": (
+            FAST_SPACE.replace(
+                "{name: digits, subset: 200}",
+                f"{{name: tabular, options: {{path: {tmp_path / 'gone.csv'}}}}}",
+            ),
+            10,
+        ),
+        "good": (FAST_SPACE, 3),
+    }
+    for name, (space, trials) in spaces.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(space)
+        priority = "0" if name == "good" else "5"  # the poison ones are tried first
+        result = hpo(
+            "study", "create", str(path), "--name", name, "--trials", str(trials),
+            "--priority", priority, "--skip-data-check",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    workers = Workers(tmp_path, storage, extra)
+    try:
+        proc = workers.start()
+
+        def status(name: str) -> dict:  # type: ignore[type-arg]
+            out = hpo("study", "status", name, "--json", cwd=tmp_path, env=env)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+        def settled() -> bool:
+            assert proc.poll() is None, workers.logs()
+            if len([t for t in _trials(storage, "good") if t.state.is_finished()]) < 3:
+                return False
+            return all(status(n)["state"] == "broken" for n in ("deep", "badfamily", "baddata"))
+
+        _wait_for(settled, 400, "the good study's budget and three broken studies")
+        assert proc.poll() is None, workers.logs()  # still serving
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0, workers.logs()
+    finally:
+        workers.stop_all()
+        store = _STORES.pop(storage, None)
+        if store is not None:
+            store.engine.dispose()  # type: ignore[attr-defined]
+    good = _trials(storage, "good")
+    assert len(good) == 3 and all(t.state == TrialState.COMPLETE for t in good)
+    reasons = {n: status(n)["broken_reason"] for n in ("deep", "badfamily", "baddata")}
+    assert "RecursionError" in reasons["deep"], reasons
+    assert "poisoned family import" in reasons["badfamily"], reasons
+    assert "gone.csv" in reasons["baddata"] and "does not exist" in reasons["baddata"], reasons
+    # A broken study stops using its budget: 3 failed trials, not all 10.
+    for name in ("badfamily", "baddata"):
+        failed = _trials(storage, name)
+        assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed), name
+    listing = hpo("study", "list", cwd=tmp_path, env={**env, "COLUMNS": "200"})
+    assert listing.returncode == 0, listing.stderr
+    for name in ("deep", "badfamily", "baddata"):
+        assert f"{name} is broken:" in listing.stdout, listing.stdout
+    resumed = hpo("study", "resume", "deep", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0 and status("deep")["state"] == "active"

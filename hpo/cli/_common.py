@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,6 +158,8 @@ def prepare_study(
     from hpo.tracking import resolve_tracking_uri
 
     spec = load_checked_spec(space)
+    if tracking_uri:
+        tracking_uri = _credentials_to_env(tracking_uri)
     overrides = {
         k: v for k, v in {"dataset": dataset, "epochs": epochs, "subset": subset}.items() if v
     }
@@ -248,7 +251,7 @@ def prepare_study(
         overrides=overrides,
         priority=priority,
         max_retries=max_retries,
-        tracking_uri=resolve_tracking_uri(tracking_uri),
+        tracking_uri=_credentials_to_env(resolve_tracking_uri(tracking_uri)),
     )
     create_study(store, config)
     _start_tracking(store, config, spec_run, algorithm, pruner, space)
@@ -286,6 +289,20 @@ def _resume_differences(
         kept = ", ".join(f"--{k} {v}" for k, v in sorted(config.overrides.items())) or "none"
         out.append(f"{asked} instead of {kept}")
     return out
+
+
+def _credentials_to_env(uri: str) -> str:
+    """``uri`` without its password, which moves to ``$MLFLOW_TRACKING_URI`` of this process.
+
+    The study stores the URI without the password; this process and the workers it starts
+    (they inherit the environment; nothing goes on a command line) connect with it.
+    """
+    from hpo.storage import has_password, strip_password
+    from hpo.tracking import TRACKING_ENV
+
+    if has_password(uri):
+        os.environ[TRACKING_ENV] = uri
+    return strip_password(uri)
 
 
 def _start_tracking(

@@ -29,7 +29,6 @@ from hpo.cli._common import (
     prepare_study,
     tracking_uri_option,
 )
-from hpo.storage import mask_url
 
 DEFAULT_SPACE = Path("search_spaces/image_cnn.yaml")
 LOG_DIR = Path("hpo-logs")
@@ -187,7 +186,10 @@ def _start_workers(
     log_dir = LOG_DIR / name
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // (n * slots))
-    env = dict(os.environ, HPO_STORAGE=url)  # not on the command line: it may hold a password
+    # The store URL goes in the environment, not on the command line: it may hold a password.
+    # PYTHONSAFEPATH/-P: the workers and their trial processes never import from the working
+    # directory (a `typer.py` there would run in every one of them).
+    env = dict(os.environ, HPO_STORAGE=url, PYTHONSAFEPATH="1")
     procs, logs = [], []
     for i in range(n):
         log_path = log_dir / f"worker-{i}.log"
@@ -196,6 +198,7 @@ def _start_workers(
                 subprocess.Popen(
                     [
                         sys.executable,
+                        "-P",
                         "-m",
                         "hpo",
                         "worker",
@@ -276,6 +279,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
     from rich.table import Table
 
     from hpo.cli._common import print_json
+    from hpo.storage import mask_url
     from hpo.studies import counted_trials
 
     study = optuna.load_study(study_name=config.name, storage=store)
@@ -284,7 +288,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
         print_json(
             st.to_dict()
             | {
-                "tracking_uri": config.tracking_uri,
+                "tracking_uri": mask_url(config.tracking_uri or ""),
                 "experiment_id": config.experiment_id,
                 "parent_run_id": config.parent_run_id,
                 "logs": [str(p) for p in logs],
@@ -388,6 +392,13 @@ def worker(
         "--compile-cache",
         help="JAX compile cache shared by GPU slots (default ~/.cache/hpo/jax; '' turns it off).",
     ),
+    allow_family_module: list[str] | None = typer.Option(
+        None,
+        "--allow-family-module",
+        help="Import your own families (family: module:attr) only from this module or "
+        "package; repeat for several (default: $HPO_ALLOWED_FAMILY_MODULES, else any). "
+        "Built-in families are always allowed.",
+    ),
     wait_for_go: bool = typer.Option(
         False,
         "--wait-for-go",
@@ -416,6 +427,12 @@ def worker(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from hpo.families import ALLOWED_MODULES_ENV
+
+    if allow_family_module is not None:
+        # In the environment: the trial processes inherit it and check it before any import.
+        os.environ[ALLOWED_MODULES_ENV] = ",".join(allow_family_module)
+    os.environ.setdefault("PYTHONSAFEPATH", "1")  # trial processes: nothing from the cwd
     url = resolve_storage(storage)
     logger = logging.getLogger("hpo.worker")
     logger.info(
@@ -462,20 +479,13 @@ def ui(
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:
     """Serve the MLflow UI on the local tracking store."""
+    from hpo.storage import mask_url
     from hpo.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    console.print(f"MLflow UI for {uri} on http://{host}:{port}", markup=False)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    raise typer.Exit(subprocess.call(cmd))
+    console.print(f"MLflow UI for {mask_url(uri)} on http://{host}:{port}", markup=False)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+    # The store URI goes through the environment (mlflow reads it there): a command line is
+    # visible to every user of the machine (ps), and the URI may hold a password.
+    env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=uri)
+    raise typer.Exit(subprocess.call(cmd, env=env))

@@ -115,6 +115,7 @@ def list_studies(
         return
     table = Table(
         "study",
+        "state",
         "family",
         "algorithm",
         "finished",
@@ -126,10 +127,11 @@ def list_studies(
     )
     for r in rows:
         if r.get("foreign"):
-            table.add_row(Text(r["name"]), "(not an hpo study)", *[""] * 7)
+            table.add_row(Text(r["name"]), "", "(not an hpo study)", *[""] * 7)
             continue
         table.add_row(
             Text(r["name"]),
+            Text(r["state"]),
             Text(r["family"]),
             Text(r["algorithm"]),
             f"{r['finished']}/{r['n_trials']}",
@@ -140,6 +142,9 @@ def list_studies(
             _fmt(r["best_values"]),
         )
     console.print(table)
+    for r in rows:
+        if r.get("broken_reason"):
+            console.print(f"{escape(r['name'])} is broken: {escape(r['broken_reason'])}")
 
 
 def _fmt(values: list[float] | None) -> str:
@@ -168,6 +173,9 @@ def status(
         f"{st.failed} failed; {st.running} running\n"
         f"  best: {_fmt(st.best_values)}"
         + (f" (trial {st.best_trial})" if st.best_trial is not None else "")
+        + f"\n  state: {st.state}"
+        + (f": {escape(st.broken_reason)}" if st.broken_reason else "")
+        + ("\n  fix the cause, then `hpo study resume` serves it again" if st.broken_reason else "")
     )
 
 

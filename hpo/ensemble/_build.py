@@ -45,7 +45,7 @@ from hpo.ensemble._weights import (
     fit_simplex_weights,
 )
 from hpo.names import name_problem
-from hpo.storage import mask_url
+from hpo.storage import mask_url, strip_password
 
 SELECTION_METRICS = ("nll", "accuracy")
 # What a build may be asked to select on: "auto" picks from the studies' objective.
@@ -265,7 +265,7 @@ class EnsembleResult:
             "version": self.version,
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": strip_password(self.tracking_uri),  # ensemble.json: no secret
             "method": self.method,
             "metric": self.metric,
             "size": self.size,

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
 
 from hpo._registry import LazyRegistry, import_object
 from hpo.families._base import Family, FunctionFamily
@@ -28,12 +29,50 @@ FAMILIES: LazyRegistry[type[Family]] = LazyRegistry(
 )
 
 
+ALLOWED_MODULES_ENV = "HPO_ALLOWED_FAMILY_MODULES"
+
+
+class FamilyNotAllowedError(ImportError):
+    """A study's own family is outside the modules this worker may import."""
+
+
+def family_allowed(name: str) -> bool:
+    """Whether this process may import family ``name``.
+
+    Built-in families always; ``module:attribute`` ones when ``$HPO_ALLOWED_FAMILY_MODULES``
+    is unset, or when their module is one of its comma-separated modules or packages (or
+    inside one). Set but empty: built-in families only.
+
+    Example:
+        >>> os.environ[ALLOWED_MODULES_ENV] = "mypackage"
+        >>> family_allowed("mypackage.models:build"), family_allowed("os:system")
+        (True, False)
+        >>> family_allowed("image_cnn")
+        True
+        >>> del os.environ[ALLOWED_MODULES_ENV]
+    """
+    if name in FAMILIES:
+        return True
+    raw = os.environ.get(ALLOWED_MODULES_ENV)
+    if raw is None:
+        return True
+    module = name.partition(":")[0]
+    prefixes = [p.strip() for p in raw.split(",") if p.strip()]
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
 def get_family(name: str) -> Family:
     """An instance of the family called ``name`` (a registered name or ``module:attribute``).
 
     ``module:attribute`` may be a :class:`Family` subclass, an instance, or a function
-    ``build(hp, data)`` returning a compiled Keras model.
+    ``build(hp, data)`` returning a compiled Keras model. Its module is imported only if
+    :func:`family_allowed`.
     """
+    if not family_allowed(name):
+        raise FamilyNotAllowedError(
+            f"family {name!r} is not allowed on this worker: its module is not in "
+            f"${ALLOWED_MODULES_ENV} ({os.environ.get(ALLOWED_MODULES_ENV)!r})"
+        )
     obj = FAMILIES.get(name) if name in FAMILIES else import_object(name)
     if inspect.isclass(obj) and issubclass(obj, Family):
         return obj()
@@ -44,4 +83,12 @@ def get_family(name: str) -> Family:
     raise TypeError(f"{name} is neither a Family nor a build(hp, data) function")
 
 
-__all__ = ["FAMILIES", "Family", "FunctionFamily", "get_family"]
+__all__ = [
+    "ALLOWED_MODULES_ENV",
+    "FAMILIES",
+    "Family",
+    "FamilyNotAllowedError",
+    "FunctionFamily",
+    "family_allowed",
+    "get_family",
+]
