@@ -27,14 +27,26 @@ app.command("sample")(_sample.sample)
 app.command("sync")(_sync.sync)
 
 
+# Commands that load models and print results; they start no long-lived child process.
+QUIET_COMMANDS = frozenset({"predict", "export", "ensemble", "generate", "sample"})
+
+
 def main() -> None:
     """Run one ``hpo`` command, then exit without tearing the interpreter down."""
+    import contextlib
+    import sys
+
+    from hpo.cli._quiet import quiet_native_stderr
+
     _quiet_tensorflow()
-    try:
-        app()
-    except SystemExit as exc:
-        _exit(exc.code)
-    _exit(0)
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    code: object = 0
+    with quiet_native_stderr() if command in QUIET_COMMANDS else contextlib.nullcontext():
+        try:
+            app()
+        except SystemExit as exc:
+            code = exc.code
+    _exit(code)
 
 
 def _quiet_tensorflow() -> None:

@@ -35,15 +35,15 @@ def preprocessing_layers(spec: InputSpec) -> list[keras.layers.Layer]:
         elif op == "reshape":
             layers.append(keras.layers.Reshape(tuple(step["shape"]), name=name))
         elif op == "normalize":
+            # Statistics are stored flat; a table of several axes has one per value.
+            shape = tuple(int(d) for d in spec.shape if d is not None)
             mean = np.asarray(step["mean"], dtype=np.float32)
+            variance = np.asarray(step["variance"], dtype=np.float32)
+            if len(shape) > 1 and mean.size == int(np.prod(shape)):
+                mean, variance = mean.reshape(shape), variance.reshape(shape)
             axis = tuple(range(-mean.ndim, 0)) if mean.ndim > 1 else -1
             layers.append(
-                keras.layers.Normalization(
-                    axis=axis,
-                    mean=mean,
-                    variance=np.asarray(step["variance"], dtype=np.float32),
-                    name=name,
-                )
+                keras.layers.Normalization(axis=axis, mean=mean, variance=variance, name=name)
             )
         elif op == "text_vectorize":
             layers.append(
