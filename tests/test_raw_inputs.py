@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_ensemble import artifact_dir, invoke
+from test_ensemble import artifact_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -68,6 +68,7 @@ params:
 def run_hpo(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     """``python -m hpo ARGS`` in ``root`` (its hpo.db and mlflow.db)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "MLFLOW_TRACKING_URI")}
+    env["COLUMNS"] = "400"  # messages are judged unwrapped
     return subprocess.run(
         [sys.executable, "-m", "hpo", *args],
         cwd=root,
@@ -188,7 +189,7 @@ def served_predictions(model_dir: Path, payload: dict[str, Any], tmp: Path) -> l
         stdout=log,
         stderr=subprocess.STDOUT,
         # mlflow runs the venv's uvicorn by name
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
@@ -327,3 +328,313 @@ def test_tabular_csv_every_path_agrees(wine: dict[str, Any], tmp_path: Path) -> 
     served = served_predictions(folder, payload, tmp_path)
     close(np.array([p["probabilities"] for p in served]), expected, "mlflow models serve")
     assert [p["class_name"] for p in served] == predicted_names
+
+
+# -- 5. export and predict safety ----------------------------------------------------------------
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 2 with one ``error:`` line (last, after TensorFlow's start-up noise), no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:] + proc.stdout[-1000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-2000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def test_export_and_predict_refuse_to_damage_files(wine: dict[str, Any], tmp_path: Path) -> None:
+    root = wine["root"]
+    folder = export(root, WINE_NAME, "mlflow", tmp_path / "model")
+    before = _tree(folder)
+    # An unknown ensemble with --overwrite: refused, the earlier export left as it was.
+    proc = run_hpo(root, "export", "nosuch", "--format", "mlflow", "--output", str(folder),
+                   "--overwrite")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "nosuch" in proc.stderr
+    assert _tree(folder) == before
+    # --overwrite onto a folder that is not an earlier export: refused, untouched.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = run_hpo(root, "export", WINE_NAME, "--format", "mlflow", "--output", str(mine),
+                   "--overwrite")  # fmt: skip
+    assert proc.returncode == 2 and "not an earlier export" in " ".join(proc.stderr.split())
+    assert _tree(mine) == {"notes.txt": b"keep me"}
+    # An earlier export is replaced with --overwrite.
+    proc = run_hpo(root, "export", WINE_NAME, "--format", "mlflow", "--output", str(folder),
+                   "--overwrite")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (folder / "MLmodel").is_file()
+
+    # predict --output onto an existing file: refused without --overwrite, file unchanged.
+    existing = tmp_path / "existing.csv"
+    existing.write_text("mine\n")
+    proc = run_hpo(root, "predict", WINE_NAME, "--input", str(wine["test_csv"]),
+                   "--output", str(existing))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert existing.read_text() == "mine\n"
+    proc = run_hpo(root, "predict", WINE_NAME, "--input", str(wine["test_csv"]),
+                   "--output", str(existing), "--overwrite")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert existing.read_text().startswith("p0,p1,p2,predicted,class_name")
+
+    # A CSV with a header and no rows; a CSV with a missing (NaN) feature value.
+    lines = wine["test_csv"].read_text().splitlines()
+    empty = tmp_path / "empty.csv"
+    empty.write_text(lines[0] + "\n")
+    _one_line_error(run_hpo(root, "predict", WINE_NAME, "--input", str(empty)), "no examples")
+    cells = lines[2].split(",")
+    cells[3] = "nan"
+    nan = tmp_path / "nan.csv"
+    nan.write_text("\n".join([lines[0], lines[1], ",".join(cells)]) + "\n")
+    _one_line_error(run_hpo(root, "predict", WINE_NAME, "--input", str(nan)), "NaN", "rows 2")
+    cells[3] = ""
+    nan.write_text("\n".join([lines[0], ",".join(cells)]) + "\n")
+    _one_line_error(run_hpo(root, "predict", WINE_NAME, "--input", str(nan)), "NaN")
+
+
+# -- 2. images: a mixed dense_bn + image_cnn ensemble on Fashion-MNIST ----------------------------
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_DATASET = """\
+dataset:
+  name: fashion_mnist
+  subset: 600
+  validation_fraction: 0.02
+  seed: 0
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1, min_epochs: 1}
+defaults: {algorithm: optuna-tpe, pruner: none, trials: 1, workers: 1, seed: 0}
+"""
+DENSE_FASHION = f"""\
+name: fashion_dense_raw
+family: dense_bn
+{FASHION_DATASET}params:
+  depth: 1
+  units: {{type: int, low: 16, high: 32}}
+  shrink: 1.0
+  activation: relu
+  batchnorm: none
+  dropout: 0.0
+  optimizer: {{type: categorical, choices: {{adam: {{beta_1: 0.9}}}}}}
+  learning_rate: 0.003
+  batch_size: 64
+"""
+CNN_FASHION = f"""\
+name: fashion_cnn_raw
+family: image_cnn
+{FASHION_DATASET}params:
+  conv_blocks: 1
+  filters: 8
+  kernel_size: 3
+  conv_type: Conv2D
+  batchnorm: {{type: categorical, choices: [none, after]}}
+  pooling: max
+  dropout: 0.0
+  dense_units: 0
+  optimizer: {{type: categorical, choices: {{adam: {{beta_1: 0.9}}}}}}
+  learning_rate: 0.003
+  batch_size: 64
+"""
+FASHION_NAME = "fashion-raw"
+
+
+def _idx(path: Path, header: int) -> np.ndarray:
+    import gzip
+
+    return np.frombuffer(gzip.decompress(path.read_bytes())[header:], dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two tiny Fashion-MNIST studies of two families and their average ensemble."""
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"no Fashion-MNIST in {FASHION_DIR}")
+    root = tmp_path_factory.mktemp("raw-fashion")
+    spaces = {"fmDense": DENSE_FASHION, "fmCnn": CNN_FASHION}
+    for study, text in spaces.items():
+        (root / f"{study}.yaml").write_text(text)
+        train(root, root / f"{study}.yaml", study, "--trials", "2" if study == "fmDense" else "1")
+    built = build(root, FASHION_NAME, *spaces)
+    assert {m["study"] for m in built["members"]} == set(spaces), built["members"]
+    images = _idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    labels = _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64)
+    return {"root": root, "built": built, "images": images, "labels": labels, "spaces": spaces}
+
+
+def test_images_mixed_ensemble_every_path_agrees(fashion: dict[str, Any], tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    from hpo.datasets import load_dataset
+    from hpo.spaces import load_spec
+
+    root, images, labels = fashion["root"], fashion["images"], fashion["labels"]
+    assert images.dtype == np.uint8 and images.shape == (10000, 28, 28)
+    arrays = {}
+    for study in fashion["spaces"]:
+        data = load_dataset(load_spec(root / f"{study}.yaml").dataset)
+        np.testing.assert_array_equal(data.test.y, labels)  # the test split is t10k, in order
+        arrays[study] = data.test.x
+    expected = study_path(root, fashion["built"], arrays)
+    reported = fashion["built"]["metrics"]["test"]["ensemble"]["accuracy"]
+    assert float(np.mean(expected.argmax(axis=1) == labels)) == pytest.approx(reported, abs=1e-9)
+
+    # All 10,000 raw uint8 images through the exported .keras, without hpo.
+    model = export(root, FASHION_NAME, "keras", tmp_path / "fashion.keras")
+    got = keras_without_hpo(model, images, tmp_path)
+    close(got, expected, ".keras without hpo")
+    assert float(np.mean(got.argmax(axis=1) == labels)) == pytest.approx(reported, abs=1e-9)
+
+    first = slice(0, 500)
+    np.savez(tmp_path / "images.npz", x=images[first])
+    probs, names = predict_csv(root, FASHION_NAME, tmp_path / "images.npz", tmp_path / "p.csv")
+    close(probs, expected[first], "hpo predict NAME")
+    from hpo.datasets.fashion_mnist import CLASS_NAMES
+
+    assert names == [CLASS_NAMES[int(c)] for c in expected[first].argmax(axis=1)]
+
+    folder = export(root, FASHION_NAME, "mlflow", tmp_path / "mlflow-model")
+    answer = mlflow.pyfunc.load_model(str(folder)).predict(images[first])
+    close(np.stack(answer["probabilities"].to_list()), expected[first], "pyfunc")
+    assert answer["class_name"].tolist() == names
+
+
+# -- 3. text: a mixed text_conv1d + text_dense ensemble on Reuters newswires ---------------------
+
+TEXT_DATASET = """\
+dataset:
+  name: text_classification
+  validation_fraction: 0.15
+  seed: 0
+  options: {{path: {train}, test_path: {test}, label_column: topic, num_words: 1000, {encoding}}}
+objective: {{metric: val_accuracy, direction: maximize}}
+budget: {{max_epochs: 2, min_epochs: 1}}
+defaults: {{algorithm: optuna-tpe, pruner: none, trials: 1, workers: 1, seed: 0}}
+"""
+CONV_TEXT = """\
+name: text_conv_raw
+family: text_conv1d
+{dataset}params:
+  embedding_dim: 8
+  blocks: 1
+  filters: 8
+  kernel_size: 3
+  pooling: max
+  global_pooling: max
+  dropout: 0.0
+  dense_units: 0
+  optimizer: {{type: categorical, choices: {{adam: {{beta_1: 0.9}}}}}}
+  learning_rate: 0.01
+  batch_size: 32
+"""
+DENSE_TEXT = """\
+name: text_dense_raw
+family: text_dense
+{dataset}params:
+  layers: 1
+  units: 16
+  dropout: 0.0
+  optimizer: adam
+  learning_rate: 0.01
+  batch_size: 32
+"""
+TEXT_NAME = "reuters-raw"
+TOPICS = ("acq", "crude", "earn")
+
+
+def _write_docs(path: Path, docs: list[tuple[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "topic"])
+        writer.writerows(docs)
+
+
+@pytest.fixture(scope="module")
+def reuters_text(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two tiny text studies of two families on a Reuters CSV and their average ensemble."""
+    from hpo.datasets import reuters
+
+    archive = reuters.REPO / reuters.SHARED_ARCHIVE
+    if not archive.is_file():
+        pytest.skip(f"Reuters-21578 is not at {archive}")
+    docs: dict[str, list[str]] = {t: [] for t in TOPICS}
+    for doc in reuters.read_collection(archive):
+        text = " ".join(doc.text.split())  # one line: `hpo predict` reads a document a line
+        if len(doc.topics) == 1 and doc.topics[0] in docs and text:
+            docs[doc.topics[0]].append(text)
+    train_docs = [(d, t) for t in TOPICS for d in docs[t][:100]]
+    test_docs = [(d, t) for i in range(40) for t in TOPICS for d in [docs[t][100 + i]]]
+    root = tmp_path_factory.mktemp("raw-text")
+    train_csv, test_csv = root / "train.csv", root / "test.csv"
+    _write_docs(train_csv, train_docs)
+    _write_docs(test_csv, test_docs)
+    spaces = {
+        "txConv": CONV_TEXT.format(
+            dataset=TEXT_DATASET.format(
+                train=train_csv, test=test_csv, encoding="maxlen: 64, encoding: sequence"
+            )
+        ),
+        "txDense": DENSE_TEXT.format(
+            dataset=TEXT_DATASET.format(
+                train=train_csv, test=test_csv, encoding="encoding: multi_hot"
+            )
+        ),
+    }
+    for study, text in spaces.items():
+        (root / f"{study}.yaml").write_text(text)
+        train(root, root / f"{study}.yaml", study)
+    built = build(root, TEXT_NAME, *spaces)
+    assert {m["study"] for m in built["members"]} == set(spaces), built["members"]
+    return {"root": root, "built": built, "test": test_docs, "spaces": spaces}
+
+
+def test_text_mixed_ensemble_is_one_model_and_every_path_agrees(
+    reuters_text: dict[str, Any], tmp_path: Path
+) -> None:
+    import mlflow.pyfunc
+
+    from hpo.datasets import load_dataset
+    from hpo.spaces import load_spec
+
+    root, test = reuters_text["root"], reuters_text["test"]
+    texts = [d for d, _ in test]
+    arrays = {}
+    for study in reuters_text["spaces"]:
+        data = load_dataset(load_spec(root / f"{study}.yaml").dataset)
+        assert list(data.class_names) == sorted(TOPICS)
+        # The test split is the test CSV, whole and in order.
+        assert [data.class_names[int(c)] for c in data.test.y] == [t for _, t in test]
+        arrays[study] = data.test.x
+    expected = study_path(root, reuters_text["built"], arrays)
+    labels = np.array([sorted(TOPICS).index(t) for _, t in test])
+    reported = reuters_text["built"]["metrics"]["test"]["ensemble"]["accuracy"]
+    assert float(np.mean(expected.argmax(axis=1) == labels)) == pytest.approx(reported, abs=1e-9)
+
+    # One exported file for the two families, taking raw strings, without hpo.
+    model = export(root, TEXT_NAME, "keras", tmp_path / "text.keras")
+    got = keras_without_hpo(model, np.asarray(texts, dtype=object), tmp_path)
+    close(got, expected, ".keras without hpo")
+    assert float(np.mean(got.argmax(axis=1) == labels)) == pytest.approx(reported, abs=1e-9)
+
+    lines = tmp_path / "docs.txt"
+    lines.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    probs, names = predict_csv(root, TEXT_NAME, lines, tmp_path / "p.csv")
+    close(probs, expected, "hpo predict NAME (.txt)")
+    assert names == [sorted(TOPICS)[int(c)] for c in expected.argmax(axis=1)]
+    probs, _ = predict_csv(root, str(model), lines, tmp_path / "p2.csv")
+    close(probs, expected, "hpo predict FILE.keras (.txt)")
+
+    import pandas as pd
+
+    folder = export(root, TEXT_NAME, "mlflow", tmp_path / "mlflow-model")
+    answer = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"text": texts}))
+    close(np.stack(answer["probabilities"].to_list()), expected, "pyfunc")
+    assert answer["class_name"].tolist() == names
