@@ -638,3 +638,130 @@ def test_text_mixed_ensemble_is_one_model_and_every_path_agrees(
     answer = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"text": texts}))
     close(np.stack(answer["probabilities"].to_list()), expected, "pyfunc")
     assert answer["class_name"].tolist() == names
+
+
+# -- 4. integer sequences and a character language model ------------------------------------------
+
+SORTED_SPACE = """\
+name: sorted_raw
+family: sorted_seq
+dataset:
+  name: sorted_sequences
+  validation_fraction: 0.2
+  test_fraction: 0.2
+  seed: 0
+  options: {n: 600, min_length: 5, max_length: 8, low: 3, high: 30}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 1, min_epochs: 1}
+defaults: {algorithm: optuna-tpe, pruner: none, trials: 1, workers: 1, seed: 0}
+params:
+  input: {type: categorical, choices: {scalar: {}}}
+  cell: GRU
+  units: 8
+  bidirectional: false
+  layers: 1
+"""
+CHAR_SPACE = """\
+name: char_raw
+family: char_lstm
+dataset:
+  name: text_corpus
+  validation_fraction: 0.1
+  test_fraction: 0.1
+  seed: 0
+  options: {{path: {path}, level: char, maxlen: 12, step: 3}}
+objective: {{metric: val_loss, direction: minimize}}
+budget: {{max_epochs: 1, min_epochs: 1}}
+defaults: {{algorithm: optuna-tpe, pruner: none, trials: 1, workers: 1, seed: 0}}
+params:
+  encoding: {{type: categorical, choices: {{onehot: {{}}}}}}
+  cell: GRU
+  units: 16
+  layers: 1
+  dropout: 0.0
+  optimizer: adam
+  learning_rate: 0.01
+  batch_size: 64
+"""
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A one-trial sorted_seq study and a one-trial character LM study, each an ensemble."""
+    root = tmp_path_factory.mktemp("raw-seq")
+    (root / "sorted.yaml").write_text(SORTED_SPACE)
+    words = (__doc__ or "").split() * 12
+    (root / "corpus.txt").write_text(" ".join(words) + "\n", encoding="utf-8")
+    (root / "char.yaml").write_text(CHAR_SPACE.format(path=root / "corpus.txt"))
+    train(root, root / "sorted.yaml", "seq")
+    train(root, root / "char.yaml", "chars")
+    return {"root": root, "seq": build(root, "seq-raw", "seq")}
+
+
+def test_sorted_sequences_raw_values_agree(sequences: dict[str, Any], tmp_path: Path) -> None:
+    from hpo.datasets import load_dataset
+    from hpo.spaces import load_spec
+
+    root = sequences["root"]
+    data = load_dataset(load_spec(root / "sorted.yaml").dataset)
+    expected = study_path(root, sequences["seq"], {"seq": data.test.x})
+    tokens = np.asarray(data.test.x).astype(np.int64)
+    raw = tokens + 3 - 1  # the values themselves; padding 0 becomes low - 1 = 2
+    assert raw.min() == 2 and raw.max() <= 30 and (raw[tokens > 0] >= 3).all()
+    reported = sequences["seq"]["metrics"]["test"]["ensemble"]["accuracy"]
+    predicted = (expected.reshape(len(expected), -1)[:, 0] >= 0.5).astype(int)
+    assert float(np.mean(predicted == data.test.y)) == pytest.approx(reported, abs=1e-9)
+
+    model = export(root, "seq-raw", "keras", tmp_path / "seq.keras")
+    close(keras_without_hpo(model, raw, tmp_path), expected, ".keras without hpo")
+    np.savez(tmp_path / "seq.npz", x=raw)
+    probs, _ = predict_csv(root, "seq-raw", tmp_path / "seq.npz", tmp_path / "p.csv")
+    close(probs, expected, "hpo predict NAME")
+
+
+def test_char_language_model_takes_token_windows(sequences: dict[str, Any], tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from hpo.datasets import load_dataset
+    from hpo.inputs import core_model
+    from hpo.models import load_keras_model
+    from hpo.spaces import load_spec
+
+    root = sequences["root"]
+    data = load_dataset(load_spec(root / "char.yaml").dataset)
+    assert data.inputs is not None and data.inputs.kind == "tokens"
+    vocabulary = data.inputs.steps[0]["vocabulary"]
+    ids = np.asarray(data.test.x[:300]).astype(np.int64)
+    windows = np.asarray([[vocabulary[i] for i in row] for row in ids], dtype=str)
+    # Lines of text lose leading and trailing white space: keep windows without any there.
+    keep = [i for i, w in enumerate(windows) if w[0].strip() and w[-1].strip()]
+    ids, windows = ids[keep], windows[keep]
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("chars")
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if (artifact_dir(root, r.info.run_id) / "model.keras").is_file()
+    ]
+    assert runs
+    path = artifact_dir(root, runs[0].info.run_id) / "model.keras"
+    model = load_keras_model(path)
+    expected = np.asarray(core_model(model).predict(ids, verbose=0), dtype=np.float64)
+    close(keras_without_hpo(path, windows, tmp_path), expected, "trial .keras on windows")
+
+    # hpo predict: one context per line, the model reads its last maxlen characters.
+    contexts = tmp_path / "contexts.txt"
+    lines = ["".join(w) for w in windows]
+    assert all("\n" not in line for line in lines)
+    contexts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    exported = tmp_path / "chars.keras"
+    (tmp_path / "chars.hpo.json").write_text(
+        json.dumps({"inputs": data.inputs.to_json(), "class_names": list(vocabulary)})
+    )
+    import shutil
+
+    shutil.copyfile(path, exported)
+    probs, _ = predict_csv(root, str(exported), contexts, tmp_path / "p.csv")
+    close(probs, expected, "hpo predict FILE.keras (.txt contexts)")
