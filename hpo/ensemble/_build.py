@@ -607,6 +607,7 @@ def _record(
                     dataset.get("class_names") or _lm_tokens(inputs),
                     str(dataset["task"]),
                 ),
+                inputs,
             )
         except EnsembleError as exc:
             result.exportable, result.export_problem = False, str(exc)

@@ -194,12 +194,16 @@ def input_example(inputs: Any) -> Any:
     return np.zeros((1, *shape), dtype=np.uint8 if pixels else np.float32)
 
 
-def save_mlflow_model(model: keras.Model, path: Path, info: dict[str, Any]) -> None:
+def save_mlflow_model(
+    model: keras.Model, path: Path, info: dict[str, Any], inputs: Any = None
+) -> None:
     """Save ``model`` as an MLflow pyfunc model folder that takes raw inputs.
 
     The folder holds the ``.keras`` file and ``hpo.json`` (:func:`model_info`) under
     ``artifacts/``, and ``pyfunc_model.py``, which MLflow runs to load them (models from code:
     no hpo needed to serve it), with a signature and an input example for the raw inputs.
+    ``inputs``: the full :class:`hpo.inputs.InputSpec` (``info`` holds it without its steps,
+    which the input example needs: normalization means, padding value, vocabulary).
     """
     import keras
     import mlflow
@@ -209,7 +213,8 @@ def save_mlflow_model(model: keras.Model, path: Path, info: dict[str, Any]) -> N
     from hpo.ensemble import pyfunc_model
     from hpo.inputs import InputSpec
 
-    inputs = InputSpec.from_json(info["inputs"])
+    if inputs is None:
+        inputs = InputSpec.from_json(info["inputs"])
     example = input_example(inputs)
     loaded = pyfunc_model.RawInputsModel()
     loaded.model, loaded.inputs, loaded.class_names = model, info["inputs"], info["class_names"]
