@@ -134,7 +134,8 @@ import importlib.util, sys
 sys.path.append(sys.argv[1])  # site-packages without its .pth files: no editable hpo
 assert importlib.util.find_spec("hpo") is None, "hpo is importable"
 import keras, numpy as np
-model = keras.models.load_model(sys.argv[2], safe_mode=True)
+# compile=False: a trial's language model is compiled with hpo's bits_per_token metric
+model = keras.models.load_model(sys.argv[2], safe_mode=True, compile=False)
 x = np.load(sys.argv[3], allow_pickle=True)
 if x.dtype.kind in "US":
     import tensorflow as tf
