@@ -8,6 +8,9 @@ Options (``dataset: {name: text_classification, options: {...}}`` in the space f
 * ``text_column`` [``text``], ``label_column`` [``label``]: the CSV columns to read;
 * ``delimiter`` [``,``; a tab for ``.tsv``]: the CSV field separator;
 * ``file_encoding`` [``utf-8``]: how the files are encoded (``latin-1``, ``cp1252``, ...);
+* ``test_path``: a second CSV or folder of the same layout that is the test split, whole and
+  in its order (documents without any word left out, as in ``path``); without it the test
+  split is a stratified ``test_fraction`` of ``path``;
 * ``num_words``, ``maxlen``, ``encoding``: see :mod:`hpo.datasets._text`.
 
 Class indices follow the sorted class names (folder names, or CSV labels: numerically when
@@ -17,8 +20,8 @@ words at all (an empty file, an empty cell) are left out with a warning and coun
 and a class left without documents is an error anyway.
 
 Splits: validation and test take a stratified, seeded ``validation_fraction`` and
-``test_fraction`` of every class; ``subset`` then caps the training documents (seeded). The
-vocabulary comes from the training split only.
+``test_fraction`` (unless ``test_path`` is the test split) of every class; ``subset`` then caps
+the training documents (seeded). The vocabulary comes from the training split only.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_VAR = "HPO_TEXT_PATH"
-LOADER_OPTIONS = ("path", "text_column", "label_column", "delimiter", "file_encoding")
+LOADER_OPTIONS = (
+    "path", "text_column", "label_column", "delimiter", "file_encoding", "test_path",
+)  # fmt: skip
 CSV_SUFFIXES = (".csv", ".tsv")
 NAME = "text_classification"
 LAYOUT = (
@@ -70,23 +75,7 @@ def load(spec: DatasetSpec) -> Dataset:
     text_options = TextOptions.parse(options, NAME, LOADER_OPTIONS)
     path = _resolve_path(options)
     file_encoding = str(options.get("file_encoding", "utf-8"))
-    if path.is_dir():
-        texts, labels, names = _read_folder(path, file_encoding)
-        kind = "folder"
-    else:
-        texts, labels, names = _read_csv(path, options, file_encoding)
-        kind = "csv"
-    tokens = [tokenize(t) for t in texts]
-    empty = [names[i] for i, t in enumerate(tokens) if not t]
-    if empty:
-        log.warning(
-            "%s: left out %d document(s) without any word: %s%s",
-            path,
-            len(empty),
-            ", ".join(empty[:_SHOWN]),
-            " ..." if len(empty) > _SHOWN else "",
-        )
-    keep = [i for i, t in enumerate(tokens) if t]
+    tokens, labels, keep, empty, kind = _read_documents(path, options, file_encoding)
     class_names = _sorted_labels({labels[i] for i in keep})
     missing = sorted(set(labels) - set(class_names))
     if missing:
@@ -105,8 +94,22 @@ def load(spec: DatasetSpec) -> Dataset:
     pool = TokenSplit(
         [tokens[i] for i in keep], np.array([index[labels[i]] for i in keep], dtype=np.int64)
     )
+    test = None
+    if options.get("test_path"):
+        test_file = _resolve_path({"path": options["test_path"]})
+        t_tokens, t_labels, t_keep, _, _ = _read_documents(test_file, options, file_encoding)
+        unknown = sorted({t_labels[i] for i in t_keep} - set(class_names))
+        if unknown:
+            raise DataError(
+                f"{test_file} (test_path): label(s) {', '.join(map(repr, unknown[:_SHOWN]))} "
+                f"not among the classes of {path} ({', '.join(class_names[:_SHOWN])})"
+            )
+        test = TokenSplit(
+            [t_tokens[i] for i in t_keep],
+            np.array([index[t_labels[i]] for i in t_keep], dtype=np.int64),
+        )
     try:
-        splits = split_train(pool, spec, None)
+        splits = split_train(pool, spec, test)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
     return build_text_dataset(
@@ -118,9 +121,34 @@ def load(spec: DatasetSpec) -> Dataset:
             "source": str(path),
             "format": kind,
             "skipped_empty": len(empty),
-            "test_split": f"stratified {spec.test_fraction}",
+            "test_split": f"stratified {spec.test_fraction}"
+            if test is None
+            else f"test_path {options['test_path']}",
         },
     )
+
+
+def _read_documents(
+    path: Path, options: dict[str, Any], file_encoding: str
+) -> tuple[list[list[str]], list[str], list[int], list[str], str]:
+    """``(tokens, labels, indices of documents with words, names of empty ones, kind)``."""
+    if path.is_dir():
+        texts, labels, names = _read_folder(path, file_encoding)
+        kind = "folder"
+    else:
+        texts, labels, names = _read_csv(path, options, file_encoding)
+        kind = "csv"
+    tokens = [tokenize(t) for t in texts]
+    empty = [names[i] for i, t in enumerate(tokens) if not t]
+    if empty:
+        log.warning(
+            "%s: left out %d document(s) without any word: %s%s",
+            path,
+            len(empty),
+            ", ".join(empty[:_SHOWN]),
+            " ..." if len(empty) > _SHOWN else "",
+        )
+    return tokens, labels, [i for i, t in enumerate(tokens) if t], empty, kind
 
 
 def _resolve_path(options: dict[str, Any]) -> Path:

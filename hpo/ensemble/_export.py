@@ -187,7 +187,11 @@ def input_example(inputs: Any) -> Any:
     if inputs.kind == "sequence":
         low = 1.0 - float(steps["rescale"]["offset"])
         return np.full((1, *shape), low, dtype=np.float32)
-    return np.zeros((1, *shape), dtype=np.float32)
+    # Images of 0-255 pixel values are held as bytes (uint8): MLflow's schema enforcement would
+    # refuse them against a float32 example, so the example (and signature) is uint8 then.
+    scale = steps.get("rescale", {}).get("scale")
+    pixels = inputs.kind == "image" and scale is not None and round(1 / float(scale)) == 255
+    return np.zeros((1, *shape), dtype=np.uint8 if pixels else np.float32)
 
 
 def save_mlflow_model(
