@@ -720,12 +720,6 @@ def test_sorted_sequences_raw_values_agree(sequences: dict[str, Any], tmp_path: 
     close(probs, expected, "hpo predict NAME")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feature bug: a char_lstm trial's model.keras keeps the inner model's compile config "
-    "(hpo's bits_per_token metric), so load_model(compile=False) fails where the family's "
-    "module is not imported",
-)
 def test_char_language_model_takes_token_windows(sequences: dict[str, Any], tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
