@@ -9,12 +9,12 @@ from pathlib import Path
 
 from conftest import REPO
 
-TESTS = '''
+TESTS = """
 import pytest
 
 missing = pytest.importorskip("hpo_no_such_module_for_ci_skips")
-'''
-CASES = '''
+"""
+CASES = """
 import pytest
 
 
@@ -47,7 +47,7 @@ def test_gpu_only():
 @pytest.mark.xfail(reason="known")
 def test_expected_failure():
     assert False
-'''
+"""
 MARKDOWN = """# doc
 
 <!--pytest.mark.skip(reason="trains a study")-->
