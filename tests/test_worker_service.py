@@ -188,9 +188,11 @@ def test_killed_worker_trial_is_failed_retried_and_the_study_completes(
     def victim_running() -> bool:
         # With its parameters: a worker claims a trial before its trial process (still
         # importing Keras) suggests them, and a retry can only repeat parameters that exist.
+        # And with its MLflow run, which the reaper must end FAILED.
         return any(
             t.state == TrialState.RUNNING
             and t.params
+            and t.user_attrs.get("mlflow_run_id")
             and str(t.system_attrs.get("hpo:worker", "")).endswith(f":{victim.pid}")
             for t in _trials(postgres_url, "kill9")
         )
