@@ -54,7 +54,7 @@ browser:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver); \
-	else echo "chromium missing: sudo apt-get install chromium chromium-driver (browser tests skip)"; fi
+	else echo "chromium missing: sudo apt-get install chromium chromium-driver (browser tests skip; under CI they fail)"; fi
 
 lint: setup
 	$(BIN)/ruff check hpo tests bench conftest.py

@@ -27,11 +27,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -62,12 +64,52 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "hpo-test-ports"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A TCP port of 127.0.0.1 that nothing listens on now, reserved for this test process.
+
+    Picked below the kernel's ephemeral range (no outgoing connection is given it meanwhile)
+    and claimed with a lock file holding this process's pid (``O_EXCL``), so that the other
+    test process of ``make test`` never picks the same port while a server here is starting.
+    The reservation lasts as long as this process; a dead process's lock is taken over.
+    """
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, max(20001, min(ephemeral_low, 32768)))
+        lock = _PORT_LOCKS / str(port)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            with suppress(OSError, ValueError):
+                if not _alive(int(lock.read_text() or "0")):
+                    lock.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use by something else: keep the lock, try another
         return port
+    raise RuntimeError(f"no free port found (locks in {_PORT_LOCKS})")
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -10,8 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import studies
 from hpo.storage import count_trials, mask_url, open_storage
 from hpo.studies import (
+    SURPLUS_ATTR,
     StudyConfig,
     StudyError,
     claim_trial,
@@ -121,6 +123,40 @@ def test_racing_claims_never_exceed_the_budget(storage_url: str) -> None:
     assert len(counted) == 7
     assert all(t.state == TrialState.COMPLETE for t in counted)
     assert len({t.number for t in counted}) == 7
+
+
+def test_the_loser_of_the_race_for_the_last_trial_is_closed_as_surplus(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race forced: another worker takes the last trial between this claim's budget check
+    and its ask, so this claim's trial is past the budget and must be closed, uncounted."""
+    store = open_storage(storage_url)
+    config = _config(2)
+    study = create_study(store, config)
+    first = claim_trial(study, config.n_trials)
+    assert first is not None
+    study.tell(first, values=[0.1])
+    winner_study = optuna.load_study(study_name=config.name, storage=open_storage(storage_url))
+    real_ask = studies._ask
+    winners: list[optuna.Trial | None] = []
+
+    def ask_after_the_winner(asking: optuna.Study) -> optuna.Trial:
+        if asking is study and not winners:
+            winners.append(claim_trial(winner_study, config.n_trials))
+        return real_ask(asking)
+
+    monkeypatch.setattr(studies, "_ask", ask_after_the_winner)
+    assert claim_trial(study, config.n_trials) is None  # the loser gets nothing
+    assert len(winners) == 1 and winners[0] is not None and winners[0].number == 1
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    surplus = trials[2]
+    assert surplus.state == TrialState.FAIL and surplus.system_attrs.get(SURPLUS_ATTR) is True
+    assert trials[1].state == TrialState.RUNNING  # the winner's trial runs on
+    assert [t.number for t in counted_trials(trials)] == [0, 1]
+    study.tell(winners[0], values=[0.2])
+    assert is_done(study, config.n_trials)
+    assert claim_trial(study, config.n_trials) is None
 
 
 def test_count_trials_and_is_done_follow_the_store(storage_url: str) -> None:

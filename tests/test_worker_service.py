@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
@@ -150,39 +152,81 @@ def test_four_workers_finish_exactly_the_budget(
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
+def _trial_processes(worker_pid: int) -> list[psutil.Process]:
+    """The worker's trial processes (multiprocessing spawn children, not its resource tracker)."""
+    found = []
+    for child in psutil.Process(worker_pid).children(recursive=True):
+        with suppress(psutil.Error):
+            if any("spawn_main" in part for part in child.cmdline()):
+                found.append(child)
+    return found
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_killed_worker_trial_is_failed_retried_and_the_study_completes(
     tmp_path: Path, postgres_url: str, workers: Workers
 ) -> None:
+    # Trials sleep 15 s: a trial process that outlived its worker would still be sleeping
+    # (and would only notice the closed pipe afterwards) when the check below gives up.
     _create(
-        tmp_path, postgres_url, "kill9", 3, SLOW_SPACE.replace("SECONDS", "4"), "--max-retries", "2"
+        tmp_path,
+        postgres_url,
+        "kill9",
+        2,
+        SLOW_SPACE.replace("SECONDS", "15"),
+        "--max-retries",
+        "2",
     )
     victim = workers.start("--study", "kill9", "--heartbeat", "1", "--grace-period", "4")
 
     def victim_running() -> bool:
         # With its parameters: a worker claims a trial before its trial process (still
         # importing Keras) suggests them, and a retry can only repeat parameters that exist.
+        # And with its MLflow run, which the reaper must end FAILED.
         return any(
             t.state == TrialState.RUNNING
             and t.params
+            and t.user_attrs.get("mlflow_run_id")
             and str(t.system_attrs.get("hpo:worker", "")).endswith(f":{victim.pid}")
             for t in _trials(postgres_url, "kill9")
         )
 
     _wait_for(victim_running, 120, "the first worker to run a trial with its parameters")
+    children = _trial_processes(victim.pid)
+    assert len(children) == 1, [c.cmdline() for c in children]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
+    # Its trial process dies with it (parent-death signal), not when its 15 s sleep ends.
+    _wait_for(lambda: _gone(children[0]), 5, "the trial process to die with its worker")
     survivor = workers.start("--study", "kill9", "--heartbeat", "1", "--grace-period", "4")
     survivor.wait(timeout=300)
     assert survivor.returncode == 0, workers.logs()
     trials = _trials(postgres_url, "kill9")
     counted = counted_trials(trials)
-    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert len(counted) == 2 and all(t.state == TrialState.COMPLETE for t in counted)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1
-    assert "heartbeat" in failed[0].user_attrs["fail_reason"]
+    reason = failed[0].user_attrs["fail_reason"]
+    assert "heartbeat" in reason
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
     assert len(retry) == 1 and retry[0].params == failed[0].params
-    assert not [r for r in _mlflow_runs(tmp_path, "kill9") if r.info.status == "RUNNING"]
+    assert retry[0].params["x"] == failed[0].params["x"]  # the sampled value, not a new draw
+    runs = {r.info.run_id: r for r in _mlflow_runs(tmp_path, "kill9")}
+    reaped = runs[failed[0].user_attrs["mlflow_run_id"]]
+    assert reaped.info.status == "FAILED"
+    assert (
+        reaped.data.tags.get("hpo.fail_reason")
+        == reason[: len(reaped.data.tags["hpo.fail_reason"])]
+    )
+    assert "heartbeat" in reaped.data.tags["hpo.fail_reason"]
+    assert runs[retry[0].user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
 
 
 def test_sigterm_exits_cleanly_and_requeues_the_running_trial(
@@ -385,3 +429,53 @@ def test_poison_studies_are_marked_broken_and_never_stop_a_service_worker(
         assert f"{name} is broken:" in listing.stdout, listing.stdout
     resumed = hpo("study", "resume", "deep", cwd=tmp_path, env=env)
     assert resumed.returncode == 0 and status("deep")["state"] == "active"
+
+
+def test_a_service_worker_claims_by_priority_then_age(tmp_path: Path) -> None:
+    """One service-mode worker, four studies waiting: highest --priority first, then oldest.
+
+    Created oldest first: ``low`` (priority 0), ``tie_old`` and ``tie_new`` (priority 5),
+    ``high`` (priority 9, the newest). One worker with one slot runs one trial at a time, so
+    the order in which the trials started is the order in which they were claimed.
+    """
+    created = {"low": "0", "tie_old": "5", "tie_new": "5", "high": "9"}
+    with fresh_database("hpo_priority") as storage:
+        env = _env(storage)
+        for name, priority in created.items():
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(FAST_SPACE)
+            result = hpo(
+                "study", "create", str(path), "--name", name, "--trials", "2",
+                "--priority", priority, "--skip-data-check",
+                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                cwd=tmp_path, env=env,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        workers = Workers(tmp_path, storage)
+        try:
+            proc = workers.start()  # no --study: every study, by priority
+
+            def done() -> bool:
+                assert proc.poll() is None, workers.logs()
+                return all(
+                    len([t for t in _trials(storage, n) if t.state.is_finished()]) == 2
+                    for n in created
+                )
+
+            _wait_for(done, 400, "every study's two trials")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            assert proc.returncode == 0, workers.logs()
+            started = sorted(
+                (t.datetime_start, name)
+                for name in created
+                for t in _trials(storage, name)
+                if t.datetime_start is not None
+            )
+        finally:
+            workers.stop_all()
+            store = _STORES.pop(storage, None)
+            if store is not None:
+                store.engine.dispose()  # type: ignore[attr-defined]
+    order = [name for _, name in started]
+    assert order == ["high"] * 2 + ["tie_old"] * 2 + ["tie_new"] * 2 + ["low"] * 2, started

@@ -276,10 +276,21 @@ def test_a_stop_requeues_the_trials_of_every_slot(
     monkeypatch.setattr(TrialProcess, "run", fake.run)
     monkeypatch.setattr(TrialProcess, "start", lambda process: None)
     worker = Worker(WorkerOptions(url, "fake", gpus=["0", "1"], trials_per_gpu=1))
-    threading.Timer(1.5, worker.request_stop).start()
-    t0 = time.monotonic()
+    stopped_at: list[float] = []
+
+    def stop_once_both_slots_run() -> None:
+        # A condition, not a timer: both slots have a trial (however slow the machine is).
+        deadline = time.monotonic() + 120
+        while fake.running < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped_at.append(time.monotonic())
+        worker.request_stop()
+
+    threading.Thread(target=stop_once_both_slots_run, daemon=True).start()
     assert worker.run() == 2
-    assert time.monotonic() - t0 < 15
+    assert fake.peak == 2 and stopped_at
+    # The 60 s trials were stopped, not waited for.
+    assert time.monotonic() - stopped_at[0] < 30
     trials = _trials(url, "fake")
     failed = [t for t in trials if t.state == TrialState.FAIL]
     waiting = [t for t in trials if t.state == TrialState.WAITING]
@@ -359,6 +370,7 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
     url = _fake_study(tmp_path, n_trials=2)
     lengths = iter([0.1, 2.0])
     lock = threading.Lock()
+    ended: list[float] = []  # when each trial ended
 
     def run(process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
         from hpo.runner import TrialResult
@@ -366,6 +378,7 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
         with lock:
             seconds = next(lengths)
         time.sleep(seconds)
+        ended.append(time.monotonic())
         return TrialResult("COMPLETE", values=[task.params["x"]])
 
     closed: list[float] = []  # one entry per slot that ended
@@ -375,12 +388,12 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
     options = WorkerOptions(
         url, "fake", gpus=["0", "1"], poll_interval=30.0, settle_poll_interval=0.2
     )
-    t0 = time.monotonic()
     assert Worker(options).run() == 2
-    took = time.monotonic() - t0
-    assert len(closed) == 2
-    # The long trial ends about 2 s in; both slots are gone well before a 10 s heartbeat poll.
-    assert 1.9 < took < 6.0
+    returned = time.monotonic()
+    assert len(closed) == 2 and len(ended) == 2
+    # Both slots are gone soon after the last trial ended: well within one 30 s poll interval
+    # (measured from the trial's end, so a slow start of the worker does not count).
+    assert returned - max(ended) < 10.0
 
 
 # -- real workers with two slots ---------------------------------------------------------------
