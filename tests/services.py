@@ -12,6 +12,9 @@ A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
 - ``start_workers`` (per test): a factory of real ``hpo worker`` subprocesses, configured like
   the compose ``worker`` service (``HPO_STORAGE``, ``MLFLOW_TRACKING_URI`` in the environment);
   whatever it started is stopped at the end of the test.
+- ``compose_roles()``: docker/postgres-init's script run against the test server, as the
+  postgres image runs it: the study store and MLflow's database with the compose services'
+  roles (randomly suffixed names), dropped afterwards.
 - ``postgres_cluster()``, ``restart_postgres()``, ``ensure_postgres_up()``: the local Debian
   cluster of the test database (``pg_lsclusters``, by port), restarted with ``pg_ctlcluster``
   at the niceness it had, waited for with ``pg_isready``.
