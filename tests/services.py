@@ -12,6 +12,9 @@ A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
 - ``start_workers`` (per test): a factory of real ``hpo worker`` subprocesses, configured like
   the compose ``worker`` service (``HPO_STORAGE``, ``MLFLOW_TRACKING_URI`` in the environment);
   whatever it started is stopped at the end of the test.
+- ``compose_roles()``: docker/postgres-init's script run against the test server, as the
+  postgres image runs it: the study store and MLflow's database with the compose services'
+  roles (randomly suffixed names), dropped afterwards.
 - ``postgres_cluster()``, ``restart_postgres()``, ``ensure_postgres_up()``: the local Debian
   cluster of the test database (``pg_lsclusters``, by port), restarted with ``pg_ctlcluster``
   at the niceness it had, waited for with ``pg_isready``.
@@ -166,6 +169,100 @@ def fresh_database(prefix: str) -> Iterator[str]:
         with engine.connect() as conn:
             # A server or worker that is still connected must not keep the database alive.
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        engine.dispose()
+
+
+INIT_SCRIPT = REPO / "docker" / "postgres-init" / "10-roles-and-databases.sh"
+
+
+@dataclass(frozen=True)
+class ComposeRoles:
+    """The compose services' databases and roles, made by docker/postgres-init's script.
+
+    Role names carry a random suffix (roles belong to the whole server, which other test
+    sessions share); each URL holds its role's password, as the services' environment does.
+    """
+
+    owner: str  # the study store as its owner (init-store)
+    worker: str  # ... as the workers' role (rows only)
+    dashboard: str  # ... as the dashboard's role (read-only)
+    mlflow: str  # MLflow's database as its owner
+    roles: Mapping[str, str]  # HPO_OWNER_ROLE ... -> the role's name
+
+
+@contextmanager
+def compose_roles() -> Iterator[ComposeRoles]:
+    """Run the compose init script as the postgres image would, against the test server.
+
+    A fresh database plays ``POSTGRES_DB`` (the study store) and the script creates MLflow's
+    database and the four roles; all are dropped afterwards. Needs ``psql`` (15 or later).
+    """
+    import sqlalchemy as sa
+
+    if not shutil.which("psql"):
+        unavailable("psql is not installed")
+    admin = sa.engine.make_url(os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES))
+    suffix = uuid.uuid4().hex[:8]
+    roles = {
+        "HPO_OWNER_ROLE": f"hpo_{suffix}",
+        "HPO_WORKER_ROLE": f"hpo_worker_{suffix}",
+        "HPO_DASHBOARD_ROLE": f"hpo_dashboard_{suffix}",
+        "MLFLOW_ROLE": f"mlflow_{suffix}",
+    }
+    passwords = {
+        "HPO_OWNER_ROLE": ("HPO_OWNER_PASSWORD", f"owner-{suffix}"),
+        "HPO_WORKER_ROLE": ("HPO_WORKER_PASSWORD", f"worker-{suffix}"),
+        "HPO_DASHBOARD_ROLE": ("DASHBOARD_DB_PASSWORD", f"dashboard-{suffix}"),
+        "MLFLOW_ROLE": ("MLFLOW_DB_PASSWORD", f"mlflow-{suffix}"),
+    }
+    mlflow_db = f"hpo_mlflow_{suffix}"
+    engine = sa.create_engine(
+        admin.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with fresh_database("hpo_roles") as study_url:
+            study_db = study_url.rsplit("/", 1)[1]
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("PG")},
+                "PGHOST": admin.host or "127.0.0.1",
+                "PGPORT": str(admin.port or 5432),
+                "POSTGRES_USER": admin.username or "postgres",
+                "POSTGRES_DB": study_db,
+                "MLFLOW_DB": mlflow_db,
+                **roles,
+                **dict(passwords.values()),
+            }
+            if admin.password:
+                env["PGPASSWORD"] = admin.password
+            try:
+                result = subprocess.run(
+                    ["sh", str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+                )
+                assert result.returncode == 0, result.stdout + result.stderr
+
+                def url(variable: str, database: str) -> str:
+                    return admin.set(
+                        username=roles[variable],
+                        password=passwords[variable][1],
+                        database=database,
+                    ).render_as_string(hide_password=False)
+
+                yield ComposeRoles(
+                    owner=url("HPO_OWNER_ROLE", study_db),
+                    worker=url("HPO_WORKER_ROLE", study_db),
+                    dashboard=url("HPO_DASHBOARD_ROLE", study_db),
+                    mlflow=url("MLFLOW_ROLE", mlflow_db),
+                    roles=roles,
+                )
+            finally:
+                with engine.connect() as conn:
+                    conn.execute(sa.text(f'drop database if exists "{mlflow_db}" with (force)'))
+    finally:
+        # After both databases are gone (fresh_database drops the study store): the roles
+        # own nothing any more.
+        with engine.connect() as conn:
+            for role in roles.values():
+                conn.execute(sa.text(f'drop role if exists "{role}"'))
         engine.dispose()
 
 
@@ -403,8 +500,13 @@ class MlflowServer(ServiceProcess):
         return f"http://127.0.0.1:{self.port}"
 
 
-def optuna_dashboard(storage: str, root: Path) -> ServiceProcess:
-    """``optuna-dashboard STORAGE`` as in docker-compose.yml, on a free port of 127.0.0.1."""
+def optuna_dashboard(
+    storage: str, root: Path, env: Mapping[str, str] | None = None
+) -> ServiceProcess:
+    """``optuna-dashboard STORAGE`` as in docker-compose.yml, on a free port of 127.0.0.1.
+
+    ``env``: extra variables, e.g. ``PGPASSWORD`` as the compose service passes its password.
+    """
     port = free_port()
     return ServiceProcess(
         name="optuna-dashboard",
@@ -419,6 +521,7 @@ def optuna_dashboard(storage: str, root: Path) -> ServiceProcess:
         health_url=f"http://127.0.0.1:{port}/api/meta",
         log_path=root / "optuna-dashboard.log",
         cwd=root,
+        env=clean_env(env),
         stop_grace=5.0,  # it keeps no state of its own
     )
 

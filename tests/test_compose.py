@@ -1,11 +1,15 @@
-"""docker-compose.yml, its auth override and the Dockerfile, checked without Docker.
+"""docker-compose.yml, its no-auth override, the PostgreSQL init script and the Dockerfile,
+checked without Docker.
 
 Docker cannot run here, so these tests read the files as Compose would (YAML, then
 ``${VAR}`` interpolation from .env) and prove what can be proved without it: every command
 is a real invocation of the installed programs (the same versions the image installs from
 requirements.lock), every variable is documented in .env.example, the services agree on
-database, user, host and port, nothing but 127.0.0.1 is published, and the image is built
-from the lock and runs ``hpo`` as a user other than root.
+database, host and port and each connects as its own role that the init script creates (none
+as the superuser), every password comes from .env, MLflow runs with basic auth and the
+dashboard only on request, nothing but 127.0.0.1 is published, and the image is built from
+the lock and runs ``hpo`` as a user other than root. tests/test_compose_roles.py runs the
+init script against a real PostgreSQL and the services as those roles.
 """
 
 from __future__ import annotations
@@ -32,10 +36,19 @@ from hpo.cli import app
 from conftest import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
-AUTH_OVERRIDE = REPO / "docker" / "compose.auth.yml"
+NOAUTH_OVERRIDE = REPO / "docker" / "compose.noauth.yml"
+INIT_SCRIPT = REPO / "docker" / "postgres-init" / "10-roles-and-databases.sh"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
-SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "HPO_OWNER_PASSWORD",
+    "HPO_WORKER_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "DASHBOARD_DB_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
+)
 HPO_SERVICES = ("init-store", "worker")  # the image's entrypoint (hpo), not overridden
 
 # Compose's interpolation: $$ escapes; ${VAR}, ${VAR:-default}, ${VAR-default},
@@ -144,12 +157,12 @@ def test_compose_files_parse_with_the_expected_services() -> None:
     assert {"postgres", "mlflow", "worker", "optuna-dashboard"} <= set(services)
     for name, service in services.items():
         assert "image" in service or "build" in service, name
-    override = raw(AUTH_OVERRIDE)["services"]
+    override = raw(NOAUTH_OVERRIDE)["services"]
     assert set(override) <= set(services)
 
 
 def test_every_variable_is_in_env_example_and_every_example_is_used() -> None:
-    text = COMPOSE.read_text() + AUTH_OVERRIDE.read_text()
+    text = COMPOSE.read_text() + NOAUTH_OVERRIDE.read_text()
     used = {m["name"] for m in _VARIABLE.finditer(text) if m["name"]}
     documented = set(env_example())
     assert used - documented == set(), "variables missing from .env.example"
@@ -160,18 +173,19 @@ def test_secrets_are_required_and_not_committed() -> None:
     example = env_example()
     for name in SECRETS:
         assert example[name] == "", f"{name} has a value in .env.example"
-    text = COMPOSE.read_text() + AUTH_OVERRIDE.read_text()
+    text = COMPOSE.read_text() + NOAUTH_OVERRIDE.read_text()
     for m in _VARIABLE.finditer(text):
         if m["name"] in SECRETS:
             assert m["op"] == ":?", f"{m[0]}: a secret must be required, with no default"
-    # An unedited copy of .env.example is refused rather than run with an empty password.
-    with pytest.raises(MissingVariableError, match="POSTGRES_PASSWORD"):
-        interpolate(raw(), env_example())
+    # A .env that leaves any one of them empty is refused rather than run without it.
+    for name in SECRETS:
+        with pytest.raises(MissingVariableError, match=name):
+            interpolate(raw(), {**filled_env(), name: ""})
     assert ".env" in (REPO / ".gitignore").read_text().split()
 
 
 def test_postgres_is_not_published_and_published_ports_bind_loopback() -> None:
-    for path in (COMPOSE, AUTH_OVERRIDE):
+    for path in (COMPOSE, NOAUTH_OVERRIDE):
         for name, service in compose(path)["services"].items():
             if name == "postgres":
                 assert "ports" not in service, "the database must not be published"
@@ -258,12 +272,11 @@ def mlflow_server_help() -> str:
     return help_text("mlflow", "server")
 
 
-@pytest.mark.parametrize("path", [COMPOSE, AUTH_OVERRIDE], ids=["base", "auth"])
+@pytest.mark.parametrize("path", [COMPOSE, NOAUTH_OVERRIDE], ids=["base", "noauth"])
 def test_mlflow_service_runs_a_real_mlflow_server(mlflow_server_help: str, path: Path) -> None:
     base = compose()["services"]["mlflow"]
-    override = compose(path)["services"]["mlflow"]
-    # Compose merges an override's volumes and environment into the base service's.
-    spec = {**base, **override, "volumes": [*base["volumes"], *override["volumes"]]}
+    override = compose(path)["services"]["mlflow"] if path != COMPOSE else {}
+    spec = {**base, **override}  # the override replaces the command only
     assert spec["entrypoint"] == ["mlflow"]
     argv = spec["command"]
     assert argv[0] == "server"
@@ -279,6 +292,7 @@ def test_mlflow_service_runs_a_real_mlflow_server(mlflow_server_help: str, path:
         pytest.fail(f"mlflow {' '.join(argv)}: {exc.format_message()}")
     assert ctx.params["serve_artifacts"] is True
     assert ctx.params["backend_store_uri"].startswith("postgresql+psycopg://")
+    assert (ctx.params["app_name"] == "basic-auth") is (path == COMPOSE)
     # Artifacts on a named volume, so that they outlive the container.
     destination = ctx.params["artifacts_destination"]
     assert mounts(spec).get(destination) in raw()["volumes"], destination
@@ -300,30 +314,60 @@ def test_optuna_dashboard_runs_a_real_optuna_dashboard() -> None:
 # -- the services agree -----------------------------------------------------------------------
 
 
-def test_services_agree_on_database_user_host_and_port() -> None:
+# The role each service connects as, and the password variable of that role.
+SERVICE_ROLES = {
+    "init-store": ("hpo", "HPO_OWNER_PASSWORD"),
+    "worker": ("hpo_worker", "HPO_WORKER_PASSWORD"),
+    "optuna-dashboard": ("hpo_dashboard", "DASHBOARD_DB_PASSWORD"),
+    "mlflow": ("mlflow", "MLFLOW_DB_PASSWORD"),
+}
+
+
+def database_urls(services: Mapping[str, Any]) -> dict[str, str]:
+    """The database URL of every service that connects to PostgreSQL, by service."""
+    return {
+        "init-store": environment(services["init-store"])["HPO_STORAGE"],
+        "worker": environment(services["worker"])["HPO_STORAGE"],
+        "optuna-dashboard": services["optuna-dashboard"]["command"][0],
+        "mlflow": option(services["mlflow"]["command"], "--backend-store-uri"),
+    }
+
+
+def login(service: Mapping[str, Any], url: str) -> tuple[str | None, str | None]:
+    """(user, password) a service connects with: the URL's, else libpq's PGPASSWORD."""
+    parsed = make_url(url)
+    return parsed.username, parsed.password or environment(service).get("PGPASSWORD")
+
+
+def init_script_roles() -> dict[str, str]:
+    """Role variable -> role name, as docker/postgres-init creates them (its defaults)."""
+    text = INIT_SCRIPT.read_text()
+    defaults = dict(re.findall(r"\$\{(\w+_ROLE):=(\w+)\}", text))
+    created = set(re.findall(r'^CREATE ROLE :"(\w+)" LOGIN', text, re.M))
+    getenv = dict(re.findall(r"^\\getenv (\w+) (\w+)$", text, re.M))
+    # Every CREATE ROLE names a psql variable read from one of the *_ROLE variables.
+    assert created and all(getenv.get(v) in defaults for v in created), (created, getenv)
+    return {getenv[v]: defaults[getenv[v]] for v in created}
+
+
+def test_services_agree_on_database_host_and_port() -> None:
     services = compose()["services"]
     pg = environment(services["postgres"])
-    study_urls = {
-        "worker": environment(services["worker"])["HPO_STORAGE"],
-        "init-store": environment(services["init-store"])["HPO_STORAGE"],
-        "optuna-dashboard": services["optuna-dashboard"]["command"][0],
-    }
-    mlflow_argv = services["mlflow"]["command"]
-    for name, text in [*study_urls.items(), ("mlflow", option(mlflow_argv, "--backend-store-uri"))]:
+    urls = database_urls(services)
+    for name, text in urls.items():
         url = make_url(text)
         assert url.drivername == "postgresql+psycopg", name  # psycopg 3, as in the lock
         assert (url.host, url.port) == ("postgres", 5432), name  # the service, by its name
-        assert url.username == pg["POSTGRES_USER"], name
-        assert url.password == pg["POSTGRES_PASSWORD"], name
-    assert {make_url(u).database for u in study_urls.values()} == {pg["POSTGRES_DB"]}
-    mlflow_db = make_url(option(mlflow_argv, "--backend-store-uri")).database
+    study = {urls[s] for s in ("init-store", "worker", "optuna-dashboard")}
+    assert {make_url(u).database for u in study} == {pg["POSTGRES_DB"]}
+    mlflow_db = make_url(urls["mlflow"]).database
     # Optuna and MLflow both keep an alembic_version table: they need databases of their own.
     assert mlflow_db == pg["MLFLOW_DB"] != pg["POSTGRES_DB"]
-    init = REPO / "docker" / "postgres-init" / "10-mlflow-database.sh"
-    assert os.access(init, os.X_OK) and "MLFLOW_DB" in init.read_text()
+    assert os.access(INIT_SCRIPT, os.X_OK) and "MLFLOW_DB" in INIT_SCRIPT.read_text()
     assert (
         "./docker/postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
     )
+    mlflow_argv = services["mlflow"]["command"]
 
     # Workers reach MLflow by its service name on its container port, and MLflow accepts that
     # Host header (its DNS-rebinding guard), as well as the browser's on the published port.
@@ -368,12 +412,82 @@ def test_workers_scale_and_stop_gracefully() -> None:
     assert seconds(worker["stop_grace_period"]) >= float(stop_grace) + 5
 
 
-def test_auth_override_is_the_base_command_plus_basic_auth() -> None:
-    base = raw()["services"]["mlflow"]["command"]
-    auth = raw(AUTH_OVERRIDE)["services"]
-    assert auth["mlflow"]["command"] == [*base, "--app-name", "basic-auth"]
-    env = environment(compose(AUTH_OVERRIDE)["services"]["mlflow"])
-    ini = mounts(auth["mlflow"])[env["MLFLOW_AUTH_CONFIG_PATH"]]
+# -- least privilege and logins ---------------------------------------------------------------
+
+
+def test_no_service_but_postgres_connects_as_the_superuser() -> None:
+    services = compose()["services"]
+    pg = environment(services["postgres"])
+    superuser = pg["POSTGRES_USER"]
+    for name, url in database_urls(services).items():
+        user, password = login(services[name], url)
+        assert user == SERVICE_ROLES[name][0], name
+        assert user != superuser, f"{name} connects as the superuser"
+        assert password != pg["POSTGRES_PASSWORD"], f"{name} knows the superuser's password"
+    # Nothing but postgres itself gets the superuser's password, in any form.
+    for path in (COMPOSE, NOAUTH_OVERRIDE):
+        for name, service in raw(path)["services"].items():
+            if name != "postgres":
+                assert "POSTGRES_PASSWORD" not in yaml.safe_dump(service), (path.name, name)
+                assert "POSTGRES_USER" not in yaml.safe_dump(service), (path.name, name)
+    # The superuser cannot be one of the services' roles (the init script refuses that too).
+    assert superuser not in {role for role, _ in SERVICE_ROLES.values()}
+    assert "POSTGRES_USER must not be" in INIT_SCRIPT.read_text()
+
+
+def test_every_password_comes_from_env_example_variables() -> None:
+    """Each service's database and MLflow password is its own .env variable, required."""
+    raw_services = raw()["services"]
+    services = compose()["services"]
+    filled = filled_env()
+    for name, url in database_urls(services).items():
+        _, password = login(services[name], url)
+        variable = SERVICE_ROLES[name][1]
+        assert variable in SECRETS and env_example()[variable] == ""
+        assert password == filled[variable], f"{name}: its password is not {variable}"
+        # Unfilled, compose refuses to start rather than connect without a password.
+        assert f"${{{variable}:?" in yaml.safe_dump(raw_services[name]), name
+    passwords = [filled[v] for _, v in SERVICE_ROLES.values()]
+    assert len(set(passwords)) == len(passwords)
+    # The postgres service gets each role's password to create the role with.
+    pg = environment(services["postgres"])
+    for _, variable in SERVICE_ROLES.values():
+        assert pg[variable] == filled[variable]
+        assert variable in re.findall(r"^\\getenv \w+ (\w+)$", INIT_SCRIPT.read_text(), re.M)
+    # Database passwords never on a command line (ps, docker top): URLs in commands have none.
+    for name, service in services.items():
+        for arg in [*service.get("command", []), *service.get("entrypoint", [])]:
+            for secret in SECRETS:
+                assert filled[secret] not in str(arg), f"{name}: {secret} on its command line"
+
+
+def test_init_script_creates_the_roles_the_services_use() -> None:
+    roles = init_script_roles()
+    services = compose()["services"]
+    used = {name: login(services[name], url)[0] for name, url in database_urls(services).items()}
+    assert set(used.values()) == set(roles.values()), (used, roles)
+    text = INIT_SCRIPT.read_text()
+    # Workers: rows only, by default privileges on the tables the owner creates later.
+    assert roles["HPO_OWNER_ROLE"] == used["init-store"]
+    assert re.search(r'ALTER DATABASE :"hpo_db" OWNER TO :"owner"', text)
+    grants = re.sub(r"\s+", " ", text)
+    assert (
+        'ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public GRANT SELECT, INSERT, '
+        'UPDATE, DELETE ON TABLES TO :"worker";' in grants
+    )
+    assert 'GRANT SELECT ON TABLES TO :"dashboard";' in grants
+    assert 'CREATE DATABASE :"mlflow_db" OWNER :"mlflow";' in grants
+    assert "REVOKE ALL ON SCHEMA public FROM PUBLIC;" in grants
+    for variable, role in roles.items():
+        assert f"${{{variable}:={role}}}" in text
+
+
+def test_mlflow_runs_with_basic_auth_by_default() -> None:
+    raw_mlflow = raw()["services"]["mlflow"]
+    mlflow = compose()["services"]["mlflow"]
+    assert option(mlflow["command"], "--app-name") == "basic-auth"
+    env = environment(mlflow)
+    ini = mounts(raw_mlflow)[env["MLFLOW_AUTH_CONFIG_PATH"]]
     assert (REPO / ini).is_file()
     # MLflow's own reader accepts the file; its user database is on a named volume.
     from mlflow.server.auth.config import read_auth_config
@@ -385,15 +499,42 @@ def test_auth_override_is_the_base_command_plus_basic_auth() -> None:
         del os.environ["MLFLOW_AUTH_CONFIG_PATH"]
     auth_db = config.database_uri.removeprefix("sqlite:///")
     assert any(
-        auth_db.startswith(target + "/") and source in raw(AUTH_OVERRIDE)["volumes"]
-        for target, source in mounts(auth["mlflow"]).items()
+        auth_db.startswith(target + "/") and source in raw()["volumes"]
+        for target, source in mounts(raw_mlflow).items()
     ), auth_db
     parsed = configparser.ConfigParser()
     parsed.read(REPO / ini)
     assert "admin_password" not in parsed["mlflow"]  # the secret comes from .env only
-    worker_env = environment(compose(AUTH_OVERRIDE)["services"]["worker"])
+    filled = filled_env()
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == filled["MLFLOW_ADMIN_PASSWORD"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == filled["MLFLOW_FLASK_SECRET_KEY"]
+    # Workers sign in through MLflow's client variables, not a URL or a command line.
+    worker_env = environment(compose()["services"]["worker"])
     assert worker_env["MLFLOW_TRACKING_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"]
     assert worker_env["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert make_url(worker_env["MLFLOW_TRACKING_URI"]).password is None
+
+
+def test_noauth_override_is_the_base_command_without_basic_auth() -> None:
+    base = raw()["services"]["mlflow"]["command"]
+    override = raw(NOAUTH_OVERRIDE)["services"]
+    assert set(override) == {"mlflow"} and set(override["mlflow"]) == {"command"}
+    i = base.index("--app-name")
+    assert override["mlflow"]["command"] == base[:i] + base[i + 2 :]
+
+
+def test_the_dashboard_runs_only_with_its_profile_and_read_only() -> None:
+    services = raw()["services"]
+    for name, service in services.items():
+        expected = ["dashboard"] if name == "optuna-dashboard" else None
+        assert service.get("profiles") == expected, name
+    # Nothing started by default depends on it.
+    for name, service in services.items():
+        assert "optuna-dashboard" not in service.get("depends_on", {}), name
+    dashboard = compose()["services"]["optuna-dashboard"]
+    assert dashboard["ports"] == ["127.0.0.1:8080:8080"]
+    user, _ = login(dashboard, dashboard["command"][0])
+    assert user == init_script_roles()["HPO_DASHBOARD_ROLE"]
 
 
 # -- the image --------------------------------------------------------------------------------
