@@ -75,23 +75,22 @@ def print_json(data: Any) -> None:
 
 @contextmanager
 def handled_errors() -> Iterator[None]:
-    """Turn the product's own errors into a message and the documented exit status."""
-    from hpo.datasets import DataError
-    from hpo.names import InvalidNameError
+    """Turn the product's own errors into a message and their exit status, in one place.
+
+    Every :class:`hpo.errors.HpoError` carries its status (2: usage, 1: runtime); a space
+    file's errors are printed one line per issue.
+    """
+    from hpo.errors import HpoError
     from hpo.spaces import SpaceError
-    from hpo.storage import StorageError
-    from hpo.studies import StudyError
 
     try:
         yield
     except SpaceError as exc:
         for issue in exc.issues:
             err_console.print(f"[bold red]error:[/] {escape(str(issue))}", highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
-    except StorageError as exc:
+        raise typer.Exit(exc.exit_code) from None
+    except HpoError as exc:
         fail(str(exc), exc.exit_code)
-    except (StudyError, DataError, InvalidNameError) as exc:
-        fail(str(exc), EXIT_USAGE)
 
 
 def open_store(
