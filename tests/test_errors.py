@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, hpo
 from hpo.errors import HpoError, UsageError
+
+from conftest import REPO, hpo
 
 
 def _exception_classes() -> list[type[BaseException]]:
@@ -22,9 +23,7 @@ def _exception_classes() -> list[type[BaseException]]:
             node.name
             for node in tree.body
             if isinstance(node, ast.ClassDef)
-            and any(
-                "Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases
-            )
+            and any("Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases)
         ]
         if not names:
             continue
