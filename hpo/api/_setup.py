@@ -38,7 +38,7 @@ def load_space(space: SpaceSource) -> StudySpec:
         import yaml
 
         return parse_spec(yaml.safe_dump(dict(space), sort_keys=False), "<dict>")
-    if isinstance(space, str) and ("\n" in space or ":" in space) and not Path(space).exists():
+    if isinstance(space, str) and ("\n" in space or (":" in space and not Path(space).exists())):
         return parse_spec(space, "<string>")
     return load_spec(Path(space))
 
