@@ -107,7 +107,8 @@ def load_ensemble(
     """
     from hpo.ensemble._members import open_predictor
 
-    return Ensemble(open_predictor(name_or_path, tracking_uri, want_text=want_text))
+    ref = name_or_path if isinstance(name_or_path, str) else Path(name_or_path)
+    return Ensemble(open_predictor(ref, tracking_uri, want_text=want_text))
 
 
 def build_ensemble(

@@ -28,9 +28,15 @@ def load_space(space: SpaceSource) -> StudySpec:
 
     Example:
         >>> spec = load_space({"family": "image_cnn", "dataset": {"name": "digits"},
+        ...     "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        ...     "budget": {"max_epochs": 1},
         ...     "params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}})
-        >>> spec.family, spec.dataset.name, spec.source.startswith("dataset:")
-        ('image_cnn', 'digits', True)
+        >>> spec.family, spec.dataset.name, spec.filename
+        ('image_cnn', 'digits', '<dict>')
+        >>> load_space("family: image_cnn\\ndataset: {name: digits}\\n")
+        Traceback (most recent call last):
+        ...
+        hpo.spaces._errors.SpaceError: <string>:1: budget: required section is missing: ...
     """
     from hpo.spaces import load_spec, parse_spec
 

@@ -289,8 +289,10 @@ def create_study(
 
     Example:
         >>> study = hpo.create_study({"family": "image_cnn", "dataset": {"name": "digits"},
+        ...     "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        ...     "budget": {"max_epochs": 1},
         ...     "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1}}},
-        ...     name="lr", trials=2, epochs=1)  # doctest: +SKIP
+        ...     name="lr", trials=2)  # doctest: +SKIP
 
     Raises:
         hpo.errors.UsageError: the space or an option is invalid, or the study exists.
