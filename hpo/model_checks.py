@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpo.errors import UsageError
+
 if TYPE_CHECKING:
     from hpo.datasets import Dataset
     from hpo.families import Family
@@ -30,7 +32,7 @@ _COMPILE_HINT = (
 )
 
 
-class ModelCheckError(ValueError):
+class ModelCheckError(UsageError, ValueError):
     """The compiled model cannot serve this study; the message says why and what to change."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.artifacts import MODEL_FILE, PARAMS_FILE
+from hpo.errors import UsageError
 
 if TYPE_CHECKING:
     import keras
@@ -46,7 +47,7 @@ def remove_temp_dirs() -> None:
         shutil.rmtree(_TEMP_DIRS.pop(), ignore_errors=True)
 
 
-class ModelError(ValueError):
+class ModelError(UsageError, ValueError):
     """A model cannot be found, or is refused (unsafe or legacy format)."""
 
 

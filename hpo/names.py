@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from typing import Literal, TypeAlias
 
+from hpo.errors import UsageError
+
 NameKind: TypeAlias = Literal["study", "ensemble", "parameter"]
 
 # Study and ensemble names. MLflow allows experiment names of 500 characters and registered
@@ -34,7 +36,7 @@ MAX_PARAM_NAME_LENGTH = 200
 RESERVED_PREFIX = "__"
 
 
-class InvalidNameError(ValueError):
+class InvalidNameError(UsageError, ValueError):
     """A study, ensemble or parameter name that the name rule refuses."""
 
 

@@ -34,6 +34,7 @@ from hpo.artifacts import (
     PREDICTIONS_FILE,
 )
 from hpo.datasets import Dataset, DatasetCache
+from hpo.errors import HpoError
 from hpo.families import get_family
 from hpo.model_checks import ModelCheckError, check_model
 from hpo.spaces import DatasetSpec, Params
@@ -94,11 +95,11 @@ class TrialResult:
     setup_failed: bool = False
 
 
-class TrialFailedError(Exception):
+class TrialFailedError(HpoError):
     """The trial cannot go on (non-finite loss, missing metric); the message says why."""
 
 
-class TrialSetupError(Exception):
+class TrialSetupError(HpoError):
     """The study's set-up failed in the trial process (its data, its family's import)."""
 
 

@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpo.errors import UsageError
+
 log = logging.getLogger("hpo.worker")
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -33,7 +35,7 @@ MEMORY_FRACTION_ENV = "HPO_GPU_MEMORY_FRACTION"  # read by configure_backend
 DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "hpo" / "jax"
 
 
-class SlotError(ValueError):
+class SlotError(UsageError, ValueError):
     """Bad slot options (GPU list, trials per GPU, backend); the message says which."""
 
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo.errors import HpoError
+
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
 
@@ -21,7 +23,7 @@ DEFAULT_STORAGE_FILE = "hpo.db"
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
 
 
-class StorageError(RuntimeError):
+class StorageError(HpoError, RuntimeError):
     """The study store cannot be opened; ``exit_code`` 2 for a bad URL, 1 for a store that
     does not answer. The message names the problem in one line, passwords masked."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo._retry import is_transient, with_db_retry
+from hpo.errors import HpoError, UsageError
 from hpo.spaces import StudySpec, parse_spec
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ FAIL_REASON_ATTR = "fail_reason"
 RUN_ID_ATTR = "mlflow_run_id"
 
 
-class StudyError(RuntimeError):
+class StudyError(UsageError, RuntimeError):
     """A study cannot be created, found or used as asked."""
 
 
@@ -237,7 +238,7 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     return None if with_db_retry(surplus, what="checking the budget") else trial
 
 
-class SamplerError(RuntimeError):
+class SamplerError(HpoError, RuntimeError):
     """The study's sampler raised while a trial was asked for; that trial was failed."""
 
 

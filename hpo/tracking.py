@@ -54,6 +54,7 @@ from hpo._outbox import (
     outbox_root,
     placeholder_key,
 )
+from hpo.errors import HpoError
 from hpo.storage import has_password, mask_url, strip_password
 
 __all__ = [
@@ -122,11 +123,11 @@ _REJECTED = "rejected"
 _OTHER = "other"
 
 
-class RunPendingError(LookupError):
+class RunPendingError(HpoError, LookupError):
     """A placeholder id whose MLflow run or experiment does not exist yet (still queued)."""
 
 
-class RunDroppedError(LookupError):
+class RunDroppedError(HpoError, LookupError):
     """A placeholder id whose creation the server rejected: it will never exist."""
 
 

@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from hpo.errors import UsageError
+
 # Decoding in chunks keeps memory flat for large grids.
 _CHUNK = 256
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(UsageError, ValueError):
     """A class name that the model's stored class means do not have."""
 
 

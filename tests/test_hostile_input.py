@@ -409,9 +409,8 @@ def test_seed_out_of_range_is_refused(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_other_settings_and_cancelled_studies(workdir: Path) -> None:
-    import typer
-
     from hpo.cli._common import prepare_study
+    from hpo.errors import UsageError
     from hpo.studies import StudyError, set_study_state
 
     space = workdir / "base.yaml"
@@ -437,7 +436,7 @@ def test_resume_refuses_other_settings_and_cancelled_studies(workdir: Path) -> N
     set_study_state(store, "s", "cancelled")
     with pytest.raises(StudyError, match="was cancelled"):
         prepare_study(space, **args, resume=True)
-    with pytest.raises(typer.Exit):
+    with pytest.raises(UsageError, match="--seed"):
         prepare_study(space, **dict(args, seed=-1), resume=True)
 
 

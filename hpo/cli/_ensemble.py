@@ -40,19 +40,12 @@ TrackingUri = Annotated[
 
 @contextmanager
 def _handled() -> Iterator[None]:
-    """Ensemble, model and study errors: exit 2 with the message; MLflow failures (the server
-    unreachable included): exit 1."""
+    """hpo's errors as :func:`handled_errors` maps them; MLflow failures: exit 1."""
     from hpo.cli._common import handled_errors
-    from hpo.ensemble import EnsembleError, RegistryUnavailableError
-    from hpo.models import ModelError
 
     try:
         with handled_errors():
             yield
-    except RegistryUnavailableError as exc:
-        fail(str(exc), EXIT_RUNTIME)
-    except (EnsembleError, ModelError) as exc:
-        fail(str(exc), EXIT_USAGE)
     except typer.Exit:
         raise
     except Exception as exc:

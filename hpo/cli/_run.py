@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -31,7 +30,6 @@ from hpo.cli._common import (
 )
 
 DEFAULT_SPACE = Path("search_spaces/image_cnn.yaml")
-LOG_DIR = Path("hpo-logs")
 
 
 def run(
@@ -65,11 +63,12 @@ def run(
     ),
 ) -> None:
     """Create (or resume) a study and run it with local worker processes."""
+    from hpo.api._workers import WorkerLaunch, run_workers
     from hpo.storage import resolve_storage
 
     slot_args, slots = _slot_args(gpus, trials_per_gpu, backend)
     url = resolve_storage(storage)
-    launch = _WorkerLaunch(url, workers, bool(gpus), slot_args, slots)
+    launch = WorkerLaunch(url, workers, bool(gpus), slot_args, slots)
     try:
         with handled_errors():
             store, config, created = prepare_study(
@@ -98,180 +97,25 @@ def run(
             f"{escape(config.algorithm)}, pruner {escape(config.pruner)}, "
             f"{len(launch.procs)} worker(s)"
         )
-    launch.go()
-    ok = _watch(store, config.name, launch.procs, quiet=json_out)
-    from hpo.studies import load_config, study_status
-    from hpo.study_report import finalize_study
-
-    config = load_config(store, config.name)
-    st = study_status(store, config.name)
-    study_id = store.get_study_id_from_name(config.name)
-    if st.done and not store.get_study_system_attrs(study_id).get("hpo:finalized"):
-        finalize_study(store, config)  # normally the worker with the last trial did it
+    try:
+        ok, config, st = run_workers(
+            store, launch, config.name, progress=not json_out, console=console
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     _summary(store, config, st, launch.logs, json_out)
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
 
 
-class _WorkerLaunch:
-    """``hpo run``'s workers, started as soon as the space and options are valid.
-
-    A worker's start-up (imports, and its trial processes importing Keras and MLflow) takes
-    seconds, as do the data check and the MLflow set-up here; started early, the workers
-    wait with their trial processes ready for ``go`` on their stdin, and open the store only
-    then (a worker whose stdin ends without ``go`` exits, as when this process dies).
-    ``cancel`` (an error before the study is ready) stops them, having written nothing, and
-    removes the log files made for them.
-    """
-
-    def __init__(
-        self, url: str, workers: int | None, gpus: bool, slot_args: list[str], slots: int
-    ) -> None:
-        self.url, self.workers, self.gpus = url, workers, gpus
-        self.slot_args, self.slots = slot_args, slots
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-        self._new_paths: list[Path] = []  # made by start: removed by cancel
-
-    def start(self, spec: Any, name: str) -> None:
-        # GPU slots make one worker enough; several workers would each take a GPU's full share.
-        n = self.workers or (1 if self.gpus else spec.defaults.workers) or 1
-        log_dir = LOG_DIR / name
-        self._new_paths = [p for p in (LOG_DIR, log_dir) if not p.exists()]
-        self._new_paths += [
-            p for p in (log_dir / f"worker-{i}.log" for i in range(n)) if not p.exists()
-        ]
-        self.procs, self.logs = _start_workers(name, self.url, n, self.slot_args, self.slots)
-
-    def go(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(OSError):  # a worker that died already: _watch reports it
-                assert proc.stdin is not None
-                proc.stdin.write(b"go\n")
-                proc.stdin.close()
-
-    def cancel(self) -> None:
-        # Before go a worker has opened no store: killing it (its trial processes die with
-        # it) loses nothing and does not keep the user waiting for its imports to finish.
-        for proc in self.procs:
-            proc.kill()
-        for proc in self.procs:
-            proc.wait()
-            with contextlib.suppress(OSError):
-                assert proc.stdin is not None
-                proc.stdin.close()
-        for path in reversed(self._new_paths):  # the files, then the folders made for them
-            with contextlib.suppress(OSError):
-                path.rmdir() if path.is_dir() else path.unlink()
-
-
 def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tuple[list[str], int]:
     """``hpo worker`` options for the slots and the slots per worker; exit 2 on bad input."""
-    from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
+    from hpo.api._workers import slot_args
+    from hpo.slots import SlotError
 
     try:
-        n_slots = len(plan_slots(parse_gpus(gpus), trials_per_gpu))
-        args = ["--trials-per-gpu", str(trials_per_gpu)]
-        if gpus:
-            args += ["--gpus", gpus]
-        if backend:
-            args += ["--backend", resolve_backend(backend)]
+        return slot_args(gpus, trials_per_gpu, backend)
     except SlotError as exc:
-        fail(str(exc))
-    return args, n_slots
-
-
-def _start_workers(
-    name: str, url: str, n: int, slot_args: list[str], slots: int
-) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
-    log_dir = LOG_DIR / name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // (n * slots))
-    # The store URL goes in the environment, not on the command line: it may hold a password.
-    # PYTHONSAFEPATH/-P: the workers and their trial processes never import from the working
-    # directory (a `typer.py` there would run in every one of them).
-    env = dict(os.environ, HPO_STORAGE=url, PYTHONSAFEPATH="1")
-    procs, logs = [], []
-    for i in range(n):
-        log_path = log_dir / f"worker-{i}.log"
-        with open(log_path, "ab") as log_file:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-P",
-                        "-m",
-                        "hpo",
-                        "worker",
-                        "--study",
-                        name,
-                        "--threads",
-                        str(threads),
-                        "--worker-index",
-                        str(i),
-                        "--wait-for-go",
-                        *slot_args,
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            )
-        logs.append(log_path)
-    return procs, logs
-
-
-def _watch(store: Any, name: str, procs: list[subprocess.Popen[bytes]], quiet: bool) -> bool:
-    """Show progress until every worker has exited; True when all exited cleanly."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from hpo.studies import study_status
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        disable=quiet,
-        transient=False,
-    )
-    try:
-        if quiet:  # no progress to show: only wait (reading the study costs CPU the trials use)
-            for p in procs:
-                p.wait()
-            return all(p.returncode == 0 for p in procs)
-        with progress:
-            st = study_status(store, name)
-            task = progress.add_task(escape(name), total=st.n_trials, info="")
-            while True:
-                alive = [p for p in procs if p.poll() is None]
-                st = study_status(store, name)
-                best = ", ".join(f"{v:.4f}" for v in st.best_values) if st.best_values else "-"
-                progress.update(
-                    task,
-                    completed=st.finished,
-                    total=st.n_trials,
-                    info=f"{st.complete} done, {st.pruned} pruned, {st.failed} "
-                    f"failed, {st.running} running | best {best}",
-                )
-                if not alive:
-                    break
-                # Wakes as soon as a worker exits: the last one to exit ends the study.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    alive[0].wait(timeout=1.0)
-    except KeyboardInterrupt:
-        console.print("stopping workers...")
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise typer.Exit(130) from None
-    return all(p.returncode == 0 for p in procs)
+        fail(str(exc), exc.exit_code)
 
 
 def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool) -> None:

@@ -223,26 +223,12 @@ def report(
     """
     from rich.table import Table
 
-    from hpo.cli._common import fail
-    from hpo.studies import load_config
-    from hpo.study_report import report_by, report_by_png
+    from hpo.api import load_study
 
     with handled_errors():
-        store = open_store(storage, study=name)
-        config = load_config(store, name)
-        try:
-            rows = report_by(store, config, by)
-        except ValueError as exc:
-            fail(str(exc))
-    metric = config.spec().metrics[0]
-    if not no_mlflow and config.tracking_uri and config.parent_run_id and rows:
-        from hpo import tracking
-
-        tracking.log_artifact_files(
-            tracking.client(config.tracking_uri),
-            config.parent_run_id,
-            {f"report_by_{by}.png": report_by_png(rows, by, metric)},
-        )
+        study = load_study(name, storage)
+        rows = study.report(by, log_plot=not no_mlflow)
+        metric = study.metrics[0]
     if json_out:
         print_json({"study": name, "by": by, "metric": metric, "rows": rows})
         return

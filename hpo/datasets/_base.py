@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from hpo.errors import UsageError
+
 if TYPE_CHECKING:
     from hpo.inputs import InputSpec
 
 Task = Literal["classification", "binary", "language_model", "reconstruction"]
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """Data is missing, unreadable, or of the wrong shape or type for a family.
 
     The message says where the loader looked and what the user can do.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from hpo.errors import UsageError
 
-class EnsembleError(ValueError):
+
+class EnsembleError(UsageError, ValueError):
     """An ensemble cannot be built, found or exported as asked; the message says why."""
 
 
@@ -13,6 +15,8 @@ class RegistryUnavailableError(EnsembleError):
     Registry writes are never queued in the outbox: the build fails instead (CLI exit 1),
     saying what was and was not recorded.
     """
+
+    exit_code = 1
 
 
 class EnsembleWarning(UserWarning):

@@ -229,6 +229,36 @@ class Predictor:
             return self.predict_texts(texts), names
         return self.predict_file(path), None
 
+    def predict_inputs(self, x: Any) -> np.ndarray:
+        """Probabilities for raw inputs held in memory: documents (a list of strings), or an
+        array of examples (images, rows of feature values), reshaped to what the model takes
+        when only the layout differs (flat 64 values for an 8x8 image)."""
+        from hpo.ensemble._export import model_probabilities
+
+        single = self.parts[0] if len(self.parts) == 1 and self.parts[0].info else None
+        if isinstance(x, str):
+            raise EnsembleError("give a list of documents (or a file's Path), not one string")
+        if isinstance(x, list | tuple) and x and all(isinstance(t, str) for t in x):
+            if single is not None:
+                return model_probabilities(single.model, np.asarray(list(x), dtype=object))
+            return self.predict_texts(list(x))
+        arr = np.asarray(x)
+        if arr.ndim == 0 or len(arr) == 0:
+            raise EnsembleError("no examples to predict")
+        if arr.dtype.kind not in "biuf":
+            raise EnsembleError(f"inputs of dtype {arr.dtype} are neither numbers nor documents")
+
+        def fitted(shape: Sequence[Any]) -> np.ndarray:
+            want = tuple(int(d) for d in shape)
+            if arr.shape[1:] != want and arr[0].size == int(np.prod(want)):
+                return arr.reshape((len(arr), *want))
+            return arr
+
+        if single is not None:
+            assert single.info is not None
+            return model_probabilities(single.model, fitted(single.info["inputs"]["shape"]))
+        return self._combine([fitted(p.model.inputs[0].shape[1:]) for p in self.parts])
+
     def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities for raw documents, each part fed its own encoding of them."""
         missing = [p.label for p in self.parts if p.encoder is None]

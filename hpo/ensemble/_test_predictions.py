@@ -31,11 +31,12 @@ import numpy as np
 from hpo.artifacts import MODEL_FILE, PARAMS_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
 from hpo.datasets import DatasetCache
 from hpo.ensemble._errors import EnsembleWarning
+from hpo.errors import HpoError
 
 MERGED_FILE = "predictions-with-test.npz"
 
 
-class DeferredPredictionError(Exception):
+class DeferredPredictionError(HpoError):
     """A candidate's test predictions cannot be made; ``part`` says what failed: its
     ``model`` (cannot be loaded) or its ``test predictions`` (data, files, predicting)."""
 

@@ -12,6 +12,7 @@ import inspect
 import os
 
 from hpo._registry import LazyRegistry, import_object
+from hpo.errors import UsageError
 from hpo.families._base import Family, FunctionFamily
 
 FAMILIES: LazyRegistry[type[Family]] = LazyRegistry(
@@ -32,7 +33,7 @@ FAMILIES: LazyRegistry[type[Family]] = LazyRegistry(
 ALLOWED_MODULES_ENV = "HPO_ALLOWED_FAMILY_MODULES"
 
 
-class FamilyNotAllowedError(ImportError):
+class FamilyNotAllowedError(UsageError, ImportError):
     """A study's own family is outside the modules this worker may import."""
 
 

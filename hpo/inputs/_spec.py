@@ -11,13 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.errors import UsageError
+
 INPUTS_KEY = "inputs"
 KINDS = ("image", "tabular", "text", "sequence", "tokens")
 DTYPES = ("float32", "int32", "string")
 OPS = ("rescale", "reshape", "normalize", "text_vectorize", "multi_hot", "string_lookup")
 
 
-class InputSpecError(ValueError):
+class InputSpecError(UsageError, ValueError):
     """An input record that cannot be read or turned into layers."""
 
 

@@ -16,6 +16,8 @@ from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
+from hpo.errors import UsageError
+
 KeyPath: TypeAlias = tuple[str | int, ...]
 RawIssue: TypeAlias = tuple[KeyPath, str]
 
@@ -40,7 +42,7 @@ class SpaceIssue:
         return f"{where}: {key}: {self.message}"
 
 
-class SpaceError(ValueError):
+class SpaceError(UsageError, ValueError):
     """A search-space file is invalid. ``issues`` lists every problem found, in file order."""
 
     def __init__(self, issues: list[SpaceIssue]) -> None:
@@ -48,7 +50,7 @@ class SpaceError(ValueError):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
-class FieldError(ValueError):
+class FieldError(UsageError, ValueError):
     """A model check that failed because of one field; validation reports it at that key.
 
     pydantic reports a model validator's error at the model itself; raising this instead lets

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError
 
+from hpo.errors import UsageError
 from hpo.spaces._errors import KeyPath
 
 # Limits on what a document may hold, so that a small hostile file cannot take the machine's
@@ -18,7 +19,7 @@ MAX_STRING_LENGTH = 10_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class YamlLimitError(yaml.YAMLError):
+class YamlLimitError(UsageError, yaml.YAMLError):
     """A document beyond :data:`MAX_VALUES` values (aliases expanded)."""
 
     def __init__(self, problem: str, mark: Any) -> None:

@@ -1,0 +1,38 @@
+"""hpo's Python API, re-exported from :mod:`hpo` (``hpo.create_study``...).
+
+Importing it is cheap: TensorFlow, MLflow and Optuna are imported when a function needs them.
+
+* studies: :func:`create_study`, :func:`load_study`, :class:`Study` (``run``, ``status``,
+  ``trials``, ``best_trial``, ``report``), :class:`Trial` (``load_model``);
+* ensembles: :func:`build_ensemble`, :func:`load_ensemble`, :class:`Ensemble` (``predict``),
+  :func:`export_ensemble`;
+* errors: :class:`HpoError` (``exit_code``), :class:`UsageError`.
+"""
+
+from hpo.api._ensembles import (
+    Ensemble,
+    Prediction,
+    build_ensemble,
+    export_ensemble,
+    load_ensemble,
+)
+from hpo.api._setup import load_space
+from hpo.api._study import Study, Trial, create_study, load_study
+from hpo.api._workers import WorkersFailedError
+from hpo.errors import HpoError, UsageError
+
+__all__ = [
+    "Ensemble",
+    "HpoError",
+    "Prediction",
+    "Study",
+    "Trial",
+    "UsageError",
+    "WorkersFailedError",
+    "build_ensemble",
+    "create_study",
+    "export_ensemble",
+    "load_ensemble",
+    "load_space",
+    "load_study",
+]

@@ -1,0 +1,164 @@
+"""Ensembles from Python: build one from studies, load it (registered or exported), predict.
+
+Example:
+    >>> result = hpo.build_ensemble(["digits"], "digits-ens", size=5)  # doctest: +SKIP
+    >>> ens = hpo.load_ensemble("digits-ens")  # doctest: +SKIP
+    >>> ens.predict(images).labels[:3]  # doctest: +SKIP
+    ['0', '1', '2']
+    >>> hpo.export_ensemble("digits-ens", "digits.keras")  # doctest: +SKIP
+    PosixPath('digits.keras')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hpo.api._study import Study
+    from hpo.ensemble import EnsembleResult
+    from hpo.ensemble._members import Predictor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model says about each example.
+
+    ``probabilities`` has one row per example; ``predicted`` the most probable class index;
+    ``labels`` its name where the class names are known (``class_names``); ``names`` the
+    example names read from a file of documents (``line 3``, a file name), else None.
+    """
+
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    labels: list[str] | None
+    class_names: list[str] | None
+    names: list[str] | None = None
+
+
+class Ensemble:
+    """A registered ensemble (``NAME[:VERSION]``) or an exported ``.keras`` file, loaded
+    (members in memory) and ready to predict from raw inputs."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    def __repr__(self) -> str:
+        return f"Ensemble({self.source!r}, {len(self._predictor.parts)} model(s))"
+
+    @property
+    def source(self) -> str:
+        """Where it was loaded from (file, or ensemble name and version)."""
+        return self._predictor.source
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self._predictor.class_names
+
+    @property
+    def weights(self) -> list[float]:
+        """The weight of each model loaded (one model: an exported ensemble, ``[1.0]``)."""
+        return [p.weight for p in self._predictor.parts]
+
+    def predict(self, inputs: Any, *, text_column: str = "text") -> Prediction:
+        """Class probabilities for raw inputs: an array (images as the dataset holds them,
+        rows of feature values), a list of documents, or a file's :class:`~pathlib.Path`
+        (what ``hpo predict --input`` reads: .npz, .npy, CSV, .txt, a folder of .txt files).
+
+        Raises:
+            hpo.ensemble.EnsembleError: the inputs do not fit the model.
+        """
+        import numpy as np
+
+        from hpo.ensemble._export import predicted_classes
+
+        names: list[str] | None = None
+        if isinstance(inputs, os.PathLike):
+            probs, names = self._predictor.predict_path(Path(inputs), text_column)
+        else:
+            probs = self._predictor.predict_inputs(inputs)
+        predicted = predicted_classes(probs)
+        classes = self.class_names
+        labels = None
+        if classes and predicted.ndim == 1 and int(predicted.max(initial=0)) < len(classes):
+            labels = [classes[int(c)] for c in predicted]
+        return Prediction(np.asarray(probs), predicted, labels, classes, names)
+
+
+def load_ensemble(
+    name_or_path: str | os.PathLike[str],
+    *,
+    tracking_uri: str | None = None,
+    want_text: bool | None = None,
+) -> Ensemble:
+    """Load a registered ensemble ``NAME`` / ``NAME:VERSION`` or an exported ``.keras`` file.
+
+    Models load in safe mode. A registered ensemble serves from its one exported model when
+    it has one, else member by member (``want_text=True`` prefers members that read text).
+
+    Raises:
+        hpo.ensemble.EnsembleError: no such ensemble or version.
+        hpo.models.ModelError: the model file is missing or refused.
+    """
+    from hpo.ensemble._members import open_predictor
+
+    ref = name_or_path if isinstance(name_or_path, str) else Path(name_or_path)
+    return Ensemble(open_predictor(ref, tracking_uri, want_text=want_text))
+
+
+def build_ensemble(
+    studies: str | Study | Sequence[str | Study],
+    name: str | None = None,
+    *,
+    method: str = "caruana",
+    top: int = 20,
+    size: int = 10,
+    metric: str = "auto",
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    seed: int | None = 0,
+) -> EnsembleResult:
+    """Build a weighted ensemble of the best trials of ``studies`` (names or :class:`Study`)
+    and register it in MLflow as ``name`` (default ``STUDY-ensemble``), as
+    ``hpo ensemble build`` does; see :func:`hpo.ensemble.build_ensemble`.
+
+    The store is that of the studies given as objects, else ``storage``.
+    """
+    from hpo.ensemble import build_ensemble as build
+
+    given = [studies] if isinstance(studies, str) or not isinstance(studies, Sequence) else studies
+    names = [s if isinstance(s, str) else s.name for s in given]
+    if storage is None:
+        storage = next((s.storage for s in given if not isinstance(s, str)), None)
+    return build(
+        names,
+        name or f"{'-'.join(names)}-ensemble",
+        method=method,
+        top=top,
+        size=size,
+        metric=metric,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        seed=seed,
+    )
+
+
+def export_ensemble(
+    name: str,
+    output: str | os.PathLike[str],
+    fmt: str = "keras",
+    version: int | None = None,
+    tracking_uri: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write registered ensemble ``name`` to ``output``: one ``.keras`` file (``keras``), a
+    TensorFlow SavedModel or an MLflow model folder; see :func:`hpo.ensemble.export_ensemble`.
+    """
+    from hpo.ensemble import export_ensemble as export
+
+    return export(name, Path(output), fmt, version, tracking_uri, overwrite)

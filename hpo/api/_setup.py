@@ -1,0 +1,269 @@
+"""Creating a study: the space read from a file, a YAML string or a dict; options checked;
+the study and its MLflow run created (or an existing one resumed). ``hpo run`` and
+``hpo study create`` call :func:`prepare_study`; so does :func:`hpo.create_study`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from hpo.errors import UsageError
+from hpo.names import InvalidNameError, name_problem
+
+if TYPE_CHECKING:
+    from hpo.spaces import StudySpec
+    from hpo.studies import StudyConfig
+
+#: A search space: a file's path, the text of a space file, or its YAML as a dict.
+SpaceSource: TypeAlias = "str | os.PathLike[str] | Mapping[str, Any]"
+
+
+def load_space(space: SpaceSource) -> StudySpec:
+    """The validated spec of ``space``: a path, a YAML string (any text with a line break or
+    a ``:``) or a dict; raises :class:`hpo.spaces.SpaceError` naming every problem.
+
+    Example:
+        >>> spec = load_space({"family": "image_cnn", "dataset": {"name": "digits"},
+        ...     "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        ...     "budget": {"max_epochs": 1},
+        ...     "params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+        >>> spec.family, spec.dataset.name, spec.filename
+        ('image_cnn', 'digits', '<dict>')
+        >>> load_space("family: image_cnn\\ndataset: {name: digits}\\n")
+        Traceback (most recent call last):
+        ...
+        hpo.spaces._errors.SpaceError: <string>:1: budget: required section is missing: ...
+    """
+    from hpo.spaces import load_spec, parse_spec
+
+    if isinstance(space, Mapping):
+        import yaml
+
+        return parse_spec(yaml.safe_dump(dict(space), sort_keys=False), "<dict>")
+    if isinstance(space, str) and ("\n" in space or (":" in space and not Path(space).exists())):
+        return parse_spec(space, "<string>")
+    return load_spec(Path(space))
+
+
+def prepare_study(
+    space: SpaceSource,
+    *,
+    name: str | None,
+    trials: int | None,
+    algorithm: str | None,
+    pruner: str | None,
+    seed: int | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    dataset: str | None,
+    epochs: int | None,
+    subset: int | None,
+    resume: bool,
+    priority: int = 0,
+    max_retries: int = 1,
+    check_data: bool = True,
+    on_valid: Callable[[Any, str], None] | None = None,
+    name_option: str = "--study",
+    echo: Callable[[str], None] | None = None,
+) -> tuple[Any, StudyConfig, bool]:
+    """Validate the space, options and data, then create the study (or load it with ``resume``).
+
+    With ``check_data`` the dataset is loaded once and checked against the family (see
+    :mod:`hpo.preflight`); ``echo`` (if given) receives what the check found and other notes.
+    ``on_valid(spec, study_name)`` is called once the space and the options are valid, before
+    the data check and before anything is written (``hpo run`` starts its workers there).
+    Returns ``(storage, config, created)``. Nothing is written before everything is valid.
+
+    Raises:
+        hpo.errors.UsageError: the space, an option, the name or the data is invalid, or the
+            study exists (without ``resume``) or differs from what ``resume`` asks for.
+        hpo.storage.StorageError: the store cannot be opened.
+    """
+    from hpo.spaces import SpaceError, SpaceIssue, check_run_options
+    from hpo.storage import open_storage, resolve_storage
+    from hpo.studies import StudyConfig, StudyError, apply_overrides, create_study, load_config
+    from hpo.tracking import resolve_tracking_uri
+
+    spec = load_space(space)
+    space_name = spec.filename  # the path, "<string>" or "<dict>"
+    if tracking_uri:
+        tracking_uri = credentials_to_env(tracking_uri)
+    overrides = {
+        k: v for k, v in {"dataset": dataset, "epochs": epochs, "subset": subset}.items() if v
+    }
+    spec_run = apply_overrides(spec, overrides)
+    given = {"algorithm": algorithm, "pruner": pruner, "seed": seed}
+    algorithm = algorithm or spec.defaults.algorithm
+    pruner = pruner or spec.defaults.pruner
+    if dataset:
+        from hpo.datasets import DATASETS
+
+        if dataset not in DATASETS:
+            raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.names())}")
+    problems = check_run_options(spec_run, algorithm, pruner)
+    if problems:
+        raise SpaceError([SpaceIssue(space_name, "", None, p) for p in problems])
+    study_name = name if name is not None else spec.name
+    from hpo.spaces._spec import MAX_SEED
+
+    problem = name_problem(study_name, "study")
+    if problem:
+        where = f"{name_option}: " if name is not None else f"{space_name}: name: "
+        raise InvalidNameError(f"{where}{problem}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed: must be between 0 and {MAX_SEED}, got {seed}")
+    if on_valid is not None:
+        on_valid(spec, study_name)
+    if check_data:
+        from hpo.preflight import check_study_data, describe
+
+        description = describe(check_study_data(spec_run))
+        if echo is not None:
+            echo(description)
+    url = resolve_storage(storage)
+    store = open_storage(url)
+    import optuna
+
+    exists = study_name in [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if exists:
+        if not resume:
+            how = {
+                "--name": "continue it with hpo run --resume",
+                "name": "pass resume=True to continue it",
+            }.get(name_option, "add --resume to continue it")
+            raise StudyError(
+                f"study {study_name!r} already exists in {url}: {how}, "
+                f"or give another name with {name_option}"
+            )
+        config = load_config(store, study_name)
+        from hpo.studies import get_study_state
+
+        state = get_study_state(store, study_name)
+        if state == "cancelled":
+            raise StudyError(
+                f"study {study_name!r} was cancelled (hpo study cancel) and cannot be resumed: "
+                "create a new study with another --study name"
+            )
+        differences = _resume_differences(config, spec, given, overrides)
+        if differences:
+            raise StudyError(
+                f"--resume: study {study_name!r} was created with other settings: "
+                f"{'; '.join(differences)}. Resume it with the same ones, or give another "
+                "name with --study"
+            )
+        if state == "creating":
+            # An earlier creation stopped before its MLflow set-up: finish it now.
+            _start_tracking(store, config, spec_run, space_name)
+        if trials and trials != config.n_trials:
+            from hpo.studies import save_config
+
+            config.n_trials = trials
+            save_config(store, optuna.load_study(study_name=study_name, storage=store), config)
+        return store, config, False
+    n_trials = trials or spec.defaults.trials
+    if algorithm == "optuna-grid":
+        from hpo.engines import grid_size
+
+        size = grid_size(spec_run.space)
+        if n_trials > size:
+            # The grid ends the study: a budget beyond it could never be reached.
+            if echo is not None:
+                echo(f"note: the grid has {size} points; the study runs {size} trials")
+            n_trials = size
+    config = StudyConfig(
+        name=study_name,
+        source=spec.source,
+        filename=space_name,
+        algorithm=algorithm,
+        pruner=pruner,
+        n_trials=n_trials,
+        seed=seed if seed is not None else spec.defaults.seed,
+        overrides=overrides,
+        priority=priority,
+        max_retries=max_retries,
+        tracking_uri=credentials_to_env(resolve_tracking_uri(tracking_uri)),
+    )
+    create_study(store, config)
+    _start_tracking(store, config, spec_run, space_name)
+    return store, config, True
+
+
+def _resume_differences(
+    config: Any, spec: Any, given: dict[str, Any], overrides: dict[str, Any]
+) -> list[str]:
+    """What a ``--resume`` asks for that the stored study was not created with.
+
+    The space is compared as parsed (comments and layout may differ); ``given`` holds the
+    flags given on the command line (None: not given, the stored value goes on).
+    """
+    from hpo.spaces import parse_spec
+
+    def meaning(s: Any) -> Any:
+        return dataclasses.replace(
+            s, name="", description="", source="", filename="", defaults=None
+        )
+
+    out = []
+    if meaning(spec) != meaning(parse_spec(config.source, config.filename)):
+        out.append(
+            f"the space file differs from the one the study was created from ({config.filename})"
+        )
+    for key in ("algorithm", "pruner", "seed"):
+        value, stored = given[key], getattr(config, key)
+        if value is not None and value != stored:
+            out.append(f"--{key} {value} instead of {stored}")
+    if overrides and overrides != config.overrides:
+        asked = ", ".join(f"--{k} {v}" for k, v in sorted(overrides.items()))
+        kept = ", ".join(f"--{k} {v}" for k, v in sorted(config.overrides.items())) or "none"
+        out.append(f"{asked} instead of {kept}")
+    return out
+
+
+def credentials_to_env(uri: str) -> str:
+    """``uri`` without its password, which moves to ``$MLFLOW_TRACKING_URI`` of this process.
+
+    The study stores the URI without the password; this process and the workers it starts
+    (they inherit the environment; nothing goes on a command line) connect with it.
+    """
+    from hpo.storage import has_password, strip_password
+    from hpo.tracking import TRACKING_ENV
+
+    if has_password(uri):
+        os.environ[TRACKING_ENV] = uri
+    return strip_password(uri)
+
+
+def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> None:
+    """Create the study's MLflow experiment and run, store their ids, then open the study."""
+    import optuna
+
+    from hpo import tracking
+    from hpo.studies import save_config, set_study_state
+
+    config.experiment_id, config.parent_run_id = tracking.start_study_run(
+        config.tracking_uri or "",
+        config.name,
+        tags={
+            "hpo.family": spec_run.family,
+            "hpo.algorithm": config.algorithm,
+            "hpo.pruner": config.pruner,
+            "hpo.dataset": spec_run.dataset.name,
+        },
+        params={
+            "algorithm": config.algorithm,
+            "pruner": config.pruner,
+            "n_trials": config.n_trials,
+            "seed": config.seed,
+            "family": spec_run.family,
+            "dataset": spec_run.dataset.name,
+            "subset": spec_run.dataset.subset,
+            "max_epochs": spec_run.budget.max_epochs,
+            "space_file": space_name,
+        },
+    )
+    save_config(store, optuna.load_study(study_name=config.name, storage=store), config)
+    set_study_state(store, config.name, "active")

@@ -1,0 +1,340 @@
+"""Studies from Python: create or load one, run it with local workers, read its trials.
+
+Example:
+    >>> import hpo
+    >>> study = hpo.create_study("search_spaces/image_cnn_digits.yaml",
+    ...                          name="digits", trials=2, epochs=1)  # doctest: +SKIP
+    >>> study.run()  # doctest: +SKIP
+    >>> study.best_trial.params["conv_type"], study.best_trial.values  # doctest: +SKIP
+    ('SeparableConv2D', [0.83])
+    >>> model = study.best_trial.load_model()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpo.api._setup import SpaceSource, prepare_study
+from hpo.errors import HpoError
+
+if TYPE_CHECKING:
+    import keras
+    from optuna.storages import BaseStorage
+
+    from hpo.studies import StudyConfig, StudyStatus
+
+# A trial's numeric facts that the runner stores beside its values (seconds, sizes).
+_FACTS = ("epochs", "train_seconds", "epoch_seconds_median", "first_epoch_seconds", "params_count")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a study, as stored when it was read.
+
+    ``state`` is Optuna's (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``);
+    ``values`` the objectives (None unless complete); ``metrics`` the objectives by metric
+    name with the trial's epochs, seconds (``train_seconds``, ``epoch_seconds_median``) and
+    ``params_count``.
+
+    Example:
+        >>> t = Trial(study="s", number=3, state="COMPLETE", params={"conv_type": "Conv2D"},
+        ...           values=[0.91], metrics={"val_accuracy": 0.91}, mlflow_run_id="abc")
+        >>> t.value, t.complete
+        (0.91, True)
+    """
+
+    study: str
+    number: int
+    state: str
+    params: dict[str, Any]
+    values: list[float] | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    storage: str | None = field(default=None, repr=False)
+    tracking_uri: str | None = field(default=None, repr=False)
+
+    @property
+    def value(self) -> float | None:
+        """The first objective's value (None unless complete)."""
+        return self.values[0] if self.values else None
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE"
+
+    def load_model(self, *, core: bool = False) -> keras.Model:
+        """The trained model, downloaded from the trial's MLflow run and loaded in safe mode.
+
+        It takes raw inputs, as exported models do; ``core=True`` gives the model that reads
+        the arrays the trial trained on (see :func:`hpo.inputs.core_model`).
+
+        Raises:
+            hpo.models.ModelError: the trial is not complete, or its run holds no model.
+        """
+        from hpo.models import load_keras_model, resolve_trial_model
+
+        found = resolve_trial_model(f"{self.study}:{self.number}", self.storage, self.tracking_uri)
+        return found.load() if core else load_keras_model(found.model_path)
+
+    @classmethod
+    def _from_frozen(cls, t: Any, config: StudyConfig, storage: str) -> Trial:
+        from hpo.studies import RUN_ID_ATTR
+
+        values = list(t.values) if t.values is not None else None
+        metrics: dict[str, float] = {}
+        if values is not None:
+            metrics.update(zip(config.spec().metrics, values, strict=False))
+        for key in _FACTS:
+            if isinstance(t.user_attrs.get(key), int | float):
+                metrics[key] = t.user_attrs[key]
+        return cls(
+            study=config.name,
+            number=t.number,
+            state=t.state.name,
+            params=dict(t.params),
+            values=values,
+            metrics=metrics,
+            mlflow_run_id=t.user_attrs.get(RUN_ID_ATTR),
+            user_attrs=dict(t.user_attrs),
+            storage=storage,
+            tracking_uri=config.tracking_uri,
+        )
+
+
+class Study:
+    """A study in the store: its configuration, trials and progress; :meth:`run` trains it.
+
+    Made by :func:`create_study` or :func:`load_study`. Every read goes to the store, so
+    trials that workers elsewhere (``hpo worker``) finish show up too.
+    """
+
+    def __init__(self, store: BaseStorage, storage: str, name: str) -> None:
+        self._store = store
+        self.storage = storage  # the store's URL, password masked where shown
+        self.name = name
+
+    def __repr__(self) -> str:
+        from hpo.storage import mask_url
+
+        return f"Study(name={self.name!r}, storage={mask_url(self.storage)!r})"
+
+    @property
+    def config(self) -> StudyConfig:
+        """What the study was created with (space, algorithm, budget, MLflow ids)."""
+        from hpo.studies import load_config
+
+        return load_config(self._store, self.name)
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.config.tracking_uri
+
+    @property
+    def metrics(self) -> list[str]:
+        """The objective metrics, in order (``values`` of a trial follow it)."""
+        return list(self.config.spec().metrics)
+
+    def status(self) -> StudyStatus:
+        """Trials finished, pruned, failed and running, and the best values so far."""
+        from hpo.studies import study_status
+
+        return study_status(self._store, self.name)
+
+    @property
+    def trials(self) -> list[Trial]:
+        """Every trial counted against the budget (a retried trial once), by number."""
+        import optuna
+
+        from hpo.studies import counted_trials
+
+        config = self.config
+        study = optuna.load_study(study_name=self.name, storage=self._store)
+        return [
+            Trial._from_frozen(t, config, self.storage)
+            for t in counted_trials(study.get_trials(deepcopy=False))
+        ]
+
+    @property
+    def best_trial(self) -> Trial | None:
+        """The best complete trial (the first of the Pareto front for several objectives),
+        None before any completes."""
+        import optuna
+        from optuna.trial import TrialState
+
+        study = optuna.load_study(study_name=self.name, storage=self._store)
+        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            return None
+        best = study.best_trial if len(study.directions) == 1 else study.best_trials[0]
+        return Trial._from_frozen(best, self.config, self.storage)
+
+    def report(self, by: str, *, log_plot: bool = False) -> list[dict[str, Any]]:
+        """Per value of parameter ``by``: trials, best and median objective, median seconds
+        per epoch and parameter count (what ``hpo study report --by`` shows).
+
+        ``log_plot`` attaches the bar charts to the study's MLflow run as
+        ``report_by_<by>.png``.
+
+        Raises:
+            hpo.errors.UsageError: ``by`` is not a parameter of the study.
+        """
+        from hpo.errors import UsageError
+        from hpo.study_report import report_by, report_by_png
+
+        config = self.config
+        try:
+            rows = report_by(self._store, config, by)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if log_plot and config.tracking_uri and config.parent_run_id and rows:
+            from hpo import tracking
+
+            tracking.log_artifact_files(
+                tracking.client(config.tracking_uri),
+                config.parent_run_id,
+                {f"report_by_{by}.png": report_by_png(rows, by, config.spec().metrics[0])},
+            )
+        return rows
+
+    def run(
+        self,
+        trials: int | None = None,
+        workers: int | None = None,
+        progress: bool = True,
+        *,
+        gpus: str | None = None,
+        trials_per_gpu: int = 1,
+        backend: str | None = None,
+    ) -> StudyStatus:
+        """Run the study with local worker processes (as ``hpo run`` does) until it is done.
+
+        ``trials`` sets the study's trial budget (its total, as ``hpo run --resume --trials``);
+        ``workers`` defaults to the space's ``defaults.workers``. The progress is shown in the
+        terminal or the notebook; the workers log to ``hpo-logs/NAME/``. Interrupting (Ctrl-C,
+        the kernel's stop button) stops the workers.
+
+        Returns the study's status once the workers have exited.
+
+        Raises:
+            WorkersFailedError: a worker exited with an error (its log says why).
+        """
+        import optuna
+
+        from hpo.api._workers import WorkerLaunch, WorkersFailedError, run_workers, slot_args
+        from hpo.studies import save_config
+
+        config = self.config
+        if trials and trials != config.n_trials:
+            config.n_trials = trials
+            save_config(
+                self._store, optuna.load_study(study_name=self.name, storage=self._store), config
+            )
+        args, slots = slot_args(gpus, trials_per_gpu, backend)
+        launch = WorkerLaunch(self.storage, workers, bool(gpus), args, slots)
+        launch.start(config.spec(), self.name)
+        ok, _, st = run_workers(self._store, launch, self.name, progress=progress)
+        if not ok:
+            codes = [p.returncode for p in launch.procs]
+            raise WorkersFailedError(
+                f"study {self.name!r}: worker exit statuses {codes}; see "
+                + ", ".join(str(p) for p in launch.logs)
+            )
+        return st
+
+    def pause(self) -> None:
+        """Stop handing out new trials (running trials finish)."""
+        self._set_state("paused")
+
+    def resume(self) -> None:
+        """Hand out trials of a paused study again."""
+        self._set_state("active")
+
+    def cancel(self) -> None:
+        """End the study for good: no new trials."""
+        self._set_state("cancelled")
+
+    def _set_state(self, state: str) -> None:
+        from hpo.studies import set_study_state
+
+        set_study_state(self._store, self.name, state)
+
+
+def create_study(
+    space: SpaceSource,
+    *,
+    name: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    trials: int | None = None,
+    algorithm: str | None = None,
+    pruner: str | None = None,
+    seed: int | None = None,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    subset: int | None = None,
+    priority: int = 0,
+    max_retries: int = 1,
+    check_data: bool = True,
+    resume: bool = False,
+) -> Study:
+    """Create a study from a search space: a file's path, the YAML text of one, or a dict.
+
+    The options are those of ``hpo study create`` (``dataset``, ``epochs`` and ``subset``
+    override the space's); ``storage`` is the study store's URL (default ``$HPO_STORAGE``,
+    else ``sqlite:///hpo.db`` here), ``tracking_uri`` MLflow's (default
+    ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here). With ``resume`` an existing study of
+    that name is loaded instead, when it was created with the same space and options.
+    ``check_data`` loads the dataset once first and checks it against the family.
+
+    Example:
+        >>> study = hpo.create_study({"family": "image_cnn", "dataset": {"name": "digits"},
+        ...     "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        ...     "budget": {"max_epochs": 1},
+        ...     "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1}}},
+        ...     name="lr", trials=2)  # doctest: +SKIP
+
+    Raises:
+        hpo.errors.UsageError: the space or an option is invalid, or the study exists.
+    """
+    from hpo.storage import resolve_storage
+
+    store, config, _ = prepare_study(
+        space,
+        name=name,
+        trials=trials,
+        algorithm=algorithm,
+        pruner=pruner,
+        seed=seed,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        dataset=dataset,
+        epochs=epochs,
+        subset=subset,
+        resume=resume,
+        priority=priority,
+        max_retries=max_retries,
+        check_data=check_data,
+        name_option="name",
+    )
+    return Study(store, resolve_storage(storage), config.name)
+
+
+def load_study(name: str, storage: str | None = None) -> Study:
+    """The study ``name`` in the store (``storage``, else ``$HPO_STORAGE``, else hpo.db here).
+
+    Raises:
+        hpo.studies.StudyError: there is no such study (or it was not created by hpo).
+    """
+    from hpo.storage import open_storage, resolve_storage, store_exists
+    from hpo.studies import StudyError, load_config
+
+    url = resolve_storage(storage)
+    if not store_exists(url):
+        raise StudyError(f"no study named {name!r}: the study store {url} does not exist")
+    store = open_storage(url)
+    load_config(store, name)  # exists, and is an hpo study
+    return Study(store, url, name)
+
+
+__all__ = ["HpoError", "Study", "Trial", "create_study", "load_study"]
