@@ -507,6 +507,18 @@ def test_images_mixed_ensemble_every_path_agrees(fashion: dict[str, Any], tmp_pa
     close(np.stack(answer["probabilities"].to_list()), expected[first], "pyfunc")
     assert answer["class_name"].tolist() == names
 
+    import tensorflow as tf
+
+    saved = export(root, FASHION_NAME, "savedmodel", tmp_path / "saved")
+    loaded = tf.saved_model.load(str(saved))  # kept: serve needs its variables alive
+    close(loaded.serve(tf.constant(images[first], tf.float32)), expected[first], "SavedModel")
+
+    # A real model server, fed raw pixels as JSON (what a client sends).
+    few = slice(0, 40)
+    served = served_predictions(folder, {"inputs": images[few].tolist()}, tmp_path)
+    close(np.array([p["probabilities"] for p in served]), expected[few], "mlflow models serve")
+    assert [p["class_name"] for p in served] == names[few]
+
 
 # -- 3. text: a mixed text_conv1d + text_dense ensemble on Reuters newswires ---------------------
 
@@ -639,6 +651,18 @@ def test_text_mixed_ensemble_is_one_model_and_every_path_agrees(
     answer = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"text": texts}))
     close(np.stack(answer["probabilities"].to_list()), expected, "pyfunc")
     assert answer["class_name"].tolist() == names
+
+    import tensorflow as tf
+
+    saved = export(root, TEXT_NAME, "savedmodel", tmp_path / "saved")
+    loaded = tf.saved_model.load(str(saved))  # kept: serve needs its variables alive
+    close(loaded.serve(tf.constant(texts)), expected, "SavedModel")
+
+    # A real model server, fed raw strings.
+    payload = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts[:30]]}}
+    served = served_predictions(folder, payload, tmp_path)
+    close(np.array([p["probabilities"] for p in served]), expected[:30], "mlflow models serve")
+    assert [p["class_name"] for p in served] == names[:30]
 
 
 # -- 4. integer sequences and a character language model ------------------------------------------
