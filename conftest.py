@@ -4,7 +4,7 @@ Each python or shell block runs in a fresh temporary folder holding a copy of ``
 with this environment's ``hpo`` first on ``PATH`` and no study store or MLflow server from the
 environment, so ``hpo spaces validate search_spaces/image_cnn.yaml`` runs as a reader would run
 it in a checkout. YAML blocks are checked by tests/test_docs.py. How to mark a block that must
-not run: README.md, "Development".
+not run: docs/development.md.
 """
 
 from __future__ import annotations

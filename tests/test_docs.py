@@ -4,8 +4,10 @@ pytest-codeblocks runs their python and shell blocks (``--codeblocks`` in pyproj
 root conftest.py gives each a temporary folder). It leaves YAML alone, so this module checks
 every ``yaml`` block with the loader ``hpo spaces validate`` uses, reading the blocks with the
 plugin's own parser and honouring the same ``<!--pytest.mark.skip(reason="...")-->`` markers
-(a fragment of a space file is marked so). It also runs the README's own-family example end
-to end.
+(a fragment of a space file is marked so). It also runs the own-family example of
+docs/families.md end to end, and builds the documentation site (mkdocs.yml) with
+``mkdocs build --strict``, so that a broken link or anchor, or a guide missing from the
+navigation, fails the suite.
 
 A block whose first line is a comment naming a file (``# mypackage/models.py``,
 ``# my_space.yaml``) is that file: python files named so are written into the folder where the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,14 +91,14 @@ def test_every_code_block_is_run_or_is_output() -> None:
 
 
 @pytest.mark.slow
-def test_readme_own_family_example_runs(tmp_path: Path) -> None:
-    """README's "Your own family": its module and space file, as shown, run 2 complete trials."""
-    readme = REPO / "README.md"
-    blocks = {_file_name(b): b for b in _blocks(readme)}
-    assert {"mypackage/models.py", "my_space.yaml"} <= set(blocks), "README lost its example"
-    _write_python_files(readme, tmp_path)
+def test_own_family_example_runs(tmp_path: Path) -> None:
+    """docs/families.md, "Your own family": its module and space file, as shown, run 2 trials."""
+    guide = REPO / "docs" / "families.md"
+    blocks = {_file_name(b): b for b in _blocks(guide)}
+    assert {"mypackage/models.py", "my_space.yaml"} <= set(blocks), "the guide lost its example"
+    _write_python_files(guide, tmp_path)
     (tmp_path / "my_space.yaml").write_text(blocks["my_space.yaml"].code)
-    # As the README runs it: PYTHONPATH=. hpo run my_space.yaml (fewer trials).
+    # As the guide runs it: PYTHONPATH=. hpo run my_space.yaml (fewer trials).
     env = {"PYTHONPATH": os.pathsep.join([".", os.environ.get("PYTHONPATH", "")])}
     result = hpo(
         "run", "my_space.yaml", "--trials", "2", "--workers", "1", "--json",
@@ -104,3 +107,18 @@ def test_readme_own_family_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     summary = json.loads(result.stdout)
     assert summary["complete"] == 2, summary
+
+
+def test_documentation_site_builds_strictly(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: every link and anchor resolves, every guide is in the nav."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+         "--config-file", str(REPO / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (tmp_path / "site" / "index.html").is_file()
+    # Every guide in docs/ is a page of the site (omitted ones would warn, and fail, above).
+    pages = {p.stem for p in (REPO / "docs").glob("*.md")}
+    built = {p.parent.name for p in (tmp_path / "site").glob("*/index.html")}
+    assert pages <= built, f"guides not built: {sorted(pages - built)}"

@@ -148,7 +148,7 @@ def selection_metric(metric: str, objectives: Sequence[str], task: str) -> str:
     ensemble then answers the question the studies asked; otherwise on log loss. Selecting on
     log loss can pick a calibrated but less accurate mix: in the Keras Tuner benchmark's small
     studies it lost up to 11 points of test accuracy against the best trial
-    (``docs/benchmarks.md``, section 2).
+    (``docs/benchmarks.md``, "Caruana on log loss or on accuracy").
 
     Example:
         >>> selection_metric("auto", ["val_accuracy"], "classification")
