@@ -57,8 +57,8 @@ browser:
 	else echo "chromium missing: sudo apt-get install chromium chromium-driver (browser tests skip; under CI they fail)"; fi
 
 lint: setup
-	$(BIN)/ruff check hpo tests bench conftest.py
-	$(BIN)/ruff format --check hpo tests bench conftest.py
+	$(BIN)/ruff check hpo tests bench conftest.py mkdocs_hooks.py
+	$(BIN)/ruff format --check hpo tests bench conftest.py mkdocs_hooks.py
 
 typecheck: setup
 	$(BIN)/mypy
