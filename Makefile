@@ -66,7 +66,7 @@ typecheck: setup
 # Two test processes: the suite mostly waits on servers and workers (see tests/conftest.py).
 PYTEST_WORKERS ?= 2
 test: dev data browser lint typecheck
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
