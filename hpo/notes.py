@@ -150,13 +150,14 @@ def study_note(
     count = {s: list(states.values()).count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     running = sum(s in (TrialState.RUNNING.name, TrialState.WAITING.name) for s in states.values())
     objectives = ", ".join(f"{d} `{m}`" for m, d in zip(spec.metrics, spec.directions, strict=True))
+    searched = [n.name for n in spec.space.searched_nodes()]
     lines = [
         f"**hpo study `{config.name}`**: {spec.family} on {spec.dataset.name}"
         + (f" ({spec.description.strip()})" if spec.description.strip() else ""),
         "",
         f"- **Objective:** {objectives}",
-        f"- **Space:** `{config.filename}`, {len(spec.space.names())} parameters: "
-        + ", ".join(f"`{n}`" for n in spec.space.names()[:MAX_NOTE_PARAMS]),
+        f"- **Space:** `{config.filename}`, {len(searched)} searched parameters: "
+        + ", ".join(f"`{n}`" for n in searched[:MAX_NOTE_PARAMS]),
         f"- **Algorithm:** {config.algorithm}; **pruner:** {config.pruner}; "
         f"**seed:** {config.seed if config.seed is not None else 'none'}; "
         f"at most {spec.budget.max_epochs} epochs a trial",
