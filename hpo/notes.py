@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import PurePath
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +157,7 @@ def study_note(
         + (f" ({spec.description.strip()})" if spec.description.strip() else ""),
         "",
         f"- **Objective:** {objectives}",
-        f"- **Space:** `{config.filename}`, {len(searched)} searched parameters: "
+        f"- **Space:** `{PurePath(config.filename).name}`, {len(searched)} searched parameters: "
         + ", ".join(f"`{n}`" for n in searched[:MAX_NOTE_PARAMS]),
         f"- **Algorithm:** {config.algorithm}; **pruner:** {config.pruner}; "
         f"**seed:** {config.seed if config.seed is not None else 'none'}; "

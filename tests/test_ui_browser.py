@@ -313,13 +313,40 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
     assert experiment is not None
     study_run = f"study {served_study.name}"
 
+    from selenium.webdriver.common.by import By
+
+    # The home page lists recent experiments; the study's name links to its experiment (the
+    # sidebar may hold another link of that name, to the list of experiments).
     browser.get(f"{served_study.server.url}/#/")
     shot = tmp_path / "mlflow-home.png"
+    here = f"/experiments/{experiment.experiment_id}"
     found = wait_until(
-        browser, f"link {served_study.name!r}", lambda d: link(d, served_study.name), shot
+        browser,
+        f"a link to {here}",
+        lambda d: [
+            a
+            for a in d.find_elements(By.XPATH, f"//a[normalize-space()='{served_study.name}']")
+            if (a.get_attribute("href") or "").rstrip("/").endswith(here)
+        ],
+        shot,
     )
     browser.save_screenshot(str(shot))
-    found.click()
+    # MLflow 3.17's sidebar switch (GenAI | Model training) decides where an experiment opens,
+    # over its mlflow.experimentKind tag: a user picks "Model training" once.
+    toggle = browser.find_elements(By.XPATH, "//*[normalize-space()='Model training']")
+    if toggle:
+        toggle[-1].click()
+    found = wait_until(
+        browser,
+        f"a link to {here}",
+        lambda d: [
+            a
+            for a in d.find_elements(By.XPATH, f"//a[normalize-space()='{served_study.name}']")
+            if (a.get_attribute("href") or "").rstrip("/").endswith(here)
+        ],
+        shot,
+    )
+    found[0].click()
     # Marked as model training, it opens on its training runs, not on the GenAI overview.
     shot = tmp_path / "mlflow-experiment.png"
     wait_for_text(browser, [study_run, f"{SERVED_TRIALS + 1} matching runs"], shot)
@@ -339,14 +366,17 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
         + parent.info.run_id
     )
     shot = tmp_path / "mlflow-study-run.png"
+    wait_for_text(browser, [f"hpo study {served_study.name}", "Objective: maximize"], shot)
+    more = browser.find_elements(By.XPATH, "//*[normalize-space()='Show more']")
+    if more:  # a long description is folded
+        browser.execute_script("arguments[0].scrollIntoView()", more[-1])
+        more[-1].click()
     wait_for_text(
         browser,
-        [f"hpo study {served_study.name}", "Best trial:", f"{SERVED_TRIALS} of {SERVED_TRIALS}"],
+        ["image_cnn_digits.yaml", "Best trial:", f"{SERVED_TRIALS} of {SERVED_TRIALS}"],
         shot,
     )
     browser.save_screenshot(str(shot))
-    from selenium.webdriver.common.by import By
-
     hrefs = [a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")]
     assert any(h.endswith(f"/runs/{best_run}") for h in hrefs), hrefs
     assert link(browser, best) is not None, best

@@ -39,10 +39,10 @@ def _config(**kw: object) -> StudyConfig:
 
 def test_the_study_note_summarizes_space_counts_best_trial_and_ensembles() -> None:
     import optuna
-    from optuna.distributions import FloatDistribution
+    from optuna.distributions import BaseDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    dist = {"x": FloatDistribution(0.0, 1.0)}
+    dist: dict[str, BaseDistribution] = {"x": FloatDistribution(0.0, 1.0)}
     trials = []
     for number, (state, value, x) in enumerate(
         [("COMPLETE", 0.5, 0.1), ("COMPLETE", 0.9, 0.2), ("PRUNED", None, 0.3)]
