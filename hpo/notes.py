@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import PurePath
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from hpo.studies import RUN_ID_ATTR, StudyConfig, counted_trials
