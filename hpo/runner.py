@@ -11,6 +11,7 @@ import contextlib
 import gc
 import io
 import json
+import logging
 import math
 import sys
 import tempfile
@@ -39,6 +40,8 @@ from hpo.families import get_family
 from hpo.model_checks import ModelCheckError, check_model
 from hpo.spaces import DatasetSpec, Params
 from hpo.studies import RUN_ID_ATTR, StudyConfig
+
+log = logging.getLogger("hpo.runner")
 
 # Metrics a study may optimize besides what Keras logs each epoch.
 EXTRA_METRICS = ("params_count", "train_seconds")
@@ -292,8 +295,45 @@ class TrialRunner:
             gc.collect()
         result.run_id = run_id
         if mlflow is not None and run_id:
-            tracking.end_trial_run(mlflow, run_id, result.state, result.reason)
+            tracking.end_trial_run(
+                mlflow, run_id, result.state, result.reason, self._note(task, config, result)
+            )
+            self._update_study_note(storage, config, task.trial_number, result)
         return result
+
+    @staticmethod
+    def _note(task: TrialTask, config: StudyConfig, result: TrialResult) -> str:
+        from hpo.notes import trial_note
+
+        metric = config.spec().metrics[0]
+        value = (result.metrics or {}).get(metric)
+        epochs = (result.metrics or {}).get("epochs")
+        return trial_note(
+            task.trial_number,
+            result.state,
+            metric,
+            float(value) if value is not None else None,
+            int(epochs) if epochs else None,
+            result.reason,
+            config.pruner,
+        )
+
+    @staticmethod
+    def _update_study_note(
+        storage: Any, config: StudyConfig, number: int, result: TrialResult
+    ) -> None:
+        """The study run's description, with this trial (not told to the study yet) counted."""
+        from hpo.notes import update_study_note
+
+        try:
+            with_db_retry(
+                lambda: update_study_note(
+                    storage, config, {number: (result.state, result.values or None)}
+                ),
+                what="updating the study's description",
+            )
+        except Exception as exc:  # a description must never fail a trial
+            log.warning("could not update the description of study %s: %s", config.name, exc)
 
     def _train(
         self, task: TrialTask, config: StudyConfig, storage: Any, mlflow: Any, run_id: str | None
@@ -397,8 +437,18 @@ class TrialRunner:
                 lambda k=key, v=value: storage.set_trial_user_attr(task.trial_id, k, v)  # type: ignore[misc]
             )
         if mlflow is not None and run_id:
+            # ``objective`` (``objective_2``, ... for the next ones): one column that reads and
+            # sorts the same in every study, whatever metric it optimizes.
+            objective = {
+                ("objective" if i == 0 else f"objective_{i + 1}"): final[m]
+                for i, m in enumerate(spec.metrics)
+                if m in final
+            }
             tracking.log_metrics(
-                mlflow, run_id, {f"final_{k}": v for k, v in final.items()}, callback.epochs
+                mlflow,
+                run_id,
+                {**{f"final_{k}": v for k, v in final.items()}, **objective},
+                callback.epochs,
             )
         if callback.pruned:
             return TrialResult(state="PRUNED", metrics=final)

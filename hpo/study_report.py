@@ -136,6 +136,9 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
         tracking.log_metrics(c, config.parent_run_id, values, step=0)
     if files:
         tracking.log_artifact_files(c, config.parent_run_id, files)
+    from hpo.notes import update_study_note
+
+    update_study_note(storage, config)
     tracking.end_dangling_runs(config.tracking_uri, config.experiment_id, config.parent_run_id)
     c.set_terminated(config.parent_run_id, "FINISHED")
 

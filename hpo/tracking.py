@@ -96,6 +96,13 @@ MAX_TAG_LENGTH = 5000
 # replay looks it up before creating, so a run is never created twice, and any machine can map
 # a placeholder to the real id through it.
 CLIENT_ID_TAG = "hpo.client_id"
+# MLflow 3's UI opens an experiment by its kind (the ``ExperimentKind`` values of its JS bundle:
+# ``genai_development``, ``custom_model_development``, ...): without the tag it opens on the
+# GenAI overview (traces); marked as model training it opens on the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# A run's description in the UI (Markdown).
+NOTE_TAG = "mlflow.note.content"
 # MLflow's own defaults (7 retries with backoff factor 2, 120 s timeout) stall every call for
 # minutes when the server is down; with the outbox a failed call costs little, so fail fast.
 # Values the user set win.
@@ -792,6 +799,11 @@ class TrackingClient(_ClientBase):
             experiment_id = str(experiment.experiment_id)
             if experiment.lifecycle_stage == "deleted":
                 raw.restore_experiment(experiment_id)
+            # An experiment made before hpo tagged experiments (or by hand) gets the tags it
+            # lacks; a tag already set (a kind chosen in the UI) is left as it is.
+            for key, value in dict(args["tags"]).items():
+                if key not in experiment.tags:
+                    raw.set_experiment_tag(experiment_id, key, value)
         if replaying:
             # Lets any machine map the placeholder it holds (in a study's config) to this id.
             raw.set_experiment_tag(experiment_id, f"{CLIENT_ID_TAG}.{args['key']}", name)
@@ -1096,7 +1108,9 @@ def start_study_run(
     server is unreachable.
     """
     c = client(uri)
-    experiment_id = c.ensure_experiment(study_name, tags={"hpo.study": study_name})
+    experiment_id = c.ensure_experiment(
+        study_name, tags={"hpo.study": study_name, EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    )
     run_id = c.start_run(
         experiment_id,
         run_name=f"study {study_name}",
@@ -1148,14 +1162,23 @@ def start_trial_run(
     return run_id
 
 
-def end_trial_run(c: TrackingClient, run_id: str, state: str, reason: str | None = None) -> None:
-    """End a trial's run with the status matching its Optuna ``state``; then replay the outbox.
+def end_trial_run(
+    c: TrackingClient,
+    run_id: str,
+    state: str,
+    reason: str | None = None,
+    note: str | None = None,
+) -> None:
+    """End a trial's run with the status matching its Optuna ``state`` (and ``note`` as its
+    description, in the same write); then replay the outbox.
 
     The end of a trial is a natural point to send what an outage left queued.
     """
     tags = [("hpo.state", state)]
     if reason:
         tags.append(("hpo.fail_reason", reason[:MAX_TAG_LENGTH]))
+    if note:
+        tags.append((NOTE_TAG, note))
     c.write_batch(run_id, tags=tags)
     c.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
     if not _offline():

@@ -284,4 +284,99 @@ def test_mlflow_ui_shows_the_registered_ensemble_and_its_version(
     browser.get(f"{url}/#/models/{ENSEMBLE}/versions/{version}")
     shot = tmp_path / "mlflow-model-version.png"
     wait_for_text(browser, [f"Version {version}", f"ensemble {ENSEMBLE}"], shot)
+    # Its description (how it was built, test metrics, members linked to their trial runs),
+    # its test metrics as tags and its input signature.
+    members = [m for m in served_ensemble["members"]]
+    first = f"{members[0]['study']} trial {members[0]['trial']}"
+    wait_for_text(browser, ["Test metrics", "Members", first, "test_accuracy"], shot)
+    assert link(browser, first) is not None, first
     browser.save_screenshot(str(shot))
+    from selenium.webdriver.common.by import By
+
+    schema = wait_until(
+        browser,
+        "the schema section",
+        lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Schema']"),
+        shot,
+    )
+    browser.execute_script("arguments[0].scrollIntoView()", schema[0])
+    wait_for_text(browser, ["Inputs", "Outputs"], shot)
+    browser.save_screenshot(str(tmp_path / "mlflow-model-version-schema.png"))
+
+
+def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
+    browser: Any, served_study: ServedStudy, tmp_path: Path
+) -> None:
+    """As a new user: the home page, a click on the experiment, the runs, the study's note."""
+    client = MlflowClient(served_study.server.url)
+    experiment = client.get_experiment_by_name(served_study.name)
+    assert experiment is not None
+    study_run = f"study {served_study.name}"
+
+    from selenium.webdriver.common.by import By
+
+    # The home page lists recent experiments; the study's name links to its experiment (the
+    # sidebar may hold another link of that name, to the list of experiments).
+    browser.get(f"{served_study.server.url}/#/")
+    shot = tmp_path / "mlflow-home.png"
+    here = f"/experiments/{experiment.experiment_id}"
+    found = wait_until(
+        browser,
+        f"a link to {here}",
+        lambda d: [
+            a
+            for a in d.find_elements(By.XPATH, f"//a[normalize-space()='{served_study.name}']")
+            if (a.get_attribute("href") or "").rstrip("/").endswith(here)
+        ],
+        shot,
+    )
+    browser.save_screenshot(str(shot))
+    # MLflow 3.17's sidebar switch (GenAI | Model training) decides where an experiment opens,
+    # over its mlflow.experimentKind tag: a user picks "Model training" once.
+    toggle = browser.find_elements(By.XPATH, "//*[normalize-space()='Model training']")
+    if toggle:
+        toggle[-1].click()
+    found = wait_until(
+        browser,
+        f"a link to {here}",
+        lambda d: [
+            a
+            for a in d.find_elements(By.XPATH, f"//a[normalize-space()='{served_study.name}']")
+            if (a.get_attribute("href") or "").rstrip("/").endswith(here)
+        ],
+        shot,
+    )
+    found[0].click()
+    # Marked as model training, it opens on its training runs, not on the GenAI overview.
+    shot = tmp_path / "mlflow-experiment.png"
+    wait_for_text(browser, [study_run, f"{SERVED_TRIALS + 1} matching runs"], shot)
+    assert "/runs" in browser.current_url, browser.current_url
+    text = page_text(browser)
+    assert "No data available" not in text, text[:2000]
+    browser.save_screenshot(str(shot))
+
+    # The study run's page: its description summarizes the study, with a link to the best run.
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`hpo.kind` = 'study'"
+    )
+    best_run = parent.data.tags["hpo.best_run_id"]
+    best = client.get_run(best_run).info.run_name
+    browser.get(
+        f"{served_study.server.url}/#/experiments/{experiment.experiment_id}/runs/"
+        + parent.info.run_id
+    )
+    shot = tmp_path / "mlflow-study-run.png"
+    wait_for_text(browser, [f"hpo study {served_study.name}", "Objective: maximize"], shot)
+    more = browser.find_elements(By.XPATH, "//*[normalize-space()='Show more']")
+    if more:  # a long description is folded
+        browser.execute_script("arguments[0].scrollIntoView()", more[-1])
+        more[-1].click()
+    wait_for_text(
+        browser,
+        ["image_cnn_digits.yaml", "Best trial:", f"{SERVED_TRIALS} of {SERVED_TRIALS}"],
+        shot,
+    )
+    browser.save_screenshot(str(shot))
+    hrefs = [a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")]
+    assert any(h.endswith(f"/runs/{best_run}") for h in hrefs), hrefs
+    assert link(browser, best) is not None, best

@@ -409,7 +409,7 @@ def build_ensemble(
             for c, w in zip(candidates, comb.weights, strict=True)
             if w > 0
         ]
-        return _record(
+        result = _record(
             client=client,
             uri=uri,
             name=name,
@@ -428,6 +428,33 @@ def build_ensemble(
             skipped=skipped,
             dest=dest,
         )
+    _note_studies(store, infos, name, result.version)
+    return result
+
+
+def _note_studies(store: Any, infos: list[Any], name: str, version: int | None) -> None:
+    """Add the registered version to each study's list and rewrite its study run's note."""
+    from hpo._retry import with_db_retry
+    from hpo.notes import add_ensemble, update_study_note
+    from hpo.studies import load_config
+
+    if version is None:
+        return
+    for info in infos:
+        try:
+
+            def note(study: str = info.name) -> None:
+                add_ensemble(store, study, name, version)
+                update_study_note(store, load_config(store, study))
+
+            with_db_retry(note, what="describing the study")
+        except Exception as exc:  # the version exists; only the study's summary lags
+            warnings.warn(
+                f"could not add {name} version {version} to the description of study "
+                f"{info.name}: {exc}",
+                EnsembleWarning,
+                stacklevel=3,
+            )
 
 
 def scored_on_test(weights: np.ndarray, size: int) -> list[int]:
@@ -484,7 +511,10 @@ def _experiment(client: Any, infos: list[Any]) -> tuple[str, str | None]:
             experiment_id = client.resolve(experiment_id)
             parent = tracking.resolve_run_id(client.uri, parent) if parent else None
         return experiment_id, parent
-    return client.ensure_experiment(CROSS_STUDY_EXPERIMENT, tags={"hpo.kind": "ensembles"}), None
+    from hpo.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    tags = {"hpo.kind": "ensembles", EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    return client.ensure_experiment(CROSS_STUDY_EXPERIMENT, tags=tags), None
 
 
 def _record(
@@ -515,6 +545,7 @@ def _record(
         ensemble_model,
         save_mlflow_model,
     )
+    from hpo.notes import ensemble_description, version_metric_tags
 
     _registered_model(client, name, create=True)
     study_names = [s.name for s in infos]
@@ -634,9 +665,17 @@ def _record(
                         if result.export_problem
                         else {}
                     ),
+                    **version_metric_tags(comb.metrics),
                 },
-                description=f"{method} ensemble of {len(members)} trials of "
-                + ", ".join(study_names),
+                description=ensemble_description(
+                    method=method,
+                    metric=metric,
+                    task=str(dataset["task"]),
+                    studies={s.name: s.experiment_id for s in infos},
+                    run=(experiment_id, run_id),
+                    members=members,
+                    metrics=comb.metrics,
+                ),
             )
         result.version = int(mv.version)
         result.model_uri = f"models:/{name}/{mv.version}"
