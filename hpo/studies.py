@@ -69,6 +69,18 @@ class StudyConfig:
         """
         return _parsed_spec(self.source, self.filename, json.dumps(self.overrides, sort_keys=True))
 
+    def family_name(self) -> str | None:
+        """The space's ``family``, read without validating the space: validation imports a
+        family's module, which a worker must not do before its allow-list said yes."""
+        from hpo.spaces._yaml import YamlDocument
+
+        try:
+            data = YamlDocument.parse(self.source, self.filename).data
+        except Exception:
+            return None
+        family = data.get("family") if isinstance(data, dict) else None
+        return family if isinstance(family, str) else None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

@@ -501,9 +501,10 @@ class Worker:
                 config = load_config(storage, self.options.study)  # a clear error first
                 from hpo.families import ALLOWED_MODULES_ENV, family_allowed
 
-                if not family_allowed(config.spec().family):
+                family = config.family_name()
+                if family is not None and not family_allowed(family):
                     raise StudyError(
-                        f"study {config.name!r}: family {config.spec().family!r} is not allowed "
+                        f"study {config.name!r}: family {family!r} is not allowed "
                         f"on this worker (${ALLOWED_MODULES_ENV})"
                     )
         except BaseException:
@@ -697,8 +698,8 @@ class Worker:
         """Whether this worker may import the study's family (``--allow-family-module``)."""
         from hpo.families import ALLOWED_MODULES_ENV, family_allowed
 
-        family = config.spec().family
-        if family_allowed(family):
+        family = config.family_name()
+        if family is None or family_allowed(family):
             return True
         self._warn_once(
             config.name, f"its family {family!r} is not allowed here (${ALLOWED_MODULES_ENV})"

@@ -511,8 +511,11 @@ def _family_problem(target: str) -> str | None:
     import inspect
 
     from hpo._registry import import_object
-    from hpo.families import Family
+    from hpo.families import ALLOWED_MODULES_ENV, Family, family_allowed
 
+    if not family_allowed(target):
+        # Checked before the import: a worker's allow-list keeps the module's code from running.
+        return f"family {target!r} is not allowed on this machine (${ALLOWED_MODULES_ENV})"
     try:
         obj = import_object(target)
     except AttributeError:
