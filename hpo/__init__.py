@@ -21,19 +21,6 @@ from hpo.errors import HpoError, UsageError
 
 __version__ = "0.1.0"
 
-_API = (
-    "Ensemble",
-    "Prediction",
-    "Study",
-    "Trial",
-    "WorkersFailedError",
-    "build_ensemble",
-    "create_study",
-    "export_ensemble",
-    "load_ensemble",
-    "load_space",
-    "load_study",
-)
 __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "Ensemble",
     "Prediction",
@@ -50,6 +37,8 @@ __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "UsageError",
     "__version__",
 ]
+# The names loaded from hpo.api on first use (the rest are imported above).
+_API = frozenset(__all__) - {"HpoError", "UsageError", "__version__"}
 
 if TYPE_CHECKING:
     from hpo.api import (
