@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HPO    := $(BIN)/hpo
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run setup dev data browser test lint typecheck clean
+.PHONY: run setup dev data browser test test-fast lint typecheck clean
 
 run: setup data
 	$(HPO) run --resume
@@ -67,6 +67,11 @@ typecheck: setup
 PYTEST_WORKERS ?= 2
 test: dev data browser lint typecheck
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+
+# Everyday work: lint, types and the tests not marked slow (those that train studies or start
+# servers); `make test` runs everything.
+test-fast: setup lint typecheck
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" --durations=10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

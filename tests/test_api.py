@@ -64,6 +64,7 @@ def test_errors_are_raised_not_exits(workdir: Path) -> None:
     assert not (workdir / "hpo.db").exists()  # nothing written for invalid requests
 
 
+@pytest.mark.slow
 def test_create_run_read_and_ensemble_a_study(workdir: Path) -> None:
     study = hpo.create_study(SPACE, name="api", seed=0, check_data=False)
     assert repr(study).startswith("Study(name='api'")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, hpo
 
 GOOD = """
@@ -137,6 +139,7 @@ def test_study_create_list_status(tmp_path: Path) -> None:
     assert best.returncode == 1 and "no complete trial" in best.stderr
 
 
+@pytest.mark.slow
 def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
     import os
     import socket

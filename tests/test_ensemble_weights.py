@@ -249,7 +249,7 @@ def test_a_build_says_when_the_ensemble_is_less_accurate_than_its_best_single(
 ) -> None:
     """As in a real study: the best trial by accuracy was badly calibrated (flat
     probabilities), so caruana on log loss chose a calibrated, less accurate one."""
-    from hpo.ensemble._build import validation_shortfall
+    from hpo.ensemble._combine import validation_shortfall
 
     y = np.arange(100) % 10
     index = np.arange(100)

@@ -409,35 +409,31 @@ def test_seed_out_of_range_is_refused(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_other_settings_and_cancelled_studies(workdir: Path) -> None:
-    from hpo.cli._common import prepare_study
+    import hpo
     from hpo.errors import UsageError
     from hpo.studies import StudyError, set_study_state
 
     space = workdir / "base.yaml"
     space.write_text(BASE)
-    args: dict[str, Any] = dict(
-        name="s", trials=None, algorithm=None, pruner=None, seed=None, storage=None,
-        tracking_uri=None, dataset=None, epochs=None, subset=None, check_data=False,
-    )  # fmt: skip
-    store, _, created = prepare_study(space, **args, resume=False)
-    assert created
+    args = hpo.StudyOptions(name="s", check_data=False)
+    study = hpo.create_study(space, args, name_option="--study")
+    assert study.created
     with pytest.raises(StudyError, match="hpo run --resume, or give another name with --name"):
-        prepare_study(space, **args, resume=False, name_option="--name")
+        hpo.create_study(space, args, name_option="--name")
     # The same file and flags (or none): resumes.
-    assert prepare_study(space, **args, resume=True)[2] is False
-    other = dict(args, algorithm="hyperopt-tpe")
+    assert hpo.create_study(space, args, resume=True).created is False
     with pytest.raises(StudyError, match="--algorithm hyperopt-tpe instead of optuna-random"):
-        prepare_study(space, **other, resume=True)
+        hpo.create_study(space, args, algorithm="hyperopt-tpe", resume=True)
     space.write_text(BASE.replace("high: 0.1", "high: 0.2"))
     with pytest.raises(StudyError, match="the space file differs"):
-        prepare_study(space, **args, resume=True)
+        hpo.create_study(space, args, resume=True)
     space.write_text(BASE + "# a comment only\n")
-    assert prepare_study(space, **args, resume=True)[2] is False
-    set_study_state(store, "s", "cancelled")
+    assert hpo.create_study(space, args, resume=True).created is False
+    set_study_state(study._store, "s", "cancelled")
     with pytest.raises(StudyError, match="was cancelled"):
-        prepare_study(space, **args, resume=True)
+        hpo.create_study(space, args, resume=True)
     with pytest.raises(UsageError, match="--seed"):
-        prepare_study(space, **dict(args, seed=-1), resume=True)
+        hpo.create_study(space, args, seed=-1, resume=True)
 
 
 # -- 5. temporary folders ------------------------------------------------------------------------

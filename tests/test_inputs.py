@@ -150,7 +150,7 @@ def test_core_model_and_json_round_trip(tmp_path: Path) -> None:
 
 def test_members_saved_without_raw_inputs_are_refused_by_name() -> None:
     from hpo.ensemble import EnsembleError
-    from hpo.ensemble._build import raw_inputs_of
+    from hpo.ensemble._record import raw_inputs_of
 
     class Member:
         def __init__(self, label: str, summary: dict[str, Any]) -> None:

@@ -114,8 +114,8 @@ def test_writes_made_while_the_server_is_down_arrive_exactly_once(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Short windows between tries, so that the next ordinary call notices the server is back.
-    monkeypatch.setattr(tracking, "RETRY_MIN_S", 0.2)
-    monkeypatch.setattr(tracking, "RETRY_MAX_S", 0.5)
+    monkeypatch.setattr("hpo._tracking_replay.RETRY_MIN_S", 0.2)  # where the client reads it
+    monkeypatch.setattr("hpo._tracking_replay.RETRY_MAX_S", 0.5)
     started(server)
     uri = server.url
     experiment_id, parent = tracking.start_study_run(uri, "outage", {"hpo.family": "f"}, {"s": 1})

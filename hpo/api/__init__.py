@@ -2,10 +2,11 @@
 
 Importing it is cheap: TensorFlow, MLflow and Optuna are imported when a function needs them.
 
-* studies: :func:`create_study`, :func:`load_study`, :class:`Study` (``run``, ``status``,
-  ``trials``, ``best_trial``, ``report``), :class:`Trial` (``load_model``);
+* studies: :func:`create_study` (:class:`StudyOptions`), :func:`load_study`,
+  :func:`list_studies`, :class:`Study` (``run``, ``status``,
+  ``trials``, ``best_trial``, ``report``, ``pause``, ``reap``), :class:`Trial` (``load_model``);
 * ensembles: :func:`build_ensemble`, :func:`load_ensemble`, :class:`Ensemble` (``predict``),
-  :func:`export_ensemble`;
+  :func:`export_ensemble`, :func:`list_ensembles`, :func:`show_ensemble`;
 * errors: :class:`HpoError` (``exit_code``), :class:`UsageError`.
 """
 
@@ -14,10 +15,12 @@ from hpo.api._ensembles import (
     Prediction,
     build_ensemble,
     export_ensemble,
+    list_ensembles,
     load_ensemble,
+    show_ensemble,
 )
-from hpo.api._setup import load_space
-from hpo.api._study import Study, Trial, create_study, load_study
+from hpo.api._setup import StudyOptions, load_space
+from hpo.api._study import Study, Trial, create_study, list_studies, load_study
 from hpo.api._workers import WorkersFailedError
 from hpo.errors import HpoError, UsageError
 
@@ -26,13 +29,17 @@ __all__ = [
     "HpoError",
     "Prediction",
     "Study",
+    "StudyOptions",
     "Trial",
     "UsageError",
     "WorkersFailedError",
     "build_ensemble",
     "create_study",
     "export_ensemble",
+    "list_ensembles",
+    "list_studies",
     "load_ensemble",
     "load_space",
     "load_study",
+    "show_ensemble",
 ]

@@ -12,16 +12,18 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# One function each for Python and ``hpo ensemble build`` / ``hpo export``.
+from hpo.ensemble._build import build_ensemble
+from hpo.ensemble._export import export_ensemble
+from hpo.ensemble._listing import list_ensembles, show_ensemble
+
 if TYPE_CHECKING:
     import numpy as np
 
-    from hpo.api._study import Study
-    from hpo.ensemble import EnsembleResult
     from hpo.ensemble._members import Predictor
 
 
@@ -95,11 +97,14 @@ def load_ensemble(
     *,
     tracking_uri: str | None = None,
     want_text: bool | None = None,
+    vocabulary: str | os.PathLike[str] | None = None,
 ) -> Ensemble:
     """Load a registered ensemble ``NAME`` / ``NAME:VERSION`` or an exported ``.keras`` file.
 
     Models load in safe mode. A registered ensemble serves from its one exported model when
     it has one, else member by member (``want_text=True`` prefers members that read text).
+    ``vocabulary``: the ``text_vocabulary.json`` of a ``.keras`` text model saved before
+    models took raw text.
 
     Raises:
         hpo.ensemble.EnsembleError: no such ensemble or version.
@@ -108,57 +113,16 @@ def load_ensemble(
     from hpo.ensemble._members import open_predictor
 
     ref = name_or_path if isinstance(name_or_path, str) else Path(name_or_path)
-    return Ensemble(open_predictor(ref, tracking_uri, want_text=want_text))
+    vocab = Path(vocabulary) if vocabulary is not None else None
+    return Ensemble(open_predictor(ref, tracking_uri, vocab, want_text=want_text))
 
 
-def build_ensemble(
-    studies: str | Study | Sequence[str | Study],
-    name: str | None = None,
-    *,
-    method: str = "caruana",
-    top: int = 20,
-    size: int = 10,
-    metric: str = "auto",
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    seed: int | None = 0,
-) -> EnsembleResult:
-    """Build a weighted ensemble of the best trials of ``studies`` (names or :class:`Study`)
-    and register it in MLflow as ``name`` (default ``STUDY-ensemble``), as
-    ``hpo ensemble build`` does; see :func:`hpo.ensemble.build_ensemble`.
-
-    The store is that of the studies given as objects, else ``storage``.
-    """
-    from hpo.ensemble import build_ensemble as build
-
-    given = [studies] if isinstance(studies, str) or not isinstance(studies, Sequence) else studies
-    names = [s if isinstance(s, str) else s.name for s in given]
-    if storage is None:
-        storage = next((s.storage for s in given if not isinstance(s, str)), None)
-    return build(
-        names,
-        name or f"{'-'.join(names)}-ensemble",
-        method=method,
-        top=top,
-        size=size,
-        metric=metric,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        seed=seed,
-    )
-
-
-def export_ensemble(
-    name: str,
-    output: str | os.PathLike[str],
-    fmt: str = "keras",
-    version: int | None = None,
-    tracking_uri: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write registered ensemble ``name`` to ``output``: one ``.keras`` file (``keras``), a
-    TensorFlow SavedModel or an MLflow model folder; see :func:`hpo.ensemble.export_ensemble`.
-    """
-    from hpo.ensemble import export_ensemble as export
-
-    return export(name, Path(output), fmt, version, tracking_uri, overwrite)
+__all__ = [
+    "Ensemble",
+    "Prediction",
+    "build_ensemble",
+    "export_ensemble",
+    "list_ensembles",
+    "load_ensemble",
+    "show_ensemble",
+]

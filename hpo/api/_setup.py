@@ -1,6 +1,6 @@
 """Creating a study: the space read from a file, a YAML string or a dict; options checked;
 the study and its MLflow run created (or an existing one resumed). ``hpo run`` and
-``hpo study create`` call :func:`prepare_study`; so does :func:`hpo.create_study`.
+``hpo study create`` call :func:`hpo.create_study`, which calls :func:`prepare_study`.
 """
 
 from __future__ import annotations
@@ -49,33 +49,56 @@ def load_space(space: SpaceSource) -> StudySpec:
     return load_spec(Path(space))
 
 
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+    """How a study is created: what :func:`hpo.create_study`, ``hpo study create`` and
+    ``hpo run`` take besides the space.
+
+    ``name`` defaults to the space's; ``storage`` is the study store's URL (default
+    ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` here), ``tracking_uri`` MLflow's (default
+    ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here); ``trials``, ``algorithm``, ``pruner``
+    and ``seed`` default to the space's ``defaults``; ``dataset``, ``epochs`` and ``subset``
+    override the space's. ``priority``: workers serve higher first; ``max_retries``: retries of
+    a trial whose worker died. ``check_data`` loads the dataset once first and checks it
+    against the family. With ``resume`` an existing study of that name is loaded instead, when
+    it was created with the same space and options.
+
+    Example:
+        >>> StudyOptions(name="digits", trials=2).trials
+        2
+    """
+
+    name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    trials: int | None = None
+    algorithm: str | None = None
+    pruner: str | None = None
+    seed: int | None = None
+    dataset: str | None = None
+    epochs: int | None = None
+    subset: int | None = None
+    priority: int = 0
+    max_retries: int = 1
+    check_data: bool = True
+    resume: bool = False
+
+
 def prepare_study(
     space: SpaceSource,
+    options: StudyOptions,
     *,
-    name: str | None,
-    trials: int | None,
-    algorithm: str | None,
-    pruner: str | None,
-    seed: int | None,
-    storage: str | None,
-    tracking_uri: str | None,
-    dataset: str | None,
-    epochs: int | None,
-    subset: int | None,
-    resume: bool,
-    priority: int = 0,
-    max_retries: int = 1,
-    check_data: bool = True,
     on_valid: Callable[[Any, str], None] | None = None,
     name_option: str = "--study",
     echo: Callable[[str], None] | None = None,
 ) -> tuple[Any, StudyConfig, bool]:
     """Validate the space, options and data, then create the study (or load it with ``resume``).
 
-    With ``check_data`` the dataset is loaded once and checked against the family (see
+    With ``options.check_data`` the dataset is loaded once and checked against the family (see
     :mod:`hpo.preflight`); ``echo`` (if given) receives what the check found and other notes.
     ``on_valid(spec, study_name)`` is called once the space and the options are valid, before
     the data check and before anything is written (``hpo run`` starts its workers there).
+    ``name_option`` is how messages name the option that gave the name.
     Returns ``(storage, config, created)``. Nothing is written before everything is valid.
 
     Raises:
@@ -88,10 +111,17 @@ def prepare_study(
     from hpo.studies import StudyConfig, StudyError, apply_overrides, create_study, load_config
     from hpo.tracking import resolve_tracking_uri
 
+    name, trials, algorithm, pruner, seed = (
+        options.name,
+        options.trials,
+        options.algorithm,
+        options.pruner,
+        options.seed,
+    )
+    dataset, epochs, subset = options.dataset, options.epochs, options.subset
     spec = load_space(space)
     space_name = spec.filename  # the path, "<string>" or "<dict>"
-    if tracking_uri:
-        tracking_uri = credentials_to_env(tracking_uri)
+    tracking_uri = credentials_to_env(options.tracking_uri) if options.tracking_uri else None
     overrides = {
         k: v for k, v in {"dataset": dataset, "epochs": epochs, "subset": subset}.items() if v
     }
@@ -118,19 +148,19 @@ def prepare_study(
         raise UsageError(f"--seed: must be between 0 and {MAX_SEED}, got {seed}")
     if on_valid is not None:
         on_valid(spec, study_name)
-    if check_data:
+    if options.check_data:
         from hpo.preflight import check_study_data, describe
 
         description = describe(check_study_data(spec_run))
         if echo is not None:
             echo(description)
-    url = resolve_storage(storage)
+    url = resolve_storage(options.storage)
     store = open_storage(url)
     import optuna
 
     exists = study_name in [s.study_name for s in optuna.get_all_study_summaries(store)]
     if exists:
-        if not resume:
+        if not options.resume:
             how = {
                 "--name": "continue it with hpo run --resume",
                 "name": "pass resume=True to continue it",
@@ -183,8 +213,8 @@ def prepare_study(
         n_trials=n_trials,
         seed=seed if seed is not None else spec.defaults.seed,
         overrides=overrides,
-        priority=priority,
-        max_retries=max_retries,
+        priority=options.priority,
+        max_retries=options.max_retries,
         tracking_uri=credentials_to_env(resolve_tracking_uri(tracking_uri)),
     )
     create_study(store, config)

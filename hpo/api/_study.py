@@ -12,16 +12,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpo.api._setup import SpaceSource, prepare_study
+from hpo.api._setup import SpaceSource, StudyOptions, prepare_study
 from hpo.errors import HpoError
 
 if TYPE_CHECKING:
     import keras
     from optuna.storages import BaseStorage
+    from rich.console import Console
 
+    from hpo.api._workers import WorkerLaunch
+    from hpo.spaces import StudySpec
     from hpo.studies import StudyConfig, StudyStatus
 
 # A trial's numeric facts that the runner stores beside its values (seconds, sizes).
@@ -110,10 +115,13 @@ class Study:
     trials that workers elsewhere (``hpo worker``) finish show up too.
     """
 
-    def __init__(self, store: BaseStorage, storage: str, name: str) -> None:
+    def __init__(
+        self, store: BaseStorage, storage: str, name: str, *, created: bool = False
+    ) -> None:
         self._store = store
         self.storage = storage  # the store's URL, password masked where shown
         self.name = name
+        self.created = created  # made by create_study (False: loaded, or resumed)
 
     def __repr__(self) -> str:
         from hpo.storage import mask_url
@@ -169,6 +177,23 @@ class Study:
         best = study.best_trial if len(study.directions) == 1 else study.best_trials[0]
         return Trial._from_frozen(best, self.config, self.storage)
 
+    def best_summary(self) -> dict[str, Any] | None:
+        """The best trials (the Pareto front for several objectives) as ``hpo study best
+        --json`` prints them: number, values, params, size and MLflow run; None before any
+        completes."""
+        from hpo.study_report import best_trial_summary
+
+        return best_trial_summary(self._store, self.config)
+
+    def reap(self, grace_period: int = 30) -> list[int]:
+        """Fail and requeue the trials without a heartbeat for ``grace_period`` seconds (their
+        worker died), as every worker's reaper does; returns their numbers."""
+        from hpo.storage import open_storage
+        from hpo.studies import reap_stale_trials
+
+        store = open_storage(self.storage, max(1, grace_period // 3), grace_period)
+        return reap_stale_trials(store, self.config)
+
     def report(self, by: str, *, log_plot: bool = False) -> list[dict[str, Any]]:
         """Per value of parameter ``by``: trials, best and median objective, median seconds
         per epoch and parameter count (what ``hpo study report --by`` shows).
@@ -206,13 +231,17 @@ class Study:
         gpus: str | None = None,
         trials_per_gpu: int = 1,
         backend: str | None = None,
+        launch: WorkerLaunch | None = None,
+        console: Console | None = None,
     ) -> StudyStatus:
         """Run the study with local worker processes (as ``hpo run`` does) until it is done.
 
         ``trials`` sets the study's trial budget (its total, as ``hpo run --resume --trials``);
         ``workers`` defaults to the space's ``defaults.workers``. The progress is shown in the
-        terminal or the notebook; the workers log to ``hpo-logs/NAME/``. Interrupting (Ctrl-C,
-        the kernel's stop button) stops the workers.
+        terminal or the notebook (on ``console`` if given); the workers log to
+        ``hpo-logs/NAME/``. Interrupting (Ctrl-C, the kernel's stop button) stops the workers.
+        ``launch`` gives workers already started (``hpo run`` starts them while the data is
+        checked; ``workers``, ``gpus``, ``trials_per_gpu`` and ``backend`` are then unused).
 
         Returns the study's status once the workers have exited.
 
@@ -230,10 +259,11 @@ class Study:
             save_config(
                 self._store, optuna.load_study(study_name=self.name, storage=self._store), config
             )
-        args, slots = slot_args(gpus, trials_per_gpu, backend)
-        launch = WorkerLaunch(self.storage, workers, bool(gpus), args, slots)
-        launch.start(config.spec(), self.name)
-        ok, _, st = run_workers(self._store, launch, self.name, progress=progress)
+        if launch is None:
+            args, slots = slot_args(gpus, trials_per_gpu, backend)
+            launch = WorkerLaunch(self.storage, workers, bool(gpus), args, slots)
+            launch.start(config.spec(), self.name)
+        ok, _, st = run_workers(self._store, launch, self.name, progress=progress, console=console)
         if not ok:
             codes = [p.returncode for p in launch.procs]
             raise WorkersFailedError(
@@ -262,30 +292,25 @@ class Study:
 
 def create_study(
     space: SpaceSource,
+    options: StudyOptions | None = None,
     *,
-    name: str | None = None,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    trials: int | None = None,
-    algorithm: str | None = None,
-    pruner: str | None = None,
-    seed: int | None = None,
-    dataset: str | None = None,
-    epochs: int | None = None,
-    subset: int | None = None,
-    priority: int = 0,
-    max_retries: int = 1,
-    check_data: bool = True,
-    resume: bool = False,
+    echo: Callable[[str], None] | None = None,
+    on_valid: Callable[[StudySpec, str], None] | None = None,
+    name_option: str = "name",
+    **fields: Any,
 ) -> Study:
     """Create a study from a search space: a file's path, the YAML text of one, or a dict.
 
-    The options are those of ``hpo study create`` (``dataset``, ``epochs`` and ``subset``
-    override the space's); ``storage`` is the study store's URL (default ``$HPO_STORAGE``,
-    else ``sqlite:///hpo.db`` here), ``tracking_uri`` MLflow's (default
-    ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here). With ``resume`` an existing study of
-    that name is loaded instead, when it was created with the same space and options.
-    ``check_data`` loads the dataset once first and checks it against the family.
+    The options are those of ``hpo study create``, as a :class:`StudyOptions` or as its fields
+    by keyword (``name``, ``storage``, ``tracking_uri``, ``trials``, ``algorithm``, ``pruner``,
+    ``seed``, ``dataset``, ``epochs``, ``subset``, ``priority``, ``max_retries``,
+    ``check_data``, ``resume``); keywords override ``options``. With ``resume`` an existing
+    study of that name is loaded instead, when it was created with the same space and options
+    (the study's ``created`` says which happened).
+
+    ``echo`` receives notes (what the data check found); ``on_valid(spec, study_name)`` is
+    called once the space and options are valid, before the data check and before anything
+    is written; ``name_option`` is how messages name the option that gave the name.
 
     Example:
         >>> study = hpo.create_study({"family": "image_cnn", "dataset": {"name": "digits"},
@@ -296,28 +321,15 @@ def create_study(
 
     Raises:
         hpo.errors.UsageError: the space or an option is invalid, or the study exists.
+        TypeError: a keyword that is not a field of :class:`StudyOptions`.
     """
     from hpo.storage import resolve_storage
 
-    store, config, _ = prepare_study(
-        space,
-        name=name,
-        trials=trials,
-        algorithm=algorithm,
-        pruner=pruner,
-        seed=seed,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        dataset=dataset,
-        epochs=epochs,
-        subset=subset,
-        resume=resume,
-        priority=priority,
-        max_retries=max_retries,
-        check_data=check_data,
-        name_option="name",
+    options = dataclasses.replace(options or StudyOptions(), **fields)
+    store, config, created = prepare_study(
+        space, options, on_valid=on_valid, name_option=name_option, echo=echo
     )
-    return Study(store, resolve_storage(storage), config.name)
+    return Study(store, resolve_storage(options.storage), config.name, created=created)
 
 
 def load_study(name: str, storage: str | None = None) -> Study:
@@ -337,4 +349,34 @@ def load_study(name: str, storage: str | None = None) -> Study:
     return Study(store, url, name)
 
 
-__all__ = ["HpoError", "Study", "Trial", "create_study", "load_study"]
+def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
+    """Every study in the store with its progress (:meth:`Study.status` as a dict); a study
+    that hpo did not create is ``{"name": ..., "foreign": True}``. No store yet: no studies
+    (and none is created)."""
+    import optuna
+
+    from hpo.storage import open_storage, resolve_storage, store_exists
+    from hpo.studies import StudyError, study_status
+
+    url = resolve_storage(storage)
+    if not store_exists(url):
+        return []
+    store = open_storage(url)
+    rows: list[dict[str, Any]] = []
+    for summary in optuna.get_all_study_summaries(store):
+        try:
+            rows.append(study_status(store, summary.study_name).to_dict())
+        except StudyError:
+            rows.append({"name": summary.study_name, "foreign": True})
+    return rows
+
+
+__all__ = [
+    "HpoError",
+    "Study",
+    "StudyOptions",
+    "Trial",
+    "create_study",
+    "list_studies",
+    "load_study",
+]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -17,6 +18,8 @@ from hpo.storage import mask_url
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
+
+    from hpo.api import Study, StudyOptions
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -115,15 +118,25 @@ def open_store(
         fail(str(exc), exc.exit_code)
 
 
-def prepare_study(space: Path, **options: Any) -> tuple[Any, Any, bool]:
-    """:func:`hpo.api._setup.prepare_study`, its notes (the data check) printed on stderr.
+def study_options(params: Mapping[str, Any], **given: Any) -> StudyOptions:
+    """The :class:`hpo.StudyOptions` of a command's parameters (``ctx.params``): those named as
+    its fields, ``--skip-data-check`` as ``check_data``, then ``given``."""
+    from hpo.api import StudyOptions
+
+    names = {f.name for f in dataclasses.fields(StudyOptions)}
+    values = {k: v for k, v in params.items() if k in names}
+    values["check_data"] = not params.get("skip_data_check", False)
+    return StudyOptions(**(values | given))
+
+
+def create_study(space: Path, options: StudyOptions, **hooks: Any) -> Study:
+    """:func:`hpo.create_study`, its notes (the data check) printed on stderr.
 
     Errors are raised (:class:`hpo.errors.HpoError`): call it inside :func:`handled_errors`.
     """
-    from hpo.api._setup import prepare_study as prepare
+    import hpo
 
-    options.setdefault("echo", _note)
-    return prepare(space, **options)
+    return hpo.create_study(space, options, echo=_note, **hooks)
 
 
 def _note(text: str) -> None:

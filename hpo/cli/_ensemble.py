@@ -110,9 +110,8 @@ def build(
     models of the members and baselines, so this machine needs the studies' data
     (as a worker does), and are kept in their runs for later builds.
     """
-    from hpo.ensemble import build_ensemble
+    from hpo.api import build_ensemble
 
-    name = name or f"{'-'.join(studies)}-ensemble"
     with _handled(), _printed_warnings():
         result = build_ensemble(
             studies,
@@ -161,14 +160,10 @@ def _metrics_table(metrics: dict[str, Any]) -> Any:
 @app.command("list")
 def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False) -> None:
     """The registered ensembles, with their latest version."""
-    from hpo.ensemble import list_ensembles
-    from hpo.storage import store_exists
-    from hpo.tracking import resolve_tracking_uri
+    from hpo.api import list_ensembles
 
     with _handled():
-        # No local tracking store yet: no ensembles (and no empty mlflow.db left behind).
-        exists = store_exists(resolve_tracking_uri(tracking_uri))
-        rows = list_ensembles(tracking_uri) if exists else []
+        rows = list_ensembles(tracking_uri)
     if json_out:
         print_json(rows)
         return
@@ -196,13 +191,8 @@ def show(
     json_out: JsonOption = False,
 ) -> None:
     """A registered ensemble's versions: method, members, weights and metrics."""
-    from hpo.ensemble import show_ensemble
-    from hpo.storage import store_exists
-    from hpo.tracking import resolve_tracking_uri
+    from hpo.api import show_ensemble
 
-    uri = resolve_tracking_uri(tracking_uri)
-    if not store_exists(uri):
-        fail(f"no ensemble named {name!r}: the tracking store {uri} does not exist")
     with _handled():
         info = show_ensemble(name, version, tracking_uri)
     if json_out:
@@ -235,7 +225,7 @@ def export(
 ) -> None:
     """Export a registered ensemble: one .keras file (loads without hpo, in safe mode), a
     TensorFlow SavedModel, or an MLflow model folder."""
-    from hpo.ensemble import export_ensemble
+    from hpo.api import export_ensemble
 
     with _handled():
         path = export_ensemble(name, output, fmt, version, tracking_uri, overwrite)
@@ -277,19 +267,22 @@ def predict(
     is inside the model. Model files are loaded in safe mode: legacy .h5 files
     and files with a Lambda layer or other arbitrary code are refused.
     """
+    from hpo.api import load_ensemble
     from hpo.ensemble import write_predictions
-    from hpo.ensemble._export import predicted_classes
-    from hpo.ensemble._members import open_predictor
 
     if output is not None:
         _check_output(output, overwrite)
     with _handled():
         from hpo.ensemble._members import is_text_input
 
-        predictor = open_predictor(
-            model, tracking_uri, vocabulary, want_text=is_text_input(input_file)
+        ensemble = load_ensemble(
+            model,
+            tracking_uri=tracking_uri,
+            vocabulary=vocabulary,
+            want_text=is_text_input(input_file),
         )
-        probs, names = predictor.predict_path(input_file, text_column)
+        prediction = ensemble.predict(input_file, text_column=text_column)
+        probs, names = prediction.probabilities, prediction.names
         if len(probs) == 0:
             fail(f"{input_file}: no examples to predict", EXIT_USAGE)
         if not np.all(np.isfinite(probs)):
@@ -298,9 +291,7 @@ def predict(
                 "the range the model was trained on?)",
                 EXIT_RUNTIME,
             )
-        predicted = predicted_classes(probs)
-        classes = predictor.class_names
-        labels = _class_labels(predicted, classes)
+        predicted, classes, labels = prediction.predicted, prediction.class_names, prediction.labels
         if output is not None:
             try:
                 write_predictions(output, probs, predicted, labels)
@@ -342,10 +333,3 @@ def _check_output(output: Path, overwrite: bool) -> None:
         fail(f"{output}: the folder {parent} does not exist", EXIT_USAGE)
     if not os.access(parent, os.W_OK):
         fail(f"{output}: the folder {parent} is not writable", EXIT_USAGE)
-
-
-def _class_labels(predicted: Any, classes: list[str] | None) -> list[str] | None:
-    """The name of each predicted class, when the names are known and fit."""
-    if not classes or predicted.ndim != 1 or int(predicted.max(initial=0)) >= len(classes):
-        return None
-    return [classes[int(c)] for c in predicted]

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -23,16 +23,21 @@ from hpo.cli._common import (
     SubsetOption,
     TrialsOption,
     console,
+    create_study,
     fail,
     handled_errors,
-    prepare_study,
+    study_options,
     tracking_uri_option,
 )
+
+if TYPE_CHECKING:
+    from hpo.api import Study
 
 DEFAULT_SPACE = Path("search_spaces/image_cnn.yaml")
 
 
 def run(
+    ctx: typer.Context,
     space: Path = typer.Argument(DEFAULT_SPACE, help="Search-space file."),
     trials: TrialsOption = None,
     workers: int | None = typer.Option(None, "--workers", min=1, help="Local worker processes."),
@@ -42,7 +47,7 @@ def run(
     tracking_uri: Annotated[
         str | None, tracking_uri_option("MLflow tracking URI (default: mlflow.db here).")
     ] = None,
-    study: str | None = typer.Option(None, "--study", help="Study name (default: the space's)."),
+    name: str | None = typer.Option(None, "--study", help="Study name (default: the space's)."),
     dataset: DatasetOption = None,
     epochs: EpochsOption = None,
     subset: SubsetOption = None,
@@ -63,47 +68,36 @@ def run(
     ),
 ) -> None:
     """Create (or resume) a study and run it with local worker processes."""
-    from hpo.api._workers import WorkerLaunch, run_workers
+    from hpo.api import WorkersFailedError
+    from hpo.api._workers import WorkerLaunch
     from hpo.storage import resolve_storage
 
     slot_args, slots = _slot_args(gpus, trials_per_gpu, backend)
-    url = resolve_storage(storage)
-    launch = WorkerLaunch(url, workers, bool(gpus), slot_args, slots)
+    launch = WorkerLaunch(resolve_storage(storage), workers, bool(gpus), slot_args, slots)
     try:
         with handled_errors():
-            store, config, created = prepare_study(
-                space,
-                name=study,
-                trials=trials,
-                algorithm=algorithm,
-                pruner=pruner,
-                seed=seed,
-                storage=storage,
-                tracking_uri=tracking_uri,
-                dataset=dataset,
-                epochs=epochs,
-                subset=subset,
-                resume=resume,
-                check_data=not skip_data_check,
-                on_valid=launch.start,
+            study = create_study(
+                space, study_options(ctx.params), on_valid=launch.start, name_option="--study"
             )
     except BaseException:
         launch.cancel()
         raise
     if not json_out:
-        verb = "created" if created else "resuming"
+        config = study.config
+        verb = "created" if study.created else "resuming"
         console.print(
             f"{verb} study [bold]{escape(config.name)}[/]: {config.n_trials} trials, "
             f"{escape(config.algorithm)}, pruner {escape(config.pruner)}, "
             f"{len(launch.procs)} worker(s)"
         )
     try:
-        ok, config, st = run_workers(
-            store, launch, config.name, progress=not json_out, console=console
-        )
+        st = study.run(launch=launch, progress=not json_out, console=console)
+        ok = True
+    except WorkersFailedError:
+        ok, st = False, study.status()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    _summary(store, config, st, launch.logs, json_out)
+    _summary(study, st, launch.logs, json_out)
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
 
 
@@ -118,16 +112,14 @@ def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tu
         fail(str(exc), exc.exit_code)
 
 
-def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool) -> None:
-    import optuna
+def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
     from rich.table import Table
 
     from hpo.cli._common import print_json
     from hpo.storage import mask_url
-    from hpo.studies import counted_trials
 
-    study = optuna.load_study(study_name=config.name, storage=store)
-    trials = counted_trials(study.get_trials(deepcopy=False))
+    config = study.config
+    trials = study.trials
     if json_out:
         print_json(
             st.to_dict()
@@ -154,7 +146,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
         values = [f"{v:.4f}" for v in t.values] if t.values else ["-"] * len(st.directions)
         table.add_row(
             str(t.number),
-            t.state.name,
+            t.state,
             *values,
             str(t.user_attrs.get("epochs", "")),
             str(t.user_attrs.get("params_count", "")),

@@ -19,10 +19,10 @@ from hpo.cli._common import (
     TrackingUriOption,
     TrialsOption,
     console,
+    create_study,
     handled_errors,
-    open_store,
-    prepare_study,
     print_json,
+    study_options,
 )
 
 app = typer.Typer(help="Create and inspect studies.", no_args_is_help=True)
@@ -30,6 +30,7 @@ app = typer.Typer(help="Create and inspect studies.", no_args_is_help=True)
 
 @app.command("create")
 def create(
+    ctx: typer.Context,
     space: Path = typer.Argument(..., help="Search-space file."),
     name: str | None = typer.Option(None, "--name", help="Study name (default: the space's)."),
     trials: TrialsOption = None,
@@ -54,24 +55,7 @@ def create(
 ) -> None:
     """Create a study that workers (`hpo worker --study NAME`) can join from any machine."""
     with handled_errors():
-        _, config, _ = prepare_study(
-            space,
-            name=name,
-            trials=trials,
-            algorithm=algorithm,
-            pruner=pruner,
-            seed=seed,
-            storage=storage,
-            tracking_uri=tracking_uri,
-            dataset=dataset,
-            epochs=epochs,
-            subset=subset,
-            resume=False,
-            priority=priority,
-            max_retries=max_retries,
-            check_data=not skip_data_check,
-            name_option="--name",
-        )
+        config = create_study(space, study_options(ctx.params), name_option="--name").config
     if json_out:
         print_json(
             {
@@ -94,22 +78,12 @@ def list_studies(
     json_out: JsonOption = False,
 ) -> None:
     """List the studies in the store with their progress."""
-    import optuna
     from rich.table import Table
 
-    from hpo.storage import resolve_storage, store_exists
-    from hpo.studies import StudyError, study_status
+    from hpo.api import list_studies
 
-    rows: list[dict[str, Any]] = []
-    # No store yet: no studies (and no empty hpo.db left behind).
-    store = open_store(storage) if store_exists(resolve_storage(storage)) else None
-    summaries = optuna.get_all_study_summaries(store) if store is not None else []
-    for summary in summaries:
-        assert store is not None
-        try:
-            rows.append(study_status(store, summary.study_name).to_dict())
-        except StudyError:
-            rows.append({"name": summary.study_name, "foreign": True})
+    with handled_errors():
+        rows = list_studies(storage)
     if json_out:
         print_json(rows)
         return
@@ -158,10 +132,10 @@ def status(
     json_out: JsonOption = False,
 ) -> None:
     """Trials finished, pruned, failed and running, and the best value so far."""
-    from hpo.studies import study_status
+    from hpo.api import load_study
 
     with handled_errors():
-        st = study_status(open_store(storage, study=name), name)
+        st = load_study(name, storage).status()
     if json_out:
         print_json(st.to_dict())
         return
@@ -186,13 +160,11 @@ def best(
     json_out: JsonOption = False,
 ) -> None:
     """The best trial: its values, parameters and MLflow run."""
+    from hpo.api import load_study
     from hpo.cli._common import fail
-    from hpo.studies import load_config
-    from hpo.study_report import best_trial_summary
 
     with handled_errors():
-        store = open_store(storage, study=name)
-        summary = best_trial_summary(store, load_config(store, name))
+        summary = load_study(name, storage).best_summary()
     if summary is None:
         fail(f"study {name!r} has no complete trial yet", 1)
     if json_out:
@@ -264,10 +236,11 @@ def report(
 
 
 def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> None:
-    from hpo.studies import set_study_state
+    from hpo.api import Study, load_study
 
+    change = {"paused": Study.pause, "active": Study.resume, "cancelled": Study.cancel}[state]
     with handled_errors():
-        set_study_state(open_store(storage, study=name), name, state)
+        change(load_study(name, storage))
     if json_out:
         print_json({"study": name, "state": state})
     else:
@@ -314,16 +287,10 @@ def reap(
     json_out: JsonOption = False,
 ) -> None:
     """Fail and requeue trials whose worker died (what every worker's reaper does)."""
-    from hpo.studies import load_config, reap_stale_trials
+    from hpo.api import load_study
 
     with handled_errors():
-        store = open_store(
-            storage,
-            heartbeat_interval=max(1, grace_period // 3),
-            grace_period=grace_period,
-            study=name,
-        )
-        reaped = reap_stale_trials(store, load_config(store, name))
+        reaped = load_study(name, storage).reap(grace_period)
     if json_out:
         print_json({"study": name, "reaped": reaped})
     else:

@@ -16,17 +16,8 @@ Example:
 """
 
 from hpo.artifacts import TEST_PREDICTIONS_FILE
-from hpo.ensemble._build import (
-    Combination,
-    EnsembleResult,
-    Member,
-    build_ensemble,
-    combine,
-    fit_weights,
-    list_ensembles,
-    selection_metric,
-    show_ensemble,
-)
+from hpo.ensemble._build import build_ensemble
+from hpo.ensemble._combine import Combination, combine, fit_weights, selection_metric
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
 from hpo.ensemble._export import (
     FORMATS,
@@ -37,6 +28,7 @@ from hpo.ensemble._export import (
     read_inputs,
     write_predictions,
 )
+from hpo.ensemble._listing import list_ensembles, show_ensemble
 from hpo.ensemble._metrics import (
     accuracy,
     evaluate,
@@ -45,6 +37,7 @@ from hpo.ensemble._metrics import (
     true_class_probs,
 )
 from hpo.ensemble._predictions import PredictionSet
+from hpo.ensemble._result import EnsembleResult, Member
 from hpo.ensemble._test_predictions import DeferredPredictionError, trial_predictions
 from hpo.ensemble._weights import (
     METHODS,
