@@ -68,7 +68,7 @@ def make_study(
         ``(store, config)``: the opened store and the study's ``StudyConfig``.
     """
     from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study, save_config, set_study_state
+    from hpo.storage.studies import StudyConfig, create_study, save_config, set_study_state
 
     store = open_storage(url)
     config = StudyConfig(

@@ -62,8 +62,8 @@ def main() -> None:
 
     from hpo.datasets import load_dataset
     from hpo.families import get_family
-    from hpo.runner import _EpochCallback
     from hpo.spaces import Params, parse_spec
+    from hpo.workers.runner import _EpochCallback
 
     source = SPACE.replace("SUBSET", str(subset)).replace("BATCH", str(args.batch_size))
     spec = parse_spec(source, "epoch_callback.yaml")

@@ -1,7 +1,7 @@
 """Orchestration cost per trial: an objective that does no training, through the real worker loop.
 
 A "trial" here is everything ``hpo worker`` does around training, through the real store and
-the real :class:`hpo.worker.Worker` loop: candidate studies and their state, the sampler's
+the real :class:`hpo.workers.worker.Worker` loop: candidate studies and their state, the sampler's
 proposal (``optuna-random``, so the sampler's own cost does not grow with the study), claiming
 within the budget, ``suggest``, heartbeat and worker attribute, the trial process's store writes
 (one intermediate value, the ``params_count``/``epochs`` user attributes), ``tell`` and the
@@ -59,8 +59,8 @@ class _NoTraining:
         self._storages: dict[str, Any] = {}
 
     def run(self, task: Any, timeout: float | None = None, **_: Any) -> Any:
-        from hpo.runner import TrialResult
         from hpo.storage import open_storage
+        from hpo.workers.runner import TrialResult
 
         storage = self._storages.get(task.storage_url)
         if storage is None:
@@ -85,7 +85,7 @@ class _NoTraining:
 
 def run_worker(url: str, study: str, index: int, out: str) -> None:
     """One worker with the no-training trial process; writes ``[[number, ms], ...]`` to ``out``."""
-    from hpo.worker import Worker, WorkerOptions
+    from hpo.workers.worker import Worker, WorkerOptions
 
     times: list[tuple[int, float]] = []
 

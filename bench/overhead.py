@@ -9,11 +9,12 @@ on a noisy machine:
   validation split, then the clean-up hpo's trial process does (``clear_session``, dropping the
   custom gradients TensorFlow registered for the model's graphs, and one ``gc.collect``, with
   the imports' objects frozen out of the collector's way), nothing else;
-- **hpo**: the real worker path: a :class:`hpo.worker.Worker` claims the (enqueued) trial from a
-  SQLite store, samples it (``suggest``), runs it in its reusable trial process (isolation), which
-  reports every epoch to the store, logs the run to MLflow (file store), saves the ``.keras``
-  model, its validation predictions and the learning-curve plot; then ``tell``. (Trials do not
-  predict the test split: the final stage does, for the models it scores.)
+- **hpo**: the real worker path: a :class:`hpo.workers.worker.Worker` claims the (enqueued) trial
+  from a SQLite store, samples it (``suggest``), runs it in its reusable trial process
+  (isolation), which reports every epoch to the store, logs the run to MLflow (file store),
+  saves the ``.keras`` model, its validation predictions and the learning-curve plot; then
+  ``tell``. (Trials do not predict the test split: the final stage does, for the models it
+  scores.)
 
 Time per trial: bare = build + fit + clean-up; hpo = from the start of the claim to the
 end of the tell. Both paths train one warm-up configuration first (not counted): TensorFlow's
@@ -91,13 +92,13 @@ def _bare_child(conn: Connection, source: str, threads: int) -> None:
 
     from hpo.datasets import load_dataset
     from hpo.families import get_family
-    from hpo.runner import _custom_gradient_names, _forget_custom_gradients
     from hpo.spaces import Params, parse_spec
+    from hpo.workers.runner import _custom_gradient_names, _forget_custom_gradients
 
     spec = parse_spec(source, "overhead.yaml")
     data = load_dataset(spec.dataset)
     family = get_family(spec.family)
-    gc.collect()  # as hpo.runner.warm_up: the imports' objects are not scanned again
+    gc.collect()  # as hpo.workers.runner.warm_up: the imports' objects are not scanned again
     gc.freeze()
     conn.send("ready")
     while True:
@@ -157,8 +158,8 @@ def main() -> None:
     order = [0] + [1 + i for _ in range(rounds) for i in range(k)]  # 0: warm-up
     params = _sampled_params(source, [CONFIGS[i] for i in order])
 
-    from hpo.studies import load_study
-    from hpo.worker import Worker, WorkerOptions
+    from hpo.storage.studies import load_study
+    from hpo.workers.worker import Worker, WorkerOptions
 
     bare: dict[int, list[float]] = {}
     bare_fit: list[float] = []  # the bare loop's fit alone, counted trials

@@ -48,8 +48,8 @@ CONFIGS = [
 
 
 def run(n_workers: int, per_worker: int, epochs: int, cores: int, tmp: Path) -> dict[str, float]:
-    from hpo.studies import load_study
-    from hpo.worker import WORKER_ATTR
+    from hpo.storage.studies import load_study
+    from hpo.workers.worker import WORKER_ATTR
 
     name = f"scale{n_workers}"
     url = f"sqlite:///{tmp / f'{name}.db'}"

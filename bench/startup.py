@@ -42,7 +42,7 @@ from pathlib import Path
 from _hpo_bench import machine
 
 REPO = Path(__file__).resolve().parents[1]
-IMPORTS = "import keras, mlflow, optuna, hpo.runner"
+IMPORTS = "import keras, mlflow, optuna, hpo.workers.runner"
 SPACE = """
 family: dense_bn
 dataset: {name: digits, subset: 200}

@@ -101,7 +101,7 @@ def run_kt(args: argparse.Namespace) -> None:
     from hpo.datasets import load_dataset
     from hpo.families import get_family
     from hpo.spaces import load_spec
-    from hpo.studies import apply_overrides
+    from hpo.storage.studies import apply_overrides
 
     spec = apply_overrides(load_spec(args.space), {"subset": args.subset, "epochs": args.epochs})
     data = load_dataset(spec.dataset)

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 from _hpo_bench import make_study
 
-from hpo.worker import TrialProcess, Worker, WorkerOptions
+from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
 SPACE = """
 family: image_cnn

@@ -7,7 +7,8 @@ failed. The CLI turns them into one error line and that status in one place
 (``hpo.cli._common.handled_errors``); from Python, catch :class:`HpoError`.
 
 The classes keep the modules and names they always had (``hpo.spaces.SpaceError``,
-``hpo.studies.StudyError``...) and their built-in bases (``ValueError``, ``RuntimeError``...),
+``hpo.storage.studies.StudyError``...) and their built-in bases (``ValueError``,
+``RuntimeError``...),
 so code that caught those still does.
 
 Example:

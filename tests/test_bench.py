@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hpo.storage import open_storage
-from hpo.studies import StudyConfig, create_study, is_done, load_study, study_status
+from hpo.storage.studies import StudyConfig, create_study, is_done, load_study, study_status
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SPACE = """
@@ -58,7 +58,7 @@ def test_orchestration_smoke() -> None:
 def test_is_done_agrees_with_study_status(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from hpo.studies import requeue
+    from hpo.storage.studies import requeue
 
     store = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     config = StudyConfig("s", SPACE, "s.yaml", "optuna-random", "none", n_trials=2)

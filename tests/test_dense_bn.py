@@ -205,7 +205,7 @@ def test_shipped_spaces_build(path: str, shape: tuple[int, ...] | None, digits: 
 
 def test_saved_model_loads_in_safe_mode(digits: Dataset, tmp_path: Path) -> None:
     """The stored model.keras holds no code: hpo's safe loader reads it back, same outputs."""
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     model = DenseBN().build(Params({**BASE, "batchnorm": "before"}), digits)
     model.save(tmp_path / "model.keras")

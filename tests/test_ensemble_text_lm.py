@@ -131,7 +131,7 @@ def members_average(root: Path, members: list[Any], texts: list[str]) -> tuple[n
     """The weighted average of the members' trained models (inside the stored raw-text
     models) on their own encodings of ``texts``."""
     from hpo.inputs import core_model
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     total = np.zeros(())
     doc: Any = None
@@ -284,7 +284,7 @@ def test_members_with_different_windows_each_read_their_own() -> None:
     """Two real (untrained) models of windows 3 and 5 over one vocabulary, mixed 1:3."""
     import keras
 
-    from hpo.generation import average_predictors, model_predictor, window_predictor
+    from hpo.families.generation import average_predictors, model_predictor, window_predictor
 
     def lm(maxlen: int, seed: int) -> Any:
         keras.utils.set_random_seed(seed)
@@ -307,7 +307,7 @@ def test_members_with_different_windows_each_read_their_own() -> None:
 
 
 def test_language_models_store_a_bounded_seeded_set_of_windows() -> None:
-    from hpo.runner import LM_MIN_WINDOWS, LM_STORED_FLOATS, stored_rows
+    from hpo.workers.runner import LM_MIN_WINDOWS, LM_STORED_FLOATS, stored_rows
 
     assert stored_rows(600, 60, "language_model") is None  # small splits: every window
     rows = stored_rows(50_000, 10_000, "language_model")

@@ -47,10 +47,10 @@ def test_the_classes_keep_their_names_bases_and_exit_codes() -> None:
     from hpo.datasets import DataError
     from hpo.ensemble import EnsembleError, RegistryUnavailableError
     from hpo.families import FamilyNotAllowedError
-    from hpo.models import ModelError
     from hpo.spaces import SpaceError
     from hpo.storage import StorageError
-    from hpo.studies import SamplerError, StudyError
+    from hpo.storage.studies import SamplerError, StudyError
+    from hpo.tracking.models import ModelError
 
     for cls in (SpaceError, DataError, EnsembleError, ModelError):
         assert issubclass(cls, UsageError) and issubclass(cls, ValueError)

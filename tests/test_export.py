@@ -56,7 +56,7 @@ def members_average(built: dict[str, Any]) -> np.ndarray:
     """The weighted average of the members' own predictions: their trained models (inside the
     stored raw-input models) on the arrays the trials read."""
     from hpo.inputs import core_model
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     total = None
     for m in built["result"].members:

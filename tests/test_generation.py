@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from hpo.cli._generate import generate, parse_temperatures
-from hpo.generation import (
+from hpo.families.generation import (
     VOCABULARY_FILE,
     Vocabulary,
     average_predictors,

@@ -102,7 +102,7 @@ def test_a_300_character_parameter_name_is_refused_with_its_path() -> None:
 
 def test_create_study_refuses_a_bad_name(tmp_path: Path) -> None:
     from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, StudyError, create_study
+    from hpo.storage.studies import StudyConfig, StudyError, create_study
 
     store = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     for bad in ("..", "x\n", "x[/]y"):
@@ -194,7 +194,7 @@ def odd_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     import optuna
 
     from hpo.storage import open_storage
-    from hpo.studies import STATE_ATTR, StudyConfig, save_config
+    from hpo.storage.studies import STATE_ATTR, StudyConfig, save_config
 
     root = tmp_path_factory.mktemp("odd")
     url = f"sqlite:///{root / 'hpo.db'}"
@@ -411,7 +411,7 @@ def test_seed_out_of_range_is_refused(tmp_path: Path) -> None:
 def test_resume_refuses_other_settings_and_cancelled_studies(workdir: Path) -> None:
     import hpo
     from hpo.errors import UsageError
-    from hpo.studies import StudyError, set_study_state
+    from hpo.storage.studies import StudyError, set_study_state
 
     space = workdir / "base.yaml"
     space.write_text(BASE)
@@ -440,7 +440,7 @@ def test_resume_refuses_other_settings_and_cancelled_studies(workdir: Path) -> N
 
 
 def test_model_temp_folders_are_removed(tmp_path: Path) -> None:
-    from hpo import models
+    from hpo.tracking import models
 
     lone = tmp_path / "m.keras"
     lone.write_bytes(b"")

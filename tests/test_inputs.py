@@ -124,7 +124,7 @@ def test_language_model_windows_through_string_lookup() -> None:
 def test_core_model_and_json_round_trip(tmp_path: Path) -> None:
     import keras
 
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     inner = keras.Sequential(
         [keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(3)]

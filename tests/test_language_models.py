@@ -13,8 +13,8 @@ import pytest
 from hpo.datasets import DATASETS, DataError, Dataset, Split, load_dataset
 from hpo.datasets import text_corpus as tc
 from hpo.families import get_family
+from hpo.families.generation import VOCABULARY_FILE, Vocabulary
 from hpo.families.language_models import CharLSTM, WordLSTM, bits_per_token
-from hpo.generation import VOCABULARY_FILE, Vocabulary
 from hpo.spaces import DatasetSpec, Params, load_spec, suggest
 
 from conftest import REPO, small_text_studies
@@ -317,7 +317,7 @@ def test_one_epoch_trains_and_logs_bits(
     assert stored.maxlen == data.input_shape[0] and stored.dataset == "shakespeare"
     assert len(stored.context) == stored.maxlen
 
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     model.save(tmp_path / "model.keras")
     again = load_keras_model(tmp_path / "model.keras")  # safe mode: built-in layers only

@@ -85,10 +85,10 @@ def _space(family: str, dataset: str, modes: list[str]) -> str:
 def _run_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset: str, modes: list[str]
 ) -> dict[str, Any]:
-    """Run one trial per mode through :class:`hpo.runner.TrialRunner`, in this process."""
-    from hpo.runner import TrialRunner, TrialTask
+    """Run one trial per mode through :class:`hpo.workers.runner.TrialRunner`, in this process."""
     from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study
+    from hpo.storage.studies import StudyConfig, create_study
+    from hpo.workers.runner import TrialRunner, TrialTask
 
     monkeypatch.syspath_prepend(str(tmp_path))
     family = _user_family(tmp_path)

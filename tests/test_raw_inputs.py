@@ -103,7 +103,7 @@ def study_path(root: Path, built: dict[str, Any], arrays: dict[str, np.ndarray])
     """The members' trained models (inside the raw models they saved) on the dataset's own
     transformed arrays, weighted: what the build scored. ``arrays``: study -> inputs."""
     from hpo.inputs import core_model
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     total = None
     for m in built["members"]:
@@ -749,8 +749,8 @@ def test_char_language_model_takes_token_windows(sequences: dict[str, Any], tmp_
 
     from hpo.datasets import load_dataset
     from hpo.inputs import core_model
-    from hpo.models import load_keras_model
     from hpo.spaces import load_spec
+    from hpo.tracking.models import load_keras_model
 
     root = sequences["root"]
     data = load_dataset(load_spec(root / "char.yaml").dataset)

@@ -20,9 +20,9 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo._outbox import Outbox, is_placeholder
 from hpo.storage import open_storage
-from hpo.studies import counted_trials
+from hpo.storage.studies import counted_trials
+from hpo.tracking._outbox import Outbox, is_placeholder
 
 from conftest import FAULT_FAMILY_ENV, SLOW_SPACE, hpo
 from services import (

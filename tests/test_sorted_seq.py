@@ -385,7 +385,7 @@ def test_hpo_run_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.parametrize("hp", [{"bidirectional": True}, {"input": "scalar", "cell": "GRU"}])
 def test_saved_model_loads_in_safe_mode(small: Dataset, tmp_path: Path, hp: dict[str, Any]) -> None:
     """The stored model.keras holds no code: hpo's safe loader reads it back, same outputs."""
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     model = SortedSeq().build(Params({**BASE, **hp}), small)
     model.save(tmp_path / "model.keras")

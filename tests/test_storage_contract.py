@@ -10,9 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import studies
-from hpo.storage import count_trials, mask_url, open_storage
-from hpo.studies import (
+from hpo.storage import count_trials, mask_url, open_storage, studies
+from hpo.storage.studies import (
     SURPLUS_ATTR,
     StudyConfig,
     StudyError,

@@ -1,4 +1,4 @@
-"""The plots a finished study attaches to its MLflow run (hpo.study_report.study_plots)."""
+"""The plots a finished study attaches to its MLflow run (hpo.tracking.study_report.study_plots)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def test_param_importances_only_from_enough_complete_trials(
     import optuna
     from optuna.distributions import FloatDistribution, IntDistribution
 
-    from hpo.studies import StudyConfig, create_study
-    from hpo.study_report import IMPORTANCE_MIN_TRIALS, study_plots
+    from hpo.storage.studies import StudyConfig, create_study
+    from hpo.tracking.study_report import IMPORTANCE_MIN_TRIALS, study_plots
 
     storage = optuna.storages.InMemoryStorage()
     config = StudyConfig(

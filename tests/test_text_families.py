@@ -147,7 +147,7 @@ def test_dense_layers(bags: Dataset) -> None:
 def test_one_epoch_trains_predicts_and_reloads(
     family: str, sequences: Dataset, bags: Dataset, tmp_path: Path
 ) -> None:
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     keras.utils.set_random_seed(0)
     fam = get_family(family)

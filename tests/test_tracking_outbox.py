@@ -24,10 +24,10 @@ import typer
 from mlflow import MlflowClient
 
 from hpo import tracking
-from hpo._outbox import Outbox, is_placeholder
 from hpo.cli._sync import sync as sync_command
 from hpo.storage import open_storage
-from hpo.studies import RUN_ID_ATTR
+from hpo.storage.studies import RUN_ID_ATTR
+from hpo.tracking._outbox import Outbox, is_placeholder
 
 from conftest import hpo
 from services import DIGITS_SPACE, MlflowServer, started
@@ -72,7 +72,7 @@ def test_the_journal_survives_torn_lines_and_concurrent_writers(tmp_path: Path) 
     reader.refresh()
     assert [op.id for op in reader.pending()] == [first.id, second.id]
 
-    ctx = mp.get_context("fork")  # the children need nothing but hpo._outbox
+    ctx = mp.get_context("fork")  # the children need nothing but hpo.tracking._outbox
     procs = [ctx.Process(target=_append_many, args=(str(tmp_path), t, 100)) for t in "ab"]
     for p in procs:
         p.start()
@@ -114,8 +114,8 @@ def test_writes_made_while_the_server_is_down_arrive_exactly_once(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Short windows between tries, so that the next ordinary call notices the server is back.
-    monkeypatch.setattr("hpo._tracking_replay.RETRY_MIN_S", 0.2)  # where the client reads it
-    monkeypatch.setattr("hpo._tracking_replay.RETRY_MAX_S", 0.5)
+    monkeypatch.setattr("hpo.tracking._replay.RETRY_MIN_S", 0.2)  # where the client reads it
+    monkeypatch.setattr("hpo.tracking._replay.RETRY_MAX_S", 0.5)
     started(server)
     uri = server.url
     experiment_id, parent = tracking.start_study_run(uri, "outage", {"hpo.family": "f"}, {"s": 1})

@@ -11,7 +11,7 @@ import weakref
 
 import pytest
 
-from hpo.runner import _custom_gradient_names, _forget_custom_gradients, _gradient_registry
+from hpo.workers.runner import _custom_gradient_names, _forget_custom_gradients, _gradient_registry
 
 tf = pytest.importorskip("tensorflow")
 

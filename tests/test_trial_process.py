@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from hpo.runner import FinalizeTask
+from hpo.workers.runner import FinalizeTask
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, hpo
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_process_started_ahead_and_never_used_is_killed_and_finalizes_nothing() -> None:
-    from hpo.worker import TrialProcess
+    from hpo.workers.worker import TrialProcess
 
     process = TrialProcess(threads=1)
     process.start()
@@ -74,7 +74,7 @@ def test_spent_processes_are_replaced_and_the_last_one_ends_the_study(tmp_path: 
     assert all(b["frozen"] > 0 for b in builds)
     assert [b["earlier_models_alive"] for b in builds] == [0, 0, 0]
     # Nor does TensorFlow keep the first trial's traced train, test and predict steps (its
-    # gradient registry held every train step: hpo.runner drops what a trial registered).
+    # gradient registry held every train step: hpo.workers.runner drops what a trial registered).
     assert builds[1]["graphs_alive"] == builds[0]["graphs_alive"], builds
     status, files = _study_run(tmp_path, "replaced")
     assert status == "FINISHED"

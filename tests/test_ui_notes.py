@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from hpo import tracking
-from hpo.notes import run_link, study_note, trial_note
-from hpo.studies import StudyConfig
+from hpo.storage.studies import StudyConfig
+from hpo.tracking.notes import run_link, study_note, trial_note
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, hpo
 

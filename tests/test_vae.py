@@ -1,4 +1,5 @@
-"""The vae family, the sampling functions of hpo.vae_sampling and the `hpo sample` command."""
+"""The vae family, the sampling functions of hpo.families.vae_sampling and the `hpo sample`
+command."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from conftest import REPO, hpo
 
 keras = pytest.importorskip("keras")
 
-from hpo import vae_sampling as vs  # noqa: E402
 from hpo.families import get_family  # noqa: E402
+from hpo.families import vae_sampling as vs  # noqa: E402
 from hpo.families.vae import VAE, BetaKLLoss, KLDivergence  # noqa: E402
 
 SMALL_SPACE = REPO / "search_spaces" / "vae_small.yaml"
@@ -148,7 +149,7 @@ def test_beta_scales_the_kl_gradient_but_not_the_reported_kl(beta: float) -> Non
 def test_save_and_safe_mode_load_give_identical_decoder_outputs(
     digits: Dataset, tmp_path: Path
 ) -> None:
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     keras.utils.set_random_seed(1)
     family = VAE()

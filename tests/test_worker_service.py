@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpo.storage import open_storage
-from hpo.studies import counted_trials
+from hpo.storage.studies import counted_trials
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, SLOW_SPACE, hpo
 from services import fresh_database
@@ -355,7 +355,7 @@ def _nested_space(depth: int) -> str:
 
 def _store_space(storage: str, name: str, space: str) -> None:
     """Replace the space text stored with study ``name`` (what its workers parse)."""
-    from hpo.studies import CONFIG_ATTR
+    from hpo.storage.studies import CONFIG_ATTR
 
     store = open_storage(storage)
     study_id = store.get_study_id_from_name(name)

@@ -19,8 +19,8 @@ import pytest
 from optuna.trial import TrialState
 from test_worker_service import FAST_SPACE, SLOW_SPACE, Workers, _create, _trials, _wait_for
 
-from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
-from hpo.studies import counted_trials
+from hpo.storage.studies import counted_trials
+from hpo.workers.slots import SlotError, parse_gpus, plan_slots, resolve_backend
 
 from conftest import REPO, hpo
 
@@ -89,7 +89,7 @@ def test_backend_defaults_to_keras_backend_and_is_checked(
 def test_the_worker_imports_no_backend() -> None:
     """CUDA_VISIBLE_DEVICES only works when set before the trial process imports a backend."""
     code = (
-        "import sys, hpo.worker, hpo.runner, hpo.cli._run;"
+        "import sys, hpo.workers.worker, hpo.workers.runner, hpo.cli._run;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'keras', 'tensorflow', 'jax', 'torch'}))"
     )
@@ -166,7 +166,7 @@ def test_run_rejects_bad_gpus_before_creating_a_study(
 
 def _fake_study(tmp_path: Path, n_trials: int, algorithm: str = "optuna-random") -> str:
     from hpo.storage import open_storage
-    from hpo.studies import StudyConfig, create_study, set_study_state
+    from hpo.storage.studies import StudyConfig, create_study, set_study_state
 
     url = f"sqlite:///{tmp_path / 'fake.db'}"
     space = FAST_SPACE.replace("fault_family:build", "image_cnn")
@@ -187,8 +187,8 @@ def test_the_worker_sizes_tpe_random_start_to_the_study_budget(
     # search throughout; the worker's sampler starts its model after 3.
     import functools
 
-    from hpo.studies import load_config
-    from hpo.worker import Worker, WorkerOptions
+    from hpo.storage.studies import load_config
+    from hpo.workers.worker import Worker, WorkerOptions
 
     url = _fake_study(tmp_path, n_trials=12, algorithm=algorithm)
     worker = Worker(WorkerOptions(url, "fake"))
@@ -217,8 +217,8 @@ class _FakeRuns:
         return lambda process, *args, **kwargs: self._run(process, *args, **kwargs)
 
     def _run(self, process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
-        from hpo.runner import TrialResult
-        from hpo.worker import STOPPED_REASON
+        from hpo.workers.runner import TrialResult
+        from hpo.workers.worker import STOPPED_REASON
 
         with self._lock:
             self.running += 1
@@ -239,7 +239,7 @@ class _FakeRuns:
 def test_three_slots_keep_max_trials_and_the_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hpo.worker import TrialProcess, Worker, WorkerOptions
+    from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
     url = _fake_study(tmp_path, n_trials=10)
     fake = _FakeRuns(seconds=0.5)
@@ -269,7 +269,7 @@ def test_a_stop_requeues_the_trials_of_every_slot(
 ) -> None:
     import threading
 
-    from hpo.worker import TrialProcess, Worker, WorkerOptions
+    from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
     url = _fake_study(tmp_path, n_trials=6)
     fake = _FakeRuns(seconds=60)
@@ -301,18 +301,18 @@ def test_a_stop_requeues_the_trials_of_every_slot(
 def test_a_named_study_starts_every_trial_process_before_the_first_claim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpo.worker
-    from hpo.worker import TrialProcess, Worker, WorkerOptions
+    import hpo.workers.worker
+    from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
     url = _fake_study(tmp_path, n_trials=2)
     events: list[str] = []
-    claim = hpo.worker.claim_trial
+    claim = hpo.workers.worker.claim_trial
 
     def counted_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
         events.append("claim")
         return claim(*args, **kwargs)
 
-    monkeypatch.setattr(hpo.worker, "claim_trial", counted_claim)
+    monkeypatch.setattr(hpo.workers.worker, "claim_trial", counted_claim)
     monkeypatch.setattr(TrialProcess, "start", lambda process: events.append("start"))
     monkeypatch.setattr(TrialProcess, "run", _FakeRuns(seconds=0.1).run)
     assert Worker(WorkerOptions(url, "fake", gpus=["0"], trials_per_gpu=2)).run() == 2
@@ -329,7 +329,7 @@ def test_a_closed_start_gate_stops_the_trial_processes_and_writes_nothing(
 ) -> None:
     # hpo run starts its workers before the data check and the MLflow set-up; when those fail
     # the gate says no, and the worker must leave no store behind.
-    from hpo.worker import TrialProcess, Worker, WorkerOptions
+    from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
     events: list[str] = []
     monkeypatch.setattr(TrialProcess, "start", lambda process: events.append("start"))
@@ -349,7 +349,7 @@ def test_a_closed_start_gate_stops_the_trial_processes_and_writes_nothing(
 
 
 def test_an_open_start_gate_runs_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpo.worker import TrialProcess, Worker, WorkerOptions
+    from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
     url = _fake_study(tmp_path, n_trials=2)
     monkeypatch.setattr(TrialProcess, "start", lambda process: None)
@@ -365,7 +365,7 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
     # the study's end must not wait for a full poll interval after the last trial.
     import threading
 
-    from hpo.worker import TrialProcess, Worker, WorkerOptions
+    from hpo.workers.worker import TrialProcess, Worker, WorkerOptions
 
     url = _fake_study(tmp_path, n_trials=2)
     lengths = iter([0.1, 2.0])
@@ -373,7 +373,7 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
     ended: list[float] = []  # when each trial ended
 
     def run(process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
-        from hpo.runner import TrialResult
+        from hpo.workers.runner import TrialResult
 
         with lock:
             seconds = next(lengths)

@@ -108,7 +108,7 @@ def load_ensemble(
 
     Raises:
         hpo.ensemble.EnsembleError: no such ensemble or version.
-        hpo.models.ModelError: the model file is missing or refused.
+        hpo.tracking.models.ModelError: the model file is missing or refused.
     """
     from hpo.ensemble._members import open_predictor
 

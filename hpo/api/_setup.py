@@ -16,7 +16,7 @@ from hpo.names import InvalidNameError, name_problem
 
 if TYPE_CHECKING:
     from hpo.spaces import StudySpec
-    from hpo.studies import StudyConfig
+    from hpo.storage.studies import StudyConfig
 
 #: A search space: a file's path, the text of a space file, or its YAML as a dict.
 SpaceSource: TypeAlias = "str | os.PathLike[str] | Mapping[str, Any]"
@@ -95,7 +95,8 @@ def prepare_study(
     """Validate the space, options and data, then create the study (or load it with ``resume``).
 
     With ``options.check_data`` the dataset is loaded once and checked against the family (see
-    :mod:`hpo.preflight`); ``echo`` (if given) receives what the check found and other notes.
+    :mod:`hpo.workers.preflight`); ``echo`` (if given) receives what the check found and other
+    notes.
     ``on_valid(spec, study_name)`` is called once the space and the options are valid, before
     the data check and before anything is written (``hpo run`` starts its workers there).
     ``name_option`` is how messages name the option that gave the name.
@@ -108,7 +109,13 @@ def prepare_study(
     """
     from hpo.spaces import SpaceError, SpaceIssue, check_run_options
     from hpo.storage import open_storage, resolve_storage
-    from hpo.studies import StudyConfig, StudyError, apply_overrides, create_study, load_config
+    from hpo.storage.studies import (
+        StudyConfig,
+        StudyError,
+        apply_overrides,
+        create_study,
+        load_config,
+    )
     from hpo.tracking import resolve_tracking_uri
 
     name, trials, algorithm, pruner, seed = (
@@ -149,7 +156,7 @@ def prepare_study(
     if on_valid is not None:
         on_valid(spec, study_name)
     if options.check_data:
-        from hpo.preflight import check_study_data, describe
+        from hpo.workers.preflight import check_study_data, describe
 
         description = describe(check_study_data(spec_run))
         if echo is not None:
@@ -170,7 +177,7 @@ def prepare_study(
                 f"or give another name with {name_option}"
             )
         config = load_config(store, study_name)
-        from hpo.studies import get_study_state
+        from hpo.storage.studies import get_study_state
 
         state = get_study_state(store, study_name)
         if state == "cancelled":
@@ -189,7 +196,7 @@ def prepare_study(
             # An earlier creation stopped before its MLflow set-up: finish it now.
             _start_tracking(store, config, spec_run, space_name)
         if trials and trials != config.n_trials:
-            from hpo.studies import save_config
+            from hpo.storage.studies import save_config
 
             config.n_trials = trials
             save_config(store, optuna.load_study(study_name=study_name, storage=store), config)
@@ -272,7 +279,7 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
     import optuna
 
     from hpo import tracking
-    from hpo.studies import save_config, set_study_state
+    from hpo.storage.studies import save_config, set_study_state
 
     config.experiment_id, config.parent_run_id = tracking.start_study_run(
         config.tracking_uri or "",

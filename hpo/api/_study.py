@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from hpo.api._workers import WorkerLaunch
     from hpo.spaces import StudySpec
-    from hpo.studies import StudyConfig, StudyStatus
+    from hpo.storage.studies import StudyConfig, StudyStatus
 
 # A trial's numeric facts that the runner stores beside its values (seconds, sizes).
 _FACTS = ("epochs", "train_seconds", "epoch_seconds_median", "first_epoch_seconds", "params_count")
@@ -76,16 +76,16 @@ class Trial:
         the arrays the trial trained on (see :func:`hpo.inputs.core_model`).
 
         Raises:
-            hpo.models.ModelError: the trial is not complete, or its run holds no model.
+            hpo.tracking.models.ModelError: the trial is not complete, or its run holds no model.
         """
-        from hpo.models import load_keras_model, resolve_trial_model
+        from hpo.tracking.models import load_keras_model, resolve_trial_model
 
         found = resolve_trial_model(f"{self.study}:{self.number}", self.storage, self.tracking_uri)
         return found.load() if core else load_keras_model(found.model_path)
 
     @classmethod
     def _from_frozen(cls, t: Any, config: StudyConfig, storage: str) -> Trial:
-        from hpo.studies import RUN_ID_ATTR
+        from hpo.storage.studies import RUN_ID_ATTR
 
         values = list(t.values) if t.values is not None else None
         metrics: dict[str, float] = {}
@@ -131,7 +131,7 @@ class Study:
     @property
     def config(self) -> StudyConfig:
         """What the study was created with (space, algorithm, budget, MLflow ids)."""
-        from hpo.studies import load_config
+        from hpo.storage.studies import load_config
 
         return load_config(self._store, self.name)
 
@@ -146,7 +146,7 @@ class Study:
 
     def status(self) -> StudyStatus:
         """Trials finished, pruned, failed and running, and the best values so far."""
-        from hpo.studies import study_status
+        from hpo.storage.studies import study_status
 
         return study_status(self._store, self.name)
 
@@ -155,7 +155,7 @@ class Study:
         """Every trial counted against the budget (a retried trial once), by number."""
         import optuna
 
-        from hpo.studies import counted_trials
+        from hpo.storage.studies import counted_trials
 
         config = self.config
         study = optuna.load_study(study_name=self.name, storage=self._store)
@@ -181,7 +181,7 @@ class Study:
         """The best trials (the Pareto front for several objectives) as ``hpo study best
         --json`` prints them: number, values, params, size and MLflow run; None before any
         completes."""
-        from hpo.study_report import best_trial_summary
+        from hpo.tracking.study_report import best_trial_summary
 
         return best_trial_summary(self._store, self.config)
 
@@ -189,7 +189,7 @@ class Study:
         """Fail and requeue the trials without a heartbeat for ``grace_period`` seconds (their
         worker died), as every worker's reaper does; returns their numbers."""
         from hpo.storage import open_storage
-        from hpo.studies import reap_stale_trials
+        from hpo.storage.studies import reap_stale_trials
 
         store = open_storage(self.storage, max(1, grace_period // 3), grace_period)
         return reap_stale_trials(store, self.config)
@@ -205,7 +205,7 @@ class Study:
             hpo.errors.UsageError: ``by`` is not a parameter of the study.
         """
         from hpo.errors import UsageError
-        from hpo.study_report import report_by, report_by_png
+        from hpo.tracking.study_report import report_by, report_by_png
 
         config = self.config
         try:
@@ -251,7 +251,7 @@ class Study:
         import optuna
 
         from hpo.api._workers import WorkerLaunch, WorkersFailedError, run_workers, slot_args
-        from hpo.studies import save_config
+        from hpo.storage.studies import save_config
 
         config = self.config
         if trials and trials != config.n_trials:
@@ -285,7 +285,7 @@ class Study:
         self._set_state("cancelled")
 
     def _set_state(self, state: str) -> None:
-        from hpo.studies import set_study_state
+        from hpo.storage.studies import set_study_state
 
         set_study_state(self._store, self.name, state)
 
@@ -336,10 +336,10 @@ def load_study(name: str, storage: str | None = None) -> Study:
     """The study ``name`` in the store (``storage``, else ``$HPO_STORAGE``, else hpo.db here).
 
     Raises:
-        hpo.studies.StudyError: there is no such study (or it was not created by hpo).
+        hpo.storage.studies.StudyError: there is no such study (or it was not created by hpo).
     """
     from hpo.storage import open_storage, resolve_storage, store_exists
-    from hpo.studies import StudyError, load_config
+    from hpo.storage.studies import StudyError, load_config
 
     url = resolve_storage(storage)
     if not store_exists(url):
@@ -356,7 +356,7 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     import optuna
 
     from hpo.storage import open_storage, resolve_storage, store_exists
-    from hpo.studies import StudyError, study_status
+    from hpo.storage.studies import StudyError, study_status
 
     url = resolve_storage(storage)
     if not store_exists(url):

@@ -15,7 +15,7 @@ from hpo.errors import HpoError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hpo.studies import StudyConfig, StudyStatus
+    from hpo.storage.studies import StudyConfig, StudyStatus
 
 LOG_DIR = Path("hpo-logs")
 
@@ -76,9 +76,9 @@ def slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tup
     """``hpo worker`` options for the slots, and the slots per worker.
 
     Raises:
-        hpo.slots.SlotError: invalid GPUs, trials per GPU or backend.
+        hpo.workers.slots.SlotError: invalid GPUs, trials per GPU or backend.
     """
-    from hpo.slots import parse_gpus, plan_slots, resolve_backend
+    from hpo.workers.slots import parse_gpus, plan_slots, resolve_backend
 
     n_slots = len(plan_slots(parse_gpus(gpus), trials_per_gpu))
     args = ["--trials-per-gpu", str(trials_per_gpu)]
@@ -204,7 +204,7 @@ def _rich_progress(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hpo.studies import study_status
+    from hpo.storage.studies import study_status
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -230,7 +230,7 @@ def _rich_progress(
 def _line_progress(
     store: Any, name: str, procs: list[subprocess.Popen[bytes]], console: Console
 ) -> None:
-    from hpo.studies import study_status
+    from hpo.storage.studies import study_status
 
     shown = -1
     while True:
@@ -247,8 +247,8 @@ def _line_progress(
 def finish(store: Any, name: str) -> tuple[StudyConfig, StudyStatus]:
     """The study's configuration and status once its workers are gone; a study that is done
     is finalized (plots, the MLflow run ended) if the worker with its last trial did not."""
-    from hpo.studies import load_config, study_status
-    from hpo.study_report import finalize_study
+    from hpo.storage.studies import load_config, study_status
+    from hpo.tracking.study_report import finalize_study
 
     config = load_config(store, name)
     st = study_status(store, name)

@@ -77,8 +77,8 @@ def generate(
     import numpy as np
     from rich.markup import escape
 
-    from hpo.generation import generate_texts, join_seed, model_predictor
-    from hpo.models import ModelError
+    from hpo.families.generation import generate_texts, join_seed, model_predictor
+    from hpo.tracking.models import ModelError
 
     ensemble = _ensemble_or_none(model, storage, tracking_uri)
     if ensemble is not None:
@@ -151,7 +151,7 @@ def parse_temperatures(values: list[str] | None) -> list[float]:
         >>> parse_temperatures(["0.2,0.5", "1"])
         [0.2, 0.5, 1.0]
     """
-    from hpo.generation import check_temperature
+    from hpo.families.generation import check_temperature
 
     if not values:
         return list(DEFAULT_TEMPERATURES)
@@ -181,8 +181,8 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
     if Path(ref).exists():
         return None
     if not ref.startswith("models:/"):
-        from hpo.models import ModelError, parse_model_ref
-        from hpo.studies import StudyError, load_config
+        from hpo.storage.studies import StudyError, load_config
+        from hpo.tracking.models import ModelError, parse_model_ref
 
         try:
             load_config(open_store(storage), parse_model_ref(ref)[0])
@@ -221,8 +221,8 @@ def _load_vocabulary(ref: str, storage: str | None, tracking_uri: str | None) ->
     """The trial's model folder and its vocabulary; exit 2 when either is missing."""
     import json
 
-    from hpo.generation import VOCABULARY_FILE, Vocabulary
-    from hpo.models import ModelError, resolve_trial_model
+    from hpo.families.generation import VOCABULARY_FILE, Vocabulary
+    from hpo.tracking.models import ModelError, resolve_trial_model
 
     try:
         trial = resolve_trial_model(ref, storage=storage, tracking_uri=tracking_uri)

@@ -104,7 +104,7 @@ def run(
 def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tuple[list[str], int]:
     """``hpo worker`` options for the slots and the slots per worker; exit 2 on bad input."""
     from hpo.api._workers import slot_args
-    from hpo.slots import SlotError
+    from hpo.workers.slots import SlotError
 
     try:
         return slot_args(gpus, trials_per_gpu, backend)
@@ -244,9 +244,9 @@ def worker(
 ) -> None:
     """Take trials from the store and run them; serves every active study without --study."""
     from hpo.names import name_problem
-    from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
     from hpo.storage import mask_url, resolve_storage
-    from hpo.worker import Worker, WorkerOptions
+    from hpo.workers.slots import SlotError, parse_gpus, plan_slots, resolve_backend
+    from hpo.workers.worker import Worker, WorkerOptions
 
     problem = name_problem(study, "study") if study is not None else None
     if problem:

@@ -80,8 +80,8 @@ def sample(
 
     import numpy as np
 
-    from hpo import vae_sampling as vs
-    from hpo.models import ModelError, resolve_trial_model
+    from hpo.families import vae_sampling as vs
+    from hpo.tracking.models import ModelError, resolve_trial_model
 
     # One progress bar per downloaded artifact would bury the command's own output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -35,7 +35,8 @@ window (shifted by ``step``) in training and validation. ``subset`` then caps th
 windows (a seeded random choice); validation and test stay whole.
 
 ``meta["context"]`` holds ``maxlen`` tokens of the training block that end a paragraph; text
-generation puts them before a seed that is shorter than the window (see :mod:`hpo.generation`).
+generation puts them before a seed that is shorter than the window (see
+:mod:`hpo.families.generation`).
 
 The vocabulary: for characters, every character of the corpus read, sorted (an alphabet; no
 unknown token); for words, ``<unk>`` then the ``num_words - 1`` most frequent tokens of the

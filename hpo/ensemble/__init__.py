@@ -15,7 +15,6 @@ Example:
     PosixPath('cnn-ens.keras')
 """
 
-from hpo.artifacts import TEST_PREDICTIONS_FILE
 from hpo.ensemble._build import build_ensemble
 from hpo.ensemble._combine import Combination, combine, fit_weights, selection_metric
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
@@ -46,6 +45,7 @@ from hpo.ensemble._weights import (
     caruana_weights,
     fit_simplex_weights,
 )
+from hpo.tracking.artifacts import TEST_PREDICTIONS_FILE
 
 __all__ = [
     "FORMATS",

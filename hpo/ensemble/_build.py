@@ -100,7 +100,7 @@ def build_ensemble(
     Raises:
         EnsembleError: invalid options, studies on different data, no usable candidate.
         RegistryUnavailableError: the MLflow server does not answer (nothing registered).
-        hpo.studies.StudyError: a study that does not exist.
+        hpo.storage.studies.StudyError: a study that does not exist.
 
     Example:
         >>> result = build_ensemble(["image_cnn"], "cnn-ens", size=10)  # doctest: +SKIP
@@ -203,9 +203,9 @@ def build_ensemble(
 
 def _note_studies(store: Any, infos: list[Any], name: str, version: int | None) -> None:
     """Add the registered version to each study's list and rewrite its study run's note."""
-    from hpo._retry import with_db_retry
-    from hpo.notes import add_ensemble, update_study_note
-    from hpo.studies import load_config
+    from hpo.storage._retry import with_db_retry
+    from hpo.storage.studies import load_config
+    from hpo.tracking.notes import add_ensemble, update_study_note
 
     if version is None:
         return

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo._outbox import is_placeholder
-from hpo.artifacts import DATASET_FILE, MODEL_FILE, PREDICTIONS_FILE
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning
 from hpo.ensemble._metrics import SUPPORTED_TASKS, nll, true_class_probs
 from hpo.ensemble._predictions import PredictionSet, check_predictions, reference_of
+from hpo.tracking._outbox import is_placeholder
+from hpo.tracking.artifacts import DATASET_FILE, MODEL_FILE, PREDICTIONS_FILE
 
 if TYPE_CHECKING:
     from hpo.tracking import TrackingClient as MlflowClient
@@ -78,9 +78,9 @@ class Candidate:
 
 
 def load_studies(storage: Any, names: Sequence[str]) -> list[StudyInfo]:
-    """The stored configuration of each named study (:class:`~hpo.studies.StudyError` if one
+    """The stored configuration of each named study (:class:`~hpo.storage.studies.StudyError` if one
     does not exist)."""
-    from hpo.studies import load_config
+    from hpo.storage.studies import load_config
 
     if len(set(names)) != len(names):
         raise EnsembleError(f"a study is named twice: {', '.join(names)}")
@@ -111,7 +111,7 @@ def complete_trials(storage: Any, study: StudyInfo) -> list[Candidate]:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.studies import RUN_ID_ATTR
+    from hpo.storage.studies import RUN_ID_ATTR
 
     trials = optuna.load_study(study_name=study.name, storage=storage).get_trials(
         deepcopy=False, states=(TrialState.COMPLETE,)

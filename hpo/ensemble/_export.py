@@ -377,7 +377,7 @@ def export_ensemble(
         elif fmt == "keras":
             shutil.copyfile(keras_file(model_dir), staged)
         else:
-            from hpo.models import load_keras_model
+            from hpo.tracking.models import load_keras_model
 
             model = load_keras_model(keras_file(model_dir))
             try:
@@ -439,9 +439,9 @@ def load_predictor(
     """A model from a ``.keras`` file or a registered ensemble (``NAME``, ``NAME:VERSION``).
 
     Files are loaded in safe mode: legacy ``.h5`` files and files holding a ``Lambda`` layer
-    or other arbitrary code are refused (:class:`hpo.models.ModelError`).
+    or other arbitrary code are refused (:class:`hpo.tracking.models.ModelError`).
     """
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     path = Path(ref)
     if path.exists() or path.suffix.lower() in {".keras", ".h5", ".hdf5"}:

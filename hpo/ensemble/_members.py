@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from hpo.artifacts import DATASET_FILE, MODEL_FILE
 from hpo.datasets._text import VOCABULARY_ARTIFACT, TextEncoder
 from hpo.ensemble._errors import EnsembleError
+from hpo.tracking.artifacts import DATASET_FILE, MODEL_FILE
 
-LM_VOCABULARY_FILE = "vocabulary.json"  # hpo.generation.VOCABULARY_FILE, without the import
+LM_VOCABULARY_FILE = (
+    "vocabulary.json"  # hpo.families.generation.VOCABULARY_FILE, without the import
+)
 CLASSES_FILE = "classes.json"  # class names, in a registered ensemble's model folder
 MEMBER_FILES = (MODEL_FILE, VOCABULARY_ARTIFACT, LM_VOCABULARY_FILE, DATASET_FILE)
 TEXT_SUFFIXES = (".txt", ".text")
@@ -328,7 +330,7 @@ def file_predictor(path: Path, vocabulary: Path | None = None) -> Predictor:
     trial's model folder).
     """
     from hpo.ensemble._export import info_sidecar
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     model = load_keras_model(path)
     sidecar = info_sidecar(path)
@@ -385,7 +387,7 @@ def _registered_predictor(
 ) -> Predictor:
     from hpo.ensemble._export import INFO_IN_MLFLOW_MODEL, download_model_dir, keras_file
     from hpo.inputs import core_model
-    from hpo.models import load_keras_model
+    from hpo.tracking.models import load_keras_model
 
     if mv.tags.get("hpo.exportable") != "false":
         model_dir = download_model_dir(client, mv, tmp)
@@ -529,7 +531,7 @@ class LanguageEnsemble:
     """
 
     source: str
-    vocabulary: Any  # hpo.generation.Vocabulary of the longest window
+    vocabulary: Any  # hpo.families.generation.Vocabulary of the longest window
     models: list[Any]
     vocabularies: list[Any]
     weights: list[float]
@@ -548,7 +550,7 @@ def language_model_ensemble(
     """
     from hpo import tracking
     from hpo.ensemble._export import registered_version
-    from hpo.generation import average_predictors, model_predictor, window_predictor
+    from hpo.families.generation import average_predictors, model_predictor, window_predictor
 
     client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
     mv = registered_version(client, name, version)
@@ -578,8 +580,8 @@ def language_model_ensemble(
 
 def _language_models(source: str, members: list[MemberFiles]) -> tuple[list[Any], list[Any]]:
     """Each member's vocabulary and model, checked to share tokens and to fit them."""
-    from hpo.generation import Vocabulary
-    from hpo.models import load_keras_model
+    from hpo.families.generation import Vocabulary
+    from hpo.tracking.models import load_keras_model
 
     vocabularies = []
     for m in members:

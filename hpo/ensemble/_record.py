@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpo._outbox import is_placeholder
 from hpo.ensemble._candidates import (
     Candidate,
 )
@@ -26,6 +25,7 @@ from hpo.ensemble._plots import metrics_png, weights_png
 from hpo.ensemble._predictions import PredictionSet
 from hpo.ensemble._result import EnsembleResult, Member
 from hpo.storage import mask_url
+from hpo.tracking._outbox import is_placeholder
 
 CROSS_STUDY_EXPERIMENT = "ensembles"
 
@@ -83,7 +83,7 @@ def record(client: Any, rec: EnsembleRecord) -> EnsembleResult:
         ensemble_model,
         save_mlflow_model,
     )
-    from hpo.notes import ensemble_description, version_metric_tags
+    from hpo.tracking.notes import ensemble_description, version_metric_tags
 
     name, uri, infos, candidates, members = (
         rec.name,

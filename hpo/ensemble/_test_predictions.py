@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from hpo.artifacts import MODEL_FILE, PARAMS_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
 from hpo.datasets import DatasetCache
 from hpo.ensemble._errors import EnsembleWarning
 from hpo.errors import HpoError
+from hpo.tracking.artifacts import MODEL_FILE, PARAMS_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
 
 MERGED_FILE = "predictions-with-test.npz"
 
@@ -102,7 +102,7 @@ class DeferredTestPredictions:
 
     def model(self, run_id: str) -> Any:
         """The run's ``model.keras``, downloaded and loaded (safe mode) once."""
-        from hpo.models import load_keras_model
+        from hpo.tracking.models import load_keras_model
 
         if run_id not in self.models:
             local = self.client.download_artifacts(run_id, MODEL_FILE, str(self.dest / run_id))
@@ -210,7 +210,7 @@ def trial_predictions(
     call) stored them, else predicted now from the trial's model and stored in its run.
 
     Raises:
-        hpo.studies.StudyError: no such study.
+        hpo.storage.studies.StudyError: no such study.
         EnsembleError: the trial is not COMPLETE or has no MLflow run.
         DeferredPredictionError: the test predictions cannot be made.
 
@@ -222,10 +222,10 @@ def trial_predictions(
     import tempfile
 
     from hpo import tracking
-    from hpo._outbox import is_placeholder
     from hpo.ensemble._candidates import complete_trials, load_studies
     from hpo.ensemble._errors import EnsembleError
     from hpo.storage import open_storage, resolve_storage
+    from hpo.tracking._outbox import is_placeholder
 
     store = open_storage(resolve_storage(storage))
     (info,) = load_studies(store, [study])

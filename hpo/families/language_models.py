@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from hpo.datasets import DataError, Dataset, Task
 from hpo.families._base import Family
 from hpo.families._common import build_optimizer, classifier_output, dropout
-from hpo.generation import VOCABULARY_FILE, Vocabulary
+from hpo.families.generation import VOCABULARY_FILE, Vocabulary
 
 if TYPE_CHECKING:
     import keras

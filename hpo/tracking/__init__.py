@@ -5,7 +5,8 @@ globals, which break with several trials per process and with threads.
 
 Every MLflow write goes through :class:`TrackingClient` (what :func:`client` returns). When the
 tracking server cannot be reached (connection refused, timeout, 5xx after MLflow's own short
-retries), the write is kept in a durable local outbox (:mod:`hpo._outbox`) and the call returns:
+retries), the write is kept in a durable local outbox (:mod:`hpo.tracking._outbox`) and the call
+returns:
 training goes on. A run or experiment created while the server is down gets a placeholder id
 (``pending-run-…``, ``pending-exp-…``) that later writes can use; they wait behind its creation.
 The outbox is replayed in order when a later call finds the server answering again, at the end
@@ -37,14 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpo._outbox import (
-    Outbox,
-    is_placeholder,
-    list_outboxes,
-    normalize_uri,
-    outbox_root,
-)
-from hpo._tracking_base import (
+from hpo.tracking._base import (
     CLIENT_ID_TAG,
     DEFAULT_TRACKING_FILE,
     EXPERIMENT_KIND_TAG,
@@ -66,8 +60,15 @@ from hpo._tracking_base import (
     resolve_tracking_uri,
     with_credentials,
 )
-from hpo._tracking_client import TrackingClient
-from hpo._tracking_replay import (
+from hpo.tracking._client import TrackingClient
+from hpo.tracking._outbox import (
+    Outbox,
+    is_placeholder,
+    list_outboxes,
+    normalize_uri,
+    outbox_root,
+)
+from hpo.tracking._replay import (
     MAX_ATTEMPTS,
     PROBE_TIMEOUT_S,
     RETRY_MAX_S,

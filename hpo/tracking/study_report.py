@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hpo import tracking
-from hpo.studies import RUN_ID_ATTR, StudyConfig, counted_trials
+from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -136,7 +136,7 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
         tracking.log_metrics(c, config.parent_run_id, values, step=0)
     if files:
         tracking.log_artifact_files(c, config.parent_run_id, files)
-    from hpo.notes import update_study_note
+    from hpo.tracking.notes import update_study_note
 
     update_study_note(storage, config)
     tracking.end_dangling_runs(config.tracking_uri, config.experiment_id, config.parent_run_id)

@@ -1,5 +1,5 @@
 """How :class:`hpo.tracking.TrackingClient` sends a write: live while the server answers and
-nothing it depends on is queued, else to the outbox (:mod:`hpo._outbox`); how it notices an
+nothing it depends on is queued, else to the outbox (:mod:`hpo.tracking._outbox`); how it notices an
 outage and the server's return, maps placeholder ids and replays the outbox in order."""
 
 from __future__ import annotations
@@ -11,15 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo._outbox import (
-    EXPERIMENT_PREFIX,
-    Op,
-    Outbox,
-    is_placeholder,
-    normalize_uri,
-    placeholder_key,
-)
-from hpo._tracking_base import (
+from hpo.storage import mask_url, strip_password
+from hpo.tracking._base import (
     _REJECTED,
     _UNREACHABLE,
     CLIENT_ID_TAG,
@@ -33,7 +26,14 @@ from hpo._tracking_base import (
     describe,
     with_credentials,
 )
-from hpo.storage import mask_url, strip_password
+from hpo.tracking._outbox import (
+    EXPERIMENT_PREFIX,
+    Op,
+    Outbox,
+    is_placeholder,
+    normalize_uri,
+    placeholder_key,
+)
 
 log = logging.getLogger("hpo.tracking")
 

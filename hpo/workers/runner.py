@@ -25,8 +25,13 @@ from typing import Any
 import numpy as np
 
 from hpo import tracking
-from hpo._retry import with_db_retry
-from hpo.artifacts import (
+from hpo.datasets import Dataset, DatasetCache
+from hpo.errors import HpoError
+from hpo.families import get_family
+from hpo.spaces import DatasetSpec, Params
+from hpo.storage._retry import with_db_retry
+from hpo.storage.studies import RUN_ID_ATTR, StudyConfig
+from hpo.tracking.artifacts import (
     CURVES_FILE,
     DATASET_FILE,
     HISTORY_FILE,
@@ -34,12 +39,7 @@ from hpo.artifacts import (
     PARAMS_FILE,
     PREDICTIONS_FILE,
 )
-from hpo.datasets import Dataset, DatasetCache
-from hpo.errors import HpoError
-from hpo.families import get_family
-from hpo.model_checks import ModelCheckError, check_model
-from hpo.spaces import DatasetSpec, Params
-from hpo.studies import RUN_ID_ATTR, StudyConfig
+from hpo.workers.model_checks import ModelCheckError, check_model
 
 log = logging.getLogger("hpo.runner")
 
@@ -94,7 +94,7 @@ class TrialResult:
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     # The study's set-up failed (data, family import, sampler), not this trial's parameters:
-    # the worker counts these in a row and marks the study broken (see hpo.studies).
+    # the worker counts these in a row and marks the study broken (see hpo.storage.studies).
     setup_failed: bool = False
 
 
@@ -231,7 +231,7 @@ class TrialRunner:
 
     def finalize(self, task: FinalizeTask) -> str | None:
         """End the study's MLflow run with its plots; None when done, else the error."""
-        from hpo.study_report import finalize_study
+        from hpo.tracking.study_report import finalize_study
 
         try:
             config = StudyConfig.from_json(task.config_json)
@@ -303,7 +303,7 @@ class TrialRunner:
 
     @staticmethod
     def _note(task: TrialTask, config: StudyConfig, result: TrialResult) -> str:
-        from hpo.notes import trial_note
+        from hpo.tracking.notes import trial_note
 
         metric = config.spec().metrics[0]
         value = (result.metrics or {}).get(metric)
@@ -323,7 +323,7 @@ class TrialRunner:
         storage: Any, config: StudyConfig, number: int, result: TrialResult
     ) -> None:
         """The study run's description, with this trial (not told to the study yet) counted."""
-        from hpo.notes import update_study_note
+        from hpo.tracking.notes import update_study_note
 
         try:
             with_db_retry(

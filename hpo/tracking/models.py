@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo.artifacts import MODEL_FILE, PARAMS_FILE
 from hpo.errors import UsageError
+from hpo.tracking.artifacts import MODEL_FILE, PARAMS_FILE
 
 if TYPE_CHECKING:
     import keras
@@ -150,7 +150,7 @@ def _from_store(ref: str, storage: str | None, tracking_uri: str | None) -> Tria
 
     from hpo import tracking
     from hpo.storage import open_storage, resolve_storage
-    from hpo.studies import RUN_ID_ATTR, StudyError, load_config
+    from hpo.storage.studies import RUN_ID_ATTR, StudyError, load_config
 
     study_name, number = parse_model_ref(ref)
     store = open_storage(resolve_storage(storage))

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from hpo.runner import FinalizeTask, TrialResult, TrialTask
-from hpo.slots import configure_backend
 from hpo.storage import mask_url
+from hpo.workers.runner import FinalizeTask, TrialResult, TrialTask
+from hpo.workers.slots import configure_backend
 
 log = logging.getLogger("hpo.worker")
 
@@ -51,7 +51,7 @@ def _child_main(
     # Each trial builds new models, so TensorFlow's "retracing" warnings are expected noise.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     configure_backend()
-    from hpo.runner import TrialRunner, warm_up
+    from hpo.workers.runner import TrialRunner, warm_up
 
     # The worker starts this process before it claims a trial: these imports (seconds) overlap
     # with the claim instead of delaying the first trial.

@@ -1,8 +1,9 @@
-"""The files a trial's MLflow run holds: written by :mod:`hpo.runner`, read by :mod:`hpo.models`
+"""The files a trial's MLflow run holds: written by :mod:`hpo.workers.runner`, read by
+:mod:`hpo.tracking.models`
 and :mod:`hpo.ensemble`. One place, so writer and readers cannot drift apart.
 
 Example:
-    >>> from hpo.artifacts import MODEL_FILE, PREDICTIONS_FILE
+    >>> from hpo.tracking.artifacts import MODEL_FILE, PREDICTIONS_FILE
     >>> MODEL_FILE, PREDICTIONS_FILE
     ('model.keras', 'predictions.npz')
 """

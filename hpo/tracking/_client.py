@@ -8,13 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo._outbox import (
-    EXPERIMENT_PREFIX,
-    is_placeholder,
-    new_placeholder,
-    placeholder_key,
-)
-from hpo._tracking_base import (
+from hpo.storage import mask_url
+from hpo.tracking._base import (
     MAX_TAG_LENGTH,
     RunDroppedError,
     RunPendingError,
@@ -22,10 +17,15 @@ from hpo._tracking_base import (
     _now_ms,
     _offline,
 )
-from hpo._tracking_replay import (
+from hpo.tracking._outbox import (
+    EXPERIMENT_PREFIX,
+    is_placeholder,
+    new_placeholder,
+    placeholder_key,
+)
+from hpo.tracking._replay import (
     OutboxClient,
 )
-from hpo.storage import mask_url
 
 log = logging.getLogger("hpo.tracking")
 

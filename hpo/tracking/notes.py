@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
-from hpo.studies import RUN_ID_ATTR, StudyConfig, counted_trials
+from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials
 from hpo.tracking import NOTE_TAG
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ MAX_NOTE_CHARS = 5000  # MLflow's tag limit is larger; a note is read, not store
 
 
 def _is_placeholder(value: str | None) -> bool:
-    from hpo._outbox import is_placeholder
+    from hpo.tracking._outbox import is_placeholder
 
     return bool(value) and is_placeholder(value)
 

@@ -1,10 +1,12 @@
 """A worker: takes trials of a study from the shared store and runs each in a trial process.
 
 The worker process itself never imports Keras. Trials run in a child process
-(:mod:`hpo.trial_process`); when a trial kills it, that trial is recorded FAIL with the reason
+(:mod:`hpo.workers.trial_process`); when a trial kills it, that trial is recorded FAIL with the
+reason
 and the worker goes on.
 
-A worker has one or more slots (:mod:`hpo.slots`): one thread per slot claims a trial, runs it
+A worker has one or more slots (:mod:`hpo.workers.slots`): one thread per slot claims a trial, runs
+it
 in the slot's own trial process and records the result, so a worker with ``--gpus 0,1
 --trials-per-gpu 4`` runs eight trials at once. The slots share the worker's heartbeat and
 reaper threads, its stop request and its ``max_trials``.
@@ -22,11 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hpo._retry import is_transient, with_db_retry
-from hpo.runner import FinalizeTask, TrialResult, TrialTask
-from hpo.slots import SlotPlan, plan_slots
 from hpo.storage import mask_url, open_storage
-from hpo.studies import (
+from hpo.storage._retry import is_transient, with_db_retry
+from hpo.storage.studies import (
     BROKEN_AFTER,
     CONFIG_ATTR,
     FAIL_REASON_ATTR,
@@ -45,7 +45,9 @@ from hpo.studies import (
     requeue,
     state_from_attrs,
 )
-from hpo.trial_process import STOPPED_REASON, TrialProcess
+from hpo.workers.runner import FinalizeTask, TrialResult, TrialTask
+from hpo.workers.slots import SlotPlan, plan_slots
+from hpo.workers.trial_process import STOPPED_REASON, TrialProcess
 
 log = logging.getLogger("hpo.worker")
 WORKER_ATTR = "hpo:worker"
@@ -59,7 +61,7 @@ class WorkerOptions:
     """How a worker runs. Without ``study`` it serves every active study with budget left.
 
     ``gpus`` and ``trials_per_gpu`` make ``len(gpus) * trials_per_gpu`` slots (see
-    :mod:`hpo.slots`); without ``gpus`` the worker has one slot. ``backend`` sets
+    :mod:`hpo.workers.slots`); without ``gpus`` the worker has one slot. ``backend`` sets
     ``KERAS_BACKEND`` for the trial processes; ``compile_cache`` is the JAX compile cache of
     GPU slots (None: ``~/.cache/hpo/jax``, ``""``: off).
 
@@ -541,8 +543,8 @@ class Worker:
         The slot's trial process does it when it can (it has MLflow and matplotlib loaded);
         else this process does.
         """
-        from hpo.studies import is_done, study_status
-        from hpo.study_report import finalize_study
+        from hpo.storage.studies import is_done, study_status
+        from hpo.tracking.study_report import finalize_study
 
         storage = self.storage
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo._outbox import (
+from hpo.errors import HpoError
+from hpo.storage import has_password, mask_url
+from hpo.tracking._outbox import (
     is_placeholder,
     normalize_uri,
 )
-from hpo.errors import HpoError
-from hpo.storage import has_password, mask_url
 
 log = logging.getLogger("hpo.tracking")
 

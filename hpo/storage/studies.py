@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpo._retry import is_transient, with_db_retry
 from hpo.errors import HpoError, UsageError
 from hpo.spaces import StudySpec, parse_spec
+from hpo.storage._retry import is_transient, with_db_retry
 
 if TYPE_CHECKING:
     import optuna
