@@ -18,18 +18,13 @@ import functools
 import logging
 import os
 import signal
-import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from hpo.storage import mask_url, open_storage
 from hpo.storage._retry import is_transient, with_db_retry
 from hpo.storage.studies import (
-    BROKEN_AFTER,
     CONFIG_ATTR,
-    FAIL_REASON_ATTR,
     SETUP_FAILURES_ATTR,
     StudyConfig,
     StudyError,
@@ -42,69 +37,19 @@ from hpo.storage.studies import (
     reap_stale_trials,
     reap_unstarted_trials,
     record_setup_failure,
-    requeue,
     state_from_attrs,
 )
-from hpo.workers.runner import FinalizeTask, TrialResult, TrialTask
-from hpo.workers.slots import SlotPlan, plan_slots
+from hpo.workers._options import Slot, WorkerOptions, _Served
+from hpo.workers._results import WORKER_ID, finalize_if_done, record_result
+from hpo.workers.runner import TrialResult, TrialTask
+from hpo.workers.slots import plan_slots
 from hpo.workers.trial_process import STOPPED_REASON, TrialProcess
+
+__all__ = ["GPU_ATTR", "STOPPED_REASON", "WORKER_ATTR", "TrialProcess", "Worker", "WorkerOptions"]
 
 log = logging.getLogger("hpo.worker")
 WORKER_ATTR = "hpo:worker"
 GPU_ATTR = "hpo:gpu"
-FINALIZED_ATTR = "hpo:finalized"
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass
-class WorkerOptions:
-    """How a worker runs. Without ``study`` it serves every active study with budget left.
-
-    ``gpus`` and ``trials_per_gpu`` make ``len(gpus) * trials_per_gpu`` slots (see
-    :mod:`hpo.workers.slots`); without ``gpus`` the worker has one slot. ``backend`` sets
-    ``KERAS_BACKEND`` for the trial processes; ``compile_cache`` is the JAX compile cache of
-    GPU slots (None: ``~/.cache/hpo/jax``, ``""``: off).
-
-    ``settle_poll_interval``: how often a worker that will exit when idle looks again while
-    the last trials run elsewhere (they may fail and be requeued; else the study is done and
-    the worker exits). ``start_gate``: called once the trial processes have started and
-    before the store is opened; False means the study will not run, and the worker exits
-    having written nothing (``hpo run`` starts its workers while it still checks the data and
-    sets up MLflow, so that their imports overlap).
-    """
-
-    storage_url: str
-    study: str | None = None
-    threads: int | None = None
-    worker_index: int | None = None
-    max_trials_per_process: int = 25
-    max_trials: int | None = None
-    heartbeat_interval: int = 10
-    grace_period: int = 30
-    stop_grace: float = 20.0
-    poll_interval: float = 5.0
-    exit_when_idle: bool | None = None  # default: exit when serving one named study
-    gpus: list[str] | None = None
-    trials_per_gpu: int = 1
-    backend: str | None = None
-    compile_cache: str | None = None
-    settle_poll_interval: float = 1.0
-    start_gate: Callable[[], bool] | None = None
-    broken_after: int = BROKEN_AFTER
-
-
-@dataclass
-class _Served:
-    config: StudyConfig
-    study: Any
-
-
-@dataclass
-class Slot:
-    """One trial at a time on one GPU (or none): its plan and its reusable trial process."""
-
-    plan: SlotPlan
-    process: TrialProcess
 
 
 class Worker:
@@ -531,86 +476,15 @@ class Worker:
             log.warning("study %s: could not reset its set-up failures: %s", config.name, exc)
 
     def _record(self, served: _Served, trial: Any, result: TrialResult) -> None:
-        def tell() -> None:
-            with self._lock:  # the study and its sampler are shared by the slots
-                self._tell(served, trial, result)
-
-        with_db_retry(tell, what="recording a result")
+        record_result(self.storage, self._lock, served.study, served.config, trial, result)
 
     def _finalize_if_done(self, config: StudyConfig, slot: Slot | None = None) -> None:
-        """The worker that records a study's last trial ends its MLflow study run with plots.
-
-        The slot's trial process does it when it can (it has MLflow and matplotlib loaded);
-        else this process does.
-        """
-        from hpo.storage.studies import is_done, study_status
-        from hpo.tracking.study_report import finalize_study
-
-        storage = self.storage
-
-        def claim_finalization() -> bool:
-            if not study_status(storage, config.name).done:
-                return False
-            study_id = storage.get_study_id_from_name(config.name)
-            owner = storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR)
-            if owner is None:
-                storage.set_study_system_attr(study_id, FINALIZED_ATTR, WORKER_ID)
-                return True
-            return bool(owner == WORKER_ID)  # True: an earlier attempt of ours set it
-
-        try:
-            served = self._served.get(config.name)
-            if served is not None and not is_done(served.study, config.n_trials):
-                return  # the cheap check (cached trials); study_status reads every trial
-            with self._finalize_lock:  # two slots may record a study's last trials at once
-                if not with_db_retry(claim_finalization, what="checking the study's end"):
-                    return
-                latest = with_db_retry(lambda: load_config(storage, config.name))
-                if slot is not None:
-                    task = FinalizeTask(self.options.storage_url, latest.to_json())
-                    why = slot.process.finalize(task)
-                    if why is None:
-                        return
-                    log.info("finalizing study %s here: %s", config.name, why)
-                with_db_retry(lambda: finalize_study(storage, latest), what="finalizing the study")
-        except Exception as exc:  # reporting must never stop a worker
-            log.warning("could not finalize study %s: %s", config.name, exc)
-
-    def _tell(self, served: _Served, trial: Any, result: TrialResult) -> None:
-        from optuna.trial import TrialState
-
-        study, config = served.study, served.config
-        # A reaper (or an earlier attempt of this call) may have recorded the trial already:
-        # ``skip_if_finished`` makes tell check that with the one read it does anyway.
-        if result.state == "FAIL":
-            if study._storage.get_trial(trial._trial_id).state.is_finished():
-                return
-            reason = mask_url(result.reason or "unknown error")
-            stopped = result.reason == STOPPED_REASON
-            log.warning("trial %d failed: %s", trial.number, reason)
-            if result.run_id and config.tracking_uri:
-                self._end_orphan_run(config, result.run_id, reason)
-            if stopped:
-                # Interrupted by our own shutdown, not the trial's fault: always requeue.
-                if fail_trial(study, trial._trial_id, reason, retry=False, max_retries=0):
-                    requeue(study, study._storage.get_trial(trial._trial_id))
-            else:
-                self.storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        elif result.state == "PRUNED":
-            log.info("trial %d pruned", trial.number)
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        else:
-            log.info("trial %d: %s", trial.number, result.values)
-            study.tell(trial, values=result.values, skip_if_finished=True)
-
-    @staticmethod
-    def _end_orphan_run(config: StudyConfig, run_id: str, reason: str) -> None:
-        """End the MLflow run of a trial whose process died before it could."""
-        from hpo import tracking
-
-        try:
-            # Never reads the server: works while it is down and with placeholder run ids.
-            tracking.end_orphan_run(config.tracking_uri or "", run_id, reason)
-        except Exception as exc:
-            log.warning("could not end MLflow run %s: %s", run_id, exc)
+        served = self._served.get(config.name)
+        finalize_if_done(
+            self.storage,
+            self.options.storage_url,
+            self._finalize_lock,
+            config,
+            served.study if served is not None else None,
+            slot.process if slot is not None else None,
+        )
