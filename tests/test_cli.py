@@ -177,3 +177,19 @@ def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_study_create_spells_the_study_option_as_run_does(tmp_path: Path) -> None:
+    space = tmp_path / "good.yaml"
+    space.write_text(GOOD)
+    created = hpo("study", "create", str(space), "--study", "s1", "--skip-data-check", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    # Each message names the option as it was given; --name is the earlier spelling.
+    for option in ("--study", "--name"):
+        again = hpo("study", "create", str(space), option, "s1", "--skip-data-check", cwd=tmp_path)
+        assert again.returncode == 2
+        assert again.stderr.rstrip().endswith(f"or give another name with {option}"), again.stderr
+        bad = hpo("study", "create", str(space), option, "bad!", cwd=tmp_path)
+        assert bad.returncode == 2 and f"{option}: invalid study name" in bad.stderr
+    listed = json.loads(hpo("study", "list", "--json", cwd=tmp_path).stdout)
+    assert [s["name"] for s in listed] == ["s1"]

@@ -90,6 +90,7 @@ def prepare_study(
     *,
     on_valid: Callable[[Any, str], None] | None = None,
     name_option: str = "--study",
+    resume_hint: str | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> tuple[Any, StudyConfig, bool]:
     """Validate the space, options and data, then create the study (or load it with ``resume``).
@@ -99,7 +100,8 @@ def prepare_study(
     notes.
     ``on_valid(spec, study_name)`` is called once the space and the options are valid, before
     the data check and before anything is written (``hpo run`` starts its workers there).
-    ``name_option`` is how messages name the option that gave the name.
+    ``name_option`` is how messages name the option that gave the name; ``resume_hint`` how
+    the message about an existing study says to continue it (default: by ``name_option``).
     Returns ``(storage, config, created)``. Nothing is written before everything is valid.
 
     Raises:
@@ -168,7 +170,7 @@ def prepare_study(
     exists = study_name in [s.study_name for s in optuna.get_all_study_summaries(store)]
     if exists:
         if not options.resume:
-            how = {
+            how = resume_hint or {
                 "--name": "continue it with hpo run --resume",
                 "name": "pass resume=True to continue it",
             }.get(name_option, "add --resume to continue it")

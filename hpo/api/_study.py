@@ -297,6 +297,7 @@ def create_study(
     echo: Callable[[str], None] | None = None,
     on_valid: Callable[[StudySpec, str], None] | None = None,
     name_option: str = "name",
+    resume_hint: str | None = None,
     **fields: Any,
 ) -> Study:
     """Create a study from a search space: a file's path, the YAML text of one, or a dict.
@@ -310,7 +311,8 @@ def create_study(
 
     ``echo`` receives notes (what the data check found); ``on_valid(spec, study_name)`` is
     called once the space and options are valid, before the data check and before anything
-    is written; ``name_option`` is how messages name the option that gave the name.
+    is written; ``name_option`` is how messages name the option that gave the name, and
+    ``resume_hint`` how they say to continue an existing study.
 
     Example:
         >>> study = hpo.create_study({"family": "image_cnn", "dataset": {"name": "digits"},
@@ -327,7 +329,12 @@ def create_study(
 
     options = dataclasses.replace(options or StudyOptions(), **fields)
     store, config, created = prepare_study(
-        space, options, on_valid=on_valid, name_option=name_option, echo=echo
+        space,
+        options,
+        on_valid=on_valid,
+        name_option=name_option,
+        resume_hint=resume_hint,
+        echo=echo,
     )
     return Study(store, resolve_storage(options.storage), config.name, created=created)
 

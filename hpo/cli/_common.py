@@ -51,6 +51,9 @@ TrackingUriOption = Annotated[str | None, tracking_uri_option()]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # What defines a study, the same in ``hpo run`` and ``hpo study create``.
 TrialsOption = Annotated[int | None, typer.Option("--trials", min=1, help="Trial budget.")]
+StudyNameOption = Annotated[
+    str | None, typer.Option("--study", help="Study name (default: the space's).")
+]
 AlgorithmOption = Annotated[str | None, typer.Option("--algorithm", help="Search algorithm.")]
 DatasetOption = Annotated[str | None, typer.Option("--dataset", help="Dataset override.")]
 EpochsOption = Annotated[int | None, typer.Option("--epochs", min=1, help="Max epochs per trial.")]

@@ -20,6 +20,7 @@ from hpo.cli._common import (
     DatasetOption,
     EpochsOption,
     StorageOption,
+    StudyNameOption,
     SubsetOption,
     TrialsOption,
     console,
@@ -47,7 +48,7 @@ def run(
     tracking_uri: Annotated[
         str | None, tracking_uri_option("MLflow tracking URI (default: mlflow.db here).")
     ] = None,
-    name: str | None = typer.Option(None, "--study", help="Study name (default: the space's)."),
+    name: StudyNameOption = None,
     dataset: DatasetOption = None,
     epochs: EpochsOption = None,
     subset: SubsetOption = None,

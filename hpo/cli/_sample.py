@@ -34,6 +34,7 @@ def sample(
     ),
     out: Path = typer.Option(
         Path("grid.png"),
+        "--output",
         "--out",
         "-o",
         help="The grid PNG; the traversal goes to <stem>_traversal.png and the arithmetic to "

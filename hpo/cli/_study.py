@@ -15,6 +15,7 @@ from hpo.cli._common import (
     EpochsOption,
     JsonOption,
     StorageOption,
+    StudyNameOption,
     SubsetOption,
     TrackingUriOption,
     TrialsOption,
@@ -32,7 +33,10 @@ app = typer.Typer(help="Create and inspect studies.", no_args_is_help=True)
 def create(
     ctx: typer.Context,
     space: Path = typer.Argument(..., help="Search-space file."),
-    name: str | None = typer.Option(None, "--name", help="Study name (default: the space's)."),
+    name: StudyNameOption = None,
+    old_name: str | None = typer.Option(
+        None, "--name", hidden=True, help="Old spelling of --study."
+    ),
     trials: TrialsOption = None,
     algorithm: AlgorithmOption = None,
     pruner: str | None = typer.Option(None, "--pruner", help="Pruner."),
@@ -55,7 +59,12 @@ def create(
 ) -> None:
     """Create a study that workers (`hpo worker --study NAME`) can join from any machine."""
     with handled_errors():
-        config = create_study(space, study_options(ctx.params), name_option="--name").config
+        config = create_study(
+            space,
+            study_options(ctx.params, name=name or old_name),
+            name_option="--name" if name is None and old_name is not None else "--study",
+            resume_hint="continue it with hpo run --resume",
+        ).config
     if json_out:
         print_json(
             {
