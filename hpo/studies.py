@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
+    from hpo.catalog import Axis
+
 CONFIG_ATTR = "hpo:config"
 STATE_ATTR = "hpo:state"
 STUDY_STATES = ("creating", "active", "paused", "cancelled", "broken")
@@ -80,6 +82,31 @@ class StudyConfig:
             return None
         family = data.get("family") if isinstance(data, dict) else None
         return family if isinstance(family, str) else None
+
+    def user_targets(self) -> dict[Axis, str | None]:
+        """The study's own ``module:attribute`` objects by axis (None where it uses a built-in
+        or the space cannot be read), read without validating the space (see
+        :meth:`family_name`)."""
+        from hpo.catalog import is_user_target
+        from hpo.spaces._yaml import YamlDocument
+
+        try:
+            data = YamlDocument.parse(self.source, self.filename).data
+        except Exception:
+            data = None
+        data = data if isinstance(data, dict) else {}
+        dataset = self.overrides.get("dataset") or data.get("dataset")
+        if isinstance(dataset, dict):
+            dataset = dataset.get("name")
+        found: dict[Axis, Any] = {
+            "family": data.get("family"),
+            "dataset": dataset,
+            "algorithm": self.algorithm,
+            "pruner": self.pruner,
+        }
+        return {
+            k: v if isinstance(v, str) and is_user_target(v) else None for k, v in found.items()
+        }
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
