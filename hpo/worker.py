@@ -41,10 +41,12 @@ from hpo.studies import (
     StudyError,
     claim_trial,
     clear_setup_failures,
+    describe_unread_params,
     fail_trial,
     load_config,
     load_config_and_state,
     load_study,
+    note_unread_params,
     reap_stale_trials,
     reap_unstarted_trials,
     record_setup_failure,
@@ -818,6 +820,9 @@ class Worker:
         else:
             log.info("trial %d: %s", trial.number, result.values)
             study.tell(trial, values=result.values, skip_if_finished=True)
+            unread = note_unread_params(study)
+            if unread:
+                log.warning("study %s: %s", config.name, describe_unread_params(unread))
 
     @staticmethod
     def _end_orphan_run(config: StudyConfig, run_id: str, reason: str) -> None:

@@ -158,7 +158,7 @@ def status(
     json_out: JsonOption = False,
 ) -> None:
     """Trials finished, pruned, failed and running, and the best value so far."""
-    from hpo.studies import study_status
+    from hpo.studies import describe_unread_params, study_status
 
     with handled_errors():
         st = study_status(open_store(storage, study=name), name)
@@ -176,6 +176,7 @@ def status(
         + f"\n  state: {st.state}"
         + (f": {escape(st.broken_reason)}" if st.broken_reason else "")
         + ("\n  fix the cause, then `hpo study resume` serves it again" if st.broken_reason else "")
+        + (f"\n  {escape(describe_unread_params(st.unread_params))}" if st.unread_params else "")
     )
 
 
