@@ -5,7 +5,9 @@ and used by a real ``hpo run``. Also the report of parameters no family reads.""
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from conftest import hpo
 
 # The user's package: a loader of scikit-learn's wine data (178 wines, 13 measurements, 3
 # cultivars), a sampler factory and a pruner factory that record how they were called.
-MYPACKAGE = {
+USERPKG = {
     "__init__.py": "",
     "data.py": """
         import numpy as np
@@ -48,14 +50,14 @@ MYPACKAGE = {
             return "random"
 
         def _note(line):
-            path = os.environ.get("MYPACKAGE_NOTES")
+            path = os.environ.get("USERPKG_NOTES")
             if path:
                 with open(path, "a") as f:
                     f.write(line + "\\n")
         """,
     "pruners.py": """
         import optuna
-        from mypackage.samplers import _note
+        from userpkg.samplers import _note
 
         def make(budget):
             _note(f"pruner max_epochs={budget.max_epochs}")
@@ -68,10 +70,10 @@ MYPACKAGE = {
 
 SPACE = """
 family: dense_bn
-dataset: {name: mypackage.data:load, options: {standardize: true}, seed: 3}
+dataset: {name: userpkg.data:load, options: {standardize: true}, seed: 3}
 objective: {metric: val_accuracy, direction: maximize}
 budget: {max_epochs: 1}
-defaults: {algorithm: "mypackage.samplers:make", pruner: "mypackage.pruners:make", seed: 7}
+defaults: {algorithm: "userpkg.samplers:make", pruner: "userpkg.pruners:make", seed: 7}
 params:
   units: {type: int, low: 4, high: 8}
   unitz: {type: int, low: 4, high: 8}
@@ -80,15 +82,17 @@ params:
 
 
 @pytest.fixture
-def mypackage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``mypackage`` written under tmp_path/mods, importable here and in subprocesses."""
+def userpkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``userpkg`` written under tmp_path/mods, importable here and in subprocesses."""
     mods = tmp_path / "mods"
-    (mods / "mypackage").mkdir(parents=True)
-    for name, text in MYPACKAGE.items():
-        (mods / "mypackage" / name).write_text(textwrap.dedent(text))
+    (mods / "userpkg").mkdir(parents=True)
+    for name, text in USERPKG.items():
+        (mods / "userpkg" / name).write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(str(mods))
     monkeypatch.delenv("HPO_ALLOWED_FAMILY_MODULES", raising=False)
-    return mods
+    yield mods
+    for name in [m for m in sys.modules if m == "userpkg" or m.startswith("userpkg.")]:
+        del sys.modules[name]  # the next test's tmp_path holds another userpkg
 
 
 def _problems(text: str) -> list[tuple[str, str]]:
@@ -97,9 +101,9 @@ def _problems(text: str) -> list[tuple[str, str]]:
     return [(i.path, i.message) for i in info.value.issues]
 
 
-def test_own_loader_sampler_and_pruner_validate_and_build(mypackage: Path) -> None:
+def test_own_loader_sampler_and_pruner_validate_and_build(userpkg: Path) -> None:
     spec = parse_spec(SPACE, "s.yaml")
-    assert spec.defaults.algorithm == "mypackage.samplers:make"
+    assert spec.defaults.algorithm == "userpkg.samplers:make"
     sampler = create_sampler(
         spec.defaults.algorithm, spec.space, seed=5, directions=["maximize"], n_trials=2
     )
@@ -122,40 +126,40 @@ def test_own_loader_sampler_and_pruner_validate_and_build(mypackage: Path) -> No
     ("edit", "key", "message"),
     [
         (
-            ('"mypackage.samplers:make"', '"mypackage.samplers:not_a_sampler"'),
+            ('"userpkg.samplers:make"', '"userpkg.samplers:not_a_sampler"'),
             "defaults.algorithm",
-            "algorithm 'mypackage.samplers:not_a_sampler' returned the text 'random': expected "
+            "algorithm 'userpkg.samplers:not_a_sampler' returned the text 'random': expected "
             "an instance of optuna.samplers.BaseSampler",
         ),
         (
-            ('"mypackage.pruners:make"', '"mypackage.pruners:sampler_instead"'),
+            ('"userpkg.pruners:make"', '"userpkg.pruners:sampler_instead"'),
             "defaults.pruner",
             "returned a RandomSampler: expected an instance of optuna.pruners.BasePruner",
         ),
         (
-            ("mypackage.data:load", "mypackage.data:nothing"),
+            ("userpkg.data:load", "userpkg.data:nothing"),
             "dataset.name",
-            "module 'mypackage.data' has no attribute 'nothing'",
+            "module 'userpkg.data' has no attribute 'nothing'",
         ),
         (
-            ("mypackage.data:load", "mypackage.data:np"),
+            ("userpkg.data:load", "userpkg.data:np"),
             "dataset.name",
-            "dataset 'mypackage.data:np' is a module: expected a function returning the data",
+            "dataset 'userpkg.data:np' is a module: expected a function returning the data",
         ),
         (
-            ('"mypackage.samplers:make"', '"nowhere_xyz:make"'),
+            ('"userpkg.samplers:make"', '"nowhere_xyz:make"'),
             "defaults.algorithm",
             "cannot find module 'nowhere_xyz' of algorithm 'nowhere_xyz:make'",
         ),
         (
-            ('"mypackage.pruners:make"', '"mypackage.pruners:"'),
+            ('"userpkg.pruners:make"', '"userpkg.pruners:"'),
             "defaults.pruner",
             "write your own pruner as 'module:attribute'",
         ),
     ],
 )
 def test_a_wrong_own_object_is_one_error_naming_its_key(
-    mypackage: Path, edit: tuple[str, str], key: str, message: str
+    userpkg: Path, edit: tuple[str, str], key: str, message: str
 ) -> None:
     problems = _problems(SPACE.replace(*edit))
     assert len(problems) == 1, problems
@@ -163,16 +167,16 @@ def test_a_wrong_own_object_is_one_error_naming_its_key(
     assert "\n" not in problems[0][1]
 
 
-def test_the_allow_list_covers_every_axis(mypackage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    notes = mypackage / "notes.txt"
-    monkeypatch.setenv("MYPACKAGE_NOTES", str(notes))
+def test_the_allow_list_covers_every_axis(userpkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notes = userpkg / "notes.txt"
+    monkeypatch.setenv("USERPKG_NOTES", str(notes))
     monkeypatch.setenv("HPO_ALLOWED_FAMILY_MODULES", "otherpackage")
     problems = _problems(SPACE)
     assert [p for p, _ in problems] == ["dataset.name", "defaults.algorithm", "defaults.pruner"]
     assert all("is not allowed on this machine ($HPO_ALLOWED_FAMILY_MODULES)" in m
                for _, m in problems)  # fmt: skip
     assert not notes.exists()  # refused before their module ran
-    monkeypatch.setenv("HPO_ALLOWED_FAMILY_MODULES", "mypackage")
+    monkeypatch.setenv("HPO_ALLOWED_FAMILY_MODULES", "userpkg")
     parse_spec(SPACE, "s.yaml")
     assert notes.read_text().splitlines() == [
         "sampler seed=7 directions=['maximize']",
@@ -214,13 +218,13 @@ def test_what_a_loader_returns_is_checked_in_one_line(raw: object, message: str)
     assert "\n" not in text
 
 
-def test_a_broken_loader_fails_the_data_check_in_one_line(mypackage: Path) -> None:
+def test_a_broken_loader_fails_the_data_check_in_one_line(userpkg: Path) -> None:
     from hpo.datasets import load_dataset
 
     with pytest.raises(DataError, match="train: y must be integer class labels"):
-        load_dataset(DatasetSpec(name="mypackage.data:broken"))
+        load_dataset(DatasetSpec(name="userpkg.data:broken"))
     with pytest.raises(DataError, match=r"its loader failed: TypeError: .*unexpected keyword"):
-        load_dataset(DatasetSpec(name="mypackage.data:load", options={"colour": "red"}))
+        load_dataset(DatasetSpec(name="userpkg.data:load", options={"colour": "red"}))
 
 
 CONDITIONAL = """
@@ -264,15 +268,15 @@ def test_params_record_what_the_family_reads_under_either_engine(
 
 @pytest.mark.slow
 def test_hpo_run_with_own_loader_sampler_and_pruner_reports_an_unread_key(
-    mypackage: Path, tmp_path: Path
+    userpkg: Path, tmp_path: Path
 ) -> None:
     space = tmp_path / "wine.yaml"
     space.write_text(SPACE)
     notes = tmp_path / "notes.txt"
     env = {
-        "PYTHONPATH": os.pathsep.join([str(mypackage), os.environ.get("PYTHONPATH", "")]),
-        "HPO_ALLOWED_FAMILY_MODULES": "mypackage",
-        "MYPACKAGE_NOTES": str(notes),
+        "PYTHONPATH": os.pathsep.join([str(userpkg), os.environ.get("PYTHONPATH", "")]),
+        "HPO_ALLOWED_FAMILY_MODULES": "userpkg",
+        "USERPKG_NOTES": str(notes),
         "HPO_STORAGE": f"sqlite:///{tmp_path / 'studies.db'}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
