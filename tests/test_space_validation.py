@@ -231,7 +231,7 @@ def test_own_family_needs_an_importable_module(tmp_path: Path) -> None:
     check(
         VALID.replace("family: image_cnn", "family: 'mymodule:'"),
         tmp_path,
-        ("family", 1, "write your own family as 'module:builder'"),
+        ("family", 1, "write your own family as 'module:attribute'"),
     )
     ok = parse_spec(VALID.replace("family: image_cnn", "family: json:loads"))
     assert ok.family == "json:loads"
@@ -606,8 +606,10 @@ def test_check_run_options_for_command_line_flags() -> None:
     spec = parse_spec(VALID)
     assert check_run_options(spec, "optuna-tpe", "hyperband") == []
     assert check_run_options(spec, "xyz", "xyz") == [
-        f"unknown algorithm 'xyz'; known: {', '.join(ALGORITHMS)}",
-        f"unknown pruner 'xyz'; known: {', '.join(PRUNERS)}",
+        f"unknown algorithm 'xyz'; known: {', '.join(ALGORITHMS)}, "
+        "or 'module:attribute' for your own algorithm",
+        f"unknown pruner 'xyz'; known: {', '.join(PRUNERS)}, "
+        "or 'module:attribute' for your own pruner",
     ]
     assert check_run_options(spec, "optuna-grid", "none") == [
         "optuna-grid needs a discrete space: give every float a step (no step: lr)"

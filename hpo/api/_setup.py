@@ -139,10 +139,16 @@ def prepare_study(
     algorithm = algorithm or spec.defaults.algorithm
     pruner = pruner or spec.defaults.pruner
     if dataset:
-        from hpo.datasets import DATASETS
+        from hpo.catalog import DATASETS, is_user_target, unknown_names, user_object_problem
 
-        if dataset not in DATASETS:
-            raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS.names())}")
+        if is_user_target(dataset):
+            problem = user_object_problem("dataset", dataset)
+            if problem:
+                raise UsageError(f"--dataset: {problem}")
+        elif dataset not in DATASETS:
+            raise UsageError(
+                f"unknown dataset {dataset!r}; {unknown_names('dataset', DATASETS.names())}"
+            )
     problems = check_run_options(spec_run, algorithm, pruner)
     if problems:
         raise SpaceError([SpaceIssue(space_name, "", None, p) for p in problems])

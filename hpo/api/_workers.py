@@ -215,12 +215,14 @@ def _rich_progress(
         console=console,
         transient=False,
     )
+    warned: list[str] = []
     with bar:
         st = study_status(store, name)
         task = bar.add_task(escape(name), total=st.n_trials, info="")
         while True:
             alive = [p for p in procs if p.poll() is None]
             st = study_status(store, name)
+            _warn_unread(st, console, warned)
             bar.update(task, completed=st.finished, total=st.n_trials, info=_status_line(st))
             if not alive:
                 break
@@ -233,15 +235,26 @@ def _line_progress(
     from hpo.storage.studies import study_status
 
     shown = -1
+    warned: list[str] = []
     while True:
         alive = [p for p in procs if p.poll() is None]
         st = study_status(store, name)
+        _warn_unread(st, console, warned)
         if st.finished != shown:
             shown = st.finished
             console.print(f"{name}: {st.finished}/{st.n_trials} | {_status_line(st)}", markup=False)
         if not alive:
             break
         _wait_a_little(alive)
+
+
+def _warn_unread(st: StudyStatus, console: Console, warned: list[str]) -> None:
+    """Print once (after the first complete trial) the parameters no trial's family read."""
+    if st.unread_params and not warned:
+        from hpo.storage.studies import describe_unread_params
+
+        warned.extend(st.unread_params)
+        console.print(f"warning: {describe_unread_params(st.unread_params)}", markup=False)
 
 
 def finish(store: Any, name: str) -> tuple[StudyConfig, StudyStatus]:

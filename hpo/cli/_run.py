@@ -231,10 +231,11 @@ def worker(
     ),
     allow_family_module: list[str] | None = typer.Option(
         None,
+        "--allow-module",
         "--allow-family-module",
-        help="Import your own families (family: module:attr) only from this module or "
-        "package; repeat for several (default: $HPO_ALLOWED_FAMILY_MODULES, else any). "
-        "Built-in families are always allowed.",
+        help="Import a study's own family, dataset, algorithm or pruner (module:attr) only "
+        "from this module or package; repeat for several (default: "
+        "$HPO_ALLOWED_FAMILY_MODULES, else any). Built-in names are always allowed.",
     ),
     wait_for_go: bool = typer.Option(
         False,

@@ -142,6 +142,7 @@ def status(
 ) -> None:
     """Trials finished, pruned, failed and running, and the best value so far."""
     from hpo.api import load_study
+    from hpo.storage.studies import describe_unread_params
 
     with handled_errors():
         st = load_study(name, storage).status()
@@ -159,6 +160,7 @@ def status(
         + f"\n  state: {st.state}"
         + (f": {escape(st.broken_reason)}" if st.broken_reason else "")
         + ("\n  fix the cause, then `hpo study resume` serves it again" if st.broken_reason else "")
+        + (f"\n  {escape(describe_unread_params(st.unread_params))}" if st.unread_params else "")
     )
 
 

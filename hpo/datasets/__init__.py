@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from hpo._registry import LazyRegistry
+from hpo.catalog import DATASETS as _DATASETS
+from hpo.catalog import is_user_target
 from hpo.datasets._base import DataError, Dataset, Split, Task, split_indices, take_subset
+from hpo.datasets._user import from_arrays, load_user_dataset
 
 if TYPE_CHECKING:
     from hpo.spaces import DatasetSpec
@@ -21,23 +24,17 @@ class DatasetLoader(Protocol):
     def __call__(self, spec: DatasetSpec) -> Dataset: ...
 
 
-DATASETS: LazyRegistry[DatasetLoader] = LazyRegistry(
-    "dataset",
-    {
-        "fashion_mnist": "hpo.datasets.fashion_mnist:load",
-        "digits": "hpo.datasets.digits:load",
-        "tabular": "hpo.datasets.tabular:load",
-        "reuters": "hpo.datasets.reuters:load",
-        "text_classification": "hpo.datasets.text_classification:load",
-        "shakespeare": "hpo.datasets.text_corpus:load_shakespeare",
-        "text_corpus": "hpo.datasets.text_corpus:load",
-        "sorted_sequences": "hpo.datasets.sorted_sequences:load",
-    },
-)
+#: Built-in datasets by name (their names live in :mod:`hpo.catalog`).
+DATASETS: LazyRegistry[DatasetLoader] = _DATASETS
 
 
 def load_dataset(spec: DatasetSpec) -> Dataset:
-    """Load the dataset a study names, with its fixed seeded splits."""
+    """Load the dataset a study names, with its fixed seeded splits.
+
+    ``module:attribute`` names a user's loader of arrays (see :func:`from_arrays`).
+    """
+    if is_user_target(spec.name):
+        return load_user_dataset(spec)
     return DATASETS.get(spec.name)(spec)
 
 
@@ -77,6 +74,7 @@ __all__ = [
     "DatasetLoader",
     "Split",
     "Task",
+    "from_arrays",
     "load_dataset",
     "split_indices",
     "take_subset",

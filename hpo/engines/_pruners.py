@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hpo.engines._names import PRUNERS
+from hpo._registry import import_object
+from hpo.catalog import PRUNERS, call_factory, check_allowed, is_user_target
 
 if TYPE_CHECKING:
     import optuna
@@ -23,10 +24,12 @@ def create_pruner(name: str, budget: BudgetSpec) -> optuna.pruners.BasePruner:
     same epoch (after 5 trials, from epoch ``min_epochs``); ``sha`` is asynchronous successive
     halving from ``min_epochs`` that keeps the best 1/``reduction_factor`` (3 by default) of
     the trials at each rung; ``hyperband`` runs several such brackets between ``min_epochs``
-    and ``max_epochs``.
+    and ``max_epochs``. ``module:attribute`` names a factory of an Optuna pruner, called with
+    ``budget`` if it takes it.
 
     Raises:
         ValueError: The name is unknown.
+        TypeError: A factory returned something else than a pruner.
 
     Example:
         >>> from hpo.spaces import BudgetSpec
@@ -35,6 +38,14 @@ def create_pruner(name: str, budget: BudgetSpec) -> optuna.pruners.BasePruner:
     """
     import optuna
 
+    if is_user_target(name):
+        check_allowed("pruner", name)
+        made = call_factory(import_object(name), {"budget": budget})
+        if not isinstance(made, optuna.pruners.BasePruner):
+            raise TypeError(
+                f"pruner {name!r} returned a {type(made).__name__}, not an Optuna pruner"
+            )
+        return made
     pruners = optuna.pruners
     if name == "none":
         return pruners.NopPruner()

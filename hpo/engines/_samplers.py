@@ -9,7 +9,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.engines._names import ALGORITHMS
+from hpo._registry import import_object
+from hpo.catalog import ALGORITHMS, call_factory, check_allowed, is_user_target
 from hpo.spaces._params import CategoricalParam, ConstantParam, Param, join_path
 
 if TYPE_CHECKING:
@@ -57,7 +58,9 @@ def create_sampler(
     runs over the same Optuna study store.
 
     Args:
-        algorithm: A name of :data:`hpo.engines.ALGORITHMS`, e.g. ``"optuna-tpe"``.
+        algorithm: A name of :data:`hpo.engines.ALGORITHMS`, e.g. ``"optuna-tpe"``, or
+            ``module:attribute``: a factory of an Optuna sampler, called with those of the
+            keywords ``seed``, ``directions``, ``n_trials`` and ``space`` it takes.
         space: The search space the objective samples with :func:`hpo.spaces.suggest`.
         seed: Seed of the sampler; None for a random one.
         directions: The study's directions, one per objective.
@@ -65,6 +68,8 @@ def create_sampler(
             random trials instead of their engine's default; None keeps the default.
 
     Raises:
+        ModuleNotAllowedError: ``module:attribute`` outside the worker's allow-list.
+        TypeError: A factory returned something else than a sampler.
         ValueError: The name is unknown, or the algorithm optimizes one objective and
             ``directions`` has several, or grid search meets a float without a step.
         RuntimeError: ``optuna-gp`` without PyTorch installed.
@@ -77,6 +82,8 @@ def create_sampler(
     """
     import optuna
 
+    if is_user_target(algorithm):
+        return _user_sampler(algorithm, space, seed, directions, n_trials)
     info = ALGORITHMS.get(algorithm)
     if info is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
@@ -133,6 +140,27 @@ def create_sampler(
             space, algo=algo, seed=seed, direction=directions[0], startup_trials=startup
         )
     raise AssertionError(f"{algorithm} is listed in ALGORITHMS but has no sampler")
+
+
+def _user_sampler(
+    target: str,
+    space: SearchSpace,
+    seed: int | None,
+    directions: list[str],
+    n_trials: int | None,
+) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    check_allowed("algorithm", target)
+    sampler = call_factory(
+        import_object(target),
+        {"seed": seed, "directions": list(directions), "n_trials": n_trials, "space": space},
+    )
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise TypeError(
+            f"algorithm {target!r} returned a {type(sampler).__name__}, not an Optuna sampler"
+        )
+    return sampler
 
 
 def _grid_sampler(space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:

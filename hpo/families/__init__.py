@@ -9,57 +9,14 @@ Example:
 from __future__ import annotations
 
 import inspect
-import os
 
-from hpo._registry import LazyRegistry, import_object
-from hpo.errors import UsageError
+from hpo._registry import import_object
+from hpo.catalog import ALLOWED_MODULES_ENV, FAMILIES, ModuleNotAllowedError, check_allowed
+from hpo.catalog import module_allowed as family_allowed
 from hpo.families._base import Family, FunctionFamily
 
-FAMILIES: LazyRegistry[type[Family]] = LazyRegistry(
-    "family",
-    {
-        "image_cnn": "hpo.families.image_cnn:ImageCNN",
-        "dense_bn": "hpo.families.dense_bn:DenseBN",
-        "text_conv1d": "hpo.families.text_conv1d:TextConv1D",
-        "text_dense": "hpo.families.text_dense:TextDense",
-        "char_lstm": "hpo.families.language_models:CharLSTM",
-        "word_lstm": "hpo.families.language_models:WordLSTM",
-        "sorted_seq": "hpo.families.sorted_seq:SortedSeq",
-        "vae": "hpo.families.vae:VAE",
-    },
-)
-
-
-ALLOWED_MODULES_ENV = "HPO_ALLOWED_FAMILY_MODULES"
-
-
-class FamilyNotAllowedError(UsageError, ImportError):
-    """A study's own family is outside the modules this worker may import."""
-
-
-def family_allowed(name: str) -> bool:
-    """Whether this process may import family ``name``.
-
-    Built-in families always; ``module:attribute`` ones when ``$HPO_ALLOWED_FAMILY_MODULES``
-    is unset, or when their module is one of its comma-separated modules or packages (or
-    inside one). Set but empty: built-in families only.
-
-    Example:
-        >>> os.environ[ALLOWED_MODULES_ENV] = "mypackage"
-        >>> family_allowed("mypackage.models:build"), family_allowed("os:system")
-        (True, False)
-        >>> family_allowed("image_cnn")
-        True
-        >>> del os.environ[ALLOWED_MODULES_ENV]
-    """
-    if name in FAMILIES:
-        return True
-    raw = os.environ.get(ALLOWED_MODULES_ENV)
-    if raw is None:
-        return True
-    module = name.partition(":")[0]
-    prefixes = [p.strip() for p in raw.split(",") if p.strip()]
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
+#: Kept under its first name: a study's own family outside the worker's allow-list.
+FamilyNotAllowedError = ModuleNotAllowedError
 
 
 def get_family(name: str) -> Family:
@@ -67,13 +24,9 @@ def get_family(name: str) -> Family:
 
     ``module:attribute`` may be a :class:`Family` subclass, an instance, or a function
     ``build(hp, data)`` returning a compiled Keras model. Its module is imported only if
-    :func:`family_allowed`.
+    :func:`hpo.catalog.module_allowed` (``$HPO_ALLOWED_FAMILY_MODULES``).
     """
-    if not family_allowed(name):
-        raise FamilyNotAllowedError(
-            f"family {name!r} is not allowed on this worker: its module is not in "
-            f"${ALLOWED_MODULES_ENV} ({os.environ.get(ALLOWED_MODULES_ENV)!r})"
-        )
+    check_allowed("family", name)
     obj = FAMILIES.get(name) if name in FAMILIES else import_object(name)
     if inspect.isclass(obj) and issubclass(obj, Family):
         return obj()

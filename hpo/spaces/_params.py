@@ -556,23 +556,37 @@ def _parse_choices(
 class Params(Mapping[str, Any]):
     """The sampled values of one trial, by flat path name, as model-building code reads them.
 
+    It records which parameters were read (``hp[name]``, ``hp.get``, :meth:`children`, and
+    every value of :meth:`to_dict`, ``dict(hp)`` or ``hp.items()``); ``name in hp`` looks
+    without reading. :meth:`unread` lists the others: a parameter the family never reads is
+    searched for nothing (a misspelled key, most often).
+
     Example:
-        >>> hp = Params({"optimizer": "adam", "optimizer.adam.beta_1": 0.9, "lr": 0.01})
-        >>> hp["lr"], hp.children("optimizer")
-        (0.01, {'beta_1': 0.9})
+        >>> hp = Params({"optimizer": "adam", "optimizer.adam.beta_1": 0.9, "lr": 0.01,
+        ...              "unitz": 8})
+        >>> hp["lr"], hp.children("optimizer"), "unitz" in hp
+        (0.01, {'beta_1': 0.9}, True)
+        >>> hp.unread()
+        ['unitz']
     """
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         self._values = dict(values)
+        self._read: set[str] = set()
 
     def __getitem__(self, name: str) -> Any:
         try:
-            return self._values[name]
+            value = self._values[name]
         except KeyError:
             known = ", ".join(sorted(self._values)) or "none"
             raise KeyError(
                 f"parameter {name!r} is not active in this trial (active: {known})"
             ) from None
+        self._read.add(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -583,14 +597,25 @@ class Params(Mapping[str, Any]):
     def children(self, name: str) -> dict[str, Any]:
         """The active direct sub-parameters of categorical ``name``, by their short names."""
         prefix = join_path(name, _label(self[name])) + PATH_SEPARATOR
-        return {
-            k[len(prefix) :]: v
+        found = {
+            k: v
             for k, v in self._values.items()
             if k.startswith(prefix) and PATH_SEPARATOR not in k[len(prefix) :]
         }
+        self._read.update(found)
+        return {k[len(prefix) :]: v for k, v in found.items()}
 
     def to_dict(self) -> dict[str, Any]:
+        self._read.update(self._values)
         return dict(self._values)
+
+    def read(self) -> list[str]:
+        """The names read so far, sorted."""
+        return sorted(self._read)
+
+    def unread(self) -> list[str]:
+        """The names never read so far, sorted."""
+        return sorted(set(self._values) - self._read)
 
     def __repr__(self) -> str:
         return f"Params({self._values!r})"

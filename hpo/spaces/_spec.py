@@ -11,6 +11,15 @@ from typing import Any, Literal, NoReturn, TypeAlias
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hpo.catalog import (
+    ALGORITHMS,
+    DATASETS,
+    FAMILIES,
+    PRUNERS,
+    is_user_target,
+    unknown_names,
+    user_object_problem,
+)
 from hpo.names import name_problem
 from hpo.spaces._errors import (
     FieldError,
@@ -362,6 +371,9 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
 def check_run_options(spec: StudySpec, algorithm: str, pruner: str) -> list[str]:
     """Problems with running ``spec`` under ``algorithm`` and ``pruner`` (empty when fine).
 
+    A ``module:attribute`` algorithm or pruner is imported and its factory called once (with
+    the arguments a worker gives it), to check that it returns an Optuna sampler or pruner.
+
     Example:
         >>> spec = parse_spec('''
         ... family: image_cnn
@@ -373,30 +385,68 @@ def check_run_options(spec: StudySpec, algorithm: str, pruner: str) -> list[str]
         >>> check_run_options(spec, "optuna-grid", "none")
         ['optuna-grid needs a discrete space: give every float a step (no step: lr)']
     """
-    return [msg for _, msg in _run_problems(len(spec.objectives), spec.space, algorithm, pruner)]
+    return [
+        msg
+        for _, msg in _run_problems(
+            len(spec.objectives),
+            spec.space,
+            algorithm,
+            pruner,
+            _sampler_args(spec.space, spec.directions, spec.defaults),
+            {"budget": spec.budget},
+        )
+    ]
+
+
+def _sampler_args(
+    space: SearchSpace | None, directions: list[str], defaults: DefaultsSpec
+) -> dict[str, Any]:
+    """What a worker hands a user's sampler factory (see :mod:`hpo.catalog`)."""
+    return {
+        "seed": defaults.seed,
+        "directions": directions,
+        "n_trials": defaults.trials,
+        "space": space,
+    }
 
 
 def _run_problems(
-    n_objectives: int, space: SearchSpace | None, algorithm: str | None, pruner: str | None
+    n_objectives: int,
+    space: SearchSpace | None,
+    algorithm: str | None,
+    pruner: str | None,
+    sampler_args: Mapping[str, Any] | None = None,
+    pruner_args: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
-    """``(defaults key, problem)`` pairs; an argument that is None skips the checks on it."""
-    from hpo.engines._names import ALGORITHMS, PRUNERS
+    """``(defaults key, problem)`` pairs; an argument that is None skips the checks on it.
 
+    Without ``sampler_args`` (``pruner_args``) a user's factory is only checked to be callable.
+    """
     problems: list[tuple[str, str]] = []
+    if algorithm is not None and is_user_target(algorithm):
+        problem = user_object_problem("algorithm", algorithm, sampler_args)
+        if problem:
+            problems.append(("algorithm", problem))
+        algorithm = None
+    if pruner is not None and is_user_target(pruner):
+        problem = user_object_problem("pruner", pruner, pruner_args)
+        if problem:
+            problems.append(("pruner", problem))
     info = ALGORITHMS.get(algorithm) if algorithm is not None else None
     if algorithm is not None and info is None:
         problems.append(
             (
                 "algorithm",
                 f"unknown algorithm {algorithm!r}{_close(algorithm, ALGORITHMS)}; "
-                f"known: {', '.join(ALGORITHMS)}",
+                f"{unknown_names('algorithm', ALGORITHMS)}",
             )
         )
-    if pruner is not None and pruner not in PRUNERS:
+    if pruner is not None and not is_user_target(pruner) and pruner not in PRUNERS:
         problems.append(
             (
                 "pruner",
-                f"unknown pruner {pruner!r}{_close(pruner, PRUNERS)}; known: {', '.join(PRUNERS)}",
+                f"unknown pruner {pruner!r}{_close(pruner, PRUNERS)}; "
+                f"{unknown_names('pruner', PRUNERS)}",
             )
         )
     if info is not None:
@@ -441,36 +491,24 @@ def _close(name: str, known: Iterable[str]) -> str:
 def _cross_checks(
     raw: Mapping[Any, Any], values: Mapping[str, Any], space: SearchSpace | None
 ) -> list[RawIssue]:
-    """Checks against the registries and between sections.
+    """Checks against the names of :mod:`hpo.catalog` and between sections.
 
     Names are read from the raw data where they are text, so that an unknown dataset or
-    algorithm is reported even when another key of its section is wrong.
+    algorithm is reported even when another key of its section is wrong. A ``module:attribute``
+    is imported (after the allow-list) and checked for what its axis needs.
     """
-    from hpo._registry import module_exists
-    from hpo.datasets import DATASETS
-    from hpo.families import FAMILIES
-
     issues: list[RawIssue] = []
     family = values.get("family")
     if isinstance(family, str) and family not in FAMILIES:
-        module, sep, attr = family.partition(":")
-        if sep and (not module or not attr):
-            issues.append(
-                (("family",), f"write your own family as 'module:builder', got {family!r}")
-            )
-        elif sep:
-            if not module_exists(family):
-                issues.append((("family",), f"cannot find module {module!r} of {family!r}"))
-            else:
-                problem = _family_problem(family)
-                if problem:
-                    issues.append((("family",), problem))
+        if is_user_target(family):
+            problem = user_object_problem("family", family)
+            if problem:
+                issues.append((("family",), problem))
         else:
             issues.append(
                 (
                     ("family",),
-                    f"unknown family {family!r}; known: "
-                    f"{', '.join(FAMILIES.names())}, or 'module:builder' for your own",
+                    f"unknown family {family!r}; {unknown_names('family', FAMILIES.names())}",
                 )
             )
     dataset = raw.get("dataset")
@@ -479,7 +517,17 @@ def _cross_checks(
     if isinstance(dataset, Mapping) and isinstance(dataset.get("name"), str):
         name, where = dataset["name"], ("dataset", "name")
     if name is not None and name not in DATASETS:
-        issues.append((where, f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}"))
+        if is_user_target(name):
+            problem = user_object_problem("dataset", name)
+            if problem:
+                issues.append((where, problem))
+        else:
+            issues.append(
+                (
+                    where,
+                    f"unknown dataset {name!r}; {unknown_names('dataset', DATASETS.names())}",
+                )
+            )
     objective = raw.get("objective")
     items = objective if isinstance(objective, list) else []
     metrics = [o.get("metric") if isinstance(o, Mapping) else None for o in items]
@@ -496,44 +544,19 @@ def _cross_checks(
         algorithm, pruner = given.get("algorithm"), given.get("pruner")
     objectives = values.get("objective")
     n_objectives = len(objectives) if objectives else 1
+    budget = values.get("budget")
     for key, problem in _run_problems(
         n_objectives,
         space,
         algorithm if isinstance(algorithm, str) else None,
         pruner if isinstance(pruner, str) else None,
+        _sampler_args(space, [o.direction for o in objectives], defaults)
+        if objectives and isinstance(defaults, DefaultsSpec)
+        else None,
+        {"budget": budget} if isinstance(budget, BudgetSpec) else None,
     ):
         issues.append((("defaults", key), problem))
     return issues
-
-
-def _family_problem(target: str) -> str | None:
-    """Why ``module:attribute`` is not a family; the module is imported here (its code runs)."""
-    import inspect
-
-    from hpo._registry import import_object
-    from hpo.families import ALLOWED_MODULES_ENV, Family, family_allowed
-
-    if not family_allowed(target):
-        # Checked before the import: a worker's allow-list keeps the module's code from running.
-        return f"family {target!r} is not allowed on this machine (${ALLOWED_MODULES_ENV})"
-    try:
-        obj = import_object(target)
-    except AttributeError:
-        module, _, attr = target.partition(":")
-        return f"module {module!r} has no attribute {attr!r}"
-    except Exception as exc:  # the user's module failed to import: say how, in one line
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        return f"cannot import {target!r}: {reason[:300]}"
-    if inspect.isclass(obj):
-        if issubclass(obj, Family):
-            return None
-        return f"{target!r} is a class but not a subclass of hpo.families.Family"
-    if isinstance(obj, Family) or callable(obj):
-        return None
-    return (
-        f"{target!r} is {describe_value(obj)}: expected a Family subclass or a "
-        "build(hp, data) function"
-    )
 
 
 def _raise(filename: str, doc: YamlDocument, issues: list[_Issue]) -> NoReturn:

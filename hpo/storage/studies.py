@@ -11,17 +11,20 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError, UsageError
-from hpo.spaces import StudySpec, parse_spec
+from hpo.spaces import Params, StudySpec, parse_spec
 from hpo.storage._retry import is_transient, with_db_retry
 
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
+
+    from hpo.catalog import Axis
 
 CONFIG_ATTR = "hpo:config"
 STATE_ATTR = "hpo:state"
@@ -80,6 +83,31 @@ class StudyConfig:
             return None
         family = data.get("family") if isinstance(data, dict) else None
         return family if isinstance(family, str) else None
+
+    def user_targets(self) -> dict[Axis, str | None]:
+        """The study's own ``module:attribute`` objects by axis (None where it uses a built-in
+        or the space cannot be read), read without validating the space (see
+        :meth:`family_name`)."""
+        from hpo.catalog import is_user_target
+        from hpo.spaces._yaml import YamlDocument
+
+        try:
+            data = YamlDocument.parse(self.source, self.filename).data
+        except Exception:
+            data = None
+        data = data if isinstance(data, dict) else {}
+        dataset = self.overrides.get("dataset") or data.get("dataset")
+        if isinstance(dataset, dict):
+            dataset = dataset.get("name")
+        found: dict[Axis, Any] = {
+            "family": data.get("family"),
+            "dataset": dataset,
+            "algorithm": self.algorithm,
+            "pruner": self.pruner,
+        }
+        return {
+            k: v if isinstance(v, str) and is_user_target(v) else None for k, v in found.items()
+        }
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -315,6 +343,8 @@ class StudyStatus:
     dataset: str
     state: str = "active"
     broken_reason: str | None = None
+    #: Parameters trials had that no family read (see :func:`unread_params`).
+    unread_params: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -326,6 +356,67 @@ class StudyStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"finished": self.finished, "done": self.done}
+
+
+#: Trial user attributes: the parameters its family read, and those it did not.
+PARAMS_READ_ATTR = "params_read"
+PARAMS_UNREAD_ATTR = "params_unread"
+#: Study user attribute: parameters of the space that trials had but no family read.
+UNREAD_PARAMS_ATTR = "unread_params"
+
+
+def record_params_read(storage: BaseStorage, trial_id: int, hp: Params) -> None:
+    """Store on the trial which of its parameters ``hp`` saw read (see :class:`Params`)."""
+    storage.set_trial_user_attr(trial_id, PARAMS_READ_ATTR, hp.read())
+    storage.set_trial_user_attr(trial_id, PARAMS_UNREAD_ATTR, hp.unread())
+
+
+def unread_params(trials: Iterable[FrozenTrial]) -> list[str]:
+    """Parameters some trial had and no trial's family read, sorted.
+
+    A conditional parameter counts once a trial had it active; until then it is not reported.
+
+    Example:
+        >>> import optuna
+        >>> def trial(read, unread):
+        ...     return optuna.trial.create_trial(value=0.0, user_attrs={
+        ...         PARAMS_READ_ATTR: read, PARAMS_UNREAD_ATTR: unread})
+        >>> unread_params([trial(["lr"], ["unitz", "opt.sgd.momentum"]),
+        ...                trial(["lr", "opt.sgd.momentum"], ["unitz"])])
+        ['unitz']
+    """
+    read: set[str] = set()
+    unread: set[str] = set()
+    for t in trials:
+        read.update(t.user_attrs.get(PARAMS_READ_ATTR) or ())
+        unread.update(t.user_attrs.get(PARAMS_UNREAD_ATTR) or ())
+    return sorted(unread - read)
+
+
+def note_unread_params(study: optuna.Study) -> list[str] | None:
+    """Store :func:`unread_params` of the study's complete trials on it when it changed.
+
+    Returns the names when they are stored for the first time (the study's first complete
+    trial that reads less than it was given), so that the caller warns once; else None.
+    """
+    from optuna.trial import TrialState
+
+    names = unread_params(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    before = study.user_attrs.get(UNREAD_PARAMS_ATTR)
+    if names == before or (not names and before is None):
+        return None
+    study.set_user_attr(UNREAD_PARAMS_ATTR, names)
+    return names if names and before is None else None
+
+
+def describe_unread_params(names: list[str]) -> str:
+    """The warning about parameters no family read.
+
+    Example:
+        >>> describe_unread_params(["unitz"])
+        'searched but never read by the family: unitz (a misspelled key?)'
+    """
+    return f"searched but never read by the family: {', '.join(names)} (a misspelled key?)"
 
 
 def study_status(storage: BaseStorage, name: str) -> StudyStatus:
@@ -351,6 +442,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     attrs = storage.get_study_system_attrs(study._study_id)
     state = state_from_attrs(attrs)
+    unread = unread_params(complete)
     if complete and len(directions) == 1:
         best = study.best_trial
         best_values, best_number = list(best.values), best.number
@@ -371,6 +463,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         dataset=dataset,
         state=state,
         broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
+        unread_params=unread,
     )
 
 

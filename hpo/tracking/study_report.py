@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hpo import tracking
-from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials
+from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials, unread_params
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -122,6 +122,9 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
         },
         step=0,
     )
+    unread = unread_params(t for t in trials if t.state.name == "COMPLETE")
+    if unread:  # parameters searched for nothing: a misspelled key, most often
+        c.set_tag(config.parent_run_id, "hpo.unread_params", ", ".join(unread))
     files: dict[str, Any] = dict(study_plots(storage, config))
     summary = best_trial_summary(storage, config)
     if summary:

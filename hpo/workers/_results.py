@@ -13,8 +13,10 @@ from hpo.storage._retry import with_db_retry
 from hpo.storage.studies import (
     FAIL_REASON_ATTR,
     StudyConfig,
+    describe_unread_params,
     fail_trial,
     load_config,
+    note_unread_params,
     requeue,
 )
 from hpo.workers.runner import FinalizeTask, TrialResult
@@ -108,6 +110,9 @@ def _tell(storage: Any, study: Any, config: StudyConfig, trial: Any, result: Tri
     else:
         log.info("trial %d: %s", trial.number, result.values)
         study.tell(trial, values=result.values, skip_if_finished=True)
+        unread = note_unread_params(study)
+        if unread:
+            log.warning("study %s: %s", config.name, describe_unread_params(unread))
 
 
 def _end_orphan_run(config: StudyConfig, run_id: str, reason: str) -> None:

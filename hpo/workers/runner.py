@@ -30,7 +30,7 @@ from hpo.errors import HpoError
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
 from hpo.storage._retry import with_db_retry
-from hpo.storage.studies import RUN_ID_ATTR, StudyConfig
+from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, record_params_read
 from hpo.tracking.artifacts import (
     CURVES_FILE,
     DATASET_FILE,
@@ -413,6 +413,8 @@ class TrialRunner:
         t0 = time.perf_counter()
         family.fit(model, hp, data, spec.budget.max_epochs, [callback.keras_callback])
         train_seconds = time.perf_counter() - t0
+        # Which parameters the family read: the worker reports those no trial reads.
+        with_db_retry(lambda: record_params_read(storage, task.trial_id, hp))
         if callback.failure:
             raise TrialFailedError(callback.failure)
         if not callback.history:

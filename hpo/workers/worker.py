@@ -231,12 +231,12 @@ class Worker:
             storage = self.storage  # opened here, before the threads that share it
             if self.options.study:
                 config = load_config(storage, self.options.study)  # a clear error first
-                from hpo.families import ALLOWED_MODULES_ENV, family_allowed
+                from hpo.catalog import ALLOWED_MODULES_ENV, first_disallowed
 
-                family = config.family_name()
-                if family is not None and not family_allowed(family):
+                refused = first_disallowed(config.user_targets())
+                if refused is not None:
                     raise StudyError(
-                        f"study {config.name!r}: family {family!r} is not allowed "
+                        f"study {config.name!r}: {refused[0]} {refused[1]!r} is not allowed "
                         f"on this worker (${ALLOWED_MODULES_ENV})"
                     )
         except BaseException:
@@ -348,7 +348,8 @@ class Worker:
     def _sampler_seed(self, config: StudyConfig) -> int | None:
         from hpo.engines._names import ALGORITHMS
 
-        if config.seed is None or ALGORITHMS[config.algorithm].engine == "hyperopt":
+        info = ALGORITHMS.get(config.algorithm)  # None: the study's own sampler
+        if config.seed is None or (info is not None and info.engine == "hyperopt"):
             # hyperopt's proposals are seeded per trial number: the same in every worker.
             return config.seed
         # Workers with the same seed would propose the same parameters; worker 0 keeps the
@@ -427,14 +428,15 @@ class Worker:
     # -- studies that keep failing -----------------------------------------------------------
 
     def _family_allowed(self, config: StudyConfig) -> bool:
-        """Whether this worker may import the study's family (``--allow-family-module``)."""
-        from hpo.families import ALLOWED_MODULES_ENV, family_allowed
+        """Whether this worker may import the study's own modules (``--allow-module``)."""
+        from hpo.catalog import ALLOWED_MODULES_ENV, first_disallowed
 
-        family = config.family_name()
-        if family is None or family_allowed(family):
+        refused = first_disallowed(config.user_targets())
+        if refused is None:
             return True
         self._warn_once(
-            config.name, f"its family {family!r} is not allowed here (${ALLOWED_MODULES_ENV})"
+            config.name,
+            f"its {refused[0]} {refused[1]!r} is not allowed here (${ALLOWED_MODULES_ENV})",
         )
         return False
 
