@@ -26,6 +26,7 @@ FAMILIES: LazyRegistry[type[Family]] = LazyRegistry(
         "word_lstm": "hpo.families.language_models:WordLSTM",
         "sorted_seq": "hpo.families.sorted_seq:SortedSeq",
         "vae": "hpo.families.vae:VAE",
+        "gan": "hpo.families.gan:GAN",
     },
 )
 
@@ -62,6 +63,14 @@ def family_allowed(name: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
+def family_ensembles(name: str) -> bool:
+    """Whether ``hpo ensemble build`` may combine trials of family ``name`` (a registered
+    family's :attr:`Family.ensembles`; a family of one's own: yes)."""
+    if name not in FAMILIES:
+        return True
+    return bool(getattr(FAMILIES.get(name), "ensembles", True))
+
+
 def get_family(name: str) -> Family:
     """An instance of the family called ``name`` (a registered name or ``module:attribute``).
 
@@ -91,5 +100,6 @@ __all__ = [
     "FamilyNotAllowedError",
     "FunctionFamily",
     "family_allowed",
+    "family_ensembles",
     "get_family",
 ]
