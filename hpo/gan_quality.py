@@ -198,8 +198,8 @@ def _train_classifier(data: Dataset) -> tuple[keras.Model, float]:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    # About 20,000 example visits: 14 epochs of 1,437 digits, 4 of 6,000 Fashion-MNIST images.
-    epochs = int(np.clip(math.ceil(20_000 / max(1, len(data.train))), 3, 30))
+    # About 15,000 example visits: 13 epochs of 1,168 digits, 3 of 6,000 Fashion-MNIST images.
+    epochs = int(np.clip(math.ceil(15_000 / max(1, len(data.train))), 3, 20))
     model.fit(data.train.x, data.train.y, batch_size=64, epochs=epochs, verbose=0)
     _, accuracy = model.evaluate(data.test.x, data.test.y, batch_size=256, verbose=0)
     return model, float(accuracy)

@@ -12,7 +12,7 @@ import pytest
 
 from hpo.datasets import DataError, Dataset, Split, load_dataset
 from hpo.gan_quality import class_shares, frechet_distance, gaussian
-from hpo.spaces import DatasetSpec, Params
+from hpo.spaces import Params
 
 from conftest import REPO, hpo
 
@@ -31,17 +31,25 @@ TINY: dict[str, object] = {
 }
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    data = load_dataset(DatasetSpec(name="digits", subset=200, seed=0))
-    data.validation = Split(data.validation.x[:100], data.validation.y[:100])
-    return data
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One feature-classifier cache for the module (none in the home folder)."""
+    return tmp_path_factory.mktemp("hpo-cache")
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    # One feature-classifier cache for the module's in-process tests, none in the home folder.
-    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hpo-cache"))
+def _cache_dir(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPO_CACHE_DIR", str(cache))
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    """gan_small's data: its feature classifier is trained once for the whole module."""
+    from hpo.spaces import load_spec
+
+    data = load_dataset(load_spec(SMALL_SPACE).dataset)
+    data.validation = Split(data.validation.x[:100], data.validation.y[:100])
+    return data
 
 
 # -- the Fréchet distance ----------------------------------------------------------------------
@@ -137,7 +145,7 @@ def test_divergence_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     # An absurd learning rate blows the weights up to inf: the losses turn NaN.
     hp = Params({**TINY, "d_learning_rate": 1e30, "g_learning_rate": 1e30, "g_batchnorm": False})
     callback = _EpochCallback(lambda e, logs, s: False)
-    family.fit(family.build(hp, digits), hp, digits, 2, [callback.keras_callback])
+    family.fit(family.build(hp, digits), hp, digits, 1, [callback.keras_callback])
     assert callback.failure is not None and "nan" in callback.failure.lower(), callback.failure
     assert "loss" in callback.failure
 
@@ -162,16 +170,16 @@ def _sample_cli(*args: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_run_a_gan_study_then_sample_from_it(tmp_path: Path) -> None:
+def test_run_a_gan_study_then_sample_from_it(tmp_path: Path, cache: Path) -> None:
     import optuna
     from matplotlib.pyplot import imread
     from mlflow import MlflowClient
 
-    env = {"HPO_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"HPO_CACHE_DIR": str(cache)}
     result = hpo("run", str(SMALL_SPACE), "--trials", "2", "--study", "g", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr + result.stdout
-    # The feature classifier was trained once and cached for both trials.
-    assert len(list((tmp_path / "cache").glob("gan-classifier-digits-*.keras"))) == 1
+    # One feature classifier, cached, for both trials (and the in-process tests on this data).
+    assert len(list(cache.glob("gan-classifier-digits-*.keras"))) == 1
 
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = optuna.load_study(study_name="g", storage=storage)
@@ -208,7 +216,8 @@ def test_run_a_gan_study_then_sample_from_it(tmp_path: Path) -> None:
 
     best = study.best_trial.number
     out = tmp_path / "pics" / "g.png"
-    source, target = sorted(info["class_latents"], key=lambda c: -info["class_counts"][c])[:2]
+    assert sorted(info["class_latents"]) == [str(d) for d in range(10)]
+    source, target = "3", "8"
     n, side = 4, 4 * 49 + 1
     result = _sample_cli(
         f"g:{best}",
@@ -226,7 +235,11 @@ def test_run_a_gan_study_then_sample_from_it(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["family"] == "gan" and report["arithmetic"]["to"] == target
+    assert report["family"] == "gan" and report["arithmetic"] == {
+        "from": target,
+        "to": source,
+        "alphas": [0.0, 1.0, 2.0],
+    }
     expected = {
         "grid": (out, (side, side)),
         "interpolation": (tmp_path / "pics" / "g_interpolation.png", (side, side)),
@@ -236,7 +249,7 @@ def test_run_a_gan_study_then_sample_from_it(tmp_path: Path) -> None:
         assert report["files"][key] == str(path)
         assert imread(path).shape[:2] == shape, key
 
-    refused = hpo("ensemble", "build", "g", "--name", "gens", cwd=tmp_path)
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "'gan' study, whose trials are not ensembled" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    from hpo.ensemble import EnsembleError, build_ensemble
+
+    with pytest.raises(EnsembleError, match="'gan' study, whose trials are not ensembled"):
+        build_ensemble(["g"], "gens", storage=storage)

@@ -46,8 +46,9 @@ Data: image datasets (``classification``, e.g. ``digits`` and ``fashion_mnist``)
 shape (height, width, channels) in [0, 1]; the labels train only the feature classifier.
 
 The trial's ``model.keras`` is the generator alone (latent vectors -> images). Artifacts besides
-it: ``gan.json`` (image and latent shape, the classifier's accuracy, per-class mean latent
-vectors and a few latent vectors per class of generated samples, for ``hpo sample``) and
+it: ``gan.json`` (image and latent shape, the classifier's accuracy, per class the mean latent
+vector and a few latent vectors of the generated samples most like it, for ``hpo sample``; see
+:func:`gan_info`) and
 ``samples_epoch_NNN.png``, the same latent vectors' images after each epoch.
 """
 
@@ -72,8 +73,10 @@ GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
 # Latent vectors kept per class in gan.json for `hpo sample --arithmetic`.
 LATENTS_PER_CLASS = 16
-# Generated samples classified at the end of training for gan.json's per-class latents.
+# Generated samples classified at the end of training for gan.json's per-class latents, and
+# the share of them, most like a class, whose latent vectors stand for it.
 INFO_SAMPLES = 2000
+CLASS_SHARE = 0.05
 _MIN_PIXEL_STD = 1e-3
 
 
@@ -248,9 +251,17 @@ class GAN(Family):
 
 
 def gan_info(model: GANModel, data: Dataset, seed: int = 0) -> dict[str, Any]:
-    """Image and latent shape, the classifier's test accuracy, and per class of generated
-    samples (as the feature classifier assigns them): the mean latent vector, its standard
-    deviation and up to :data:`LATENTS_PER_CLASS` latent vectors (the most confident ones)."""
+    """Image and latent shape, the classifier's test accuracy, and per class the latent vectors
+    of the generated samples that the feature classifier finds most like that class.
+
+    Of :data:`INFO_SAMPLES` samples, each class takes the :data:`CLASS_SHARE` with the highest
+    probability of that class (whatever class is the most probable: a young generator may draw
+    few samples of some class, still its most class-like ones point the way). ``class_means``
+    / ``class_stds`` are their latent vectors' mean and standard deviation (the concept vectors
+    of ``hpo sample --arithmetic``), ``class_latents`` the :data:`LATENTS_PER_CLASS` most
+    class-like latent vectors, and ``class_counts`` how many samples the classifier assigns to
+    each class (its most probable class): their spread shows mode collapse.
+    """
     generator = model.generator
     latent_dim = int(generator.input_shape[-1])
     info: dict[str, Any] = {
@@ -270,17 +281,18 @@ def gan_info(model: GANModel, data: Dataset, seed: int = 0) -> dict[str, Any]:
     info["classifier_test_accuracy"] = quality.classifier.test_accuracy
     z = np.random.default_rng(seed).standard_normal((INFO_SAMPLES, latent_dim)).astype(np.float32)
     _, probabilities = quality.classifier.features_and_probabilities(_generate(generator, z))
-    predicted = probabilities.argmax(axis=-1)
+    counts = np.bincount(probabilities.argmax(axis=-1), minlength=probabilities.shape[-1])
     names = data.class_names or [str(i) for i in range(probabilities.shape[-1])]
+    top = max(LATENTS_PER_CLASS, int(CLASS_SHARE * INFO_SAMPLES))
     for index, name in enumerate(names):
-        mask = predicted == index
-        if not mask.any():
-            continue
-        confident = np.argsort(-probabilities[mask, index])[:LATENTS_PER_CLASS]
-        info["class_means"][name] = [float(v) for v in z[mask].mean(axis=0)]
-        info["class_stds"][name] = [float(v) for v in z[mask].std(axis=0)]
-        info["class_counts"][name] = int(mask.sum())
-        info["class_latents"][name] = [[float(v) for v in row] for row in z[mask][confident]]
+        ranked = np.argsort(-probabilities[:, index], kind="stable")
+        chosen = z[ranked[:top]]
+        info["class_means"][name] = [float(v) for v in chosen.mean(axis=0)]
+        info["class_stds"][name] = [float(v) for v in chosen.std(axis=0)]
+        info["class_counts"][name] = int(counts[index])
+        info["class_latents"][name] = [
+            [float(v) for v in row] for row in z[ranked[:LATENTS_PER_CLASS]]
+        ]
     return info
 
 
