@@ -103,7 +103,7 @@ def class_shares(probabilities: np.ndarray, num_classes: int) -> dict[str, float
     counts = np.bincount(np.argmax(probabilities, axis=-1), minlength=num_classes)
     shares = counts / max(1, counts.sum())
     nonzero = shares[shares > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum())
+    entropy = max(0.0, float(-(nonzero * np.log(nonzero)).sum()))  # no -0.0
     return {
         "max_class_share": float(shares.max()),
         "class_entropy": entropy / math.log(num_classes) if num_classes > 1 else 0.0,
