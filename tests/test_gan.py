@@ -128,7 +128,7 @@ def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
 
     family = GAN()
     # Any 10-class distribution has a largest share >= 0.1: a threshold of 0.05 forces collapse.
-    hp = Params({**TINY, "collapse_share": 0.05, "collapse_from_epoch": 1})
+    hp = Params({**TINY, "collapse_share": 0.05, "collapse_epochs": 1})
     epochs: list[dict[str, float]] = []
     callback = _EpochCallback(lambda e, logs, s: bool(epochs.append(logs)))
     with pytest.raises(TrialFailedError, match=r"collapsed: \d+% of the generated samples"):

@@ -28,8 +28,9 @@ feature space of the dataset's feature classifier (:mod:`hpo.gan_quality`):
 * ``classifier_test_accuracy``: the feature classifier's own accuracy on the test split.
 
 A trial whose losses or samples turn non-finite fails as *diverged*; one whose samples fall into
-one class (``gen_max_class_share >= collapse_share`` from epoch ``collapse_from_epoch`` on) or
-are all alike (``gen_pixel_std < 1e-3``) fails as *collapsed*; the reason is the trial's.
+one class (``gen_max_class_share >= collapse_share`` for ``collapse_epochs`` epochs in a row:
+adversarial training oscillates, one such epoch is common) or are all alike
+(``gen_pixel_std < 1e-3``) fails as *collapsed*; the reason is the trial's.
 
 Parameters (all optional; a missing one takes the default in brackets):
 
@@ -40,7 +41,7 @@ Parameters (all optional; a missing one takes the default in brackets):
   [0.5] (Adam for both);
 * ``label_smoothing`` [0.0]; ``label_noise`` [0.05]; ``d_steps`` [1];
 * ``batch_size`` [64]; ``fd_samples`` [1000]; ``collapse_share`` [0.9];
-  ``collapse_from_epoch`` [2].
+  ``collapse_epochs`` [3].
 
 Data: image datasets (``classification``, e.g. ``digits`` and ``fashion_mnist``) with inputs of
 shape (height, width, channels) in [0, 1]; the labels train only the feature classifier.
@@ -187,8 +188,9 @@ class GAN(Family):
             list(callbacks), add_history=False, add_progbar=False, model=model
         )
         grid_z = rng.standard_normal((64, loop.latent_dim)).astype(np.float32)
-        collapse_share = float(hp.get("collapse_share", 0.9))
-        collapse_from = int(hp.get("collapse_from_epoch", 2))
+        collapse = _CollapseWatch(
+            float(hp.get("collapse_share", 0.9)), int(hp.get("collapse_epochs", 3))
+        )
         batch_size = self.batch_size(hp)
         x = data.train.x.astype(np.float32)
         model.stop_training = False
@@ -223,7 +225,7 @@ class GAN(Family):
                 model.sample_grids.append(_grid(images))
                 measured = quality.measure(model.generator, rng)
                 logs.update(measured)
-                problem = _failure(measured, epoch + 1, collapse_share, collapse_from)
+                problem = collapse.problem(measured, epoch + 1)
             callback_list.on_epoch_end(epoch, logs)
             if problem:
                 from hpo.runner import TrialFailedError
@@ -381,21 +383,37 @@ class _Quality:
         }
 
 
-def _failure(measured: dict[str, float], epoch: int, share: float, from_epoch: int) -> str | None:
-    """Why the GAN cannot go on after ``epoch`` (diverged or collapsed), or None."""
-    if not math.isfinite(measured["val_fd"]):
-        return f"diverged: the generator's samples are not finite after epoch {epoch}"
-    if measured["gen_pixel_std"] < _MIN_PIXEL_STD:
-        return (
-            f"collapsed: all generated samples are alike after epoch {epoch} (pixel standard "
-            f"deviation across samples {measured['gen_pixel_std']:.2g} < {_MIN_PIXEL_STD:g})"
-        )
-    if epoch >= from_epoch and measured["gen_max_class_share"] >= share:
-        return (
-            f"collapsed: {measured['gen_max_class_share']:.0%} of the generated samples fall "
-            f"into one class after epoch {epoch} (collapse_share {share:g})"
-        )
-    return None
+class _CollapseWatch:
+    """Why the GAN cannot go on (diverged or collapsed) after an epoch, or None.
+
+    GAN training oscillates: samples crowd into one class for an epoch and spread out again
+    the next. Collapse on one class counts only after ``epochs`` epochs in a row of
+    ``gen_max_class_share >= share``.
+    """
+
+    def __init__(self, share: float, epochs: int) -> None:
+        self.share = share
+        self.epochs = max(1, epochs)
+        self.streak = 0
+
+    def problem(self, measured: dict[str, float], epoch: int) -> str | None:
+        if not math.isfinite(measured["val_fd"]):
+            return f"diverged: the generator's samples are not finite after epoch {epoch}"
+        if measured["gen_pixel_std"] < _MIN_PIXEL_STD:
+            return (
+                f"collapsed: all generated samples are alike after epoch {epoch} (pixel "
+                f"standard deviation across samples {measured['gen_pixel_std']:.2g} < "
+                f"{_MIN_PIXEL_STD:g})"
+            )
+        self.streak = self.streak + 1 if measured["gen_max_class_share"] >= self.share else 0
+        if self.streak >= self.epochs:
+            return (
+                f"collapsed: {measured['gen_max_class_share']:.0%} of the generated samples "
+                f"fall into one class after epoch {epoch} ({self.streak} epoch"
+                f"{'s' if self.streak > 1 else ''} in a row at collapse_share {self.share:g} "
+                "or more)"
+            )
+        return None
 
 
 def _generate(generator: keras.Model, z: np.ndarray) -> np.ndarray:
