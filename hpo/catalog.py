@@ -48,6 +48,7 @@ FAMILIES: LazyRegistry[Any] = LazyRegistry(
         "word_lstm": "hpo.families.language_models:WordLSTM",
         "sorted_seq": "hpo.families.sorted_seq:SortedSeq",
         "vae": "hpo.families.vae:VAE",
+        "gan": "hpo.families.gan:GAN",
     },
 )
 

@@ -311,5 +311,5 @@ def test_run_a_vae_study_then_sample_from_it(tmp_path: Path) -> None:
     not_vae.parent.mkdir()
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(not_vae)
     refused = _sample_cli(str(not_vae.parent), "--out", str(tmp_path / "x.png"))
-    assert refused.exit_code == 2 and "not a VAE" in refused.output
+    assert refused.exit_code == 2 and "neither a VAE nor a GAN generator" in refused.output
     assert not (tmp_path / "x.png").exists()

@@ -1,9 +1,11 @@
-"""``hpo sample``: images from a trained VAE (grid, latent traversal, concept-vector arithmetic).
+"""``hpo sample``: images from a trained VAE or GAN (grid, latent traversal or interpolation,
+concept-vector arithmetic).
 
 Example:
     hpo sample vae                          # the best trial of study "vae": grid.png, ...
     hpo sample vae:3 --out out/fm.png --n 10 --seed 1 --arithmetic "Sneaker-Sandal"
     hpo sample path/to/model.keras          # a folder or file; vae.json beside it if stored
+    hpo sample gan --arithmetic "Sneaker-Sandal"   # a GAN: grid, interpolation, arithmetic
 """
 
 from __future__ import annotations
@@ -62,26 +64,31 @@ def sample(
     tracking_uri: TrackingUriOption = None,
     json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
 ) -> None:
-    """Generate images with a trained VAE (family `vae`).
+    """Generate images with a trained VAE (family `vae`) or GAN (family `gan`).
 
     Writes three PNGs, each a grid of images separated by white lines:
 
-    * OUT (grid.png): n x n images decoded from z ~ N(0, I);
-    * <stem>_traversal.png: one row per latent dimension (at most n; the dimensions that
+    * OUT (grid.png): n x n images decoded (generated) from z ~ N(0, I);
+    * VAE: <stem>_traversal.png: one row per latent dimension (at most n; the dimensions that
       separate the classes most come first), the other dimensions 0, the row's dimension
       going from -3 to 3 in n steps left to right;
-    * <stem>_arithmetic.png, with --arithmetic A-B: n rows of latent codes of class B (its
-      validation mean and spread), columns adding alpha * (mean of A - mean of B), one column
-      per --alphas value (0 = the class-B code itself, 1 = moved by the full vector).
+    * GAN: <stem>_interpolation.png: n rows, each going in n steps along the straight line
+      between two random latent vectors;
+    * <stem>_arithmetic.png, with --arithmetic A-B: n rows of latent codes of class B (VAE:
+      its validation mean and spread; GAN: latent vectors whose samples the feature classifier
+      assigned to B), columns adding alpha * (mean of A - mean of B), one column per --alphas
+      value (0 = the class-B code itself, 1 = moved by the full vector). A GAN's class means
+      are those of its generated samples' latent vectors, grouped by the classifier.
 
-    Exit status 2: the model is not a VAE, unknown class (the message lists the known ones),
-    bad --alphas, or no model found.
+    Exit status 2: the model is neither a VAE nor a GAN generator, unknown class (the message
+    lists the known ones), bad --alphas, or no model found.
     """
     import os
 
     import numpy as np
 
     from hpo.families import vae_sampling as vs
+    from hpo.families.gan_sampling import class_latents, interpolation_grid
     from hpo.tracking.models import ModelError, resolve_trial_model
 
     # One progress bar per downloaded artifact would bury the command's own output.
@@ -92,11 +99,14 @@ def sample(
             trial = resolve_trial_model(model, storage, tracking_uri)
         except ModelError as exc:
             fail(str(exc))
-        info: dict[str, Any] = trial.read_json("vae.json") if trial.has("vae.json") else {}
+        info: dict[str, Any] = {}
+        for name in ("vae.json", "gan.json"):
+            if trial.has(name):
+                info = trial.read_json(name)
         if arithmetic and not info.get("class_means"):
             fail(
-                f"--arithmetic needs the per-class latent means that a 'vae' trial stores in "
-                f"vae.json; none found beside {trial.model_path}"
+                f"--arithmetic needs the per-class latent means that a 'vae' or 'gan' trial "
+                f"stores in vae.json or gan.json; none found beside {trial.model_path}"
             )
         pair, vector = None, None
         if arithmetic:
@@ -112,6 +122,7 @@ def sample(
         except (ModelError, ValueError, OSError) as exc:
             fail(f"cannot load {trial.model_path}: {exc}")
         decoder = _decoder_of(keras_model, model, trial.family)
+        is_gan = decoder is keras_model  # a GAN's stored model is its generator
 
         rng = np.random.default_rng(seed)
         height = int(decoder.output_shape[1])
@@ -119,23 +130,36 @@ def sample(
         written = {"grid": vs.save_png(out, vs.tile(vs.sample_grid(decoder, n, rng), scale=zoom))}
 
         d = vs.latent_dim(decoder)
-        dims = _traversal_dims(info.get("class_means") or {}, d)[:n]
-        values = np.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, n)
-        rows = np.stack([vs.latent_traversal(decoder, np.zeros(d), k, values) for k in dims])
-        written["traversal"] = vs.save_png(_beside(out, "traversal"), vs.tile(rows, scale=zoom))
+        dims: list[int] = []
+        if is_gan:
+            rows = interpolation_grid(decoder, n, rng)
+            written["interpolation"] = vs.save_png(
+                _beside(out, "interpolation"), vs.tile(rows, scale=zoom)
+            )
+        else:
+            dims = _traversal_dims(info.get("class_means") or {}, d)[:n]
+            values = np.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, n)
+            rows = np.stack([vs.latent_traversal(decoder, np.zeros(d), k, values) for k in dims])
+            written["traversal"] = vs.save_png(_beside(out, "traversal"), vs.tile(rows, scale=zoom))
 
         if pair is not None and vector is not None:
-            base = vs.class_samples(info["class_means"], info.get("class_stds"), pair[1], n, rng)
+            if info.get("class_latents", {}).get(pair[1]):
+                base = class_latents(info["class_latents"], pair[1], n)
+            else:
+                base = vs.class_samples(
+                    info["class_means"], info.get("class_stds"), pair[1], n, rng
+                )
             images = vs.apply_concept(decoder, base, vector, alpha_values)
             written["arithmetic"] = vs.save_png(
                 _beside(out, "arithmetic"), vs.tile(images, scale=zoom)
             )
     report: dict[str, Any] = {
         "model": model,
+        "family": "gan" if is_gan else "vae",
         "study": trial.study,
         "trial": trial.trial_number,
         "latent_dim": d,
-        "traversal_dims": dims,
+        **({} if is_gan else {"traversal_dims": dims}),
         "files": {k: str(v) for k, v in written.items()},
     }
     if pair is not None:
@@ -144,13 +168,20 @@ def sample(
         print_json(report)
         return
     where = f"trial {trial.trial_number} of {trial.study}" if trial.study else model
-    console.print(f"VAE from {where} (latent_dim {d})", markup=False)
+    console.print(f"{'GAN' if is_gan else 'VAE'} from {where} (latent_dim {d})", markup=False)
     console.print(f"  {written['grid']}: {n}x{n} samples from N(0, I)", markup=False)
-    console.print(
-        f"  {written['traversal']}: rows = latent dims {dims}, columns = "
-        f"-{TRAVERSAL_RANGE:g} .. {TRAVERSAL_RANGE:g}",
-        markup=False,
-    )
+    if is_gan:
+        console.print(
+            f"  {written['interpolation']}: rows = {n} pairs of random latent vectors, "
+            f"columns = {n} steps from one to the other",
+            markup=False,
+        )
+    else:
+        console.print(
+            f"  {written['traversal']}: rows = latent dims {dims}, columns = "
+            f"-{TRAVERSAL_RANGE:g} .. {TRAVERSAL_RANGE:g}",
+            markup=False,
+        )
     if pair is not None:
         console.print(
             f"  {written['arithmetic']}: rows = samples of {pair[1]!r}, columns = + alpha * "
@@ -170,11 +201,12 @@ def _parse_alphas(text: str) -> list[float]:
 
 
 def _decoder_of(keras_model: Any, ref: str, family: str | None) -> Any:
-    """The ``decoder`` sub-model of a ``vae`` family model; exit 2 for any other model."""
+    """The ``decoder`` sub-model of a ``vae`` family model, or the model itself when it maps
+    latent vectors to images (a ``gan`` family's generator); exit 2 for any other model."""
     try:
         decoder = keras_model.get_layer("decoder")
     except ValueError:
-        decoder = None
+        decoder = keras_model
     shape_ok = (
         decoder is not None
         and len(getattr(decoder, "input_shape", ())) == 2
@@ -183,8 +215,8 @@ def _decoder_of(keras_model: Any, ref: str, family: str | None) -> Any:
     if not shape_ok:
         what = f"a {family!r} model" if family else "a model"
         fail(
-            f"{ref!r} is not a VAE: {what} without a 'decoder' sub-model mapping latent "
-            "vectors to images (train one with family: vae)"
+            f"{ref!r} is neither a VAE nor a GAN generator: {what} that does not map latent "
+            "vectors to images (train one with family: vae or family: gan)"
         )
     return decoder
 

@@ -108,6 +108,7 @@ def build_ensemble(
         (1, [0.4, 0.3, 0.3])
     """
     from hpo import tracking
+    from hpo.families import family_ensembles
     from hpo.storage import open_storage, resolve_storage
 
     given = [studies] if isinstance(studies, str) or not isinstance(studies, Sequence) else studies
@@ -128,6 +129,12 @@ def build_ensemble(
         raise EnsembleError("name at least one study")
     store = open_storage(resolve_storage(storage))
     infos = load_studies(store, names)
+    for info in infos:
+        if info.spec is not None and not family_ensembles(info.spec.family):
+            raise EnsembleError(
+                f"study {info.name!r} is a {info.spec.family!r} study, whose trials are not "
+                "ensembled (a generator's outputs are not predictions to average)"
+            )
     uris = {s.tracking_uri for s in infos if s.tracking_uri}
     if tracking_uri is None and len(uris) > 1:
         raise EnsembleError(

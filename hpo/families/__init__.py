@@ -19,6 +19,14 @@ from hpo.families._base import Family, FunctionFamily
 FamilyNotAllowedError = ModuleNotAllowedError
 
 
+def family_ensembles(name: str) -> bool:
+    """Whether ``hpo ensemble build`` may combine trials of family ``name`` (a registered
+    family's :attr:`Family.ensembles`; a family of one's own: yes)."""
+    if name not in FAMILIES:
+        return True
+    return bool(getattr(FAMILIES.get(name), "ensembles", True))
+
+
 def get_family(name: str) -> Family:
     """An instance of the family called ``name`` (a registered name or ``module:attribute``).
 
@@ -44,5 +52,6 @@ __all__ = [
     "FamilyNotAllowedError",
     "FunctionFamily",
     "family_allowed",
+    "family_ensembles",
     "get_family",
 ]

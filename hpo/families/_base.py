@@ -47,6 +47,9 @@ class Family(ABC):
     # Whether the model a trial saves takes raw inputs (the dataset's transformation in front
     # of it, hpo.inputs). Off for models whose use is not model.predict on the inputs (a VAE).
     raw_inputs: ClassVar[bool] = True
+    # Whether `hpo ensemble build` may combine this family's trials (a generator's outputs
+    # are not predictions to average: a GAN).
+    ensembles: ClassVar[bool] = True
 
     @abstractmethod
     def build(self, hp: Params, data: Dataset) -> keras.Model:
