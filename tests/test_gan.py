@@ -1,5 +1,5 @@
-"""The gan family, its Fréchet-distance objective (hpo.families.gan_quality), its failure outcomes, and
-`hpo sample` / `hpo ensemble build` on a GAN study."""
+"""The gan family, its Fréchet-distance objective (hpo.families.gan_quality), its failure
+outcomes, and `hpo sample` / `hpo ensemble build` on a GAN study."""
 
 from __future__ import annotations
 

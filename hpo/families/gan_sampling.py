@@ -1,7 +1,8 @@
 """Images from a trained GAN generator: latent interpolation and class latents for arithmetic.
 
-The grid and concept-vector arithmetic are those of :mod:`hpo.families.vae_sampling` (a generator maps
-latent vectors to [0, 1] images, as a VAE's decoder does); what a GAN adds is below.
+The grid and concept-vector arithmetic are those of :mod:`hpo.families.vae_sampling` (a
+generator maps latent vectors to [0, 1] images, as a VAE's decoder does); what a GAN adds is
+below.
 
 Example:
     >>> z = interpolation_latents(np.zeros(2), np.ones(2), 3)
