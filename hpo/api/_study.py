@@ -13,8 +13,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.api._setup import SpaceSource, StudyOptions, prepare_study
@@ -271,6 +272,47 @@ class Study:
                 + ", ".join(str(p) for p in launch.logs)
             )
         return st
+
+    def enqueue(
+        self,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        file: str | Path | None = None,
+        from_study: str | None = None,
+        top: int = 1,
+    ) -> int:
+        """Queue known configurations; workers train them before the sampler proposes.
+
+        ``params`` is one mapping of parameter path names to values, or a list of them;
+        ``file`` a JSON or YAML file holding such a list; ``from_study`` another study in
+        the same store, whose ``top`` best complete trials are taken. Every configuration is
+        checked against this study's space and its budget first; queued trials count against
+        the budget and their MLflow runs carry the tag ``hpo.enqueued`` (where each came
+        from). Works for both engines. Returns how many were queued.
+
+        Raises:
+            hpo.errors.UsageError: a configuration does not fit the space (nothing is
+                queued), the budget has too few trials left, or the study is cancelled.
+        """
+        from hpo.storage.warm_start import (
+            Configuration,
+            enqueue,
+            read_configurations,
+            top_configurations,
+        )
+
+        configurations: list[Configuration] = []
+        if params is not None:
+            given = [params] if isinstance(params, Mapping) else list(params)
+            configurations += [
+                Configuration(p, "given" if len(given) == 1 else f"given[{i}]")
+                for i, p in enumerate(given)
+            ]
+        if file is not None:
+            configurations += read_configurations(Path(file))
+        if from_study is not None:
+            configurations += top_configurations(self._store, from_study, top)
+        return enqueue(self._store, self.name, configurations)
 
     def pause(self) -> None:
         """Stop handing out new trials (running trials finish)."""

@@ -258,6 +258,51 @@ def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> No
         console.print(f"study [bold]{escape(name)}[/] is {state}")
 
 
+@app.command("enqueue")
+def enqueue(
+    name: str = typer.Argument(..., help="Study name."),
+    params: list[str] = typer.Option(
+        [],
+        "--params",
+        help="One configuration as JSON, e.g. '{\"learning_rate\": 0.01}' (repeatable).",
+    ),
+    file: Path | None = typer.Option(
+        None, "--file", help="A JSON or YAML file with a list of configurations."
+    ),
+    from_study: str | None = typer.Option(
+        None, "--from-study", help="Another study in the store: start from its best trials."
+    ),
+    top: int = typer.Option(1, "--top", help="How many of --from-study's best trials."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Queue known configurations into a study: workers train them before the sampler proposes.
+
+    Every configuration is checked against the study's space and budget before any is queued.
+    """
+    import json
+
+    from hpo.api import load_study
+    from hpo.errors import UsageError
+
+    with handled_errors():
+        given = []
+        for i, text in enumerate(params):
+            try:
+                given.append(json.loads(text))
+            except ValueError as exc:
+                raise UsageError(f"--params #{i + 1}: not valid JSON: {exc}") from None
+        if not given and file is None and from_study is None:
+            raise UsageError("give configurations with --params, --file or --from-study")
+        open_store(storage, study=name)  # the same error as the other commands for no store
+        study = load_study(name, storage)
+        queued = study.enqueue(given or None, file=file, from_study=from_study, top=top)
+    if json_out:
+        print_json({"study": name, "enqueued": queued})
+    else:
+        console.print(f"queued {queued} configuration(s) into study [bold]{escape(name)}[/]")
+
+
 @app.command("pause")
 def pause(
     name: str = typer.Argument(..., help="Study name."),

@@ -39,6 +39,7 @@ RETRY_ATTR = "hpo:retry"
 SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
 RUN_ID_ATTR = "mlflow_run_id"
+ENQUEUED_ATTR = "enqueued_from"  # a queued configuration's source (hpo study enqueue)
 
 
 class StudyError(UsageError, RuntimeError):

@@ -30,7 +30,7 @@ from hpo.errors import HpoError
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
 from hpo.storage._retry import with_db_retry
-from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, record_params_read
+from hpo.storage.studies import ENQUEUED_ATTR, RUN_ID_ATTR, StudyConfig, record_params_read
 from hpo.tracking.artifacts import (
     CURVES_FILE,
     DATASET_FILE,
@@ -251,6 +251,9 @@ class TrialRunner:
         mlflow = tracking.client(config.tracking_uri) if config.tracking_uri else None
         run_id: str | None = None
         if mlflow is not None and config.experiment_id:
+            # A queued configuration (hpo study enqueue) says where it came from.
+            attrs = with_db_retry(lambda: storage.get_trial(task.trial_id).user_attrs)
+            enqueued = {"hpo.enqueued": str(attrs[ENQUEUED_ATTR])} if ENQUEUED_ATTR in attrs else {}
             run_id = tracking.start_trial_run(
                 mlflow,
                 config.experiment_id,
@@ -263,6 +266,7 @@ class TrialRunner:
                     "hpo.pruner": config.pruner,
                     "hpo.dataset": spec.dataset.name,
                     "hpo.backend": keras.backend.backend(),
+                    **enqueued,
                 },
                 task.params,
             )
