@@ -294,7 +294,6 @@ def enqueue(
                 raise UsageError(f"--params #{i + 1}: not valid JSON: {exc}") from None
         if not given and file is None and from_study is None:
             raise UsageError("give configurations with --params, --file or --from-study")
-        open_store(storage, study=name)  # the same error as the other commands for no store
         study = load_study(name, storage)
         queued = study.enqueue(given or None, file=file, from_study=from_study, top=top)
     if json_out:
