@@ -1,4 +1,6 @@
-"""Building an ensemble: candidates, weights, metrics, the MLflow run and the registered model.
+"""Building an ensemble, step by step: the candidates (:mod:`hpo.ensemble._candidates`), their
+weights and scores (:mod:`hpo.ensemble._combine`), then its MLflow run and registered version
+(:mod:`hpo.ensemble._record`).
 
 Everything works from what trials stored: their validation predictions choose and weight the
 members; test predictions, made from the stored models for the members and baselines only
