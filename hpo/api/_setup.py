@@ -241,7 +241,7 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
     """Create the study's MLflow experiment and run, store their ids, then open the study."""
     import optuna
 
-    from hpo import tracking
+    from hpo import mlflow_ui, tracking
     from hpo.studies import save_config, set_study_state
 
     config.experiment_id, config.parent_run_id = tracking.start_study_run(
@@ -264,6 +264,11 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
             "max_epochs": spec_run.budget.max_epochs,
             "space_file": space_name,
         },
+        experiment_tags=mlflow_ui.experiment_tags(
+            [n.name for n in spec_run.space.searched_nodes()],
+            spec_run.metrics,
+            spec_run.directions,
+        ),
     )
     save_config(store, optuna.load_study(study_name=config.name, storage=store), config)
     set_study_state(store, config.name, "active")

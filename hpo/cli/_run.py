@@ -322,12 +322,16 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:
-    """Serve the MLflow UI on the local tracking store."""
+    """Serve the MLflow UI on the local tracking store; print where each study's trials are."""
+    from hpo import mlflow_ui
     from hpo.storage import mask_url
     from hpo.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    console.print(f"MLflow UI for {mask_url(uri)} on http://{host}:{port}", markup=False)
+    base = f"http://{host}:{port}/"
+    console.print(f"MLflow UI for {mask_url(uri)} on {base}{mlflow_ui.home_page()}", markup=False)
+    for study, page in mlflow_ui.study_pages(uri, base.rstrip("/")):
+        console.print(f"  study {study}: {page}", markup=False)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     # The store URI goes through the environment (mlflow reads it there): a command line is
     # visible to every user of the machine (ps), and the URI may hold a password.
