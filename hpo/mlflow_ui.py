@@ -206,3 +206,23 @@ def study_pages(uri: str, base: str, limit: int = 20) -> list[tuple[str, str]]:
     except Exception:  # the UI serves the store anyway; the list is a convenience
         return []
     return [(e.name, f"{base}/{runs_page(str(e.experiment_id))}") for e in found]
+
+
+def page_url(tracking_uri: str, page: str) -> str | None:
+    """``page`` on the UI of an HTTP tracking server (without any user or password), or None
+    for a local store (``hpo ui`` serves one).
+
+    Example:
+        >>> page_url("http://bob:secret@mlflow:5000/", runs_page("2"))
+        'http://mlflow:5000/#/experiments/2/runs?workflowType=machine_learning&viewStateShareKey=hpo'
+        >>> page_url("sqlite:///mlflow.db", runs_page("2")) is None
+        True
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}/{page}"

@@ -161,13 +161,24 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
             Text(str(t.user_attrs.get("fail_reason", ""))[:60]),
         )
     console.print(table)
+    from hpo import mlflow_ui
+    from hpo._outbox import is_placeholder
+
+    page = None
+    if config.experiment_id and not is_placeholder(config.experiment_id):
+        page = mlflow_ui.page_url(
+            config.tracking_uri or "", mlflow_ui.runs_page(config.experiment_id)
+        )
     console.print(
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed\n"
         f"MLflow: experiment [bold]{escape(config.name)}[/] in "
-        f"{escape(mask_url(config.tracking_uri or ''))} (browse it with [bold]hpo ui[/])\n"
-        f"worker logs: {escape(', '.join(str(p) for p in logs))}"
+        f"{escape(mask_url(config.tracking_uri or ''))}"
+        + ("" if page else " (browse it with [bold]hpo ui[/])")
+        + f"\nworker logs: {escape(', '.join(str(p) for p in logs))}"
     )
+    if page:  # one unbroken line, to click or copy
+        console.print(f"its trials in the MLflow UI: {page}", markup=False, soft_wrap=True)
     from hpo import tracking
 
     pending = tracking.pending_operations(config.tracking_uri or "")
@@ -329,9 +340,13 @@ def ui(
 
     uri = resolve_tracking_uri(tracking_uri)
     base = f"http://{host}:{port}/"
-    console.print(f"MLflow UI for {mask_url(uri)} on {base}{mlflow_ui.home_page()}", markup=False)
+    console.print(
+        f"MLflow UI for {mask_url(uri)} on {base}{mlflow_ui.home_page()}",
+        markup=False,
+        soft_wrap=True,
+    )
     for study, page in mlflow_ui.study_pages(uri, base.rstrip("/")):
-        console.print(f"  study {study}: {page}", markup=False)
+        console.print(f"  study {study}: {page}", markup=False, soft_wrap=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     # The store URI goes through the environment (mlflow reads it there): a command line is
     # visible to every user of the machine (ps), and the URI may hold a password.
