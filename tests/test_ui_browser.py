@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 
 from conftest import hpo
 from services import (
+    DIGITS_SPACE,
     SERVED_TRIALS,
     ServedStudy,
     ServiceProcess,
@@ -120,6 +121,66 @@ def link(driver: Any, text: str) -> Any:
 
     found = driver.find_elements(By.XPATH, f"//a[normalize-space()='{text}']")
     return found[0] if found else None
+
+
+def forget_the_workflow_choice(driver: Any, url: str) -> None:
+    """The browser forgets what the UI remembers (the sidebar's GenAI | Model training switch
+    among it): as for a person opening the UI for the first time."""
+    origin = url.split("/#")[0].rstrip("/")
+    driver.execute_cdp_cmd(
+        "Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "local_storage"}
+    )
+
+
+def test_mlflow_ui_opens_hpos_link_on_the_trials_best_first_with_curves_and_parameters(
+    browser: Any, served_study: ServedStudy, tmp_path: Path
+) -> None:
+    """A new user follows the link ``hpo run`` prints (the study note's links are the same):
+    the training runs, the objective and searched parameters as columns, best first; on the
+    chart tab the parallel coordinates of the parameters against the objective and the
+    learning curves over the epochs."""
+    from hpo import mlflow_ui
+    from hpo.spaces import load_spec
+
+    client = MlflowClient(served_study.server.url)
+    experiment = client.get_experiment_by_name(served_study.name)
+    assert experiment is not None
+    page = mlflow_ui.page_url(
+        served_study.server.url, mlflow_ui.runs_page(experiment.experiment_id)
+    )
+    assert page is not None and served_study.summary["mlflow_page"] == page, served_study.summary
+    searched = [n.name for n in load_spec(DIGITS_SPACE).space.searched_nodes()]
+    trials = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`hpo.kind` = 'trial'",
+        order_by=["metrics.objective DESC"],
+    )
+    assert len(trials) == SERVED_TRIALS, trials
+
+    forget_the_workflow_choice(browser, served_study.server.url)
+    browser.get(page)
+    shot = tmp_path / "mlflow-study-runs.png"
+    # The first columns (the table draws only those in view): the objective, then parameters.
+    wait_for_text(browser, ["Run Name", "Sort: objective", "objective", *searched[:2]], shot)
+    text = page_text(browser)
+    assert "No data available" not in text and "Traces" not in text.split("Run Name")[1], text
+    # The trials are rows of their own, best first, above the study run.
+    names = [t.info.run_name for t in trials]
+    rows = [text.index(n) for n in [*names, f"study {served_study.name}"]]
+    assert rows == sorted(rows), (names, text[:3000])
+    browser.save_screenshot(str(shot))
+
+    # The chart tab: its address only differs in the fragment, the app does not reload.
+    browser.get(
+        mlflow_ui.page_url(
+            served_study.server.url, mlflow_ui.runs_page(experiment.experiment_id, charts=True)
+        )
+    )
+    shot = tmp_path / "mlflow-study-charts.png"
+    curves = [f"{n} (val_accuracy)" for n in names]
+    wait_for_text(browser, ["Parallel Coordinates", *searched[:2], "objective", "Step"], shot)
+    wait_for_text(browser, ["val_accuracy", "val_loss", *curves], shot)
+    browser.save_screenshot(str(shot))
 
 
 def test_mlflow_ui_shows_the_trials_nested_under_the_study_run(
@@ -317,6 +378,7 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
 
     # The home page lists recent experiments; the study's name links to its experiment (the
     # sidebar may hold another link of that name, to the list of experiments).
+    forget_the_workflow_choice(browser, served_study.server.url)
     browser.get(f"{served_study.server.url}/#/")
     shot = tmp_path / "mlflow-home.png"
     here = f"/experiments/{experiment.experiment_id}"
@@ -331,8 +393,9 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
         shot,
     )
     browser.save_screenshot(str(shot))
-    # MLflow 3.17's sidebar switch (GenAI | Model training) decides where an experiment opens,
-    # over its mlflow.experimentKind tag: a user picks "Model training" once.
+    # MLflow 3.17's sidebar switch (GenAI | Model training) alone decides where an experiment
+    # opens (its mlflow.experimentKind tag is not read; the home page's links carry no choice):
+    # a user coming from the home page picks "Model training" once, the browser remembers it.
     toggle = browser.find_elements(By.XPATH, "//*[normalize-space()='Model training']")
     if toggle:
         toggle[-1].click()

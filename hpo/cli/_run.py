@@ -107,6 +107,17 @@ def run(
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
 
 
+def _runs_page(config: Any) -> str | None:
+    """The study's trials in the UI of its tracking server; None for a local store (or while
+    the experiment waits in the outbox)."""
+    from hpo import mlflow_ui
+    from hpo._outbox import is_placeholder
+
+    if not config.experiment_id or is_placeholder(config.experiment_id):
+        return None
+    return mlflow_ui.page_url(config.tracking_uri or "", mlflow_ui.runs_page(config.experiment_id))
+
+
 def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tuple[list[str], int]:
     """``hpo worker`` options for the slots and the slots per worker; exit 2 on bad input."""
     from hpo.api._workers import slot_args
@@ -128,6 +139,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
 
     study = optuna.load_study(study_name=config.name, storage=store)
     trials = counted_trials(study.get_trials(deepcopy=False))
+    page = _runs_page(config)
     if json_out:
         print_json(
             st.to_dict()
@@ -135,6 +147,7 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
                 "tracking_uri": mask_url(config.tracking_uri or ""),
                 "experiment_id": config.experiment_id,
                 "parent_run_id": config.parent_run_id,
+                "mlflow_page": page,
                 "logs": [str(p) for p in logs],
             }
         )
@@ -161,14 +174,6 @@ def _summary(store: Any, config: Any, st: Any, logs: list[Path], json_out: bool)
             Text(str(t.user_attrs.get("fail_reason", ""))[:60]),
         )
     console.print(table)
-    from hpo import mlflow_ui
-    from hpo._outbox import is_placeholder
-
-    page = None
-    if config.experiment_id and not is_placeholder(config.experiment_id):
-        page = mlflow_ui.page_url(
-            config.tracking_uri or "", mlflow_ui.runs_page(config.experiment_id)
-        )
     console.print(
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed\n"
