@@ -97,11 +97,18 @@ def _parallel_chart(params: Sequence[str], objectives: Sequence[str]) -> dict[st
     }
 
 
-def view_state(params: Sequence[str], metrics: Sequence[str], directions: Sequence[str]) -> str:
+def view_state(
+    params: Sequence[str],
+    metrics: Sequence[str],
+    directions: Sequence[str],
+    chart_params: Sequence[str] | None = None,
+) -> str:
     """The saved runs view of a study's experiment (JSON, at most MLflow's tag length).
 
     ``params`` are the searched parameters' names, ``metrics``/``directions`` the study's
-    objectives. Parameters past what fits are left out of the columns and the chart.
+    objectives, ``chart_params`` those of ``params`` every trial has (the parallel-coordinates
+    chart draws only the runs that have all its axes, so a conditional parameter would hide
+    it; default: all). Parameters past what fits are left out of the columns and the chart.
 
     Example:
         >>> state = json.loads(view_state(["lr", "units"], ["val_accuracy"], ["maximize"]))
@@ -112,6 +119,7 @@ def view_state(params: Sequence[str], metrics: Sequence[str], directions: Sequen
     """
     objectives = objective_metrics(metrics)
     curves = curve_metrics(metrics)
+    charted = set(params if chart_params is None else chart_params)
 
     def state(shown: Sequence[str]) -> str:
         columns = [f"metrics.`{m}`" for m in objectives] + [f"params.`{p}`" for p in shown]
@@ -121,7 +129,7 @@ def view_state(params: Sequence[str], metrics: Sequence[str], directions: Sequen
                 "orderByKey": columns[0],
                 "orderByAsc": bool(directions) and directions[0] == "minimize",
                 "compareRunCharts": [
-                    _parallel_chart(shown, objectives),
+                    _parallel_chart([p for p in shown if p in charted], objectives),
                     *(_line_chart(m) for m in curves),
                 ],
                 "compareRunSections": [
@@ -149,10 +157,13 @@ def view_state(params: Sequence[str], metrics: Sequence[str], directions: Sequen
 
 
 def experiment_tags(
-    params: Sequence[str], metrics: Sequence[str], directions: Sequence[str]
+    params: Sequence[str],
+    metrics: Sequence[str],
+    directions: Sequence[str],
+    chart_params: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """The experiment tags that make the study's runs page show its saved view."""
-    return {VIEW_STATE_TAG: view_state(params, metrics, directions)}
+    return {VIEW_STATE_TAG: view_state(params, metrics, directions, chart_params)}
 
 
 def runs_page(experiment_id: str, charts: bool = False) -> str:

@@ -268,6 +268,7 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
             [n.name for n in spec_run.space.searched_nodes()],
             spec_run.metrics,
             spec_run.directions,
+            chart_params=[n.name for n in spec_run.space.searched_nodes() if not n.conditions],
         ),
     )
     save_config(store, optuna.load_study(study_name=config.name, storage=store), config)
