@@ -1,5 +1,10 @@
 """What a person sees: the MLflow UI and the Optuna dashboard in a real (headless) Chromium.
 
+A new user (the browser's remembered choices cleared) follows the link ``hpo run`` gives to the
+study's trials: the runs table with the objective and parameter columns, best first, and the
+chart tab with the parallel coordinates and the learning curves; from the home page, the
+study's experiment opens on its training runs once "Model training" is chosen.
+
 The study is the one ``tests/test_mlflow_server.py`` checks through the API (the session's
 ``served_study``): the MLflow UI must show its experiment, the trial runs nested under the study
 run, and their metrics, and, once ``hpo ensemble build`` has registered an ensemble of it, the
@@ -445,5 +450,11 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
     )
     browser.save_screenshot(str(shot))
     hrefs = [a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")]
-    assert any(h.endswith(f"/runs/{best_run}") for h in hrefs), hrefs
+    assert any(f"/runs/{best_run}?" in h for h in hrefs), hrefs
     assert link(browser, best) is not None, best
+    # Its links to the trials open the saved runs view on the training pages.
+    from hpo import mlflow_ui
+
+    for charts in (False, True):
+        page = mlflow_ui.runs_page(experiment.experiment_id, charts=charts)
+        assert any(h.endswith(page) for h in hrefs), (page, hrefs)
