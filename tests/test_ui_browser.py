@@ -200,7 +200,10 @@ def test_mlflow_ui_shows_the_trials_nested_under_the_study_run(
     study_run = f"study {served_study.name}"
     trials = [f"trial {n}" for n in range(SERVED_TRIALS)]
 
-    # The runs table of the "Model training" view (MLflow 3 opens on its GenAI overview).
+    # The runs table of the "Model training" view (MLflow 3 opens on its GenAI overview), as
+    # a fresh page: the app, left on the saved view, keeps that view's state over a change of
+    # the address's fragment alone.
+    browser.get("about:blank")
     browser.get(
         f"{served_study.server.url}/#/experiments/{experiment.experiment_id}/runs"
         "?workflowType=machine_learning"
