@@ -152,6 +152,12 @@ def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    # A study's experiment already there: `hpo ui` prints where its trials are.
+    from mlflow import MlflowClient
+
+    study = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment(
+        "s1", tags={"hpo.study": "s1"}
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo", "ui", "--port", str(port)],
         cwd=tmp_path,
@@ -177,6 +183,11 @@ def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    base = f"http://127.0.0.1:{port}/#/experiments"
+    assert f"on {base}?workflowType=machine_learning\n" in out, out
+    page = f"{base}/{study}/runs?workflowType=machine_learning&viewStateShareKey=hpo"
+    assert f"  study s1: {page}\n" in out, out
 
 
 def test_study_create_spells_the_study_option_as_run_does(tmp_path: Path) -> None:

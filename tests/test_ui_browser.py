@@ -1,5 +1,10 @@
 """What a person sees: the MLflow UI and the Optuna dashboard in a real (headless) Chromium.
 
+A new user (the browser's remembered choices cleared) follows the link ``hpo run`` gives to the
+study's trials: the runs table with the objective and parameter columns, best first, and the
+chart tab with the parallel coordinates and the learning curves; from the home page, the
+study's experiment opens on its training runs once "Model training" is chosen.
+
 The study is the one ``tests/test_mlflow_server.py`` checks through the API (the session's
 ``served_study``): the MLflow UI must show its experiment, the trial runs nested under the study
 run, and their metrics, and, once ``hpo ensemble build`` has registered an ensemble of it, the
@@ -24,6 +29,7 @@ from mlflow import MlflowClient
 
 from conftest import hpo
 from services import (
+    DIGITS_SPACE,
     SERVED_TRIALS,
     ServedStudy,
     ServiceProcess,
@@ -122,6 +128,67 @@ def link(driver: Any, text: str) -> Any:
     return found[0] if found else None
 
 
+def forget_the_workflow_choice(driver: Any, url: str) -> None:
+    """The browser forgets what the UI remembers (the sidebar's GenAI | Model training switch
+    among it): as for a person opening the UI for the first time."""
+    origin = url.split("/#")[0].rstrip("/")
+    driver.execute_cdp_cmd(
+        "Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "local_storage"}
+    )
+
+
+def test_mlflow_ui_opens_hpos_link_on_the_trials_best_first_with_curves_and_parameters(
+    browser: Any, served_study: ServedStudy, tmp_path: Path
+) -> None:
+    """A new user follows the link ``hpo run`` prints (the study note's links are the same):
+    the training runs, the objective and searched parameters as columns, best first; on the
+    chart tab the parallel coordinates of the parameters against the objective and the
+    learning curves over the epochs."""
+    from hpo.spaces import load_spec
+    from hpo.tracking import mlflow_ui
+
+    client = MlflowClient(served_study.server.url)
+    experiment = client.get_experiment_by_name(served_study.name)
+    assert experiment is not None
+    page = mlflow_ui.page_url(
+        served_study.server.url, mlflow_ui.runs_page(experiment.experiment_id)
+    )
+    assert page is not None and served_study.summary["mlflow_page"] == page, served_study.summary
+    # MLflow orders the parameter columns by name.
+    searched = sorted(n.name for n in load_spec(DIGITS_SPACE).space.searched_nodes())
+    trials = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`hpo.kind` = 'trial'",
+        order_by=["metrics.objective DESC"],
+    )
+    assert len(trials) == SERVED_TRIALS, trials
+
+    forget_the_workflow_choice(browser, served_study.server.url)
+    browser.get(page)
+    shot = tmp_path / "mlflow-study-runs.png"
+    # The first columns (the table draws only those in view): the objective, then parameters.
+    wait_for_text(browser, ["Run Name", "Sort: objective", "objective", *searched[:2]], shot)
+    text = page_text(browser)
+    assert "No data available" not in text and "Traces" not in text.split("Run Name")[1], text
+    # The trials are rows of their own, best first, above the study run.
+    names = [t.info.run_name for t in trials]
+    rows = [text.index(n) for n in [*names, f"study {served_study.name}"]]
+    assert rows == sorted(rows), (names, text[:3000])
+    browser.save_screenshot(str(shot))
+
+    # The chart tab: its address only differs in the fragment, the app does not reload.
+    browser.get(
+        mlflow_ui.page_url(
+            served_study.server.url, mlflow_ui.runs_page(experiment.experiment_id, charts=True)
+        )
+    )
+    shot = tmp_path / "mlflow-study-charts.png"
+    curves = [f"{n} (val_accuracy)" for n in names]
+    wait_for_text(browser, ["Parallel Coordinates", *searched[:2], "objective", "Step"], shot)
+    wait_for_text(browser, ["val_accuracy", "val_loss", *curves], shot)
+    browser.save_screenshot(str(shot))
+
+
 def test_mlflow_ui_shows_the_trials_nested_under_the_study_run(
     browser: Any, served_study: ServedStudy, tmp_path: Path
 ) -> None:
@@ -133,7 +200,10 @@ def test_mlflow_ui_shows_the_trials_nested_under_the_study_run(
     study_run = f"study {served_study.name}"
     trials = [f"trial {n}" for n in range(SERVED_TRIALS)]
 
-    # The runs table of the "Model training" view (MLflow 3 opens on its GenAI overview).
+    # The runs table of the "Model training" view (MLflow 3 opens on its GenAI overview), as
+    # a fresh page: the app, left on the saved view, keeps that view's state over a change of
+    # the address's fragment alone.
+    browser.get("about:blank")
     browser.get(
         f"{served_study.server.url}/#/experiments/{experiment.experiment_id}/runs"
         "?workflowType=machine_learning"
@@ -317,6 +387,7 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
 
     # The home page lists recent experiments; the study's name links to its experiment (the
     # sidebar may hold another link of that name, to the list of experiments).
+    forget_the_workflow_choice(browser, served_study.server.url)
     browser.get(f"{served_study.server.url}/#/")
     shot = tmp_path / "mlflow-home.png"
     here = f"/experiments/{experiment.experiment_id}"
@@ -331,8 +402,9 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
         shot,
     )
     browser.save_screenshot(str(shot))
-    # MLflow 3.17's sidebar switch (GenAI | Model training) decides where an experiment opens,
-    # over its mlflow.experimentKind tag: a user picks "Model training" once.
+    # MLflow 3.17's sidebar switch (GenAI | Model training) alone decides where an experiment
+    # opens (its mlflow.experimentKind tag is not read; the home page's links carry no choice):
+    # a user coming from the home page picks "Model training" once, the browser remembers it.
     toggle = browser.find_elements(By.XPATH, "//*[normalize-space()='Model training']")
     if toggle:
         toggle[-1].click()
@@ -381,5 +453,11 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
     )
     browser.save_screenshot(str(shot))
     hrefs = [a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")]
-    assert any(h.endswith(f"/runs/{best_run}") for h in hrefs), hrefs
+    assert any(f"/runs/{best_run}?" in h for h in hrefs), hrefs
     assert link(browser, best) is not None, best
+    # Its links to the trials open the saved runs view on the training pages.
+    from hpo.tracking import mlflow_ui
+
+    for charts in (False, True):
+        page = mlflow_ui.runs_page(experiment.experiment_id, charts=charts)
+        assert any(h.endswith(page) for h in hrefs), (page, hrefs)

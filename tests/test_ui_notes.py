@@ -4,16 +4,23 @@ MLflow store (SQLite), through ``hpo``'s tracking layer and its outbox."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from hpo import tracking
 from hpo.storage.studies import StudyConfig
+from hpo.tracking import mlflow_ui
+from hpo.tracking._outbox import new_placeholder
 from hpo.tracking.notes import run_link, study_note, trial_note
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, hpo
+
+W = "?workflowType=machine_learning"
 
 SPACE = """
 name: notes
@@ -63,9 +70,12 @@ def test_the_study_note_summarizes_space_counts_best_trial_and_ensembles() -> No
     assert "`notes.yaml`, 1 searched parameters: `x`" in note  # `mode` is fixed: not searched
     assert "optuna-random" in note and "**pruner:** median" in note
     assert "**Trials:** 3 of 4: 2 complete, 1 pruned, 0 failed" in note
-    assert "**Best trial:** [trial 1](#/experiments/7/runs/run1): `val_accuracy` = 0.9" in note
+    # Links open the UI's training pages (its GenAI pages otherwise, in a fresh browser).
+    assert f"**Best trial:** [trial 1](#/experiments/7/runs/run1{W}): `val_accuracy` = 0.9" in note
     assert "- `x` = 0.2" in note
-    assert "[notes-ens version 2](#/models/notes-ens/versions/2)" in note
+    assert f"[notes-ens version 2](#/models/notes-ens/versions/2{W})" in note
+    assert f"[the trials, best first](#/experiments/7/runs{W}&viewStateShareKey=hpo)" in note
+    assert f"(#/experiments/7/runs{W}&viewStateShareKey=hpo&compareRunsMode=CHART)" in note
     # A trial that ended but is not told to the study yet counts as it ended.
     running = create_trial(
         state=TrialState.RUNNING, params={}, distributions={}, user_attrs={"mlflow_run_id": "r3"}
@@ -87,6 +97,8 @@ def test_trial_notes_and_links_say_how_a_trial_ended() -> None:
     assert trial_note(3, "FAIL", "val_accuracy", reason="boom") == "Trial 3: **failed**: boom"
     # Ids still queued in the outbox (placeholders) are not linked.
     assert run_link("1", "pending-run-" + "a" * 32, "trial 2") == "trial 2"
+    note = study_note(_config(experiment_id=new_placeholder("experiment")), [])
+    assert "**Compare:**" not in note and "#/experiments/" not in note
 
 
 def test_an_existing_experiment_gets_the_model_training_kind(tmp_path: Path) -> None:
@@ -132,6 +144,16 @@ def test_a_study_marks_its_experiment_and_describes_its_runs(tmp_path: Path) -> 
     experiment = client.get_experiment_by_name("notes")
     assert experiment is not None
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # The runs page's saved view: the objective and the searched parameter as columns, best
+    # first; the parallel-coordinates chart of them and the learning curves.
+    view = json.loads(experiment.tags[mlflow_ui.VIEW_STATE_TAG])
+    assert view["selectedColumns"] == ["metrics.`objective`", "params.`x`"], view
+    assert view["orderByKey"] == "metrics.`objective`" and view["orderByAsc"] is False, view
+    charts = {c["type"]: c for c in view["compareRunCharts"]}
+    assert charts["PARALLEL"]["selectedParams"] == ["x"], charts
+    assert charts["PARALLEL"]["selectedMetrics"] == ["objective"], charts
+    curves = [c["metricKey"] for c in view["compareRunCharts"] if c["type"] == "LINE"]
+    assert {"val_accuracy", "val_loss", "loss"} <= set(curves), curves
     runs = client.search_runs([experiment.experiment_id])
     (study,) = [r for r in runs if r.data.tags["hpo.kind"] == "study"]
     trials = {
@@ -152,6 +174,23 @@ def test_a_study_marks_its_experiment_and_describes_its_runs(tmp_path: Path) -> 
         trials.values(),
         key=lambda r: (r.data.metrics["val_accuracy"], -int(r.data.tags["hpo.trial_number"])),
     )
-    link = f"(#/experiments/{experiment.experiment_id}/runs/{best.info.run_id})"
+    link = f"(#/experiments/{experiment.experiment_id}/runs/{best.info.run_id}{W})"
     assert f"**Best trial:** [trial {best.data.tags['hpo.trial_number']}]{link}" in note, note
     assert f"- `x` = {best.data.params['x'][:5]}" in note, note
+
+
+@given(
+    params=st.lists(st.text(min_size=1, max_size=250), max_size=200, unique=True),
+    directions=st.lists(st.sampled_from(["minimize", "maximize"]), min_size=1, max_size=3),
+)
+@settings(max_examples=50, deadline=None)
+def test_the_saved_view_fits_mlflows_tag_limit_whatever_the_space(
+    params: list[str], directions: list[str]
+) -> None:
+    metrics = [f"m{i}" for i in range(len(directions))]
+    text = mlflow_ui.view_state(params, metrics, directions)
+    assert len(text) <= mlflow_ui.MAX_VIEW_STATE_CHARS
+    view = json.loads(text)
+    shown = [c.removeprefix("params.`")[:-1] for c in view["selectedColumns"][len(metrics) :]]
+    assert shown == params[: len(shown)]  # the first parameters, in order
+    assert view["orderByAsc"] is (directions[0] == "minimize")

@@ -288,6 +288,7 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
 
     from hpo import tracking
     from hpo.storage.studies import save_config, set_study_state
+    from hpo.tracking import mlflow_ui
 
     config.experiment_id, config.parent_run_id = tracking.start_study_run(
         config.tracking_uri or "",
@@ -309,6 +310,12 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
             "max_epochs": spec_run.budget.max_epochs,
             "space_file": space_name,
         },
+        experiment_tags=mlflow_ui.experiment_tags(
+            [n.name for n in spec_run.space.searched_nodes()],
+            spec_run.metrics,
+            spec_run.directions,
+            chart_params=[n.name for n in spec_run.space.searched_nodes() if not n.conditions],
+        ),
     )
     save_config(store, optuna.load_study(study_name=config.name, storage=store), config)
     set_study_state(store, config.name, "active")

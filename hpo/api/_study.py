@@ -141,6 +141,21 @@ class Study:
         return self.config.tracking_uri
 
     @property
+    def mlflow_page(self) -> str | None:
+        """The study's trials in its tracking server's UI (the training runs, with hpo's
+        saved view); None for a local tracking store, or while the experiment waits in the
+        outbox for the server."""
+        from hpo.tracking import mlflow_ui
+        from hpo.tracking._outbox import is_placeholder
+
+        config = self.config
+        if not config.experiment_id or is_placeholder(config.experiment_id):
+            return None
+        return mlflow_ui.page_url(
+            config.tracking_uri or "", mlflow_ui.runs_page(config.experiment_id)
+        )
+
+    @property
     def metrics(self) -> list[str]:
         """The objective metrics, in order (``values`` of a trial follow it)."""
         return list(self.config.spec().metrics)

@@ -121,6 +121,7 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
 
     config = study.config
     trials = study.trials
+    page = study.mlflow_page
     if json_out:
         print_json(
             st.to_dict()
@@ -128,6 +129,7 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
                 "tracking_uri": mask_url(config.tracking_uri or ""),
                 "experiment_id": config.experiment_id,
                 "parent_run_id": config.parent_run_id,
+                "mlflow_page": page,
                 "logs": [str(p) for p in logs],
             }
         )
@@ -158,9 +160,12 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed\n"
         f"MLflow: experiment [bold]{escape(config.name)}[/] in "
-        f"{escape(mask_url(config.tracking_uri or ''))} (browse it with [bold]hpo ui[/])\n"
-        f"worker logs: {escape(', '.join(str(p) for p in logs))}"
+        f"{escape(mask_url(config.tracking_uri or ''))}"
+        + ("" if page else " (browse it with [bold]hpo ui[/])")
+        + f"\nworker logs: {escape(', '.join(str(p) for p in logs))}"
     )
+    if page:  # one unbroken line, to click or copy
+        console.print(f"its trials in the MLflow UI: {page}", markup=False, soft_wrap=True)
     from hpo import tracking
 
     pending = tracking.pending_operations(config.tracking_uri or "")
@@ -316,12 +321,19 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:
-    """Serve the MLflow UI on the local tracking store."""
+    """Serve the MLflow UI on the local tracking store; print where each study's trials are."""
     from hpo.storage import mask_url
-    from hpo.tracking import resolve_tracking_uri
+    from hpo.tracking import mlflow_ui, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    console.print(f"MLflow UI for {mask_url(uri)} on http://{host}:{port}", markup=False)
+    base = f"http://{host}:{port}/"
+    console.print(
+        f"MLflow UI for {mask_url(uri)} on {base}{mlflow_ui.home_page()}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for study, page in mlflow_ui.study_pages(uri, base.rstrip("/")):
+        console.print(f"  study {study}: {page}", markup=False, soft_wrap=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     # The store URI goes through the environment (mlflow reads it there): a command line is
     # visible to every user of the machine (ps), and the URI may hold a password.

@@ -168,16 +168,26 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def start_study_run(
-    uri: str, study_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
+    uri: str,
+    study_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    experiment_tags: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
-    """Create (or reuse) the study's experiment and start its parent run.
+    """Create (or reuse) the study's experiment (with ``experiment_tags`` too) and start its
+    parent run.
 
     Returns ``(experiment_id, parent_run_id)``; either may be a placeholder id while the
     server is unreachable.
     """
     c = client(uri)
     experiment_id = c.ensure_experiment(
-        study_name, tags={"hpo.study": study_name, EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        study_name,
+        tags={
+            "hpo.study": study_name,
+            EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND,
+            **(experiment_tags or {}),
+        },
     )
     run_id = c.start_run(
         experiment_id,

@@ -36,9 +36,9 @@ MAX_TAG_LENGTH = 5000
 # replay looks it up before creating, so a run is never created twice, and any machine can map
 # a placeholder to the real id through it.
 CLIENT_ID_TAG = "hpo.client_id"
-# MLflow 3's UI opens an experiment by its kind (the ``ExperimentKind`` values of its JS bundle:
-# ``genai_development``, ``custom_model_development``, ...): without the tag it opens on the
-# GenAI overview (traces); marked as model training it opens on the training runs.
+# MLflow 3's experiment kind (the ``ExperimentKind`` values of its JS bundle:
+# ``genai_development``, ``custom_model_development``, ...); 3.17's UI goes by its sidebar
+# switch instead, which hpo's links set (hpo/tracking/mlflow_ui.py).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 # A run's description in the UI (Markdown).

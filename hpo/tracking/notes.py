@@ -7,9 +7,9 @@ versions); it is rewritten, one tag write through :mod:`hpo.tracking` (so throug
 when the server is down), each time a trial finishes, when the study ends and when an ensemble
 of it is registered. A trial run's note says how it ended.
 
-Links are the UI's own addresses relative to the page (``#/experiments/1/runs/abc``), so they
-work whatever host serves the UI. Ids that are still placeholders (the server was down) are
-not linked.
+Links are the UI's own addresses relative to the page (``#/experiments/1/runs/abc?...``, from
+:mod:`hpo.tracking.mlflow_ui`, so they open the UI's training pages), so they work whatever
+host serves the UI. Ids that are still placeholders (the server was down) are not linked.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials
 from hpo.tracking import NOTE_TAG
+from hpo.tracking.mlflow_ui import run_page, runs_page, version_page
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -41,15 +42,15 @@ def _is_placeholder(value: str | None) -> bool:
 
 
 def run_link(experiment_id: str | None, run_id: str | None, text: str) -> str:
-    """``[text](#/experiments/E/runs/R)``, or ``text`` when an id is unknown or a placeholder.
+    """``[text](#/experiments/E/runs/R?...)``, or ``text`` when an id is unknown or a placeholder.
 
     Example:
         >>> run_link("1", "abc", "trial 3")
-        '[trial 3](#/experiments/1/runs/abc)'
+        '[trial 3](#/experiments/1/runs/abc?workflowType=machine_learning)'
     """
     if not experiment_id or not run_id or _is_placeholder(experiment_id) or _is_placeholder(run_id):
         return text
-    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+    return f"[{text}]({run_page(experiment_id, run_id)})"
 
 
 def version_link(name: str, version: int | str) -> str:
@@ -57,9 +58,9 @@ def version_link(name: str, version: int | str) -> str:
 
     Example:
         >>> version_link("cnn-ens", 2)
-        '[cnn-ens version 2](#/models/cnn-ens/versions/2)'
+        '[cnn-ens version 2](#/models/cnn-ens/versions/2?workflowType=machine_learning)'
     """
-    return f"[{name} version {version}](#/models/{name}/versions/{version})"
+    return f"[{name} version {version}]({version_page(name, version)})"
 
 
 def fmt(value: Any) -> str:
@@ -166,6 +167,12 @@ def study_note(
         f"{count['PRUNED']} pruned, {count['FAIL']} failed"
         + (f", {running} running" if running else ""),
     ]
+    experiment_id = config.experiment_id
+    if experiment_id and not _is_placeholder(experiment_id):
+        lines.append(
+            f"- **Compare:** [the trials, best first]({runs_page(experiment_id)}); "
+            f"[their learning curves and parameters]({runs_page(experiment_id, charts=True)})"
+        )
     complete = [n for n, s in states.items() if s == "COMPLETE" and values.get(n)]
     if complete:
         sign = 1.0 if spec.directions[0] == "minimize" else -1.0
