@@ -26,6 +26,14 @@ RUN python -m venv /opt/venv \
     && uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python \
        -r /app/requirements.lock
 
+# The GPU image (`docker build --build-arg GPU=1 -t hpo-gpu .`): Keras' JAX backend with
+# CUDA 12 from PyPI, at the lock's JAX version; its workers run `--backend jax`.
+ARG GPU=0
+RUN if [ "$GPU" = 1 ]; then \
+      uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python \
+        "jax[cuda12]==$(/opt/venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))')"; \
+    fi
+
 WORKDIR /app
 COPY pyproject.toml README.md /app/
 COPY hpo /app/hpo

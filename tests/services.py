@@ -12,7 +12,7 @@ A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
 - ``start_workers`` (per test): a factory of real ``hpo worker`` subprocesses, configured like
   the compose ``worker`` service (``HPO_STORAGE``, ``MLFLOW_TRACKING_URI`` in the environment);
   whatever it started is stopped at the end of the test.
-- ``compose_roles()``: docker/postgres-init's script run against the test server, as the
+- ``compose_roles()``: deploy/postgres-init's script run against the test server, as the
   postgres image runs it: the study store and MLflow's database with the compose services'
   roles (randomly suffixed names), dropped afterwards.
 - ``postgres_cluster()``, ``restart_postgres()``, ``ensure_postgres_up()``: the local Debian
@@ -172,12 +172,12 @@ def fresh_database(prefix: str) -> Iterator[str]:
         engine.dispose()
 
 
-INIT_SCRIPT = REPO / "docker" / "postgres-init" / "10-roles-and-databases.sh"
+INIT_SCRIPT = REPO / "deploy" / "postgres-init" / "10-roles-and-databases.sh"
 
 
 @dataclass(frozen=True)
 class ComposeRoles:
-    """The compose services' databases and roles, made by docker/postgres-init's script.
+    """The compose services' databases and roles, made by deploy/postgres-init's script.
 
     Role names carry a random suffix (roles belong to the whole server, which other test
     sessions share); each URL holds its role's password, as the services' environment does.

@@ -36,8 +36,8 @@ from hpo.cli import app
 from conftest import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
-NOAUTH_OVERRIDE = REPO / "docker" / "compose.noauth.yml"
-INIT_SCRIPT = REPO / "docker" / "postgres-init" / "10-roles-and-databases.sh"
+NOAUTH_OVERRIDE = REPO / "deploy" / "compose.noauth.yml"
+INIT_SCRIPT = REPO / "deploy" / "postgres-init" / "10-roles-and-databases.sh"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
 SECRETS = (
@@ -340,7 +340,7 @@ def login(service: Mapping[str, Any], url: str) -> tuple[str | None, str | None]
 
 
 def init_script_roles() -> dict[str, str]:
-    """Role variable -> role name, as docker/postgres-init creates them (its defaults)."""
+    """Role variable -> role name, as deploy/postgres-init creates them (its defaults)."""
     text = INIT_SCRIPT.read_text()
     defaults = dict(re.findall(r"\$\{(\w+_ROLE):=(\w+)\}", text))
     created = set(re.findall(r'^CREATE ROLE :"(\w+)" LOGIN', text, re.M))
@@ -365,7 +365,7 @@ def test_services_agree_on_database_host_and_port() -> None:
     assert mlflow_db == pg["MLFLOW_DB"] != pg["POSTGRES_DB"]
     assert os.access(INIT_SCRIPT, os.X_OK) and "MLFLOW_DB" in INIT_SCRIPT.read_text()
     assert (
-        "./docker/postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
+        "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
     )
     mlflow_argv = services["mlflow"]["command"]
 

@@ -1,6 +1,6 @@
 """docker-compose.yml's PostgreSQL roles against a real PostgreSQL, with real processes.
 
-docker/postgres-init's script runs as the postgres image would run it; then the services run
+deploy/postgres-init's script runs as the postgres image would run it; then the services run
 as the roles compose gives them: ``hpo study list`` as the study store's owner (init-store),
 ``hpo study create`` and a real ``hpo worker`` as the DML-only worker role, the Optuna
 dashboard as the read-only role, and an ``mlflow server`` with basic auth as the mlflow role,
@@ -153,7 +153,7 @@ def test_mlflow_role_serves_basic_auth_and_workers_sign_in(
     app_name = command[command.index("--app-name") + 1]
     ini = tmp_path / "basic_auth.ini"
     ini.write_text(
-        (REPO / "docker" / "mlflow-basic-auth.ini")
+        (REPO / "deploy" / "mlflow-basic-auth.ini")
         .read_text()
         .replace("sqlite:////mlflow/auth/basic_auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
     )

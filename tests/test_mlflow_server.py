@@ -198,7 +198,7 @@ def test_basic_auth_of_the_compose_file_guards_the_server(tmp_path: Path) -> Non
 
     # The compose file's auth config, with its user database moved out of the container path.
     config = configparser.ConfigParser()
-    config.read(REPO / "docker" / "mlflow-basic-auth.ini")
+    config.read(REPO / "deploy" / "mlflow-basic-auth.ini")
     config["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'basic_auth.db'}"
     ini = tmp_path / "basic_auth.ini"
     with open(ini, "w") as f:
