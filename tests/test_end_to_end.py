@@ -135,13 +135,13 @@ def test_crashing_nan_and_killed_trials_are_recorded_and_the_study_goes_on(
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
     by_mode = {t.params["mode"]: t for t in study.get_trials()}
     assert set(by_mode) == {"ok", "raise", "nan", "kill", "segfault", "oom"}
+    assert "killed by SIGSEGV" in by_mode["segfault"].user_attrs["fail_reason"]
+    # numpy's MemoryError for its 16 GiB array, raised in the trial: the process lives on.
+    assert "MemoryError: Unable to allocate" in by_mode["oom"].user_attrs["fail_reason"]
     assert by_mode["ok"].state.name == "COMPLETE"
     assert "deliberate failure in build" in by_mode["raise"].user_attrs["fail_reason"]
     assert "nan" in by_mode["nan"].user_attrs["fail_reason"].lower()
     assert "SIGKILL" in by_mode["kill"].user_attrs["fail_reason"]
-    assert "killed by SIGSEGV" in by_mode["segfault"].user_attrs["fail_reason"]
-    # numpy's MemoryError for its 16 GiB array, raised in the trial: the process lives on.
-    assert "MemoryError: Unable to allocate" in by_mode["oom"].user_attrs["fail_reason"]
     for mode in ("raise", "nan", "kill", "segfault", "oom"):
         assert by_mode[mode].state.name == "FAIL"
     assert len(study.get_trials()) == 6  # the study went on after every failure
