@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from test_worker_service import FAST_SPACE, SLOW_SPACE, Workers, _create, _trials, _wait_for
+from test_worker_service import (
+    FAST_SPACE,
+    SLOW_SPACE,
+    Workers,
+    _create,
+    _mlflow_runs,
+    _trials,
+    _wait_for,
+)
 
 from hpo.slots import SlotError, parse_gpus, plan_slots, resolve_backend
 from hpo.studies import counted_trials
@@ -458,7 +466,13 @@ def test_sigterm_with_two_slots_requeues_both_running_trials(
             return len([t for t in trials if t.state == TrialState.RUNNING]) == 2
 
         _wait_for(both_running, 180, "two running trials")
-        time.sleep(1.0)
+        _wait_for(
+            lambda: (
+                len([r for r in _mlflow_runs(tmp_path, "term2") if r.info.status == "RUNNING"]) == 2
+            ),
+            120,
+            "the running trials' MLflow runs",
+        )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
