@@ -5,7 +5,8 @@ trains with a loss that is NaN, ``kill`` kills its own trial process with SIGKIL
 kernel's out-of-memory killer sends), ``segfault`` reads address 0 (a crash in native code:
 SIGSEGV), ``oom`` allocates more memory than its process may have (``RLIMIT_AS`` lowered for the
 allocation only: the ``MemoryError`` a failed allocation raises), ``sleep`` sleeps
-``sleep_seconds`` before training (a long trial that a test interrupts).
+``sleep_seconds`` before training (a long trial that a test interrupts; with
+``HPO_TEST_SLEEPING`` set to a file, it appends its process id to it when it starts sleeping).
 
 With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
 process's id, when the build started and ended, its Keras backend and the slot environment
@@ -81,6 +82,10 @@ def build(hp: Any, data: Any) -> Any:
     if mode == "oom":
         _allocate_beyond_the_limit()
     if mode == "sleep":  # a long trial, to be interrupted by a test
+        sleeping = os.environ.get("HPO_TEST_SLEEPING")
+        if sleeping:
+            with open(sleeping, "a") as f:
+                f.write(f"{os.getpid()}\n")
         time.sleep(float(hp.get("sleep_seconds", 30)))
     record = os.environ.get("HPO_TEST_RECORD")
     if record:

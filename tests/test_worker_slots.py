@@ -22,7 +22,6 @@ from test_worker_service import (
     SLOW_SPACE,
     Workers,
     _create,
-    _mlflow_runs,
     _trials,
     _wait_for,
 )
@@ -455,7 +454,8 @@ def test_sigterm_with_two_slots_requeues_both_running_trials(
     tmp_path: Path, postgres_url: str
 ) -> None:
     _create(tmp_path, postgres_url, "term2", 3, SLOW_SPACE.replace("SECONDS", "60"))
-    workers = Workers(tmp_path, postgres_url)
+    sleeping = tmp_path / "sleeping.txt"
+    workers = Workers(tmp_path, postgres_url, env={"HPO_TEST_SLEEPING": str(sleeping)})
     try:
         proc = workers.start(
             "--study", "term2", "--gpus", "0", "--trials-per-gpu", "2", "--stop-grace", "2"
@@ -466,12 +466,11 @@ def test_sigterm_with_two_slots_requeues_both_running_trials(
             return len([t for t in trials if t.state == TrialState.RUNNING]) == 2
 
         _wait_for(both_running, 180, "two running trials")
+        # Both trial processes are inside their trials' code (the signal must reach them there).
         _wait_for(
-            lambda: (
-                len([r for r in _mlflow_runs(tmp_path, "term2") if r.info.status == "RUNNING"]) == 2
-            ),
-            120,
-            "the running trials' MLflow runs",
+            lambda: sleeping.is_file() and len(sleeping.read_text().split()) == 2,
+            600,
+            "both trials sleeping in their trial processes",
         )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
