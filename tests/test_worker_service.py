@@ -237,17 +237,19 @@ def test_sigterm_exits_cleanly_and_requeues_the_running_trial(
     tmp_path: Path, postgres_url: str, workers: Workers
 ) -> None:
     _create(tmp_path, postgres_url, "term", 2, SLOW_SPACE.replace("SECONDS", "60"))
+    sleeping = tmp_path / "sleeping.txt"
+    workers.env["HPO_TEST_SLEEPING"] = str(sleeping)
     proc = workers.start("--study", "term", "--stop-grace", "2")
     _wait_for(
         lambda: any(t.state == TrialState.RUNNING for t in _trials(postgres_url, "term")),
         120,
         "a running trial",
     )
-    # Its MLflow run has started too: the stop must end it, not leave it RUNNING.
+    # The trial process is inside the trial's code (its MLflow run started before it).
     wait_for(
-        lambda: [r for r in _mlflow_runs(tmp_path, "term") if r.info.status == "RUNNING"],
-        120,
-        "the running trial's MLflow run",
+        sleeping.is_file,
+        600,
+        "the trial sleeping in its trial process",
         alive=[proc],
         logs=workers.logs,
     )
