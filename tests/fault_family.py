@@ -1,8 +1,12 @@
 """A user-defined family (``family: fault_family:build``) whose trials fail on purpose.
 
 ``mode`` picks the fault: ``ok`` trains normally, ``raise`` raises while building, ``nan``
-trains with a loss that is NaN, ``kill`` kills its own trial process with SIGKILL, ``sleep``
-sleeps ``sleep_seconds`` before training (a long trial that a test interrupts).
+trains with a loss that is NaN, ``kill`` kills its own trial process with SIGKILL (what the
+kernel's out-of-memory killer sends), ``segfault`` reads address 0 (a crash in native code:
+SIGSEGV), ``oom`` allocates more memory than its process may have (``RLIMIT_AS`` lowered for the
+allocation only: the ``MemoryError`` a failed allocation raises), ``sleep`` sleeps
+``sleep_seconds`` before training (a long trial that a test interrupts; with
+``HPO_TEST_SLEEPING`` set to a file, it appends its process id to it when it starts sleeping).
 
 With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
 process's id, when the build started and ended, its Keras backend and the slot environment
@@ -13,12 +17,15 @@ many traced TensorFlow graphs are (None on other backends).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
+import resource
 import signal
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 RECORDED_ENV = (
@@ -45,6 +52,22 @@ def _graphs_alive() -> int | None:
     return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
 
 
+def _allocate_beyond_the_limit() -> None:
+    """Allocate 16 GiB with the address space capped 256 MiB above what the process maps now.
+
+    The cap goes back before the MemoryError leaves: the trial process runs later trials.
+    """
+    import numpy as np
+
+    mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (256 << 20), before[1]))
+    try:
+        np.ones(16 << 30, dtype=np.uint8)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, before)
+
+
 def build(hp: Any, data: Any) -> Any:
     import keras
 
@@ -54,7 +77,15 @@ def build(hp: Any, data: Any) -> Any:
         raise ValueError("deliberate failure in build")
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "segfault":
+        ctypes.string_at(0)
+    if mode == "oom":
+        _allocate_beyond_the_limit()
     if mode == "sleep":  # a long trial, to be interrupted by a test
+        sleeping = os.environ.get("HPO_TEST_SLEEPING")
+        if sleeping:
+            with open(sleeping, "a") as f:
+                f.write(f"{os.getpid()}\n")
         time.sleep(float(hp.get("sleep_seconds", 30)))
     record = os.environ.get("HPO_TEST_RECORD")
     if record:

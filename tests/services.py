@@ -45,11 +45,74 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
 
 from conftest import DEFAULT_POSTGRES, POSTGRES_ENV, REPO, hpo
+
+T = TypeVar("T")
+
+
+# -- waiting on conditions --------------------------------------------------------------------
+
+
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    alive: Sequence[subprocess.Popen[bytes] | subprocess.Popen[str]] = (),
+    logs: Callable[[], str] = lambda: "",
+    every: float = 0.5,
+) -> T:
+    """Poll ``condition`` until it gives a truthy value, and return that value.
+
+    Fails the test when ``timeout`` seconds pass first, or at once when a process of ``alive``
+    (the ones the condition depends on) has exited; the message names ``what`` and ends with
+    ``logs()``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        dead = [p.args for p in alive if p.poll() is not None]
+        if dead:
+            pytest.fail(f"waiting for {what}: {dead} exited\n{logs()}")
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
+        time.sleep(every)
+
+
+def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    """Exit codes once every process of ``procs`` has exited, within ``timeout`` seconds in all;
+    raises ``subprocess.TimeoutExpired`` otherwise."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    return [p.returncode for p in procs]
+
+
+def stop_processes(
+    procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0
+) -> list[int | None]:
+    """SIGTERM to every running process (like ``docker compose stop``), SIGKILL to those still
+    running ``grace`` seconds later; each exit code as it was after the grace (None: killed)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    codes: list[int | None] = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+            p.kill()
+            p.wait(timeout=30)
+    return codes
+
 
 IN_CI = bool(os.environ.get("CI"))
 DIGITS_SPACE = REPO / "search_spaces" / "image_cnn_digits.yaml"
@@ -559,29 +622,14 @@ class WorkerGroup:
 
     def wait(self, timeout: float) -> list[int]:
         """Exit codes once all have exited; raises ``subprocess.TimeoutExpired`` otherwise."""
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        return [p.returncode for p in self.procs]
+        return wait_all(self.procs, timeout)
 
     def stop(self, grace: float = 30.0) -> list[int | None]:
         """SIGTERM (like ``docker compose stop``), then SIGKILL after ``grace`` seconds.
 
         Returns each exit code as it was after the grace (``None``: had to be killed).
         """
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        codes: list[int | None] = []
-        for p in self.procs:
-            try:
-                codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                codes.append(None)
-                p.kill()
-                p.wait(timeout=30)
-        return codes
+        return stop_processes(self.procs, grace)
 
     def log_text(self, chars: int = 3000) -> str:
         return "\n".join(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import FAULT_FAMILY_ENV, REPO, hpo
+from conftest import FAST_SPACE, FAULT_FAMILY_ENV, REPO, hpo
 
 pytestmark = pytest.mark.slow
 DIGITS_SPACE = REPO / "search_spaces" / "image_cnn_digits.yaml"
@@ -113,14 +113,14 @@ def test_crashing_nan_and_killed_trials_are_recorded_and_the_study_goes_on(
         "budget: {max_epochs: 1}\n"
         "defaults: {algorithm: optuna-grid, pruner: none}\n"
         "params:\n"
-        "  mode: {type: categorical, choices: [ok, raise, nan, kill]}\n"
+        "  mode: {type: categorical, choices: [ok, raise, nan, kill, segfault, oom]}\n"
     )
     env = FAULT_FAMILY_ENV
     result = hpo(
         "run",
         str(space),
         "--trials",
-        "4",
+        "6",
         "--workers",
         "1",
         "--study",
@@ -134,13 +134,17 @@ def test_crashing_nan_and_killed_trials_are_recorded_and_the_study_goes_on(
 
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
     by_mode = {t.params["mode"]: t for t in study.get_trials()}
-    assert set(by_mode) == {"ok", "raise", "nan", "kill"}
+    assert set(by_mode) == {"ok", "raise", "nan", "kill", "segfault", "oom"}
+    assert "killed by SIGSEGV" in by_mode["segfault"].user_attrs["fail_reason"]
+    # numpy's MemoryError for its 16 GiB array, raised in the trial: the process lives on.
+    assert "MemoryError: Unable to allocate" in by_mode["oom"].user_attrs["fail_reason"]
     assert by_mode["ok"].state.name == "COMPLETE"
     assert "deliberate failure in build" in by_mode["raise"].user_attrs["fail_reason"]
     assert "nan" in by_mode["nan"].user_attrs["fail_reason"].lower()
     assert "SIGKILL" in by_mode["kill"].user_attrs["fail_reason"]
-    for mode in ("raise", "nan", "kill"):
+    for mode in ("raise", "nan", "kill", "segfault", "oom"):
         assert by_mode[mode].state.name == "FAIL"
+    assert len(study.get_trials()) == 6  # the study went on after every failure
 
     _, runs, _ = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "faults")
     assert all(r.info.status != "RUNNING" for r in runs)
@@ -150,3 +154,31 @@ def test_crashing_nan_and_killed_trials_are_recorded_and_the_study_goes_on(
     killed = trial_runs[str(by_mode["kill"].number)]
     assert killed.info.status == "FAILED"
     assert "SIGKILL" in killed.data.tags["hpo.fail_reason"]
+    for mode, reason in (("segfault", "SIGSEGV"), ("oom", "MemoryError")):
+        run = trial_runs[str(by_mode[mode].number)]
+        assert run.info.status == "FAILED" and reason in run.data.tags["hpo.fail_reason"]
+
+
+def test_run_resume_twice_as_make_run_does(tmp_path: Path) -> None:
+    """`make run` is `hpo run --resume`: the first run creates the study and finishes it, a
+    second one finds it finished, runs no trial, writes no MLflow run, and exits 0."""
+    space = tmp_path / "again.yaml"
+    space.write_text(FAST_SPACE)
+    args = ("run", str(space), "--resume", "--study", "again", "--trials", "2", "--json")
+    first = hpo(*args, cwd=tmp_path, env=FAULT_FAMILY_ENV)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert json.loads(first.stdout)["complete"] == 2
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, runs_before, _ = _runs(tracking, "again")
+    second = hpo(*args, cwd=tmp_path, env=FAULT_FAMILY_ENV)
+    assert second.returncode == 0, second.stderr + second.stdout
+    summary = json.loads(second.stdout)
+    assert (summary["complete"], summary["n_trials"]) == (2, 2), summary
+    import optuna
+
+    study = optuna.load_study(study_name="again", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    _, runs_after, _ = _runs(tracking, "again")
+    assert sorted(r.info.run_id for r in runs_after) == sorted(r.info.run_id for r in runs_before)
+    assert all(r.info.status == "FINISHED" for r in runs_after)

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from test_ensemble import artifact_dir, invoke, studies_workspace
 
+from conftest import REPO
+from oracles import assert_reported_metrics, stratified_split
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 NAME = "digA-export"
 
@@ -133,6 +136,43 @@ def test_keras_export_loads_without_hpo_and_equals_the_weighted_members(
     assert bad.exit_code == 2 and ".keras" in bad.stderr
     unknown = invoke("export", "no-such", "--output", str(tmp_path / "n.keras"))
     assert unknown.exit_code == 2 and "no registered ensemble" in unknown.stderr
+
+
+def test_reported_test_metrics_equal_sklearn_on_the_raw_test_split(
+    ws: Path, built: dict[str, Any], tmp_path: Path
+) -> None:
+    """What the build reported, recorded in MLflow and wrote to ensemble.json, against an
+    oracle that shares nothing with hpo: digits read with scikit-learn, the test split made by
+    the documented rule, the exported file in plain Keras, scikit-learn's metrics."""
+    import keras
+    from mlflow import MlflowClient
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    spec = {"validation_fraction": 0.15, "test_fraction": 0.2, "seed": 0}
+    assert f"test_fraction: {spec['test_fraction']}\n  seed: {spec['seed']}" in (
+        (REPO / "search_spaces" / "image_cnn_digits.yaml").read_text()
+    )
+    _, _, test = stratified_split(
+        digits.target, spec["validation_fraction"], spec["test_fraction"], spec["seed"]
+    )
+    x = digits.data[test].reshape(-1, 8, 8).astype(np.float32)  # raw values 0..16
+    y = digits.target[test]
+
+    out = tmp_path / "ensemble.keras"
+    assert invoke("export", NAME, "--output", str(out)).exit_code == 0
+    probs = keras.models.load_model(out, safe_mode=True).predict(x, verbose=0)
+
+    reported = built["result"].metrics["test"]["ensemble"]
+    assert_reported_metrics(reported, probs, y, num_classes=10)
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    run_id = built["result"].run_id
+    logged = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    assert_reported_metrics(
+        {k: logged[f"ensemble_test_{k}"] for k in ("accuracy", "nll", "ece")}, probs, y, 10
+    )
+    saved = json.loads((artifact_dir(ws, run_id) / "ensemble.json").read_text())
+    assert_reported_metrics(saved["metrics"]["test"]["ensemble"], probs, y, 10)
 
 
 def test_savedmodel_and_mlflow_exports_load_and_predict(

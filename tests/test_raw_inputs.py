@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 from test_ensemble import artifact_dir
 
+from oracles import assert_reported_metrics, encode, stratified_split, vocabulary
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 TOL = 1e-5
@@ -304,7 +306,12 @@ def test_tabular_csv_every_path_agrees(wine: dict[str, Any], tmp_path: Path) -> 
     model = export(root, WINE_NAME, "keras", tmp_path / "wine.keras")
     info = json.loads((tmp_path / "wine.hpo.json").read_text())
     assert info["inputs"]["feature_names"] == names and info["class_names"] == class_names
-    close(keras_without_hpo(model, raw, tmp_path), expected, ".keras without hpo")
+    got = keras_without_hpo(model, raw, tmp_path)
+    close(got, expected, ".keras without hpo")
+    # The reported test metrics, against scikit-learn on the raw CSV's rows and labels (CSV
+    # labels take their alphabetical index), through the file loaded in plain Keras.
+    labels = np.array([sorted(WINE_NAMES.values()).index(r["cultivar"]) for r in rows])
+    assert_reported_metrics(wine["built"]["metrics"]["test"]["ensemble"], got, labels, 3)
     # hpo predict on the exported file gives the same.
     probs, _ = predict_csv(root, str(model), wine["test_csv"], tmp_path / "p2.csv")
     close(probs, expected, "hpo predict FILE.keras")
@@ -492,7 +499,8 @@ def test_images_mixed_ensemble_every_path_agrees(fashion: dict[str, Any], tmp_pa
     model = export(root, FASHION_NAME, "keras", tmp_path / "fashion.keras")
     got = keras_without_hpo(model, images, tmp_path)
     close(got, expected, ".keras without hpo")
-    assert float(np.mean(got.argmax(axis=1) == labels)) == pytest.approx(reported, abs=1e-9)
+    # Every reported test metric, against scikit-learn on the t10k IDX files read here.
+    assert_reported_metrics(fashion["built"]["metrics"]["test"]["ensemble"], got, labels, 10)
 
     first = slice(0, 500)
     np.savez(tmp_path / "images.npz", x=images[first])
@@ -606,7 +614,40 @@ def reuters_text(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         train(root, root / f"{study}.yaml", study)
     built = build(root, TEXT_NAME, *spaces)
     assert {m["study"] for m in built["members"]} == set(spaces), built["members"]
-    return {"root": root, "built": built, "test": test_docs, "spaces": spaces}
+    return {"root": root, "built": built, "train": train_docs, "test": test_docs, "spaces": spaces}
+
+
+def test_exported_text_models_vectorize_as_the_raw_documents_say(
+    reuters_text: dict[str, Any], tmp_path: Path
+) -> None:
+    """The exported model's own text layers against a vocabulary and encodings the test makes
+    from the raw training CSV (tests/oracles.py): the documented split, tokens, ranking, ids."""
+    import keras
+    import tensorflow as tf
+
+    train_docs, texts = reuters_text["train"], [d for d, _ in reuters_text["test"]]
+    topics = np.array([sorted(TOPICS).index(t) for _, t in train_docs])
+    train_idx, _, _ = stratified_split(topics, 0.15, 0.0, seed=0)  # TEXT_DATASET's split
+    vocab = vocabulary([train_docs[i][0] for i in train_idx], num_words=1000)
+    oracle = {
+        "txConv": encode(texts, vocab, maxlen=64, multi_hot=False),
+        "txDense": encode(texts, vocab, maxlen=None, multi_hot=True),
+    }
+    model = export(reuters_text["root"], TEXT_NAME, "keras", tmp_path / "text.keras")
+    exported = keras.models.load_model(model, safe_mode=True, compile=False)
+    members = [layer for layer in exported.layers if isinstance(layer, keras.Model)]
+    studies = [m["study"] for m in reuters_text["built"]["members"]]
+    assert len(members) == len(studies) and set(studies) == set(oracle)
+    for member, study in zip(members, studies, strict=True):
+        # Between the raw-string input and the trained model: the text layers, in order.
+        x: Any = tf.constant(texts)
+        steps = [layer for layer in member.layers[1:] if not isinstance(layer, keras.Model)]
+        for layer in steps:
+            x = layer(x)
+        vectorizer = next(s for s in steps if isinstance(s, keras.layers.TextVectorization))
+        assert vectorizer.get_vocabulary()[2:] == vocab[2:], study
+        got = np.asarray(x)
+        np.testing.assert_array_equal(got, oracle[study].astype(got.dtype), err_msg=study)
 
 
 def test_text_mixed_ensemble_is_one_model_and_every_path_agrees(
@@ -635,7 +676,7 @@ def test_text_mixed_ensemble_is_one_model_and_every_path_agrees(
     model = export(root, TEXT_NAME, "keras", tmp_path / "text.keras")
     got = keras_without_hpo(model, np.asarray(texts, dtype=object), tmp_path)
     close(got, expected, ".keras without hpo")
-    assert float(np.mean(got.argmax(axis=1) == labels)) == pytest.approx(reported, abs=1e-9)
+    assert_reported_metrics(reuters_text["built"]["metrics"]["test"]["ensemble"], got, labels, 3)
 
     lines = tmp_path / "docs.txt"
     lines.write_text("\n".join(texts) + "\n", encoding="utf-8")

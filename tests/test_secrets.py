@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, hpo
-from services import clean_env, free_port, fresh_database
+from services import clean_env, free_port, fresh_database, http_status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -112,21 +112,25 @@ def test_passwords_never_appear_in_output_logs_argv_stores_or_artifacts(
 
         # `hpo ui` with the password only in MLFLOW_TRACKING_URI: not printed, not on argv.
         ui = subprocess.Popen(
-            [sys.executable, "-m", "hpo", "ui", "--port", str(free_port())],
+            [sys.executable, "-m", "hpo", "ui", "--port", str(port := free_port())],
             cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": tracking_uri},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         try:
             ui_parent = psutil.Process(ui.pid)
-            deadline = time.monotonic() + 60
-            ui_cmdlines: list[list[str]] = []
-            while time.monotonic() < deadline:
-                ui_cmdlines = _cmdlines(ui_parent)
-                if any("mlflow" in c for c in ui_cmdlines):
-                    break
-                time.sleep(0.3)
-            assert any("mlflow" in c for c in ui_cmdlines), ui_cmdlines
-            time.sleep(2.0)  # the server's own processes, once it forked them
+            wait_for(
+                lambda: any("mlflow" in c for c in _cmdlines(ui_parent)),
+                60,
+                "hpo ui starting mlflow",
+                alive=[ui],
+            )
+            # Once the server answers, it has forked its own processes: their command lines too.
+            wait_for(
+                lambda: http_status(f"http://127.0.0.1:{port}/health", timeout=2.0) == 200,
+                120,
+                "the UI answering",
+                alive=[ui],
+            )
             ui_cmdlines = _cmdlines(ui_parent)
             assert not [c for c in ui_cmdlines if marker in " ".join(c)], ui_cmdlines
         finally:

@@ -37,6 +37,7 @@ from services import (
     postgres_cluster,
     restart_postgres,
     started,
+    wait_for,
 )
 
 pytest_plugins = ["services"]
@@ -86,13 +87,7 @@ def trials_of(postgres_url: str) -> Iterator[Callable[[str], list[FrozenTrial]]]
 def _wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, workers: WorkerGroup
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert all(p.poll() is None for p in workers.procs), workers.log_text()
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}\n{workers.log_text()}")
+    wait_for(predicate, timeout, what, alive=workers.procs, logs=workers.log_text)
 
 
 def _trial_runs(client: MlflowClient, name: str) -> tuple[list, list]:  # type: ignore[type-arg]

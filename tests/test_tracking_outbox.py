@@ -30,7 +30,7 @@ from hpo.storage.studies import RUN_ID_ATTR
 from hpo.tracking._outbox import Outbox, is_placeholder
 
 from conftest import hpo
-from services import DIGITS_SPACE, MlflowServer, started
+from services import DIGITS_SPACE, MlflowServer, started, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,13 @@ def test_writes_made_while_the_server_is_down_arrive_exactly_once(
     assert "still pending" in capsys.readouterr().err
 
     started(server)  # same port, same backend store, same artifact folder
-    time.sleep(0.6)
+    # Until the client's window between tries ends, calls go to the outbox without trying.
+    wait_for(
+        lambda: time.monotonic() >= max(c._retry_at, c._next_replay),
+        10,
+        "the end of the client's retry window",
+        every=0.05,
+    )
     # The next ordinary call finds the server answering: it replays the outbox, then goes on.
     tracking.log_metrics(c, before, {"acc": 0.7}, 3)
     assert tracking.pending_operations(uri) == 0

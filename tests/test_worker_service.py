@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from hpo.storage import open_storage
 from hpo.storage.studies import counted_trials
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, SLOW_SPACE, hpo
-from services import fresh_database
+from services import fresh_database, wait_all, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -58,10 +58,7 @@ class Workers:
         return proc
 
     def wait(self, timeout: float) -> list[int]:
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        return [p.returncode for p in self.procs]
+        return wait_all(self.procs, timeout)
 
     def logs(self) -> str:
         return "\n".join(
@@ -113,13 +110,20 @@ def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=store).get_trials()  # type: ignore[arg-type]
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    wait_for(predicate, timeout, what)
+
+
+def _connections(storage: str) -> int:
+    """Sessions open on ``storage``'s database (only its workers' while no test reads it)."""
+    url = sa.engine.make_url(storage)
+    admin = sa.create_engine(url.set(database="test"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            query = "select count(*) from pg_stat_activity where datname = :d"
+            return int(conn.execute(sa.text(query), {"d": url.database}).scalar() or 0)
+    finally:
+        admin.dispose()
 
 
 def _mlflow_runs(tmp_path: Path, name: str) -> list:  # type: ignore[type-arg]
@@ -233,13 +237,22 @@ def test_sigterm_exits_cleanly_and_requeues_the_running_trial(
     tmp_path: Path, postgres_url: str, workers: Workers
 ) -> None:
     _create(tmp_path, postgres_url, "term", 2, SLOW_SPACE.replace("SECONDS", "60"))
+    sleeping = tmp_path / "sleeping.txt"
+    workers.env["HPO_TEST_SLEEPING"] = str(sleeping)
     proc = workers.start("--study", "term", "--stop-grace", "2")
     _wait_for(
         lambda: any(t.state == TrialState.RUNNING for t in _trials(postgres_url, "term")),
         120,
         "a running trial",
     )
-    time.sleep(1.0)
+    # The trial process is inside the trial's code (its MLflow run started before it).
+    wait_for(
+        sleeping.is_file,
+        600,
+        "the trial sleeping in its trial process",
+        alive=[proc],
+        logs=workers.logs,
+    )
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -299,7 +312,14 @@ def test_worker_without_study_serves_studies_created_after_it_started(tmp_path: 
         workers = Workers(tmp_path, storage)
         try:
             proc = workers.start()  # no --study: serve everything, wait for work
-            time.sleep(3.0)
+            # It polls the store, empty yet: the studies below are created after it started.
+            wait_for(
+                lambda: _connections(storage) > 0,
+                120,
+                "the worker polling its store",
+                alive=[proc],
+                logs=workers.logs,
+            )
             _create(tmp_path, storage, "later_a", 2)
             _create(tmp_path, storage, "later_b", 2, FAST_SPACE, "--priority", "5")
 

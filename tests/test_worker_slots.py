@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from test_worker_service import FAST_SPACE, SLOW_SPACE, Workers, _create, _trials, _wait_for
+from test_worker_service import (
+    FAST_SPACE,
+    SLOW_SPACE,
+    Workers,
+    _create,
+    _trials,
+    _wait_for,
+)
 
 from hpo.storage.studies import counted_trials
 from hpo.workers.slots import SlotError, parse_gpus, plan_slots, resolve_backend
@@ -447,7 +454,8 @@ def test_sigterm_with_two_slots_requeues_both_running_trials(
     tmp_path: Path, postgres_url: str
 ) -> None:
     _create(tmp_path, postgres_url, "term2", 3, SLOW_SPACE.replace("SECONDS", "60"))
-    workers = Workers(tmp_path, postgres_url)
+    sleeping = tmp_path / "sleeping.txt"
+    workers = Workers(tmp_path, postgres_url, env={"HPO_TEST_SLEEPING": str(sleeping)})
     try:
         proc = workers.start(
             "--study", "term2", "--gpus", "0", "--trials-per-gpu", "2", "--stop-grace", "2"
@@ -458,7 +466,12 @@ def test_sigterm_with_two_slots_requeues_both_running_trials(
             return len([t for t in trials if t.state == TrialState.RUNNING]) == 2
 
         _wait_for(both_running, 180, "two running trials")
-        time.sleep(1.0)
+        # Both trial processes are inside their trials' code (the signal must reach them there).
+        _wait_for(
+            lambda: sleeping.is_file() and len(sleeping.read_text().split()) == 2,
+            600,
+            "both trials sleeping in their trial processes",
+        )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
