@@ -129,13 +129,19 @@ def scratch_postgres(max_connections: int = 100) -> Iterator[ScratchPostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+REPO = Path(__file__).resolve().parents[1]
+PGBOUNCER_START = REPO / "deploy" / "pgbouncer" / "start.sh"  # the compose/Kubernetes service's
+POOLER_PASSWORD = "pooled"  # checked by PgBouncer only; the scratch cluster trusts 127.0.0.1
+
+
 @dataclass
 class PgBouncer:
-    """PgBouncer in transaction mode in front of the PostgreSQL at ``backend_port``.
+    """PgBouncer in transaction mode in front of the PostgreSQL at ``backend_port``, started by
+    the deployment's own script (``deploy/pgbouncer/start.sh``).
 
-    ``pool_size`` server connections per database and user, whatever the number of clients
-    (up to ``max_client_conn``). ``stop()`` kills it (SIGKILL: every client connection drops at
-    once, as when its container dies); ``start()`` brings it back on the same port.
+    ``pool_size`` server connections per database and user, whatever the number of clients.
+    ``stop()`` kills it (SIGKILL: every client connection drops at once, as when its container
+    dies); ``start()`` brings it back on the same port.
     """
 
     root: Path
@@ -148,44 +154,31 @@ class PgBouncer:
     def log(self) -> Path:
         return self.root / "pgbouncer.log"
 
-    def url(self, database: str, user: str = "postgres") -> str:
-        return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}"
-
-    def write_config(self) -> Path:
-        (self.root / "users.txt").write_text('"postgres" ""\n')
-        config = self.root / "pgbouncer.ini"
-        config.write_text(
-            f"""[databases]
-* = host=127.0.0.1 port={self.backend_port}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {self.port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {self.root / "users.txt"}
-pool_mode = transaction
-default_pool_size = {self.pool_size}
-max_client_conn = 5000
-ignore_startup_parameters = extra_float_digits,options
-logfile = {self.log}
-"""
-        )
-        return config
+    def url(self, database: str) -> str:
+        """The URL of ``database`` through the pooler, as the ``postgres`` user."""
+        return f"postgresql+psycopg://postgres:{POOLER_PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        config = self.write_config()
-        argv = ["pgbouncer", str(config)]
-        if os.geteuid() == 0:
-            argv[1:1] = ["-u", _SERVER_USER]
-            shutil.chown(config.parent, _SERVER_USER)
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "STORE_HOST": "127.0.0.1",
+            "STORE_PORT": str(self.backend_port),
+            "PGBOUNCER_USER": "postgres",
+            "HPO_WORKER_PASSWORD": POOLER_PASSWORD,
+            "PGBOUNCER_POOL_SIZE": str(self.pool_size),
+            "PGBOUNCER_LISTEN": "127.0.0.1",
+            "PGBOUNCER_PORT": str(self.port),
+            "PGBOUNCER_RUN_DIR": str(self.root / "run"),
+        }
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                _as_server_user(["sh", str(PGBOUNCER_START)]),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         _wait_accepting(self.port, 60, "pgbouncer", self.log)
 
     def stop(self) -> None:

@@ -17,7 +17,8 @@ Per run: peak PostgreSQL client connections (``pg_stat_activity``, polled every 
 claim and tell p50/p95 (ms, per trial: ``Worker._claim`` and ``Worker._record``), trials per
 second (budget / wall time from the first claim to the last worker's exit), workers that
 died (e.g. "too many clients"), whether the study holds exactly its budget of COMPLETE
-trials, and duplicates (a trial told twice, or two trials numbered alike).
+trials, duplicates (a trial told twice, or two trials numbered alike), and PostgreSQL
+transactions per trial (``pg_stat_database``: the store's work per trial, whatever the machine).
 
     .venv/bin/python bench/store_scale.py                # 10, 50, 100, 200 workers
     .venv/bin/python bench/store_scale.py --quick        # 10 and 50 workers, smaller budgets
@@ -182,6 +183,20 @@ def _client_connections(conn: Any) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+def _transactions(admin: Any) -> int:
+    """Transactions the study store's database has run, once no client holds it open (a
+    backend reports its counts when it exits)."""
+    import sqlalchemy as sa
+
+    with admin.connect() as conn:
+        while conn.execute(
+            sa.text("select count(*) from pg_stat_activity where datname = :d"), {"d": DATABASE}
+        ).scalar_one():
+            time.sleep(0.1)
+        query = "select xact_commit + xact_rollback from pg_stat_database where datname = :d"
+        return int(conn.execute(sa.text(query), {"d": DATABASE}).scalar_one())
+
+
 def pct(values: list[float], q: int) -> float:
     if not values:
         return float("nan")
@@ -209,6 +224,7 @@ def run_once(
             conn.execute(sa.text(f"create database {DATABASE}"))
         direct = pg.url.rsplit("/", 1)[0] + f"/{DATABASE}"
         make_study(direct, "scale", SPACE, budget)[0].engine.dispose()
+        xacts_before = _transactions(admin)
         with pgbouncer(pg.port, args.pool_size) as bouncer:
             url = direct if mode == "direct" else bouncer.url(DATABASE)
             ctx = mp.get_context("spawn")
@@ -239,6 +255,7 @@ def run_once(
             ended = time.time()
             for p in procs:
                 p.join()
+        xacts = _transactions(admin) - xacts_before
         results = [ProcessResult(**json.loads(o.read_text())) for o in outs if o.exists()]
         store = open_storage(direct)
         import optuna
@@ -271,6 +288,7 @@ def run_once(
         + (len(counted) - len({t.number for t in counted})),
         "dead_workers": len(errors),
         "first_error": errors[0] if errors else None,
+        "transactions_per_trial": xacts / len(complete) if complete else 0.0,
         "retries": sum(r.retries for r in results),
         "processes": len(procs),
     }
@@ -300,7 +318,8 @@ def main() -> None:
         )
         print(
             f"{'store':<10} {'workers':>7} {'peak conn':>9} {'claim p50':>9} {'p95':>7} "
-            f"{'tell p50':>8} {'p95':>7} {'trials/s':>8} {'exact':>5} {'dup':>3} {'dead':>4}",
+            f"{'tell p50':>8} {'p95':>7} {'trials/s':>8} {'xact/trial':>10} {'exact':>5} "
+            f"{'dup':>3} {'dead':>4}",
             flush=True,
         )
     rows = []
@@ -316,7 +335,8 @@ def main() -> None:
                     f"{mode:<10} {workers:>7} {row['peak_connections']:>9} "
                     f"{row['claim_p50_ms']:>9.1f} {row['claim_p95_ms']:>7.1f} "
                     f"{row['tell_p50_ms']:>8.1f} {row['tell_p95_ms']:>7.1f} "
-                    f"{row['trials_per_s']:>8.1f} {'yes' if row['exact_budget'] else 'NO':>5} "
+                    f"{row['trials_per_s']:>8.1f} {row['transactions_per_trial']:>10.1f} "
+                    f"{'yes' if row['exact_budget'] else 'NO':>5} "
                     f"{row['duplicates']:>3} {row['dead_workers']:>4}",
                     flush=True,
                 )
