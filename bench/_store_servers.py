@@ -86,7 +86,9 @@ class ScratchPostgres:
 
     def _ctl(self, *args: str) -> None:
         subprocess.run(
-            _as_server_user([_pg_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "120", *args]),
+            _as_server_user(
+                [_pg_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "120", *args]
+            ),
             check=True,
             capture_output=True,
             timeout=180,

@@ -306,7 +306,8 @@ def main() -> None:
     parser.add_argument("--threads-per-process", type=int, default=25, help="workers a process")
     parser.add_argument("--json", action="store_true", help="one JSON object per run, no table")
     args = parser.parse_args()
-    sizes = [int(w) for w in (args.workers or ("10,50" if args.quick else "10,50,100,200")).split(",")]
+    default_sizes = "10,50" if args.quick else "10,50,100,200"
+    sizes = [int(w) for w in (args.workers or default_sizes).split(",")]
     per_worker = args.trials_per_worker or (2 if args.quick else 4)
     modes = [m.strip() for m in args.modes.split(",")]
     if not args.json:

@@ -55,7 +55,7 @@ import pytest
 from conftest import DEFAULT_POSTGRES, POSTGRES_ENV, REPO, hpo
 
 sys.path.insert(0, str(REPO / "bench"))  # the throw-away servers the benchmark uses too
-from _store_servers import PgBouncer, ScratchPostgres, pgbouncer, scratch_postgres  # noqa: E402
+from _store_servers import PgBouncer, ScratchPostgres, pgbouncer, scratch_postgres
 
 IN_CI = bool(os.environ.get("CI"))
 DIGITS_SPACE = REPO / "search_spaces" / "image_cnn_digits.yaml"

@@ -410,9 +410,7 @@ def test_workers_reach_the_store_through_pgbouncer_as_their_own_role() -> None:
     assert worker["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
     assert "6432" in " ".join(bouncer["healthcheck"]["test"])
     # The image has it (installed with apt, like the dataset).
-    assert any(
-        kind == "RUN" and "pgbouncer" in args for kind, args in dockerfile_instructions()
-    )
+    assert any(kind == "RUN" and "pgbouncer" in args for kind, args in dockerfile_instructions())
 
 
 def test_healthchecks_and_start_order() -> None:
