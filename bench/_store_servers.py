@@ -59,7 +59,9 @@ def _pg_bin(name: str) -> str:
     raise FileNotFoundError(f"{name} not found (install the PostgreSQL server)")
 
 
-def _wait_accepting(port: int, timeout: float, what: str, log: Path) -> None:
+def wait_accepting(port: int, timeout: float, what: str, log: Path) -> None:
+    """Return once ``what`` accepts TCP connections on 127.0.0.1:``port``; raise with the tail
+    of its ``log`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s, suppress(OSError):
@@ -181,7 +183,7 @@ class PgBouncer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        _wait_accepting(self.port, 60, "pgbouncer", self.log)
+        wait_accepting(self.port, 60, "pgbouncer", self.log)
 
     def stop(self) -> None:
         if self.proc is None:

@@ -33,6 +33,8 @@ params:
         "startup.py",
         "epoch_callback.py",
         "hyperband_history.py",
+        "store_scale.py",
+        "store_proxies.py",
     ],
 )
 def test_bench_help(script: str) -> None:
