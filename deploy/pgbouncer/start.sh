@@ -10,6 +10,7 @@
 #   PGBOUNCER_USER              the role workers connect as (default hpo_worker)
 #   HPO_WORKER_PASSWORD         that role's password (required)
 #   PGBOUNCER_POOL_SIZE         PostgreSQL connections per database (default 20)
+#   PGBOUNCER_MAX_CLIENTS       worker connections it accepts, about 4 a worker (default 5000)
 #   PGBOUNCER_LISTEN, PGBOUNCER_PORT   where workers connect (default 0.0.0.0:6432)
 #   PGBOUNCER_RUN_DIR           its generated configuration (default /tmp/pgbouncer)
 set -eu
