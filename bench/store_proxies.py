@@ -56,6 +56,9 @@ def _loop(make_storage: Callable[[], Any], study: str, clients: int, trials: int
             s.tell(trial, -(x**2))
             with lock:
                 times.append((time.perf_counter() - t0) * 1000)
+        engine = getattr(storage, "engine", None)
+        if engine is not None:  # its connections must not count in the next run's peak
+            engine.dispose()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -135,7 +138,10 @@ def main() -> None:
                         while not done.wait(0.1) and worker.is_alive():
                             peak = max(peak, int(watch.execute(query).scalar_one()))
                     worker.join()
-                    beats = isinstance(make(), BaseHeartbeat)
+                    client = make()
+                    beats = isinstance(client, BaseHeartbeat)
+                    if hasattr(client, "engine"):
+                        client.engine.dispose()
                     print(
                         f"{label:<28} {result['p50']:>7.1f} {result['p95']:>7.1f} "
                         f"{result['per_s']:>8.1f} {peak:>9} {'yes' if beats else 'NO'}",
