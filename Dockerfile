@@ -12,8 +12,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
 # Fashion-MNIST from Debian, where hpo looks first: the default study runs without a download.
+# PgBouncer for the pgbouncer service (deploy/pgbouncer/start.sh), Debian's as on CI machines.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist pgbouncer \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, from the lock alone, so that code changes reuse this (large) layer.

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HPO    := $(BIN)/hpo
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run setup dev data browser test test-fast lint typecheck clean
+.PHONY: run setup dev data browser pooler test test-fast lint typecheck clean
 
 run: setup data
 	$(HPO) run --resume
@@ -56,6 +56,15 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver); \
 	else echo "chromium missing: sudo apt-get install chromium chromium-driver (browser tests skip; under CI they fail)"; fi
 
+# PgBouncer for the tests and benchmark of workers behind a pooler (tests/test_pooler_faults.py,
+# bench/store_scale.py), from Debian, where we may install packages.
+pooler:
+	@if command -v pgbouncer >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq pgbouncer >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq pgbouncer); \
+	else echo "pgbouncer missing: sudo apt-get install pgbouncer (pooler tests skip; under CI they fail)"; fi
+
 lint: setup
 	$(BIN)/ruff check hpo tests bench conftest.py mkdocs_hooks.py
 	$(BIN)/ruff format --check hpo tests bench conftest.py mkdocs_hooks.py
@@ -65,7 +74,7 @@ typecheck: setup
 
 # Two test processes: the suite mostly waits on servers and workers (see tests/conftest.py).
 PYTEST_WORKERS ?= 2
-test: dev data browser lint typecheck
+test: dev data browser pooler lint typecheck
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 # Everyday work: lint, types and the tests not marked slow (those that train studies or start

@@ -18,6 +18,9 @@ A pytest plugin: a test module loads it with ``pytest_plugins = ["services"]``.
 - ``postgres_cluster()``, ``restart_postgres()``, ``ensure_postgres_up()``: the local Debian
   cluster of the test database (``pg_lsclusters``, by port), restarted with ``pg_ctlcluster``
   at the niceness it had, waited for with ``pg_isready``.
+- ``pooled_store`` (per test): a PostgreSQL cluster of its own (``initdb``) behind PgBouncer
+  in transaction mode (``bench/_store_servers.py``), either restartable without touching the
+  shared test server.
 - ``ServiceProcess``: any such server process (the Optuna dashboard too): started in its own
   process group, waited for over HTTP, stopped with SIGTERM and, after a grace, SIGKILL.
 
@@ -50,6 +53,9 @@ from typing import NoReturn, TypeVar
 import pytest
 
 from conftest import DEFAULT_POSTGRES, POSTGRES_ENV, REPO, hpo
+
+sys.path.insert(0, str(REPO / "bench"))  # the throw-away servers the benchmark uses too
+from _store_servers import PgBouncer, ScratchPostgres, pgbouncer, scratch_postgres
 
 T = TypeVar("T")
 
@@ -418,6 +424,40 @@ def ensure_postgres_up(cluster: PgCluster, timeout: float = 120.0) -> None:
         return
     cluster.ctl("start", timeout)
     postgres_ready(timeout)
+
+
+# -- a study store behind PgBouncer -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PooledStore:
+    """A PostgreSQL cluster of its own behind PgBouncer in transaction mode.
+
+    ``url`` is the study store's database through the pooler (what workers get); ``direct``
+    the same database without it (what a test reads back). ``postgres.restart()`` and
+    ``bouncer.restart()`` restart either without touching the shared test server.
+    """
+
+    postgres: ScratchPostgres
+    bouncer: PgBouncer
+    url: str
+    direct: str
+
+
+@pytest.fixture
+def pooled_store() -> Iterator[PooledStore]:
+    """A fresh :class:`PooledStore` (``max_connections`` 40, 5 pooled server connections)."""
+    import sqlalchemy as sa
+
+    if shutil.which("pgbouncer") is None:
+        unavailable("pgbouncer missing (make pooler installs it)")
+    with scratch_postgres(max_connections=40) as postgres, pgbouncer(postgres.port, 5) as bouncer:
+        admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text("create database hpo"))
+        admin.dispose()
+        direct = postgres.url.rsplit("/", 1)[0] + "/hpo"
+        yield PooledStore(postgres, bouncer, bouncer.url("hpo"), direct)
 
 
 # -- server processes -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ params:
         "startup.py",
         "epoch_callback.py",
         "hyperband_history.py",
+        "store_scale.py",
+        "store_proxies.py",
     ],
 )
 def test_bench_help(script: str) -> None:
@@ -53,6 +56,29 @@ def test_orchestration_smoke() -> None:
     all_row = next(line for line in out.stdout.splitlines() if " all " in line)
     assert "(20 trials in" in all_row
     assert out.stdout.splitlines()[-1].startswith("ratios: SQLite, 1 worker: p95 ")
+
+
+def test_store_scale_30_workers_through_pgbouncer_on_20_connections() -> None:
+    """30 workers (the real loop, stub trials) finish an exact budget through PgBouncer in front
+    of a PostgreSQL that allows 20 connections: directly they would need about 4 each."""
+    import shutil
+
+    from services import unavailable
+
+    if shutil.which("pgbouncer") is None:
+        unavailable("pgbouncer missing (make pooler installs it)")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "store_scale.py"), "--workers", "30", "--modes", "pgbouncer",
+         "--max-connections", "20", "--pool-size", "10", "--trials-per-worker", "2",
+         "--trial-seconds", "0.2", "--threads-per-process", "15", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    [row] = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert row["dead_workers"] == 0, row["first_error"]
+    assert row["exact_budget"] and row["complete"] == 60 and row["duplicates"] == 0, row
+    assert 0 < row["peak_connections"] <= 10, row  # the pool, not the workers
+    assert row["transactions_per_trial"] > 0
 
 
 def test_is_done_agrees_with_study_status(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def seconds(duration: str) -> float:
 
 def test_compose_files_parse_with_the_expected_services() -> None:
     services = raw()["services"]
-    assert {"postgres", "mlflow", "worker", "optuna-dashboard"} <= set(services)
+    assert {"postgres", "pgbouncer", "mlflow", "worker", "optuna-dashboard"} <= set(services)
     for name, service in services.items():
         assert "image" in service or "build" in service, name
     override = raw(NOAUTH_OVERRIDE)["services"]
@@ -357,7 +357,9 @@ def test_services_agree_on_database_host_and_port() -> None:
     for name, text in urls.items():
         url = make_url(text)
         assert url.drivername == "postgresql+psycopg", name  # psycopg 3, as in the lock
-        assert (url.host, url.port) == ("postgres", 5432), name  # the service, by its name
+        # The service, by its name; workers through the pooler (see the test below).
+        expected = ("pgbouncer", 6432) if name == "worker" else ("postgres", 5432)
+        assert (url.host, url.port) == expected, name
     study = {urls[s] for s in ("init-store", "worker", "optuna-dashboard")}
     assert {make_url(u).database for u in study} == {pg["POSTGRES_DB"]}
     mlflow_db = make_url(urls["mlflow"]).database
@@ -380,6 +382,35 @@ def test_services_agree_on_database_host_and_port() -> None:
     assert is_allowed_host_header(allowed, f"mlflow:{port}")
     assert is_allowed_host_header(allowed, "127.0.0.1:5000")
     assert is_allowed_host_header(allowed, "localhost:5000")
+
+
+PGBOUNCER_START = REPO / "deploy" / "pgbouncer" / "start.sh"
+
+
+def test_workers_reach_the_store_through_pgbouncer_as_their_own_role() -> None:
+    """The pgbouncer service: transaction mode, in front of postgres:5432, logging in as the
+    workers' role with their password, not published; tests/test_pooler_faults.py and
+    bench/store_scale.py run the same start script against a real PostgreSQL."""
+    services = compose()["services"]
+    bouncer, worker = services["pgbouncer"], services["worker"]
+    env = environment(bouncer)
+    assert (env["STORE_HOST"], env["STORE_PORT"]) == ("postgres", "5432")
+    worker_url = make_url(environment(worker)["HPO_STORAGE"])
+    assert env["PGBOUNCER_USER"] == worker_url.username == SERVICE_ROLES["worker"][0]
+    assert env["HPO_WORKER_PASSWORD"] == worker_url.password == filled_env()["HPO_WORKER_PASSWORD"]
+    assert "POSTGRES_PASSWORD" not in yaml.safe_dump(raw()["services"]["pgbouncer"])
+    assert "ports" not in bouncer
+    assert bouncer["entrypoint"] == ["sh", "/etc/hpo-pgbouncer/start.sh"]
+    assert "./deploy/pgbouncer:/etc/hpo-pgbouncer:ro" in bouncer["volumes"]
+    script = PGBOUNCER_START.read_text()
+    assert "pool_mode = transaction" in script and "auth_type = scram-sha-256" in script
+    assert "listen_port = ${PGBOUNCER_PORT:-6432}" in script
+    assert os.access(PGBOUNCER_START, os.X_OK)
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
+    assert "6432" in " ".join(bouncer["healthcheck"]["test"])
+    # The image has it (installed with apt, like the dataset).
+    assert any(kind == "RUN" and "pgbouncer" in args for kind, args in dockerfile_instructions())
 
 
 def test_healthchecks_and_start_order() -> None:

@@ -193,3 +193,35 @@ def test_the_worker_arguments_are_options_hpo_worker_takes(
         for arg in spec["containers"][0]["args"][1:]:
             if arg.startswith("--"):
                 assert arg in options, f"hpo worker has no {arg}"
+
+
+def test_workers_reach_the_store_through_one_pgbouncer_as_their_role(
+    base: list[dict[str, Any]],
+) -> None:
+    """Workers connect to the pgbouncer Service; it runs the compose service's start script
+    (transaction mode), in front of the study store, as the workers' role with only their
+    password; PostgreSQL keeps its default connection limit."""
+    service = _one(base, "Service", "pgbouncer")
+    [port] = service["spec"]["ports"]
+    bouncer = _one(base, "Deployment", "pgbouncer")
+    assert bouncer["spec"]["replicas"] == 1  # two would hold twice the pool
+    spec = bouncer["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["command"] == ["sh", "/etc/hpo-pgbouncer/start.sh"]
+    env = {var["name"]: var for var in container["env"]}
+    assert env["PGBOUNCER_USER"]["value"] == "hpo_worker"
+    assert env["STORE_HOST"]["valueFrom"]["configMapKeyRef"]["key"] == "STORE_HOST"
+    secrets = {v["valueFrom"]["secretKeyRef"]["key"] for v in env.values() if "secretKeyRef" in
+               v.get("valueFrom", {})}  # fmt: skip
+    assert secrets == {"HPO_WORKER_PASSWORD"}
+    [volume] = spec["volumes"]
+    script = _one(base, "ConfigMap", volume["configMap"]["name"])["data"]["start.sh"]
+    assert script == (DEPLOY / "pgbouncer" / "start.sh").read_text()
+    assert "pool_mode = transaction" in script
+    assert f"listen_port = ${{PGBOUNCER_PORT:-{port['port']}}}" in script
+    worker = _one(base, "Deployment", "hpo-worker")["spec"]["template"]["spec"]
+    for container in _containers(worker):
+        storage = {var["name"]: var.get("value") for var in container["env"]}["HPO_STORAGE"]
+        assert storage.startswith(f"postgresql+psycopg://hpo_worker@pgbouncer:{port['port']}/")
+    postgres = _one(base, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
+    assert "max_connections" not in " ".join(postgres.get("args", []))

@@ -189,6 +189,12 @@ def open_storage(
             "pool_size": 2,
             "max_overflow": 6,
         }
+        if url.startswith("postgresql+psycopg:"):
+            # psycopg 3 prepares a statement on its server connection after 5 uses; through a
+            # transaction-mode pooler (PgBouncer, see docs/service.md) the next transaction
+            # may run on another server connection, which lacks it. Optuna's statements are
+            # short, and plain ones work both directly and through a pooler.
+            engine_kwargs["connect_args"] = {"prepare_threshold": None}
     # Heartbeats let any worker find the trials of a worker that died (kill -9, power loss).
     for attempt in range(5):
         try:
