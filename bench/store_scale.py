@@ -64,9 +64,9 @@ class _StubTrial:
         self._storage: Any = None
 
     def run(self, task: Any, timeout: float | None = None, **_: Any) -> Any:
-        from hpo._retry import with_db_retry
-        from hpo.runner import TrialResult
         from hpo.storage import open_storage
+        from hpo.storage._retry import with_db_retry
+        from hpo.workers.runner import TrialResult
 
         if self._storage is None:  # its own pool, as the trial process has
             self._storage = with_db_retry(lambda: open_storage(task.storage_url))
@@ -125,7 +125,7 @@ def _worker_process(
     out: str,
 ) -> None:
     """``n`` workers as threads of this process; writes a :class:`ProcessResult` to ``out``."""
-    from hpo.worker import Worker, WorkerOptions
+    from hpo.workers.worker import Worker, WorkerOptions
 
     result = ProcessResult()
     lock = threading.Lock()
@@ -216,7 +216,7 @@ def run_once(
     import sqlalchemy as sa
 
     from hpo.storage import open_storage
-    from hpo.studies import counted_trials
+    from hpo.storage.studies import counted_trials
 
     with scratch_postgres(args.max_connections) as pg:
         admin = sa.create_engine(pg.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)

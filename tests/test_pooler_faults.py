@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.storage import open_storage
-from hpo.studies import counted_trials
+from hpo.storage.studies import counted_trials
 
 from conftest import FAULT_FAMILY_ENV, SLOW_SPACE, hpo
 from services import PooledStore, StartWorkers, WorkerGroup
