@@ -1,6 +1,6 @@
 """Many workers on one study store: PostgreSQL directly and through PgBouncer (transaction mode).
 
-The real :class:`hpo.worker.Worker` loop (candidate studies, claim within the budget,
+The real :class:`hpo.workers.worker.Worker` loop (candidate studies, claim within the budget,
 heartbeats, reaper, ``suggest``, the trial's store writes, ``tell``, the "is the study done?"
 check) with the trial process replaced by a stub that sleeps ``--trial-seconds`` and writes
 what a trial process writes (as ``bench/orchestration.py`` does). Each worker has its own

@@ -59,6 +59,8 @@ def _yaml_blocks() -> list[object]:
         for block in _blocks(document):
             if block.syntax != "yaml":
                 continue
+            if (_file_name(block) or "").endswith("kustomization.yaml"):
+                continue  # a Kubernetes overlay: rendered by tests/test_kubernetes.py
             marks = [eval(m, {"pytest": pytest, "sys": sys}) for m in block.marks]
             name = f"{document.name}:{block.lineno}"
             params.append(pytest.param(document, block, id=name, marks=marks))

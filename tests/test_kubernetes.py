@@ -225,3 +225,28 @@ def test_workers_reach_the_store_through_one_pgbouncer_as_their_role(
         assert storage.startswith(f"postgresql+psycopg://hpo_worker@pgbouncer:{port['port']}/")
     postgres = _one(base, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
     assert "max_connections" not in " ".join(postgres.get("args", []))
+
+
+def _guide_overlays() -> list[str]:
+    from pytest_codeblocks import extract_from_file
+
+    return [
+        block.code
+        for block in extract_from_file(REPO / "docs" / "kubernetes.md")
+        if block.syntax == "yaml" and block.code.startswith("# my-hpo/kustomization.yaml")
+    ]
+
+
+def test_the_guides_overlays_render_and_validate(tmp_path: Path) -> None:
+    overlays = _guide_overlays()
+    assert len(overlays) == 2, "the guide lost an overlay"
+    # As the guide lays them out: my-hpo/ beside the checkout hpo/.
+    (tmp_path / "hpo").symlink_to(REPO, target_is_directory=True)
+    (tmp_path / "my-hpo").mkdir()
+    for text in overlays:
+        (tmp_path / "my-hpo" / "kustomization.yaml").write_text(text)
+        objects = _render(tmp_path / "my-hpo")
+        for o in objects:
+            kubernetes_validate.validate(o, KUBERNETES_VERSION, strict=True)
+        worker = _one(objects, "Deployment", "hpo-worker")["spec"]["template"]["spec"]
+        assert worker["containers"][0]["image"].startswith("registry.example.com/hpo")
