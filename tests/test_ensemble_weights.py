@@ -197,11 +197,14 @@ import json, resource, sys, time
 from pathlib import Path
 from hpo.ensemble import PredictionSet, combine
 paths = sorted(Path(sys.argv[1]).glob("c*.npz"), key=lambda p: int(p.stem[1:]))
+# The process before the build: Python, NumPy and hpo's imports.
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 preds = PredictionSet(paths, "classification")
 comb = combine(preds, "caruana", size=20, seed=0)
 print(json.dumps({
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "before_mb": before,
     "seconds": time.perf_counter() - t0,
     "members": int((comb.weights > 0).sum()),
     "test_accuracy": comb.metrics["test"]["ensemble"]["accuracy"],
@@ -210,7 +213,7 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-def test_200_candidates_of_10000_examples_build_within_2_gb(tmp_path: Path) -> None:
+def test_200_candidates_of_10000_examples_build_within_150_mb(tmp_path: Path) -> None:
     # Synthetic predictions (the memory test only): 200 candidates x 10,000 validation and
     # 10,000 test examples x 10 classes, float32 -- 160 MB on disk. Built in a fresh process
     # so that its peak resident memory is the build's alone.
@@ -224,8 +227,9 @@ def test_200_candidates_of_10000_examples_build_within_2_gb(tmp_path: Path) -> N
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     print(report)
-    # The bound: 200 candidates x 10,000 examples within 2 GB of memory.
-    assert report["peak_rss_mb"] < 2048
+    # docs/ensembles.md's claim: the whole process, imports included, under 150 MB (candidates
+    # are read one at a time; all 200 at once would be 160 MB more).
+    assert report["peak_rss_mb"] < 150, report
     assert report["members"] >= 2
 
 
