@@ -196,6 +196,71 @@ def test_postgresql_restart_mid_study_loses_and_duplicates_nothing(
         forget_experiment(mlflow_server, name)  # the shared server as other tests expect it
 
 
+def test_cut_database_connections_lose_and_duplicate_nothing(
+    tmp_path: Path,
+    postgres_url: str,
+    mlflow_server: MlflowServer,
+    start_workers: StartWorkers,
+    trials_of: Callable[[str], list[FrozenTrial]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every connection of the workers, their trial processes and the MLflow server (whose
+    store is in the same PostgreSQL) cut with ``pg_terminate_backend``, three times while
+    trials run: the exact budget, unique trials, one ended MLflow run per trial."""
+    import sqlalchemy as sa
+
+    monkeypatch.setenv("HPO_OUTBOX_DIR", str(tmp_path / "outbox"))
+    name, n = "pg_cuts", 6
+    _create(tmp_path, postgres_url, mlflow_server.url, name, n, seconds=1.0)
+    workers = start_workers(
+        2,
+        storage=postgres_url,
+        tracking_uri=mlflow_server.url,
+        args=["--study", name, "--threads", "1", "--heartbeat", "2", "--grace-period", "15"],
+        env=FAULT_FAMILY_ENV,
+    )
+    databases = [
+        url.rsplit("/", 1)[1].split("?")[0]
+        for url in (postgres_url, mlflow_server.backend_store_uri)
+    ]
+    admin = sa.create_engine(postgres_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+    cut = 0
+    try:
+        for finished in (1, 2, 4):  # while trials are in flight, early and late
+            _wait_for(
+                lambda f=finished: (
+                    sum(t.state.is_finished() for t in trials_of(name)) >= f
+                    and any(t.state == TrialState.RUNNING for t in trials_of(name))
+                ),
+                300,
+                f"{finished} finished trial(s) and one running",
+                workers,
+            )
+            with admin.connect() as conn:
+                cut += conn.execute(
+                    sa.text(
+                        "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                        "where datname = any(:d) and pid <> pg_backend_pid()"
+                    ),
+                    {"d": databases},
+                ).scalar_one()
+    finally:
+        admin.dispose()
+    try:
+        codes = workers.wait(timeout=300)
+    except Exception:
+        pytest.fail("the workers did not finish after the cuts\n" + workers.log_text())
+    assert codes == [0, 0], workers.log_text()
+    assert cut >= 3  # each round cut something: the workers hold connections while they run
+    try:
+        _sync(tmp_path, mlflow_server.url)
+        _check_every_trial_has_one_finished_run(
+            MlflowClient(mlflow_server.url), mlflow_server.url, name, trials_of(name), n
+        )
+    finally:
+        forget_experiment(mlflow_server, name)
+
+
 OUTAGE_S = 30.0
 
 

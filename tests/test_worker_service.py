@@ -266,45 +266,6 @@ def test_sigterm_exits_cleanly_and_requeues_the_running_trial(
     assert not [r for r in _mlflow_runs(tmp_path, "term") if r.info.status == "RUNNING"]
 
 
-def test_dropped_database_connections_lose_and_duplicate_nothing(
-    tmp_path: Path, postgres_url: str, workers: Workers
-) -> None:
-    n = 8
-    _create(tmp_path, postgres_url, "drops", n)
-    for _ in range(2):
-        workers.start("--study", "drops")
-    db = postgres_url.rsplit("/", 1)[1]
-    admin = sa.create_engine(postgres_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
-    rounds, killed, last_seen = 0, 0, 0
-    deadline = time.monotonic() + 900
-    while any(p.poll() is None for p in workers.procs) and time.monotonic() < deadline:
-        finished = len([t for t in _trials(postgres_url, "drops") if t.state.is_finished()])
-        # Cut every connection of the workers and their trial processes, once after each of
-        # the first few trials, while other trials are mid-flight.
-        if rounds < 3 and 0 < finished < n and finished != last_seen:
-            last_seen, rounds = finished, rounds + 1
-            with admin.connect() as conn:
-                killed += (
-                    conn.execute(
-                        sa.text(
-                            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                            "where datname = :d and pid <> pg_backend_pid()"
-                        ),
-                        {"d": db},
-                    ).scalar()
-                    or 0
-                )
-        time.sleep(1.0)
-    admin.dispose()
-    assert workers.wait(timeout=120) == [0, 0], workers.logs()
-    assert killed > 0
-    counted = counted_trials(_trials(postgres_url, "drops"))
-    assert len(counted) == n and len({t.number for t in counted}) == n
-    assert all(t.state == TrialState.COMPLETE for t in counted), [
-        t.user_attrs.get("fail_reason") for t in counted
-    ]
-
-
 def test_worker_without_study_serves_studies_created_after_it_started(tmp_path: Path) -> None:
     # Its own database: a worker without --study serves every active study it finds, and the
     # session's database holds the other tests' studies (a requeued 60 s trial among them).
