@@ -193,17 +193,28 @@ def test_combine_reports_what_recomputation_gives(tmp_path: Path) -> None:
 
 
 MEMORY_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from hpo.ensemble import PredictionSet, combine
+
+
+def high_water_mb():
+    # This process's own peak (VmHWM): getrusage's ru_maxrss survives exec, so in a child of
+    # a large process (a pytest worker) it would report the parent's peak.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 paths = sorted(Path(sys.argv[1]).glob("c*.npz"), key=lambda p: int(p.stem[1:]))
 # The process before the build: Python, NumPy and hpo's imports.
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = high_water_mb()
 t0 = time.perf_counter()
 preds = PredictionSet(paths, "classification")
 comb = combine(preds, "caruana", size=20, seed=0)
 print(json.dumps({
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": high_water_mb(),
     "before_mb": before,
     "seconds": time.perf_counter() - t0,
     "members": int((comb.weights > 0).sum()),
