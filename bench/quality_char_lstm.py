@@ -6,7 +6,7 @@ train / validation / test blocks), then reports the best trial's validation bits
 (``final_val_bits_per_token`` of its MLflow run: the objective ``val_loss`` / ln 2), its test bits
 per character (test predictions made from its stored model by ``hpo.ensemble.trial_predictions``;
 never used to choose), and three
-samples of ``hpo generate`` at temperatures 0.2, 0.5 and 1.0.
+samples of ``hpo generate text`` at temperatures 0.2, 0.5 and 1.0.
 
     .venv/bin/python bench/quality_char_lstm.py            # the shipped space as it is
     .venv/bin/python bench/quality_char_lstm.py --quick    # narrowed space, under 10 minutes

@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "Ensemble",
+    "LocalWorkers",
     "Prediction",
     "Study",
     "StudyOptions",
@@ -47,6 +48,7 @@ _API = frozenset(__all__) - {"HpoError", "UsageError", "__version__"}
 if TYPE_CHECKING:
     from hpo.api import (
         Ensemble,
+        LocalWorkers,
         Prediction,
         Study,
         StudyOptions,

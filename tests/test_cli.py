@@ -204,3 +204,52 @@ def test_study_create_spells_the_study_option_as_run_does(tmp_path: Path) -> Non
         assert bad.returncode == 2 and f"{option}: invalid study name" in bad.stderr
     listed = json.loads(hpo("study", "list", "--json", cwd=tmp_path).stdout)
     assert [s["name"] for s in listed] == ["s1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "nosuch"],
+        ["generate", "text", "nosuch:3"],
+        ["generate", "images", "nosuch"],
+        ["sample", "nosuch"],
+        ["generate", "models:/nosuch/1"],
+        ["export", "nosuch", "-o", "out.keras"],
+        ["predict", "nosuch", "--input", "in.csv"],
+        ["ensemble", "show", "nosuch"],
+    ],
+    ids=lambda a: "-".join(a[:2]),
+)
+def test_commands_that_read_a_missing_model_create_no_store(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # Looking up a name must not leave an empty hpo.db or mlflow.db behind.
+    result = hpo(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuch" in lines[0] and "does not exist" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_groups_text_and_images_and_keeps_the_old_spellings() -> None:
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"]).output
+    assert "generate" in top and " sample " not in top  # the old name is hidden
+    group = runner.invoke(app, ["generate", "--help"]).output
+    assert "text" in group and "images" in group
+    # `hpo generate MODEL` is `hpo generate text MODEL`; `hpo sample` is `hpo generate images`.
+    for old, new in ((["generate"], ["generate", "text"]), (["sample"], ["generate", "images"])):
+        old_help = runner.invoke(
+            app, [*old, "--help"] if old == ["sample"] else [*old, "x", "--help"]
+        )
+        new_help = runner.invoke(app, [*new, "--help"])
+        assert old_help.exit_code == new_help.exit_code == 0
+        assert (
+            old_help.output.split("Usage:")[1].split("\n", 2)[2]
+            == (new_help.output.split("Usage:")[1].split("\n", 2)[2])
+        )

@@ -1,5 +1,5 @@
 """The gan family, its Fréchet-distance objective (hpo.families.gan_quality), its failure
-outcomes, and `hpo sample` / `hpo ensemble build` on a GAN study."""
+outcomes, and `hpo generate images` / `hpo ensemble build` on a GAN study."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def _sample_cli(*args: str):  # type: ignore[no-untyped-def]
     def _main() -> None:  # a group, so that the command is called by name as under `hpo`
         pass
 
-    return CliRunner().invoke(app, ["sample", *args])
+    return CliRunner().invoke(app, ["generate", "images", *args])
 
 
 @pytest.mark.slow

@@ -358,7 +358,7 @@ def test_small_study_then_generate_from_the_store(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """`hpo run` of char_lstm_small (2 trials, shared with the ensemble tests), then
-    `hpo generate STUDY` from its store."""
+    `hpo generate text STUDY` from its store."""
     from typer.testing import CliRunner
 
     root, summaries = small_text_studies(tmp_path_factory, "char_lstm_small")

@@ -1,4 +1,4 @@
-"""The vae family, the sampling functions of hpo.families.vae_sampling and the `hpo sample`
+"""The vae family, the sampling functions of hpo.families.vae_sampling and the `hpo generate images`
 command."""
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def test_concept_vector_arithmetic() -> None:
         vs.parse_arithmetic("a-b-c", ["a", "b", "c", "a-b", "b-c"])
 
 
-# -- `hpo run` + `hpo sample`, end to end ------------------------------------------------------
+# -- `hpo run` + `hpo generate images`, end to end ---------------------------------------------
 
 
 def _sample_cli(*args: str) -> Any:
@@ -246,7 +246,7 @@ def _sample_cli(*args: str) -> Any:
     def _main() -> None:  # a group, so that the command is called by name as under `hpo`
         pass
 
-    return CliRunner().invoke(app, ["sample", *args])
+    return CliRunner().invoke(app, ["generate", "images", *args])
 
 
 @pytest.mark.slow

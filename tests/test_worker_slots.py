@@ -130,10 +130,12 @@ def test_worker_rejects_bad_slot_options(
 
 
 def test_run_passes_the_slot_options_to_its_workers() -> None:
-    from hpo.cli._run import _slot_args
+    from hpo import LocalWorkers
 
-    assert _slot_args("0,1", 3, None) == (["--trials-per-gpu", "3", "--gpus", "0,1"], 6)
-    assert _slot_args(None, 1, "jax") == (["--trials-per-gpu", "1", "--backend", "jax"], 1)
+    two = LocalWorkers(gpus="0,1", trials_per_gpu=3)
+    assert (two.slot_args, two.slots) == (["--trials-per-gpu", "3", "--gpus", "0,1"], 6)
+    one = LocalWorkers(backend="jax")
+    assert (one.slot_args, one.slots) == (["--trials-per-gpu", "1", "--backend", "jax"], 1)
 
 
 def test_a_worker_waiting_for_go_exits_when_its_stdin_ends(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Importing it is cheap: TensorFlow, MLflow and Optuna are imported when a functio
 
 * studies: :func:`create_study` (:class:`StudyOptions`), :func:`load_study`,
   :func:`list_studies`, :class:`Study` (``run``, ``status``,
-  ``trials``, ``best_trial``, ``report``, ``pause``, ``reap``), :class:`Trial` (``load_model``);
+  ``trials``, ``best_trial``, ``report``, ``pause``, ``reap``), :class:`Trial` (``load_model``),
+  :class:`LocalWorkers` (worker processes started while a study is created);
 * ensembles: :func:`build_ensemble`, :func:`load_ensemble`, :class:`Ensemble` (``predict``),
   :func:`export_ensemble`, :func:`list_ensembles`, :func:`show_ensemble`;
 * errors: :class:`HpoError` (``exit_code``), :class:`UsageError`.
@@ -21,12 +22,13 @@ from hpo.api._ensembles import (
 )
 from hpo.api._setup import StudyOptions, load_space
 from hpo.api._study import Study, Trial, create_study, list_studies, load_study
-from hpo.api._workers import WorkersFailedError
+from hpo.api._workers import LocalWorkers, WorkersFailedError
 from hpo.errors import HpoError, UsageError
 
 __all__ = [
     "Ensemble",
     "HpoError",
+    "LocalWorkers",
     "Prediction",
     "Study",
     "StudyOptions",

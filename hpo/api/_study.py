@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from rich.console import Console
 
-    from hpo.api._workers import WorkerLaunch
+    from hpo.api._workers import LocalWorkers
     from hpo.spaces import StudySpec
     from hpo.storage.studies import StudyConfig, StudyStatus
 
@@ -247,7 +247,7 @@ class Study:
         gpus: str | None = None,
         trials_per_gpu: int = 1,
         backend: str | None = None,
-        launch: WorkerLaunch | None = None,
+        local_workers: LocalWorkers | None = None,
         console: Console | None = None,
     ) -> StudyStatus:
         """Run the study with local worker processes (as ``hpo run`` does) until it is done.
@@ -256,8 +256,9 @@ class Study:
         ``workers`` defaults to the space's ``defaults.workers``. The progress is shown in the
         terminal or the notebook (on ``console`` if given); the workers log to
         ``hpo-logs/NAME/``. Interrupting (Ctrl-C, the kernel's stop button) stops the workers.
-        ``launch`` gives workers already started (``hpo run`` starts them while the data is
-        checked; ``workers``, ``gpus``, ``trials_per_gpu`` and ``backend`` are then unused).
+        ``local_workers`` gives workers already started (:class:`hpo.LocalWorkers`, as ``hpo
+        run`` starts them while the data is checked; ``workers``, ``gpus``, ``trials_per_gpu``
+        and ``backend`` are then unused).
 
         Returns the study's status once the workers have exited.
 
@@ -266,7 +267,7 @@ class Study:
         """
         import optuna
 
-        from hpo.api._workers import WorkerLaunch, WorkersFailedError, run_workers, slot_args
+        from hpo.api._workers import LocalWorkers, WorkersFailedError, run_workers
         from hpo.storage.studies import save_config
 
         config = self.config
@@ -275,9 +276,11 @@ class Study:
             save_config(
                 self._store, optuna.load_study(study_name=self.name, storage=self._store), config
             )
+        launch = local_workers
         if launch is None:
-            args, slots = slot_args(gpus, trials_per_gpu, backend)
-            launch = WorkerLaunch(self.storage, workers, bool(gpus), args, slots)
+            launch = LocalWorkers(
+                self.storage, workers, gpus=gpus, trials_per_gpu=trials_per_gpu, backend=backend
+            )
             launch.start(config.spec(), self.name)
         ok, _, st = run_workers(self._store, launch, self.name, progress=progress, console=console)
         if not ok:

@@ -20,22 +20,47 @@ if TYPE_CHECKING:
 LOG_DIR = Path("hpo-logs")
 
 
-class WorkerLaunch:
-    """A study's local workers, started as soon as the space and options are valid.
+class LocalWorkers:
+    """A study's local worker processes, which can start while the study is being created.
 
     A worker's start-up (imports, and its trial processes importing Keras and MLflow) takes
-    seconds, as do the data check and the MLflow set-up here; started early, the workers
-    wait with their trial processes ready for ``go`` on their stdin, and open the store only
-    then (a worker whose stdin ends without ``go`` exits, as when this process dies).
-    ``cancel`` (an error before the study is ready) stops them, having written nothing, and
-    removes the log files made for them.
+    seconds, as do the data check and the MLflow set-up of :func:`hpo.create_study`; given as
+    its ``on_valid``, :meth:`start` starts the workers as soon as the space and options are
+    valid. They wait with their trial processes ready for ``go`` on their stdin, and open the
+    store only then (a worker whose stdin ends without ``go`` exits, as when this process
+    dies). :meth:`Study.run` with ``local_workers`` sends ``go`` and watches them; ``cancel``
+    (an error before the study is ready) stops them, having written nothing, and removes the
+    log files made for them.
+
+    ``workers`` defaults to the space's ``defaults.workers`` (one with ``gpus``); ``gpus``,
+    ``trials_per_gpu`` and ``backend`` are those of ``hpo worker``.
+
+    Raises:
+        hpo.workers.slots.SlotError: invalid GPUs, trials per GPU or backend (a UsageError).
+
+    Example:
+        >>> import hpo
+        >>> local = hpo.LocalWorkers("sqlite:///hpo.db", workers=2)
+        >>> local.slots
+        1
+        >>> study = hpo.create_study("search_spaces/image_cnn_digits.yaml",
+        ...                          on_valid=local.start)  # doctest: +SKIP
+        >>> study.run(local_workers=local)  # doctest: +SKIP
     """
 
     def __init__(
-        self, url: str, workers: int | None, gpus: bool, slot_args: list[str], slots: int
+        self,
+        storage: str | None = None,
+        workers: int | None = None,
+        *,
+        gpus: str | None = None,
+        trials_per_gpu: int = 1,
+        backend: str | None = None,
     ) -> None:
-        self.url, self.workers, self.gpus = url, workers, gpus
-        self.slot_args, self.slots = slot_args, slots
+        from hpo.storage import resolve_storage
+
+        self.url, self.workers, self.gpus = resolve_storage(storage), workers, bool(gpus)
+        self.slot_args, self.slots = slot_args(gpus, trials_per_gpu, backend)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self._new_paths: list[Path] = []  # made by start: removed by cancel
@@ -273,7 +298,7 @@ def finish(store: Any, name: str) -> tuple[StudyConfig, StudyStatus]:
 
 def run_workers(
     store: Any,
-    launch: WorkerLaunch,
+    launch: LocalWorkers,
     name: str,
     *,
     progress: bool = True,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from hpo.cli import _ensemble, _generate, _run, _sample, _spaces, _study, _sync
 
@@ -22,8 +25,29 @@ app.add_typer(_study.app, name="study")
 app.add_typer(_ensemble.app, name="ensemble")
 app.command("export")(_ensemble.export)
 app.command("predict")(_ensemble.predict)
-app.command("generate")(_generate.generate)
-app.command("sample")(_sample.sample)
+
+
+class _TextByDefault(TyperGroup):
+    """``hpo generate text MODEL ...`` without a subcommand is ``hpo generate text MODEL ...``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["text", *args]
+        return super().parse_args(ctx, args)
+
+
+# One command for what generative families make, so that "sample" means hyperparameters alone.
+generate = typer.Typer(
+    cls=_TextByDefault,
+    help="Generate from a trained generative model: text from a language model, images from "
+    "a VAE or GAN.",
+    no_args_is_help=True,
+)
+generate.command("text")(_generate.generate)
+generate.command("images")(_sample.sample)
+app.add_typer(generate, name="generate")
+# `hpo generate images` was the name of `hpo generate images`; kept for scripts that use it.
+app.command("sample", hidden=True)(_sample.sample)
 app.command("sync")(_sync.sync)
 
 

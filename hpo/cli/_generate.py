@@ -1,7 +1,7 @@
-"""``hpo generate``: sample text from a trained language model at several temperatures.
+"""``hpo generate text``: sample text from a trained language model at several temperatures.
 
 Example:
-    hpo generate char_lstm --seed-text "ROMEO:" --temperature 0.2 --temperature 0.5,1.0
+    hpo generate text char_lstm --seed-text "ROMEO:" --temperature 0.2 --temperature 0.5,1.0
 """
 
 from __future__ import annotations
@@ -181,10 +181,13 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
     if Path(ref).exists():
         return None
     if not ref.startswith("models:/"):
+        from hpo.storage import resolve_storage, store_exists
         from hpo.storage.studies import StudyError, load_config
         from hpo.tracking.models import ModelError, parse_model_ref
 
         try:
+            if not store_exists(resolve_storage(storage)):
+                raise StudyError("no study store")  # not created just to look
             load_config(open_store(storage), parse_model_ref(ref)[0])
             return None  # a study: its trial
         except (StudyError, ModelError):
@@ -198,7 +201,7 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         # No tracking database here (and none is created just to look).
         if ref.startswith("models:/"):
-            fail(f"{ref}: no MLflow tracking store at {uri}; give --tracking-uri")
+            fail(f"{ref}: the tracking store {uri} does not exist; give --tracking-uri")
         return None
     client = tracking.client(uri)
     from mlflow.exceptions import MlflowException
@@ -240,11 +243,11 @@ def _load_vocabulary(ref: str, storage: str | None, tracking_uri: str | None) ->
         if trial.family and trial.family not in LANGUAGE_FAMILIES:
             fail(
                 f"{_describe(ref, trial)} is a {trial.family} model, not a language model: "
-                f"hpo generate needs a {' or '.join(LANGUAGE_FAMILIES)} model"
+                f"hpo generate text needs a {' or '.join(LANGUAGE_FAMILIES)} model"
             )
         fail(
             f"{_describe(ref, trial)}: missing {VOCABULARY_FILE} (looked in "
-            f"{', '.join(str(p.parent) for p in places)}): hpo generate needs the vocabulary "
+            f"{', '.join(str(p.parent) for p in places)}): hpo generate text needs the vocabulary "
             f"that {' and '.join(LANGUAGE_FAMILIES)} trials store beside their model; is this "
             "a language model?"
         )

@@ -69,12 +69,15 @@ def run(
     ),
 ) -> None:
     """Create (or resume) a study and run it with local worker processes."""
-    from hpo.api import WorkersFailedError
-    from hpo.api._workers import WorkerLaunch
-    from hpo.storage import resolve_storage
+    from hpo.api import LocalWorkers, WorkersFailedError
+    from hpo.workers.slots import SlotError
 
-    slot_args, slots = _slot_args(gpus, trials_per_gpu, backend)
-    launch = WorkerLaunch(resolve_storage(storage), workers, bool(gpus), slot_args, slots)
+    try:
+        launch = LocalWorkers(
+            storage, workers, gpus=gpus, trials_per_gpu=trials_per_gpu, backend=backend
+        )
+    except SlotError as exc:
+        fail(str(exc), exc.exit_code)
     try:
         with handled_errors():
             study = create_study(
@@ -92,7 +95,7 @@ def run(
             f"{len(launch.procs)} worker(s)"
         )
     try:
-        st = study.run(launch=launch, progress=not json_out, console=console)
+        st = study.run(local_workers=launch, progress=not json_out, console=console)
         ok = True
     except WorkersFailedError:
         ok, st = False, study.status()
@@ -100,17 +103,6 @@ def run(
         raise typer.Exit(130) from None
     _summary(study, st, launch.logs, json_out)
     raise typer.Exit(EXIT_OK if ok and st.done else EXIT_RUNTIME)
-
-
-def _slot_args(gpus: str | None, trials_per_gpu: int, backend: str | None) -> tuple[list[str], int]:
-    """``hpo worker`` options for the slots and the slots per worker; exit 2 on bad input."""
-    from hpo.api._workers import slot_args
-    from hpo.workers.slots import SlotError
-
-    try:
-        return slot_args(gpus, trials_per_gpu, backend)
-    except SlotError as exc:
-        fail(str(exc), exc.exit_code)
 
 
 def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:

@@ -1,11 +1,11 @@
-"""``hpo sample``: images from a trained VAE or GAN (grid, latent traversal or interpolation,
-concept-vector arithmetic).
+"""``hpo generate images``: images from a trained VAE or GAN (grid, latent traversal or
+interpolation, concept-vector arithmetic).
 
 Example:
-    hpo sample vae                          # the best trial of study "vae": grid.png, ...
-    hpo sample vae:3 --out out/fm.png --n 10 --seed 1 --arithmetic "Sneaker-Sandal"
-    hpo sample path/to/model.keras          # a folder or file; vae.json beside it if stored
-    hpo sample gan --arithmetic "Sneaker-Sandal"   # a GAN: grid, interpolation, arithmetic
+    hpo generate images vae               # the best trial of study "vae": grid.png, ...
+    hpo generate images vae:3 --out out/fm.png --n 10 --seed 1 --arithmetic "Sneaker-Sandal"
+    hpo generate images path/to/model.keras   # a folder or file; vae.json beside it if stored
+    hpo generate images gan --arithmetic "Sneaker-Sandal"   # interpolation, arithmetic
 """
 
 from __future__ import annotations

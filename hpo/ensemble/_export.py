@@ -264,6 +264,20 @@ def keras_file(model_dir: Path) -> Path:
 # -- registered ensembles --------------------------------------------------------------------
 
 
+def registry_client(name: str, tracking_uri: str | None) -> Any:
+    """The MLflow client of the tracking store that should hold registered ensemble ``name``.
+
+    A local tracking file that does not exist is not created just to look: no ensemble is there.
+    """
+    from hpo import tracking
+    from hpo.storage import store_exists
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if not store_exists(uri):
+        raise EnsembleError(f"no ensemble named {name!r}: the tracking store {uri} does not exist")
+    return tracking.client(uri)
+
+
 def registered_version(client: Any, name: str, version: int | None = None) -> Any:
     """The registered version ``version`` of ensemble ``name`` (the latest when None)."""
     from mlflow.exceptions import MlflowException
@@ -346,7 +360,6 @@ def export_ensemble(
         >>> export_ensemble("digits-ens", "ens.keras")  # doctest: +SKIP
         PosixPath('ens.keras')
     """
-    from hpo import tracking
 
     if fmt not in FORMATS:
         raise EnsembleError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -366,7 +379,7 @@ def export_ensemble(
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise EnsembleError(f"{output}: the folder {parent} does not exist")
-    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    client = registry_client(name, tracking_uri)
     mv = registered_version(client, name, version)
     with tempfile.TemporaryDirectory(prefix="hpo-export-") as tmp:
         model_dir = download_model_dir(client, mv, Path(tmp) / "download")
@@ -446,10 +459,9 @@ def load_predictor(
     path = Path(ref)
     if path.exists() or path.suffix.lower() in {".keras", ".h5", ".hdf5"}:
         return load_keras_model(path)
-    from hpo import tracking
 
     name, parsed = parse_registered_ref(str(ref))
-    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    client = registry_client(name, tracking_uri)
     mv = registered_version(client, name, version if version is not None else parsed)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = download_model_dir(client, mv, Path(tmp))

@@ -100,14 +100,9 @@ def show_ensemble(
         >>> show_ensemble("cnn-ens")["versions"][0]["method"]  # doctest: +SKIP
         'caruana'
     """
-    from hpo import tracking
-    from hpo.ensemble._export import registered_version
-    from hpo.storage import store_exists
+    from hpo.ensemble._export import registered_version, registry_client
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if not store_exists(uri):
-        raise EnsembleError(f"no ensemble named {name!r}: the tracking store {uri} does not exist")
-    client = tracking.client(uri)
+    client = registry_client(name, tracking_uri)
     if version is not None:
         versions = [registered_version(client, name, version)]
     else:

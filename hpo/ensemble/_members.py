@@ -371,10 +371,9 @@ def registered_predictor(
     inputs, or a version built before vocabularies were carried) every member is loaded from
     its trial run and averaged with its weight.
     """
-    from hpo import tracking
-    from hpo.ensemble._export import registered_version
+    from hpo.ensemble._export import registered_version, registry_client
 
-    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    client = registry_client(name, tracking_uri)
     mv = registered_version(client, name, version)
     # The models are in memory once loaded: the downloaded files go with the folder.
     with tempfile.TemporaryDirectory(prefix="hpo-predict-") as tmp:
@@ -548,17 +547,16 @@ def language_model_ensemble(
         EnsembleError: a member is not a language model, or members do not share their
             vocabulary (tokens, level, lowercasing); windows may differ in length.
     """
-    from hpo import tracking
-    from hpo.ensemble._export import registered_version
+    from hpo.ensemble._export import registered_version, registry_client
     from hpo.families.generation import average_predictors, model_predictor, window_predictor
 
-    client = tracking.client(tracking.resolve_tracking_uri(tracking_uri))
+    client = registry_client(name, tracking_uri)
     mv = registered_version(client, name, version)
     source = f"ensemble {name!r} version {mv.version}"
     task = mv.tags.get("hpo.task")
     if task and task != "language_model":
         raise EnsembleError(
-            f"{source} is an ensemble of {task} models, not of language models: hpo generate "
+            f"{source} is an ensemble of {task} models, not of language models: hpo generate text "
             "needs char_lstm or word_lstm members"
         )
     with tempfile.TemporaryDirectory(prefix="hpo-generate-") as tmp:

@@ -48,8 +48,8 @@ shape (height, width, channels) in [0, 1]; the labels train only the feature cla
 
 The trial's ``model.keras`` is the generator alone (latent vectors -> images). Artifacts besides
 it: ``gan.json`` (image and latent shape, the classifier's accuracy, per class the mean latent
-vector and a few latent vectors of the generated samples most like it, for ``hpo sample``; see
-:func:`gan_info`) and
+vector and a few latent vectors of the generated samples most like it, for ``hpo generate
+images``; see :func:`gan_info`) and
 ``samples_epoch_NNN.png``, the same latent vectors' images after each epoch.
 """
 
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 GAN_INFO_FILE = "gan.json"
 GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
-# Latent vectors kept per class in gan.json for `hpo sample --arithmetic`.
+# Latent vectors kept per class in gan.json for `hpo generate images --arithmetic`.
 LATENTS_PER_CLASS = 16
 # Generated samples classified at the end of training for gan.json's per-class latents, and
 # the share of them, most like a class, whose latent vectors stand for it.
@@ -236,7 +236,7 @@ class GAN(Family):
         callback_list.on_train_end()
 
     def saved_model(self, model: keras.Model, data: Dataset) -> keras.Model:
-        """The generator: what ``hpo sample`` draws images with."""
+        """The generator: what ``hpo generate images`` draws images with."""
         return model.generator
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
@@ -260,7 +260,7 @@ def gan_info(model: GANModel, data: Dataset, seed: int = 0) -> dict[str, Any]:
     probability of that class (whatever class is the most probable: a young generator may draw
     few samples of some class, still its most class-like ones point the way). ``class_means``
     / ``class_stds`` are their latent vectors' mean and standard deviation (the concept vectors
-    of ``hpo sample --arithmetic``), ``class_latents`` the :data:`LATENTS_PER_CLASS` most
+    of ``hpo generate images --arithmetic``), ``class_latents`` the :data:`LATENTS_PER_CLASS` most
     class-like latent vectors, and ``class_counts`` how many samples the classifier assigns to
     each class (its most probable class): their spread shows mode collapse.
     """

@@ -21,7 +21,7 @@ validation one.
 ``embedding_dim`` [64] (a one-hot vector over thousands of words would be wasteful).
 
 Each trial stores ``vocabulary.json`` (tokens, level, window length, lowercasing) beside its
-model, so ``hpo generate`` works from the stored trial alone.
+model, so ``hpo generate text`` works from the stored trial alone.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class _LanguageModel(Family):
         raise NotImplementedError
 
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
-        """``vocabulary.json``: what ``hpo generate`` needs to turn text into ids and back."""
+        """``vocabulary.json``: what ``hpo generate text`` needs to turn text into ids and back."""
         vocabulary = Vocabulary.from_dataset(data)
         return {VOCABULARY_FILE: json.dumps(vocabulary.to_json(), ensure_ascii=False).encode()}
 

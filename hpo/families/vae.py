@@ -38,7 +38,7 @@ Parameters (all optional; a missing one takes the default in brackets):
 
 Data: image datasets (``classification``, e.g. ``fashion_mnist`` and ``digits``) with inputs of
 shape (height, width, channels) in [0, 1]; the labels are not used for training, only to
-compute per-class mean latent vectors for concept-vector arithmetic (``hpo sample``).
+compute per-class mean latent vectors for concept-vector arithmetic (``hpo generate images``).
 
 Artifacts besides the model: ``predictions.npz`` holds each example's latent mean ``z_mean``
 (``validation`` / ``test``, with the labels as ``*_true``), and ``vae.json`` the image shape,
@@ -179,7 +179,7 @@ class VAE(Family):
         ((None, 8, 8, 1), ['kl', 'reconstruction'])
     """
 
-    # `hpo sample` decodes latents; the saved model keeps the [0, 1] images it trained on.
+    # `hpo generate images` decodes latents; the saved model keeps the [0, 1] images it trained on.
     raw_inputs = False
     name = "vae"
     tasks: ClassVar[tuple[Task, ...]] = ("classification", "reconstruction")
@@ -252,7 +252,7 @@ class VAE(Family):
         return encode(model, x, batch_size=max(256, self.batch_size(hp)))
 
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
-        """``vae.json``: what ``hpo sample`` needs besides the model (see :func:`vae_info`)."""
+        """``vae.json``: what ``hpo generate images`` needs besides the model (:func:`vae_info`)."""
         info = vae_info(model, hp, data, batch_size=max(256, self.batch_size(hp)))
         return {VAE_INFO_FILE: json.dumps(info, indent=1).encode()}
 

@@ -149,11 +149,16 @@ def _from_store(ref: str, storage: str | None, tracking_uri: str | None) -> Tria
     from optuna.trial import TrialState
 
     from hpo import tracking
-    from hpo.storage import open_storage, resolve_storage
+    from hpo.storage import open_storage, resolve_storage, store_exists
     from hpo.storage.studies import RUN_ID_ATTR, StudyError, load_config
 
     study_name, number = parse_model_ref(ref)
-    store = open_storage(resolve_storage(storage))
+    url = resolve_storage(storage)
+    if not store_exists(url):  # not created just to look
+        raise ModelError(
+            f"{ref!r} is neither a model file nor a study: the study store {url} does not exist"
+        )
+    store = open_storage(url)
     try:
         config = load_config(store, study_name)
     except StudyError as exc:
