@@ -237,7 +237,7 @@ def test_language_model_ensemble_reports_loss_and_bits(ws: dict[str, Any]) -> No
 
 
 def test_mixture_is_the_weighted_average_of_member_distributions(ws: dict[str, Any]) -> None:
-    from hpo.ensemble._members import language_model_ensemble
+    from hpo.ensemble._language import language_model_ensemble
 
     ens = language_model_ensemble("chars-ens")
     assert [m.run_id for m in ens.members] == [m.run_id for m in ws["built"]["lm"].members]

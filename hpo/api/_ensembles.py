@@ -77,7 +77,7 @@ class Ensemble:
         """
         import numpy as np
 
-        from hpo.ensemble._export import predicted_classes
+        from hpo.ensemble._predict import predicted_classes
 
         names: list[str] | None = None
         if isinstance(inputs, os.PathLike):

@@ -273,7 +273,7 @@ def predict(
     if output is not None:
         _check_output(output, overwrite)
     with _handled():
-        from hpo.ensemble._members import is_text_input
+        from hpo.ensemble._user_inputs import is_text_input
 
         ensemble = load_ensemble(
             model,

@@ -176,7 +176,7 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
     ``NAME[:VERSION]`` does when no study of that name exists."""
     from hpo.ensemble import EnsembleError
     from hpo.ensemble._export import parse_registered_ref
-    from hpo.ensemble._members import language_model_ensemble
+    from hpo.ensemble._language import language_model_ensemble
 
     if Path(ref).exists():
         return None

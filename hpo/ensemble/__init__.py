@@ -18,15 +18,7 @@ Example:
 from hpo.ensemble._build import build_ensemble
 from hpo.ensemble._combine import Combination, combine, fit_weights, selection_metric
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
-from hpo.ensemble._export import (
-    FORMATS,
-    ensemble_model,
-    export_ensemble,
-    load_predictor,
-    predict_arrays,
-    read_inputs,
-    write_predictions,
-)
+from hpo.ensemble._export import FORMATS, ensemble_model, export_ensemble
 from hpo.ensemble._listing import list_ensembles, show_ensemble
 from hpo.ensemble._metrics import (
     accuracy,
@@ -35,6 +27,7 @@ from hpo.ensemble._metrics import (
     nll,
     true_class_probs,
 )
+from hpo.ensemble._predict import load_predictor, predict_arrays, read_inputs, write_predictions
 from hpo.ensemble._predictions import PredictionSet
 from hpo.ensemble._result import EnsembleResult, Member
 from hpo.ensemble._test_predictions import DeferredPredictionError, trial_predictions

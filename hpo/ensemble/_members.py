@@ -6,7 +6,7 @@ or two vocabularies) cannot share one ``Input``, so such an ensemble is register
 model; :class:`Predictor` loads its members from their trial runs instead, encodes the text for
 each with the vocabulary that member's trial stored (``text_vocabulary.json``) and averages
 their probabilities with the ensemble's weights. Language-model ensembles are used the same
-way for generation (:func:`language_model_ensemble`).
+way for generation (:mod:`hpo.ensemble._language`).
 
 Example:
     >>> predictor = open_predictor("reuters-ens", want_text=True)  # doctest: +SKIP
@@ -16,9 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +34,6 @@ LM_VOCABULARY_FILE = (
 )
 CLASSES_FILE = "classes.json"  # class names, in a registered ensemble's model folder
 MEMBER_FILES = (MODEL_FILE, VOCABULARY_ARTIFACT, LM_VOCABULARY_FILE, DATASET_FILE)
-TEXT_SUFFIXES = (".txt", ".text")
-CSV_SUFFIXES = (".csv", ".tsv")
 
 
 # -- members of a registered version ---------------------------------------------------------
@@ -217,8 +213,8 @@ class Predictor:
         """``(probabilities, example names or None)`` for the inputs in ``path``: raw inputs
         as the model's ``hpo.json`` describes them, else (models saved before models took raw
         inputs) encoded arrays, or text for text classifiers with a stored vocabulary."""
-        from hpo.ensemble._export import model_probabilities
-        from hpo.ensemble._user_inputs import read_model_inputs
+        from hpo.ensemble._predict import model_probabilities
+        from hpo.ensemble._user_inputs import is_text_input, read_model_inputs, read_texts
 
         if len(self.parts) == 1 and self.parts[0].info is not None:
             x, names = read_model_inputs(path, self.parts[0].info, text_column)
@@ -235,7 +231,7 @@ class Predictor:
         """Probabilities for raw inputs held in memory: documents (a list of strings), or an
         array of examples (images, rows of feature values), reshaped to what the model takes
         when only the layout differs (flat 64 values for an 8x8 image)."""
-        from hpo.ensemble._export import model_probabilities
+        from hpo.ensemble._predict import model_probabilities
 
         single = self.parts[0] if len(self.parts) == 1 and self.parts[0].info else None
         if isinstance(x, str):
@@ -283,14 +279,14 @@ class Predictor:
 
     def predict_file(self, path: Path) -> np.ndarray:
         """Probabilities for the numeric inputs in ``path`` (see :func:`read_inputs`)."""
-        from hpo.ensemble._export import read_inputs
+        from hpo.ensemble._predict import read_inputs
 
         return self._combine(
             [read_inputs(path, tuple(p.model.inputs[0].shape[1:])) for p in self.parts]
         )
 
     def _combine(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        from hpo.ensemble._export import model_probabilities
+        from hpo.ensemble._predict import model_probabilities
 
         if len(self.parts) == 1:
             return model_probabilities(self.parts[0].model, inputs[0])
@@ -441,178 +437,3 @@ def open_predictor(
         )
     name, version = parse_registered_ref(str(ref))
     return registered_predictor(name, version, tracking_uri, want_text)
-
-
-def is_text_input(path: Path) -> bool | None:
-    """True for a ``.txt`` file or a folder, False for arrays, None for CSV (either)."""
-    if path.is_dir() or path.suffix.lower() in TEXT_SUFFIXES:
-        return True
-    if path.suffix.lower() in CSV_SUFFIXES:
-        return None
-    return False
-
-
-def read_texts(path: Path, text_column: str = "text") -> tuple[list[str], list[str]]:
-    """``(documents, names)`` from raw text.
-
-    * a ``.txt`` file: one document per non-blank line (named ``line N``);
-    * a folder: every ``*.txt`` file under it (sorted, hidden ones skipped) is one document;
-    * a ``.csv``/``.tsv`` file with a header: the ``text_column`` of each row is one document.
-
-    Files are read as UTF-8.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.txt"
-        >>> _ = p.write_text("oil prices rose\\n\\nwheat exports fell\\n")
-        >>> read_texts(p)
-        (['oil prices rose', 'wheat exports fell'], ['line 1', 'line 3'])
-    """
-    if not path.exists():
-        raise EnsembleError(f"{path}: no such input file or folder")
-    try:
-        if path.is_dir():
-            files = sorted(
-                p
-                for p in path.rglob("*.txt")
-                if p.is_file() and not any(part.startswith(".") for part in p.parts)
-            )
-            if not files:
-                raise EnsembleError(f"{path}: the folder holds no .txt files")
-            return [f.read_text(encoding="utf-8") for f in files], [
-                str(f.relative_to(path)) for f in files
-            ]
-        if path.suffix.lower() in CSV_SUFFIXES:
-            return _read_csv_texts(path, text_column)
-        texts, names = [], []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                texts.append(line)
-                names.append(f"line {i}")
-    except UnicodeDecodeError as exc:
-        raise EnsembleError(f"{path} is not valid UTF-8 text: {exc.reason}") from None
-    if not texts:
-        raise EnsembleError(f"{path}: no document (every line is blank)")
-    return texts, names
-
-
-def _read_csv_texts(path: Path, text_column: str) -> tuple[list[str], list[str]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns = list(reader.fieldnames or [])
-        if text_column not in columns:
-            raise EnsembleError(
-                f"{path} has no column {text_column!r}; its columns are "
-                f"{', '.join(map(repr, columns)) or 'none'}: name the text column with "
-                "--text-column"
-            )
-        texts, names = [], []
-        for row in reader:
-            texts.append(row.get(text_column) or "")
-            names.append(f"line {reader.line_num}")
-    if not texts:
-        raise EnsembleError(f"{path} has a header but no rows")
-    return texts, names
-
-
-# -- language models ----------------------------------------------------------------------------
-
-
-@dataclass
-class LanguageEnsemble:
-    """The members of a language-model ensemble, ready to generate from (their models in
-    memory; the downloaded files are gone).
-
-    ``predict_next`` takes windows of ``vocabulary.maxlen`` ids (the longest member window) and
-    feeds each member the last ``maxlen`` ids its own trial used.
-    """
-
-    source: str
-    vocabulary: Any  # hpo.families.generation.Vocabulary of the longest window
-    models: list[Any]
-    vocabularies: list[Any]
-    weights: list[float]
-    members: list[MemberFiles]
-    predict_next: Any
-
-
-def language_model_ensemble(
-    name: str, version: int | None = None, tracking_uri: str | None = None
-) -> LanguageEnsemble:
-    """Load the char_lstm/word_lstm members of a registered ensemble for generation.
-
-    Raises:
-        EnsembleError: a member is not a language model, or members do not share their
-            vocabulary (tokens, level, lowercasing); windows may differ in length.
-    """
-    from hpo.ensemble._export import registered_version, registry_client
-    from hpo.families.generation import average_predictors, model_predictor, window_predictor
-
-    client = registry_client(name, tracking_uri)
-    mv = registered_version(client, name, version)
-    source = f"ensemble {name!r} version {mv.version}"
-    task = mv.tags.get("hpo.task")
-    if task and task != "language_model":
-        raise EnsembleError(
-            f"{source} is an ensemble of {task} models, not of language models: hpo generate text "
-            "needs char_lstm or word_lstm members"
-        )
-    with tempfile.TemporaryDirectory(prefix="hpo-generate-") as tmp:
-        members = download_members(client, mv, Path(tmp), (MODEL_FILE, LM_VOCABULARY_FILE))
-        vocabularies, models = _language_models(source, members)
-    longest = max(range(len(members)), key=lambda i: vocabularies[i].maxlen)
-    weights = [m.weight for m in members]
-    predict_next = average_predictors(
-        [
-            window_predictor(model_predictor(model), v.maxlen)
-            for model, v in zip(models, vocabularies, strict=True)
-        ],
-        weights,
-    )
-    return LanguageEnsemble(
-        source, vocabularies[longest], models, vocabularies, weights, members, predict_next
-    )
-
-
-def _language_models(source: str, members: list[MemberFiles]) -> tuple[list[Any], list[Any]]:
-    """Each member's vocabulary and model, checked to share tokens and to fit them."""
-    from hpo.families.generation import Vocabulary
-    from hpo.tracking.models import load_keras_model
-
-    vocabularies = []
-    for m in members:
-        if not m.has(LM_VOCABULARY_FILE):
-            raise EnsembleError(
-                f"{source}: member {m.label} stored no {LM_VOCABULARY_FILE}: it is not a "
-                "char_lstm or word_lstm model"
-            )
-        try:
-            vocabularies.append(Vocabulary.from_json(m.read_json(LM_VOCABULARY_FILE)))
-        except (ValueError, TypeError) as exc:
-            raise EnsembleError(f"{source}: member {m.label}: {exc}") from None
-    first = vocabularies[0]
-    for m, v in zip(members, vocabularies, strict=True):
-        for what in ("level", "lowercase", "oov_token", "tokens"):
-            if getattr(v, what) != getattr(first, what):
-                raise EnsembleError(
-                    f"{source}: members {members[0].label} and {m.label} do not share their "
-                    f"vocabulary ({what} differs); averaging next-token distributions needs "
-                    "the same tokens in the same order"
-                )
-    from hpo.inputs import core_model
-
-    models = []
-    for m, v in zip(members, vocabularies, strict=True):
-        model = core_model(load_keras_model(m.directory / MODEL_FILE))
-        if tuple(model.input_shape) != (None, v.maxlen) or tuple(model.output_shape) != (
-            None,
-            len(v.tokens),
-        ):
-            raise EnsembleError(
-                f"{source}: member {m.label} maps {model.input_shape} to {model.output_shape}, "
-                f"not windows of {v.maxlen} tokens to {len(v.tokens)} probabilities"
-            )
-        models.append(model)
-    return vocabularies, models

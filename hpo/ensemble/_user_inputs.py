@@ -11,6 +11,7 @@ language-model contexts as text, one per line.
 from __future__ import annotations
 
 import csv
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any
 import numpy as np
 
 from hpo.ensemble._errors import EnsembleError
+
+TEXT_SUFFIXES = (".txt", ".text")
+CSV_SUFFIXES = (".csv", ".tsv")
 
 
 def read_model_inputs(
@@ -31,8 +35,6 @@ def read_model_inputs(
         EnsembleError: no such file, no rows, missing feature columns (naming those found),
             non-numeric or missing (NaN) values, or rows of the wrong size.
     """
-    from hpo.ensemble._members import read_texts
-
     inputs = info["inputs"]
     kind = inputs["kind"]
     shape = tuple(int(d) for d in inputs["shape"])
@@ -146,7 +148,6 @@ def _token_windows(
 ) -> tuple[Any, list[str]]:
     """A language model's windows: the last ``maxlen`` tokens of each line of text."""
     from hpo.datasets.text_corpus import tokenize
-    from hpo.ensemble._members import read_texts
 
     tokenizer = inputs.get("tokenizer") or {}
     level, lowercase = tokenizer.get("level", "char"), bool(tokenizer.get("lowercase", False))
@@ -164,3 +165,77 @@ def _token_windows(
     import tensorflow as tf
 
     return tf.constant(np.asarray(windows, dtype=str)), names
+
+
+def is_text_input(path: Path) -> bool | None:
+    """True for a ``.txt`` file or a folder, False for arrays, None for CSV (either)."""
+    if path.is_dir() or path.suffix.lower() in TEXT_SUFFIXES:
+        return True
+    if path.suffix.lower() in CSV_SUFFIXES:
+        return None
+    return False
+
+
+def read_texts(path: Path, text_column: str = "text") -> tuple[list[str], list[str]]:
+    """``(documents, names)`` from raw text.
+
+    * a ``.txt`` file: one document per non-blank line (named ``line N``);
+    * a folder: every ``*.txt`` file under it (sorted, hidden ones skipped) is one document;
+    * a ``.csv``/``.tsv`` file with a header: the ``text_column`` of each row is one document.
+
+    Files are read as UTF-8.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.txt"
+        >>> _ = p.write_text("oil prices rose\\n\\nwheat exports fell\\n")
+        >>> read_texts(p)
+        (['oil prices rose', 'wheat exports fell'], ['line 1', 'line 3'])
+    """
+    if not path.exists():
+        raise EnsembleError(f"{path}: no such input file or folder")
+    try:
+        if path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*.txt")
+                if p.is_file() and not any(part.startswith(".") for part in p.parts)
+            )
+            if not files:
+                raise EnsembleError(f"{path}: the folder holds no .txt files")
+            return [f.read_text(encoding="utf-8") for f in files], [
+                str(f.relative_to(path)) for f in files
+            ]
+        if path.suffix.lower() in CSV_SUFFIXES:
+            return _read_csv_texts(path, text_column)
+        texts, names = [], []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                texts.append(line)
+                names.append(f"line {i}")
+    except UnicodeDecodeError as exc:
+        raise EnsembleError(f"{path} is not valid UTF-8 text: {exc.reason}") from None
+    if not texts:
+        raise EnsembleError(f"{path}: no document (every line is blank)")
+    return texts, names
+
+
+def _read_csv_texts(path: Path, text_column: str) -> tuple[list[str], list[str]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = list(reader.fieldnames or [])
+        if text_column not in columns:
+            raise EnsembleError(
+                f"{path} has no column {text_column!r}; its columns are "
+                f"{', '.join(map(repr, columns)) or 'none'}: name the text column with "
+                "--text-column"
+            )
+        texts, names = [], []
+        for row in reader:
+            texts.append(row.get(text_column) or "")
+            names.append(f"line {reader.line_num}")
+    if not texts:
+        raise EnsembleError(f"{path} has a header but no rows")
+    return texts, names

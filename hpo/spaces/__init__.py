@@ -33,8 +33,8 @@ from hpo.spaces._params import (
     ParamNode,
     Params,
     SearchSpace,
-    parse_params,
 )
+from hpo.spaces._parse import parse_params
 from hpo.spaces._spec import (
     BudgetSpec,
     DatasetSpec,

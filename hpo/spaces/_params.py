@@ -19,7 +19,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -27,11 +26,7 @@ from pydantic import (
 from hpo import names
 from hpo.spaces._errors import (
     FieldError,
-    KeyPath,
-    RawIssue,
     describe_value,
-    pydantic_issues,
-    unknown_message,
 )
 
 Scalar: TypeAlias = str | int | float | bool | None
@@ -161,7 +156,7 @@ class Choice(_Param):
     @property
     def label(self) -> str:
         """The option as text, as it appears in path names (``true``, ``null``, ``64``)."""
-        return _label(self.value)
+        return choice_label(self.value)
 
 
 class CategoricalParam(_Param):
@@ -196,7 +191,7 @@ class CategoricalParam(_Param):
             if c.value == value and type(c.value) is type(value):
                 return c
         for c in self.choices:
-            if c.label == _label(value):
+            if c.label == choice_label(value):
                 return c
         raise KeyError(value)
 
@@ -233,7 +228,7 @@ def _divides(low: float, high: float, step: float) -> bool:
         return False
 
 
-def _label(value: Scalar) -> str:
+def choice_label(value: Scalar) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower() if value is not None else "null"
     return str(value)
@@ -251,7 +246,7 @@ def name_problem(name: object) -> str | None:
 
 def option_problem(value: Scalar) -> str | None:
     """Why option ``value`` cannot carry its own parameters, or None when it can."""
-    label = _label(value)
+    label = choice_label(value)
     if not OPTION_PATTERN.fullmatch(label):
         return (
             f"option {label!r} has its own parameters, so it is part of their names "
@@ -270,8 +265,8 @@ def duplicate_choices(values: list[Any]) -> Iterator[tuple[int, str]]:
     """
     for i, v in enumerate(values):
         for u in values[:i]:
-            if _label(u) == _label(v):
-                yield i, f"duplicate choice {_label(v)}"
+            if choice_label(u) == choice_label(v):
+                yield i, f"duplicate choice {choice_label(v)}"
                 break
             if u == v:
                 yield (
@@ -389,170 +384,6 @@ def _param_to_dict(p: Param) -> Any:
     return p.model_dump(exclude_defaults=True) | {"type": p.type}
 
 
-# -- parsing raw (YAML) data, collecting every problem with its key path ---------------------
-
-
-def parse_params(
-    raw: Any, path: KeyPath = ("params",), prefix: str = ""
-) -> tuple[dict[str, Param], list[RawIssue]]:
-    """Parse the ``params`` mapping of a space file (``prefix``: the path name it sits under).
-
-    Returns the parameters and a list of ``(key path, message)`` problems; the parameters are
-    only meaningful when that list is empty.
-
-    Example:
-        >>> params, problems = parse_params({"units": {"type": "int", "low": 8, "high": 4}})
-        >>> problems
-        [(('params', 'units'), 'empty range: low (8) must be less than high (4)')]
-    """
-    issues: list[RawIssue] = []
-    out: dict[str, Param] = {}
-    depth = (prefix.count(PATH_SEPARATOR) + 1) // 2 if prefix else 0
-    if depth > MAX_CONDITIONAL_DEPTH:
-        return out, [
-            (
-                path,
-                f"conditional sub-spaces nested {depth} levels deep: at most "
-                f"{MAX_CONDITIONAL_DEPTH}",
-            )
-        ]
-    if not isinstance(raw, Mapping):
-        return out, [(path, f"expected a mapping of parameter names, got {describe_value(raw)}")]
-    if not raw:
-        return out, [(path, "no parameters: give at least one")]
-    kind = raw.get("type")
-    if isinstance(kind, str) and kind in KINDS:
-        # `params: {type: float, ...}`, or an option written `adam: {type: float, ...}`:
-        # read as parameters, `type` would silently become a constant.
-        return out, [
-            (
-                (*path, "type"),
-                f"expected parameters by name here, but this looks like one {kind} parameter; "
-                f"give it a name: `my_name: {{type: {kind}, ...}}`",
-            )
-        ]
-    for key, spec in raw.items():
-        where = (*path, key)
-        problem = name_problem(key)
-        if problem is None:
-            problem = names.path_name_problem(join_path(prefix, key) if prefix else key)
-        if problem:
-            issues.append((where, problem))
-            continue
-        param = _parse_one(spec, where, issues, join_path(prefix, key) if prefix else key)
-        if param is not None:
-            out[key] = param
-    return out, issues
-
-
-def _parse_one(spec: Any, where: KeyPath, issues: list[RawIssue], name: str) -> Param | None:
-    if not isinstance(spec, Mapping):
-        if isinstance(spec, list):
-            issues.append((where, "a list is ambiguous: write {type: categorical, choices: [...]}"))
-            return None
-        return ConstantParam(value=spec)  # shorthand: `batch_size: 64`
-    kind = spec.get("type")
-    if kind is None:
-        issues.append(
-            (
-                (*where, "type") if "type" in spec else where,
-                "missing type: write type: float, int, categorical or constant "
-                "(or give a plain value for a constant)",
-            )
-        )
-        return None
-    if not isinstance(kind, str) or kind not in KINDS:
-        given = repr(kind) if isinstance(kind, str) else describe_value(kind)
-        issues.append(((*where, "type"), unknown_message(f"type {given}", kind, KINDS)))
-        return None
-    model = KINDS[kind]
-    data = dict(spec)
-    bad_choices = False
-    if kind == "categorical" and "choices" in data:
-        choices = _parse_choices(data["choices"], (*where, "choices"), issues, name)
-        bad_choices = choices is None
-        # A stand-in for choices already reported, so that the other keys are still checked.
-        data["choices"] = choices if choices is not None else [Choice(value=None)]
-    try:
-        param: Param = model.model_validate(data)
-    except ValidationError as exc:
-        issues.extend(
-            pydantic_issues(exc, where, list(model.model_fields), f"for a {kind} parameter")
-        )
-        return None
-    return None if bad_choices else param
-
-
-def _parse_choices(
-    raw: Any, where: KeyPath, issues: list[RawIssue], name: str
-) -> list[Choice] | None:
-    if isinstance(raw, list | Mapping) and len(raw) > MAX_CHOICES:
-        issues.append((where, f"{len(raw):,} choices: at most {MAX_CHOICES:,}"))
-        return None
-    if isinstance(raw, list):
-        if not raw:
-            issues.append((where, "no choices: give at least one"))
-            return None
-        ok = True
-        for i, v in enumerate(raw):
-            if not isinstance(v, str | int | float | bool) and v is not None:
-                ok = False
-                issues.append(
-                    (
-                        (*where, i),
-                        f"a choice must be a string, number, boolean or null, got "
-                        f"{describe_value(v)}; for options with their own parameters write choices "
-                        "as a mapping: {option: {param: {...}}}",
-                    )
-                )
-        for i, problem in duplicate_choices(raw):
-            ok = False
-            issues.append(((*where, i), problem))
-        return [Choice(value=v) for v in raw] if ok else None
-    if isinstance(raw, Mapping):
-        if not raw:
-            issues.append((where, "no choices: give at least one"))
-            return None
-        choices = []
-        ok = True
-        for value, sub in raw.items():
-            at = (*where, value)
-            if not isinstance(value, str | int | float | bool) and value is not None:
-                ok = False
-                issues.append(
-                    (
-                        at,
-                        f"an option must be a string, number, boolean or null, got "
-                        f"{describe_value(value)}",
-                    )
-                )
-                continue
-            if sub is None or sub == {}:
-                choices.append(Choice(value=value))
-                continue
-            bad_option = option_problem(value)
-            if bad_option:
-                ok = False
-                issues.append((at, bad_option))
-                continue
-            params, sub_issues = parse_params(sub, at, join_path(name, _label(value)))
-            issues.extend(sub_issues)
-            ok = ok and not sub_issues
-            choices.append(Choice(value=value, params=params))
-        for i, problem in duplicate_choices(list(raw)):
-            ok = False
-            issues.append(((*where, list(raw)[i]), problem))
-        return choices if ok else None
-    issues.append(
-        (
-            where,
-            f"expected a list of choices or a mapping of options to their parameters, got "
-            f"{describe_value(raw)}",
-        )
-    )
-    return None
-
-
 class Params(Mapping[str, Any]):
     """The sampled values of one trial, by flat path name, as model-building code reads them.
 
@@ -596,7 +427,7 @@ class Params(Mapping[str, Any]):
 
     def children(self, name: str) -> dict[str, Any]:
         """The active direct sub-parameters of categorical ``name``, by their short names."""
-        prefix = join_path(name, _label(self[name])) + PATH_SEPARATOR
+        prefix = join_path(name, choice_label(self[name])) + PATH_SEPARATOR
         found = {
             k: v
             for k, v in self._values.items()

@@ -31,7 +31,8 @@ from hpo.spaces._errors import (
     pydantic_issues,
     unknown_message,
 )
-from hpo.spaces._params import FloatParam, SearchSpace, parse_params
+from hpo.spaces._params import FloatParam, SearchSpace
+from hpo.spaces._parse import parse_params
 from hpo.spaces._yaml import YamlDocument, YamlLimitError
 
 # A space file is a page or two of YAML; 1 MB leaves room for long descriptions and lists.
