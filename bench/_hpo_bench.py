@@ -172,3 +172,59 @@ def build(runs: list[HpoRun], label: str, top: int, size: int, seed: int) -> Any
         storage=runs[0].storage,
         seed=seed,
     )
+
+
+class StubTrialProcess:
+    """Stands in for a worker's trial process: sleeps ``seconds``, then writes what a trial
+    process writes for one epoch (``params_count``, the epoch's value, ``epochs``), with no
+    training. ``objective(params)`` is the trial's value. ``retry`` goes through hpo's retries
+    of dropped store connections (absent from older versions: ``orchestration.py --baseline``).
+    """
+
+    def __init__(self, objective: Any, seconds: float = 0.0, *, retry: bool = False) -> None:
+        self.objective, self.seconds, self.retry = objective, seconds, retry
+        self._storages: dict[str, Any] = {}  # its own pool, as a trial process has
+
+    def _storage(self, url: str) -> Any:
+        from hpo.storage import open_storage
+
+        if url not in self._storages:
+            if self.retry:
+                from hpo.storage._retry import with_db_retry
+
+                self._storages[url] = with_db_retry(lambda: open_storage(url))
+            else:
+                self._storages[url] = open_storage(url)
+        return self._storages[url]
+
+    def run(self, task: Any, timeout: float | None = None, **_: Any) -> Any:
+        from hpo.workers.runner import TrialResult
+
+        storage = self._storage(task.storage_url)
+        time.sleep(self.seconds)
+        value = self.objective(task.params)
+
+        def write() -> None:
+            storage.set_trial_user_attr(task.trial_id, "params_count", 1)
+            storage.set_trial_intermediate_value(task.trial_id, 1, value)
+            storage.set_trial_user_attr(task.trial_id, "epochs", 1)
+
+        if self.retry:
+            from hpo.storage._retry import with_db_retry
+
+            with_db_retry(write, what="the trial's writes")
+        else:
+            write()
+        return TrialResult(state="COMPLETE", values=[value])
+
+    def start(self) -> None:
+        pass
+
+    def finalize(self, task: Any, timeout: float = 300.0) -> str | None:
+        # No warm process here: the worker ends the study's run itself.
+        return "no trial process (benchmark stand-in)"
+
+    def close(self, kill: bool = False) -> None:
+        for storage in self._storages.values():
+            storage.engine.dispose()
+        self._storages.clear()

@@ -35,7 +35,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from _hpo_bench import make_study
+from _hpo_bench import StubTrialProcess, make_study
 
 SPACE = """
 family: image_cnn
@@ -52,35 +52,8 @@ POSTGRES = os.environ.get(
 )
 
 
-class _NoTraining:
-    """Stands in for the trial process: the trial process's store writes, no training."""
-
-    def __init__(self) -> None:
-        self._storages: dict[str, Any] = {}
-
-    def run(self, task: Any, timeout: float | None = None, **_: Any) -> Any:
-        from hpo.storage import open_storage
-        from hpo.workers.runner import TrialResult
-
-        storage = self._storages.get(task.storage_url)
-        if storage is None:
-            storage = self._storages[task.storage_url] = open_storage(task.storage_url)
-        p = task.params
-        value = -((p["x"] - 1.0) ** 2) - abs(p["y"] - 8) / 64 + (p["kind"] == "b") * 0.1
-        storage.set_trial_user_attr(task.trial_id, "params_count", 1)
-        storage.set_trial_intermediate_value(task.trial_id, 1, value)
-        storage.set_trial_user_attr(task.trial_id, "epochs", 1)
-        return TrialResult(state="COMPLETE", values=[value])
-
-    def start(self) -> None:
-        pass
-
-    def finalize(self, task: Any, timeout: float = 300.0) -> str | None:
-        # No warm process here: the worker ends the study's run itself.
-        return "no trial process (benchmark stand-in)"
-
-    def close(self, kill: bool = False) -> None:
-        pass
+def _objective(p: Any) -> float:
+    return -((p["x"] - 1.0) ** 2) - abs(p["y"] - 8) / 64 + (p["kind"] == "b") * 0.1
 
 
 def run_worker(url: str, study: str, index: int, out: str) -> None:
@@ -102,7 +75,7 @@ def run_worker(url: str, study: str, index: int, out: str) -> None:
 
     worker = TimedWorker(WorkerOptions(url, study, worker_index=index, poll_interval=0.2))
     for slot in worker.slots:  # one slot: the worker has no --gpus
-        slot.process = _NoTraining()  # type: ignore[assignment]
+        slot.process = StubTrialProcess(_objective)  # type: ignore[assignment]
     worker.run()
     Path(out).write_text(json.dumps(times))
 

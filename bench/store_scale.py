@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _hpo_bench import machine, make_study
+from _hpo_bench import StubTrialProcess, machine, make_study
 from _store_servers import pgbouncer, scratch_postgres
 
 SPACE = """
@@ -56,41 +56,8 @@ params:
 DATABASE = "hpo_scale"
 
 
-class _StubTrial:
-    """Stands in for the trial process: sleeps, then writes what a trial process writes."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._storage: Any = None
-
-    def run(self, task: Any, timeout: float | None = None, **_: Any) -> Any:
-        from hpo.storage import open_storage
-        from hpo.storage._retry import with_db_retry
-        from hpo.workers.runner import TrialResult
-
-        if self._storage is None:  # its own pool, as the trial process has
-            self._storage = with_db_retry(lambda: open_storage(task.storage_url))
-        time.sleep(self.seconds)
-        value = -((task.params["x"] - 1.0) ** 2)
-        storage = self._storage
-
-        def write() -> None:
-            storage.set_trial_user_attr(task.trial_id, "params_count", 1)
-            storage.set_trial_intermediate_value(task.trial_id, 1, value)
-            storage.set_trial_user_attr(task.trial_id, "epochs", 1)
-
-        with_db_retry(write, what="the trial's writes")
-        return TrialResult(state="COMPLETE", values=[value])
-
-    def start(self) -> None:
-        pass
-
-    def finalize(self, task: Any, timeout: float = 300.0) -> str | None:
-        return "no trial process (benchmark stand-in)"
-
-    def close(self, kill: bool = False) -> None:
-        if self._storage is not None:
-            self._storage.engine.dispose()
+def _objective(p: Any) -> float:
+    return -((p["x"] - 1.0) ** 2)
 
 
 @dataclass
@@ -154,7 +121,7 @@ def _worker_process(
         try:
             worker = TimedWorker(WorkerOptions(url, study, worker_index=index, poll_interval=0.5))
             for slot in worker.slots:
-                slot.process = _StubTrial(trial_seconds)  # type: ignore[assignment]
+                slot.process = StubTrialProcess(_objective, trial_seconds, retry=True)  # type: ignore[assignment]
             worker.run()
         except Exception as exc:
             with lock:

@@ -144,6 +144,54 @@ def _check_every_trial_has_one_finished_run(
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
+def _study_through_faults(
+    tmp_path: Path,
+    postgres_url: str,
+    mlflow_server: MlflowServer,
+    start_workers: StartWorkers,
+    trials_of: Callable[[str], list[FrozenTrial]],
+    name: str,
+    rounds: tuple[int, ...],
+    fault: Callable[[], None],
+) -> None:
+    """Six 1-second trials on two workers; ``fault()`` once per round, when that many trials
+    have finished and one runs; then the exact budget, unique trials, one FINISHED MLflow run
+    per trial (after ``hpo sync`` of the workers' outbox)."""
+    n = 6
+    _create(tmp_path, postgres_url, mlflow_server.url, name, n, seconds=1.0)
+    workers = start_workers(
+        2,
+        storage=postgres_url,
+        tracking_uri=mlflow_server.url,
+        # A trial orphaned by the fault is requeued after the grace period: keep it short.
+        args=["--study", name, "--threads", "1", "--heartbeat", "2", "--grace-period", "15"],
+        env=FAULT_FAMILY_ENV,
+    )
+    for finished in rounds:  # while trials are in flight, early and late
+        _wait_for(
+            lambda f=finished: (
+                sum(t.state.is_finished() for t in trials_of(name)) >= f
+                and any(t.state == TrialState.RUNNING for t in trials_of(name))
+            ),
+            300,
+            f"{finished} finished trial(s) and one running",
+            workers,
+        )
+        fault()
+    try:
+        codes = workers.wait(timeout=300)
+    except Exception:
+        pytest.fail("the workers did not finish after the faults\n" + workers.log_text())
+    assert codes == [0, 0], workers.log_text()
+    try:
+        _sync(tmp_path, mlflow_server.url)  # anything the MLflow server failed in a fault
+        _check_every_trial_has_one_finished_run(
+            MlflowClient(mlflow_server.url), mlflow_server.url, name, trials_of(name), n
+        )
+    finally:
+        forget_experiment(mlflow_server, name)  # the shared server as other tests expect it
+
+
 def test_postgresql_restart_mid_study_loses_and_duplicates_nothing(
     tmp_path: Path,
     postgres_url: str,
@@ -156,44 +204,21 @@ def test_postgresql_restart_mid_study_loses_and_duplicates_nothing(
     own store is in the same PostgreSQL, goes through them too."""
     cluster = postgres_cluster()
     monkeypatch.setenv("HPO_OUTBOX_DIR", str(tmp_path / "outbox"))  # the workers' outbox
-    name, n = "pg_restart", 6
-    _create(tmp_path, postgres_url, mlflow_server.url, name, n, seconds=1.0)
-    workers = start_workers(
-        2,
-        storage=postgres_url,
-        tracking_uri=mlflow_server.url,
-        # A trial orphaned by the restart is requeued after the grace period: keep it short.
-        args=["--study", name, "--threads", "1", "--heartbeat", "2", "--grace-period", "15"],
-        env=FAULT_FAMILY_ENV,
-    )
     outages: list[float] = []
     try:
-        for finished in (1, 3):  # restart once early, once later, with trials in flight
-            _wait_for(
-                lambda f=finished: (
-                    sum(t.state.is_finished() for t in trials_of(name)) >= f
-                    and any(t.state == TrialState.RUNNING for t in trials_of(name))
-                ),
-                300,
-                f"{finished} finished trial(s) and one running",
-                workers,
-            )
-            outages.append(restart_postgres(cluster))
-    finally:
-        ensure_postgres_up(cluster)
-    try:
-        codes = workers.wait(timeout=300)
-    except Exception:
-        pytest.fail("the workers did not finish after the restarts\n" + workers.log_text())
-    assert codes == [0, 0], workers.log_text()
-    assert len(outages) == 2 and all(s > 0 for s in outages)
-    try:
-        _sync(tmp_path, mlflow_server.url)  # anything the MLflow server failed in a restart
-        _check_every_trial_has_one_finished_run(
-            MlflowClient(mlflow_server.url), mlflow_server.url, name, trials_of(name), n
+        _study_through_faults(
+            tmp_path,
+            postgres_url,
+            mlflow_server,
+            start_workers,
+            trials_of,
+            "pg_restart",
+            (1, 3),  # once early, once later
+            lambda: outages.append(restart_postgres(cluster)),
         )
     finally:
-        forget_experiment(mlflow_server, name)  # the shared server as other tests expect it
+        ensure_postgres_up(cluster)
+    assert len(outages) == 2 and all(s > 0 for s in outages)
 
 
 def test_cut_database_connections_lose_and_duplicate_nothing(
@@ -210,55 +235,40 @@ def test_cut_database_connections_lose_and_duplicate_nothing(
     import sqlalchemy as sa
 
     monkeypatch.setenv("HPO_OUTBOX_DIR", str(tmp_path / "outbox"))
-    name, n = "pg_cuts", 6
-    _create(tmp_path, postgres_url, mlflow_server.url, name, n, seconds=1.0)
-    workers = start_workers(
-        2,
-        storage=postgres_url,
-        tracking_uri=mlflow_server.url,
-        args=["--study", name, "--threads", "1", "--heartbeat", "2", "--grace-period", "15"],
-        env=FAULT_FAMILY_ENV,
-    )
     databases = [
         url.rsplit("/", 1)[1].split("?")[0]
         for url in (postgres_url, mlflow_server.backend_store_uri)
     ]
     admin = sa.create_engine(postgres_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
-    cut = 0
-    try:
-        for finished in (1, 2, 4):  # while trials are in flight, early and late
-            _wait_for(
-                lambda f=finished: (
-                    sum(t.state.is_finished() for t in trials_of(name)) >= f
-                    and any(t.state == TrialState.RUNNING for t in trials_of(name))
-                ),
-                300,
-                f"{finished} finished trial(s) and one running",
-                workers,
-            )
-            with admin.connect() as conn:
-                cut += conn.execute(
+    cuts: list[int] = []
+
+    def cut() -> None:
+        with admin.connect() as conn:
+            cuts.append(
+                conn.execute(
                     sa.text(
                         "select count(pg_terminate_backend(pid)) from pg_stat_activity "
                         "where datname = any(:d) and pid <> pg_backend_pid()"
                     ),
                     {"d": databases},
                 ).scalar_one()
-    finally:
-        admin.dispose()
+            )
+
     try:
-        codes = workers.wait(timeout=300)
-    except Exception:
-        pytest.fail("the workers did not finish after the cuts\n" + workers.log_text())
-    assert codes == [0, 0], workers.log_text()
-    assert cut >= 3  # each round cut something: the workers hold connections while they run
-    try:
-        _sync(tmp_path, mlflow_server.url)
-        _check_every_trial_has_one_finished_run(
-            MlflowClient(mlflow_server.url), mlflow_server.url, name, trials_of(name), n
+        _study_through_faults(
+            tmp_path,
+            postgres_url,
+            mlflow_server,
+            start_workers,
+            trials_of,
+            "pg_cuts",
+            (1, 2, 4),
+            cut,
         )
     finally:
-        forget_experiment(mlflow_server, name)
+        admin.dispose()
+    # Each round cut something: the workers hold connections while they run.
+    assert len(cuts) == 3 and all(c > 0 for c in cuts), cuts
 
 
 OUTAGE_S = 30.0
