@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "Ensemble",
     "Prediction",
+    "RefitResult",
     "Study",
     "StudyOptions",
     "Trial",
@@ -36,6 +37,7 @@ __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "load_ensemble",
     "load_space",
     "load_study",
+    "refit",
     "show_ensemble",
     "HpoError",
     "UsageError",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from hpo.api import (
         Ensemble,
         Prediction,
+        RefitResult,
         Study,
         StudyOptions,
         Trial,
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
         load_ensemble,
         load_space,
         load_study,
+        refit,
         show_ensemble,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hpo.cli import _ensemble, _generate, _run, _sample, _spaces, _study, _sync
+from hpo.cli import _ensemble, _generate, _refit, _run, _sample, _spaces, _study, _sync
 
 app = typer.Typer(
     name="hpo",
@@ -22,13 +22,14 @@ app.add_typer(_study.app, name="study")
 app.add_typer(_ensemble.app, name="ensemble")
 app.command("export")(_ensemble.export)
 app.command("predict")(_ensemble.predict)
+app.command("refit")(_refit.refit)
 app.command("generate")(_generate.generate)
 app.command("sample")(_sample.sample)
 app.command("sync")(_sync.sync)
 
 
 # Commands that load models and print results; they start no long-lived child process.
-QUIET_COMMANDS = frozenset({"predict", "export", "ensemble", "generate", "sample"})
+QUIET_COMMANDS = frozenset({"predict", "export", "ensemble", "refit", "generate", "sample"})
 
 
 def main() -> None:

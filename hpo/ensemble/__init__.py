@@ -36,6 +36,7 @@ from hpo.ensemble._metrics import (
     true_class_probs,
 )
 from hpo.ensemble._predictions import PredictionSet
+from hpo.ensemble._refit import RefitError, RefitResult, refit
 from hpo.ensemble._result import EnsembleResult, Member
 from hpo.ensemble._test_predictions import DeferredPredictionError, trial_predictions
 from hpo.ensemble._weights import (
@@ -58,6 +59,8 @@ __all__ = [
     "EnsembleWarning",
     "Member",
     "PredictionSet",
+    "RefitError",
+    "RefitResult",
     "RegistryUnavailableError",
     "accuracy",
     "average_weights",
@@ -76,6 +79,7 @@ __all__ = [
     "nll",
     "predict_arrays",
     "read_inputs",
+    "refit",
     "selection_metric",
     "show_ensemble",
     "trial_predictions",
