@@ -321,7 +321,7 @@ def _train_and_score(
     hp = Params(params)
     model, history = _fit(family, hp, merged_data, epochs, seed)
     try:
-        test = predict_test_split(family, model, hp, merged_data, arrays)
+        test = predict_test_split(family, model, hp, merged_data, arrays, spec.dataset.name)
     except DeferredPredictionError as exc:
         raise RefitError(f"scoring the refit of {cand.label}: {exc}") from None
     metrics["test"]["refit"] = evaluate(test, arrays["test_true"], task)

@@ -159,7 +159,9 @@ class DeferredTestPredictions:
             ) from None
         # The stored model takes raw inputs; the loaded split holds the model's own arrays.
         family = get_family(spec.family)
-        return predict_test_split(family, core_model(model), Params(params), data, arrays)
+        return predict_test_split(
+            family, core_model(model), Params(params), data, arrays, spec.dataset.name
+        )
 
     def _log(self, cand: Any, test: np.ndarray, y: np.ndarray) -> None:
         """Keep them in the trial's run for later builds; a failure costs only a re-predict."""
@@ -181,7 +183,12 @@ class DeferredTestPredictions:
 
 
 def predict_test_split(
-    family: Any, model: Any, params: Any, data: Any, arrays: dict[str, np.ndarray]
+    family: Any,
+    model: Any,
+    params: Any,
+    data: Any,
+    arrays: dict[str, np.ndarray],
+    dataset_name: str,
 ) -> np.ndarray:
     """``model``'s predictions (by ``family.predict``) for the test examples a trial stored
     the targets of (``arrays``: its ``predictions.npz``; language models store some rows).
@@ -195,7 +202,7 @@ def predict_test_split(
     y = data.test.y if rows is None else data.test.y[rows]
     if y.shape != arrays["test_true"].shape or not np.array_equal(y, arrays["test_true"]):
         raise DeferredPredictionError(
-            f"the test split of {data.name!r} loaded here differs from the one its "
+            f"the test split of {dataset_name!r} loaded here differs from the one its "
             "trial stored (other data files, or another version of the loader)"
         )
     try:
