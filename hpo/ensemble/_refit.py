@@ -25,7 +25,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from hpo.ensemble._metrics import SUPPORTED_TASKS, evaluate
 from hpo.errors import HpoError
 from hpo.storage import strip_password
 from hpo.tracking.artifacts import DATASET_FILE, PARAMS_FILE, PREDICTIONS_FILE
+
+if TYPE_CHECKING:
+    from hpo.ensemble._build import StudyRef
 
 # How many epochs a refit trains: as many as the trial trained. The objective that ranked
 # the trial is its value after those epochs (trials report their last epoch's metrics), so
@@ -125,7 +128,7 @@ class Trained:
 
 
 def refit(
-    study: Any,
+    study: str | StudyRef,
     trial: int | None = None,
     name: str | None = None,
     *,

@@ -157,8 +157,13 @@ class DeferredTestPredictions:
                 f"its dataset {spec.dataset.name!r} cannot be loaded here: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        try:
+            family = get_family(spec.family)
+        except Exception as exc:
+            raise DeferredPredictionError(
+                f"its family {spec.family!r}: {type(exc).__name__}: {exc}"
+            ) from None
         # The stored model takes raw inputs; the loaded split holds the model's own arrays.
-        family = get_family(spec.family)
         return predict_test_split(
             family, core_model(model), Params(params), data, arrays, spec.dataset.name
         )
