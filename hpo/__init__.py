@@ -25,6 +25,7 @@ __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "Ensemble",
     "LocalWorkers",
     "Prediction",
+    "RefitResult",
     "Study",
     "StudyOptions",
     "Trial",
@@ -37,6 +38,7 @@ __all__ = [  # noqa: RUF022 (the API's names, then the eager ones)
     "load_ensemble",
     "load_space",
     "load_study",
+    "refit",
     "show_ensemble",
     "HpoError",
     "UsageError",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
         Ensemble,
         LocalWorkers,
         Prediction,
+        RefitResult,
         Study,
         StudyOptions,
         Trial,
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
         load_ensemble,
         load_space,
         load_study,
+        refit,
         show_ensemble,
     )
 

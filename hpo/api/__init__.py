@@ -8,16 +8,19 @@ Importing it is cheap: TensorFlow, MLflow and Optuna are imported when a functio
   :class:`LocalWorkers` (worker processes started while a study is created);
 * ensembles: :func:`build_ensemble`, :func:`load_ensemble`, :class:`Ensemble` (``predict``),
   :func:`export_ensemble`, :func:`list_ensembles`, :func:`show_ensemble`;
+* refits: :func:`refit` (:class:`RefitResult`), registered and used like ensembles;
 * errors: :class:`HpoError` (``exit_code``), :class:`UsageError`.
 """
 
 from hpo.api._ensembles import (
     Ensemble,
     Prediction,
+    RefitResult,
     build_ensemble,
     export_ensemble,
     list_ensembles,
     load_ensemble,
+    refit,
     show_ensemble,
 )
 from hpo.api._setup import StudyOptions, load_space
@@ -30,6 +33,7 @@ __all__ = [
     "HpoError",
     "LocalWorkers",
     "Prediction",
+    "RefitResult",
     "Study",
     "StudyOptions",
     "Trial",
@@ -43,5 +47,6 @@ __all__ = [
     "load_ensemble",
     "load_space",
     "load_study",
+    "refit",
     "show_ensemble",
 ]

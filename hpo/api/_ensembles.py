@@ -1,4 +1,5 @@
-"""Ensembles from Python: build one from studies, load it (registered or exported), predict.
+"""Ensembles from Python: build one from studies, refit a trial on training + validation data,
+load either (registered or exported), predict.
 
 Example:
     >>> result = hpo.build_ensemble(["digits"], "digits-ens", size=5)  # doctest: +SKIP
@@ -7,6 +8,8 @@ Example:
     ['0', '1', '2']
     >>> hpo.export_ensemble("digits-ens", "digits.keras")  # doctest: +SKIP
     PosixPath('digits.keras')
+    >>> hpo.refit("digits").model_uri  # doctest: +SKIP
+    'models:/digits-refit/1'
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.ensemble._build import build_ensemble
 from hpo.ensemble._export import export_ensemble
 from hpo.ensemble._listing import list_ensembles, show_ensemble
+from hpo.ensemble._refit import RefitResult, refit
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,9 +124,11 @@ def load_ensemble(
 __all__ = [
     "Ensemble",
     "Prediction",
+    "RefitResult",
     "build_ensemble",
     "export_ensemble",
     "list_ensembles",
     "load_ensemble",
+    "refit",
     "show_ensemble",
 ]

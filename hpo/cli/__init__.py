@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from hpo.cli import _ensemble, _generate, _run, _sample, _spaces, _study, _sync
+from hpo.cli import _ensemble, _generate, _refit, _run, _sample, _spaces, _study, _sync
 
 app = typer.Typer(
     name="hpo",
@@ -28,7 +28,7 @@ app.command("predict")(_ensemble.predict)
 
 
 class _TextByDefault(TyperGroup):
-    """``hpo generate text MODEL ...`` without a subcommand is ``hpo generate text MODEL ...``."""
+    """``hpo generate MODEL ...`` without a subcommand is ``hpo generate text MODEL ...``."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
@@ -46,13 +46,14 @@ generate = typer.Typer(
 generate.command("text")(_generate.generate)
 generate.command("images")(_sample.sample)
 app.add_typer(generate, name="generate")
-# `hpo generate images` was the name of `hpo generate images`; kept for scripts that use it.
+# `hpo sample` was the name of `hpo generate images`; kept for scripts that use it.
 app.command("sample", hidden=True)(_sample.sample)
+app.command("refit")(_refit.refit)
 app.command("sync")(_sync.sync)
 
 
 # Commands that load models and print results; they start no long-lived child process.
-QUIET_COMMANDS = frozenset({"predict", "export", "ensemble", "generate", "sample"})
+QUIET_COMMANDS = frozenset({"predict", "export", "ensemble", "refit", "generate", "sample"})
 
 
 def main() -> None:

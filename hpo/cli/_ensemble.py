@@ -149,7 +149,7 @@ def _metrics_table(metrics: dict[str, Any]) -> Any:
     names = sorted({n for split in metrics.values() for kind in split.values() for n in kind})
     table = Table("split", "", *names)
     for split, by_kind in metrics.items():
-        for kind in ("best_single", "average", "ensemble"):
+        for kind in ("trial", "best_single", "average", "ensemble", "refit"):
             if kind in by_kind:
                 table.add_row(
                     split, kind.replace("_", " "), *[_fmt(by_kind[kind].get(n)) for n in names]
@@ -171,7 +171,8 @@ def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False)
 
     table = Table("name", "versions", "method", "studies", "members", "test metrics (ensemble)")
     for r in rows:
-        test = r["metrics"].get("test", {}).get("ensemble", {})
+        by_kind = r["metrics"].get("test", {})
+        test = by_kind.get("ensemble") or by_kind.get("refit") or {}
         table.add_row(
             Text(r["name"]),
             str(r["versions"]),
@@ -203,9 +204,7 @@ def show(
     for v in info["versions"]:
         console.print(
             f"[bold]{escape(info['name'])}[/] version {v['version']} ({v['created']}): "
-            + escape(
-                f"{v['method']} ensemble of {', '.join(v['studies'])}; MLflow run {v['run_id']}"
-            )
+            + escape(f"{_made_of(v)}; MLflow run {v['run_id']}")
             + ("" if v["exportable"] else " [yellow](not exportable)[/]")
         )
         members = Table("study", "trial", "weight", "MLflow run")
@@ -213,6 +212,14 @@ def show(
             members.add_row(Text(m["study"]), str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
         console.print(members)
         console.print(_metrics_table(v["metrics"]))
+
+
+def _made_of(version: dict[str, Any]) -> str:
+    """What a registered version is: an ensemble of studies, or the refit of a trial."""
+    studies = ", ".join(version["studies"])
+    if version["method"] == "refit" and version["members"]:
+        return f"refit of {studies} trial {version['members'][0]['trial']}"
+    return f"{version['method']} ensemble of {studies}"
 
 
 def export(

@@ -8,7 +8,7 @@ the test split, for its report alone.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -71,6 +71,28 @@ class Dataset:
             h.update(str(y.shape).encode())
             h.update(y.tobytes())
         return h.hexdigest()[:16]
+
+    def with_validation_in_train(self) -> Dataset:
+        """This dataset with its validation examples appended to its training examples (for
+        a refit: the chosen configuration trained on all the data that is not test).
+
+        ``validation`` and ``test`` stay as they are, so the fingerprint does not change; the
+        input transformation (``inputs``: scaling, vocabulary) stays the one fitted on the
+        training split alone, which every trial of the study used.
+
+        Example:
+            >>> x, y = np.zeros((4, 2), "float32"), np.array([0, 1, 0, 1])
+            >>> data = Dataset("toy", "binary", Split(x[:2], y[:2]), Split(x[2:], y[2:]),
+            ...                Split(x, y))
+            >>> merged = data.with_validation_in_train()
+            >>> len(merged.train), merged.fingerprint() == data.fingerprint()
+            (4, True)
+        """
+        train = Split(
+            np.concatenate([self.train.x, self.validation.x]),
+            np.concatenate([self.train.y, self.validation.y]),
+        )
+        return replace(self, train=train)
 
     def summary(self) -> dict[str, Any]:
         return {

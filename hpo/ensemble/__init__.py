@@ -29,6 +29,7 @@ from hpo.ensemble._metrics import (
 )
 from hpo.ensemble._predict import load_predictor, predict_arrays, read_inputs, write_predictions
 from hpo.ensemble._predictions import PredictionSet
+from hpo.ensemble._refit import RefitError, RefitResult, refit
 from hpo.ensemble._result import EnsembleResult, Member
 from hpo.ensemble._test_predictions import DeferredPredictionError, trial_predictions
 from hpo.ensemble._weights import (
@@ -51,6 +52,8 @@ __all__ = [
     "EnsembleWarning",
     "Member",
     "PredictionSet",
+    "RefitError",
+    "RefitResult",
     "RegistryUnavailableError",
     "accuracy",
     "average_weights",
@@ -69,6 +72,7 @@ __all__ = [
     "nll",
     "predict_arrays",
     "read_inputs",
+    "refit",
     "selection_metric",
     "show_ensemble",
     "trial_predictions",

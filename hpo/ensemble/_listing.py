@@ -10,6 +10,10 @@ from hpo.ensemble._combine import KINDS
 from hpo.ensemble._errors import EnsembleError
 from hpo.ensemble._predictions import SPLITS
 
+# The kinds of metrics a version's run logs: an ensemble's (and its baselines'), a refit's
+# (and the trial's it refits).
+LISTED_KINDS = (*KINDS, "refit", "trial")
+
 
 def _version_summary(client: Any, mv: Any) -> dict[str, Any]:
     run = client.get_run(mv.run_id) if mv.run_id else None
@@ -38,7 +42,7 @@ def _version_summary(client: Any, mv: Any) -> dict[str, Any]:
 def _nest(flat: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for key, value in flat.items():
-        for kind in KINDS:
+        for kind in LISTED_KINDS:
             for split in SPLITS:
                 prefix = f"{kind}_{split}_"
                 if key.startswith(prefix):

@@ -333,9 +333,14 @@ def _unavailable(uri: str, doing: str, consequence: str = "nothing was registere
         ) from exc
 
 
-def _registered_model(client: Any, name: str, create: bool) -> Any:
-    """The registered model ``name`` (created if missing and ``create``; else None); refuses
-    a registered model that hpo did not make."""
+ENSEMBLE_MODEL_DESCRIPTION = "Weighted ensemble of hpo trials, built by `hpo ensemble build`."
+
+
+def _registered_model(
+    client: Any, name: str, create: bool, description: str = ENSEMBLE_MODEL_DESCRIPTION
+) -> Any:
+    """The registered model ``name`` (created with ``description`` if missing and ``create``;
+    else None); refuses a registered model that hpo did not make."""
     from mlflow.exceptions import MlflowException
 
     uri = client.uri
@@ -351,7 +356,7 @@ def _registered_model(client: Any, name: str, create: bool) -> Any:
             return client.raw.create_registered_model(
                 name,
                 tags={"hpo.kind": "ensemble"},
-                description="Weighted ensemble of hpo trials, built by `hpo ensemble build`.",
+                description=description,
             )
     if model.tags.get("hpo.kind") != "ensemble":
         raise EnsembleError(

@@ -157,29 +157,16 @@ class DeferredTestPredictions:
                 f"its dataset {spec.dataset.name!r} cannot be loaded here: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-        rows = arrays.get("test_rows")
-        x = data.test.x if rows is None else data.test.x[rows]
-        y = data.test.y if rows is None else data.test.y[rows]
-        if y.shape != arrays["test_true"].shape or not np.array_equal(y, arrays["test_true"]):
-            raise DeferredPredictionError(
-                f"the test split of {spec.dataset.name!r} loaded here differs from the one its "
-                "trial stored (other data files, or another version of the loader)"
-            )
         try:
-            # The stored model takes raw inputs; the loaded split holds the model's own arrays.
-            test = np.asarray(get_family(spec.family).predict(core_model(model), Params(params), x))
+            family = get_family(spec.family)
         except Exception as exc:
             raise DeferredPredictionError(
-                f"predicting the test split: {type(exc).__name__}: {exc}"
+                f"its family {spec.family!r}: {type(exc).__name__}: {exc}"
             ) from None
-        if test.shape[0] != len(y) or test.shape[1:] != arrays["validation"].shape[1:]:
-            raise DeferredPredictionError(
-                f"test predictions have shape {test.shape}; validation ones "
-                f"{arrays['validation'].shape}"
-            )
-        if not np.all(np.isfinite(test)):
-            raise DeferredPredictionError("test predictions are not all finite")
-        return test
+        # The stored model takes raw inputs; the loaded split holds the model's own arrays.
+        return predict_test_split(
+            family, core_model(model), Params(params), data, arrays, spec.dataset.name
+        )
 
     def _log(self, cand: Any, test: np.ndarray, y: np.ndarray) -> None:
         """Keep them in the trial's run for later builds; a failure costs only a re-predict."""
@@ -198,6 +185,45 @@ class DeferredTestPredictions:
                 EnsembleWarning,
                 stacklevel=3,
             )
+
+
+def predict_test_split(
+    family: Any,
+    model: Any,
+    params: Any,
+    data: Any,
+    arrays: dict[str, np.ndarray],
+    dataset_name: str,
+) -> np.ndarray:
+    """``model``'s predictions (by ``family.predict``) for the test examples a trial stored
+    the targets of (``arrays``: its ``predictions.npz``; language models store some rows).
+
+    ``model`` takes ``data``'s arrays (not raw inputs). Raises
+    :class:`DeferredPredictionError` when the test split loaded here is not the one the trial
+    stored, or the predictions are not finite or not shaped like the validation ones.
+    """
+    rows = arrays.get("test_rows")
+    x = data.test.x if rows is None else data.test.x[rows]
+    y = data.test.y if rows is None else data.test.y[rows]
+    if y.shape != arrays["test_true"].shape or not np.array_equal(y, arrays["test_true"]):
+        raise DeferredPredictionError(
+            f"the test split of {dataset_name!r} loaded here differs from the one its "
+            "trial stored (other data files, or another version of the loader)"
+        )
+    try:
+        test = np.asarray(family.predict(model, params, x))
+    except Exception as exc:
+        raise DeferredPredictionError(
+            f"predicting the test split: {type(exc).__name__}: {exc}"
+        ) from None
+    if test.shape[0] != len(y) or test.shape[1:] != arrays["validation"].shape[1:]:
+        raise DeferredPredictionError(
+            f"test predictions have shape {test.shape}; validation ones "
+            f"{arrays['validation'].shape}"
+        )
+    if not np.all(np.isfinite(test)):
+        raise DeferredPredictionError("test predictions are not all finite")
+    return test
 
 
 def trial_predictions(
