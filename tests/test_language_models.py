@@ -186,7 +186,7 @@ def test_data_errors_say_what_and_where(tmp_path: Path, hamlet_file: Path) -> No
         _corpus(missing)
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n", encoding="utf-8")
-    with pytest.raises(DataError, match="holds no text"):
+    with pytest.raises(DataError, match="yields text"):
         _corpus(empty)
     folder = tmp_path / "mixed"
     folder.mkdir()
