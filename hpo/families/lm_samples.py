@@ -20,7 +20,8 @@ what is sampled; a missing one takes the default in brackets:
 Each sample continues the vocabulary's context (training text that ends a paragraph, see
 :mod:`hpo.families.generation`), with the same random draws every epoch, so that two epochs'
 samples differ by the model alone. All temperatures are generated in one batch: ``length``
-predictions per sampled epoch (a 64-unit LSTM: about 0.5 s for 200 characters on a CPU core).
+predictions per sampled epoch (four 200-character samples of a 64-unit LSTM took 1.2 to 4 s on a
+shared 2-core CPU, TensorFlow or JAX).
 A pruned trial has the samples of the epochs it reached.
 
 Example:
