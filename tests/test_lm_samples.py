@@ -7,12 +7,16 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from hpo.cli import app
 from hpo.datasets import text_corpus as tc
 from hpo.families.lm_samples import (
     DEFAULT_TEMPERATURES,
+    MAX_LENGTH,
+    SAMPLE_PARAMS,
     SampleOptionError,
     sample_file_name,
     sample_plan,
@@ -82,6 +86,28 @@ def test_defaults_are_first_middle_last_at_the_course_temperatures() -> None:
 def test_bad_sampling_options_are_named(key: str, value: object, message: str) -> None:
     with pytest.raises(SampleOptionError, match=message):
         sample_plan({key: value}, "char")
+
+
+# What YAML can hand over as a constant: scalars, text, lists of them.
+_YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=12),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(SAMPLE_PARAMS), _YAML_VALUES))
+@example({"sample_epochs": [3, 8, "last"], "sample_temperatures": "1e-3, 1e3"})
+def test_any_sampling_value_is_a_plan_or_a_named_error(values: dict[str, object]) -> None:
+    try:
+        plan = sample_plan(values, "word")
+    except SampleOptionError as exc:
+        assert str(exc).split(":")[0] in values, exc
+        return
+    assert 1 <= plan.length <= MAX_LENGTH
+    assert all(t > 0 for t in plan.temperatures) and len(plan.temperatures) <= 10
+    assert all(1 <= e <= 7 for e in plan.epochs_of(7))
 
 
 @pytest.mark.parametrize(

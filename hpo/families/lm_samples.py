@@ -75,16 +75,17 @@ class SamplePlan:
     length: int
 
     def epochs_of(self, max_epochs: int) -> set[int]:
-        """The epoch numbers sampled in a trial of ``max_epochs`` epochs.
+        """The epoch numbers sampled in a trial of ``max_epochs`` epochs (later ones never are).
 
         Example:
             >>> sorted(SamplePlan(("first", "middle", "last"), (1.0,), 10).epochs_of(3))
             [1, 2, 3]
         """
+        every = set(range(1, max_epochs + 1))
         if "all" in self.epochs:
-            return set(range(1, max_epochs + 1))
+            return every
         named = {"first": 1, "middle": (max_epochs + 1) // 2, "last": max_epochs}
-        return {named[e] if isinstance(e, str) else e for e in self.epochs}
+        return {named[e] if isinstance(e, str) else e for e in self.epochs} & every
 
 
 def sample_plan(hp: Mapping[str, Any], level: str) -> SamplePlan:
