@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from hpo.cli import app
-from hpo.datasets import DataError, load_dataset
+from hpo.datasets import DataError, Dataset, load_dataset
 from hpo.datasets import text_corpus as tc
 from hpo.datasets.pdf_text import clean_pages, pdf_pages, pdf_text
 from hpo.spaces import DatasetSpec
@@ -196,17 +196,23 @@ def test_real_latex_manual() -> None:
 
 
 @needs_camlidl
-def test_real_pdf_trains_a_char_corpus(tmp_path: Path) -> None:
-    data = load_dataset(
-        DatasetSpec(
+def test_real_pdf_as_char_and_word_corpora() -> None:
+    def corpus(**options: object) -> Dataset:
+        spec = DatasetSpec(
             name="text_corpus",
             validation_fraction=0.1,
             test_fraction=0.1,
-            options={"path": str(CAMLIDL_PDF), "maxlen": 20, "max_chars": 20000},
+            options={"path": str(CAMLIDL_PDF), **options},
         )
-    )
-    assert data.meta["chars_read"] == 20000 and data.num_classes == len(data.meta["vocabulary"])
-    assert "\ufb01" not in data.meta["vocabulary"]
+        return load_dataset(spec)
+
+    chars = corpus(maxlen=20, max_chars=20000)
+    assert chars.meta["chars_read"] == 20000 and "\ufb01" not in chars.meta["vocabulary"]
+    words = corpus(level="word", maxlen=8, num_words=500)
+    vocabulary = words.meta["vocabulary"]
+    assert len(vocabulary) == 500 and {"camlidl", "idl", "interface", "the"} <= set(vocabulary)
+    # Halves of words hyphenated in the manual are not words of the corpus.
+    assert not {"depen", "resented"} & set(vocabulary) and "dependent" in vocabulary
 
 
 _NO_JOINS = "-\u00ad\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"
