@@ -8,7 +8,10 @@ is compared whole.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import os
 import re
 from pathlib import Path
 from textwrap import dedent
@@ -73,6 +76,13 @@ EXPECTED = (
     "High values give surprising text, then text that is no longer text at all but a stream "
     "of odd letters and marks."
 )
+
+
+@pytest.fixture(autouse=True)
+def pdf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Extracted pages are cached: each test gets its own cache."""
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "pdf-text"
 
 
 def write_pdf(path: Path, pages: list[list[str]], header: str | None = HEADER) -> Path:
@@ -167,6 +177,24 @@ def test_no_text_at_all_stops_the_study_with_status_2(workdir: Path) -> None:
     assert "\n" not in err and "Traceback" not in err, err
     assert all(str(s) in err for s in scans), err
     assert not (workdir / "hpo.db").exists()
+
+
+def test_extracted_pages_are_cached_until_the_file_changes(tmp_path: Path, pdf_cache: Path) -> None:
+    path = write_pdf(tmp_path / "thesis.pdf", PAGES)
+    assert pdf_text(path) == EXPECTED
+    (cached,) = pdf_cache.iterdir()
+    # What the cache says is what is read, as long as the file is the same...
+    cached.write_bytes(gzip.compress(json.dumps(["From the cache."]).encode()))
+    assert pdf_text(path) == "From the cache."
+    # ... a damaged cache is read again from the PDF ...
+    cached.write_bytes(b"not gzip")
+    assert pdf_text(path) == EXPECTED
+    # ... and a changed file is read again.
+    cached = next(pdf_cache.iterdir())
+    cached.write_bytes(gzip.compress(json.dumps(["From the cache."]).encode()))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert pdf_text(path) == EXPECTED
 
 
 def test_damaged_pdf_is_named(tmp_path: Path) -> None:

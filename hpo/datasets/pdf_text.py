@@ -30,14 +30,22 @@ Example:
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import logging
+import os
 import re
 import statistics
+import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from hpo.datasets._base import DataError
 
+log = logging.getLogger("hpo.datasets")
 PDF_SUFFIX = ".pdf"
 # A line at a page's edge recurring on this many pages is a running header or footer.
 REPEATED_PAGES = 3
@@ -73,7 +81,23 @@ def pdf_text(path: Path) -> str:
 
 
 def pdf_pages(path: Path) -> list[str]:
-    """The raw text of each page of a PDF file, as ``pypdf`` extracts it."""
+    """The raw text of each page of a PDF file, as ``pypdf`` extracts it.
+
+    Extraction takes about 20 ms a page, paid by every trial process that loads the corpus, so
+    the pages are cached under ``$HPO_CACHE_DIR/pdf-text/`` (see
+    :func:`hpo.datasets.reuters.cache_dir`), keyed by the file's path, size and modification
+    time and the ``pypdf`` version: a changed file is read again.
+    """
+    key = _cache_key(path)
+    cached = _read_cache(key)
+    if cached is not None:
+        return cached
+    pages = _extract_pages(path)
+    _write_cache(key, pages)
+    return pages
+
+
+def _extract_pages(path: Path) -> list[str]:
     try:
         import pypdf
     except ImportError:
@@ -95,6 +119,52 @@ def pdf_pages(path: Path) -> list[str]:
             f"{path} is not a readable PDF ({type(exc).__name__}: {exc}): leave it out of the "
             "folder or with the dataset option 'pattern'"
         ) from None
+
+
+def _cache_key(path: Path) -> str:
+    from importlib.metadata import version
+
+    stat = path.stat()
+    fields = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|pypdf {version('pypdf')}"
+    return hashlib.sha256(fields.encode()).hexdigest()[:24]
+
+
+def _cache_path(key: str) -> Path:
+    from hpo.datasets.reuters import cache_dir
+
+    return cache_dir() / "pdf-text" / f"{key}.json.gz"
+
+
+def _read_cache(key: str) -> list[str] | None:
+    path = _cache_path(key)
+    try:
+        pages = json.loads(gzip.decompress(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        # A damaged cache costs a new extraction, never wrong text.
+        log.warning("ignoring the unreadable cache %s (%s); reading the PDF again", path, exc)
+        return None
+    if not isinstance(pages, list) or not all(isinstance(p, str) for p in pages):
+        return None
+    return pages
+
+
+def _write_cache(key: str, pages: list[str]) -> None:
+    path = _cache_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: the trial processes of parallel workers may fill it together.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(gzip.compress(json.dumps(pages).encode(), compresslevel=3))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        log.warning("cannot write the PDF text cache %s: %s", path, exc)
 
 
 def clean_pages(pages: Sequence[str]) -> str:
