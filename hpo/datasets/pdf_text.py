@@ -83,7 +83,8 @@ def pdf_text(path: Path) -> str:
 def pdf_pages(path: Path) -> list[str]:
     """The raw text of each page of a PDF file, as ``pypdf`` extracts it.
 
-    Extraction takes about 20 ms a page, paid by every trial process that loads the corpus, so
+    Extraction took 60 ms a page (a 26-page manual, shared 2-core CPU), paid by every trial
+    process that loads the corpus, so
     the pages are cached under ``$HPO_CACHE_DIR/pdf-text/`` (see
     :func:`hpo.datasets.reuters.cache_dir`), keyed by the file's path, size and modification
     time and the ``pypdf`` version: a changed file is read again.
