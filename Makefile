@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HPO    := $(BIN)/hpo
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+CAMLIDL_PDF := /usr/share/doc/camlidl/camlidl-1.04.doc.pdf
 
-.PHONY: run setup dev data browser pooler test test-fast lint typecheck clean
+.PHONY: run setup dev data data-fashion-mnist data-pdf browser pooler test test-fast lint typecheck clean
 
 run: setup data
 	$(HPO) run --resume
@@ -34,8 +35,11 @@ $(VENV)/.torch:
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	touch $@
 
-# Fashion-MNIST from Debian's dataset-fashion-mnist package, where we may install packages.
-data:
+# Fashion-MNIST from Debian's dataset-fashion-mnist package, and a real PDF manual for the PDF
+# corpus tests (tests/test_pdf_corpus.py) from camlidl-doc, where we may install packages.
+data: data-fashion-mnist data-pdf
+
+data-fashion-mnist:
 	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
 	  echo "Fashion-MNIST found in $(FASHION_DIR)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -46,6 +50,19 @@ data:
 	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else \
 	  echo "Fashion-MNIST not installed: run 'sudo apt-get install dataset-fashion-mnist' or let Keras download it."; \
+	fi
+
+data-pdf:
+	@if [ -f $(CAMLIDL_PDF) ]; then \
+	  echo "PDF manual found: $(CAMLIDL_PDF)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq camlidl-doc >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq camlidl-doc)) || \
+	  echo "warning: could not install camlidl-doc; the real-PDF corpus test skips (under CI it fails)"; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq camlidl-doc; \
+	else \
+	  echo "camlidl-doc not installed: run 'sudo apt-get install camlidl-doc' (the real-PDF corpus test skips; under CI it fails)"; \
 	fi
 
 # Headless Chromium for tests/test_ui_browser.py, from Debian, where we may install packages.

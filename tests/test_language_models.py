@@ -186,7 +186,7 @@ def test_data_errors_say_what_and_where(tmp_path: Path, hamlet_file: Path) -> No
         _corpus(missing)
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n", encoding="utf-8")
-    with pytest.raises(DataError, match="holds no text"):
+    with pytest.raises(DataError, match="yields text"):
         _corpus(empty)
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -375,6 +375,9 @@ def test_small_study_then_generate_from_the_store(
         metrics["final_val_loss"] / math.log(2), rel=1e-4
     )
     assert VOCABULARY_FILE in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    # No sample_* parameters: the defaults, one epoch (first = middle = last), four temperatures.
+    samples = {a.path for a in client.list_artifacts(runs[0].info.run_id, "samples")}
+    assert samples == {f"samples/epoch_001_t{t}.txt" for t in ("0.2", "0.5", "1.0", "1.2")}
 
     app = _generate_app()
     storage = f"sqlite:///{root / 'hpo.db'}"

@@ -7,8 +7,11 @@ Two loaders:
   turned into plain text: ``**HAMLET**`` becomes ``HAMLET:``, stage directions lose their
   ``_italics_``, headings their ``#``, Markdown escapes and line-break spaces go. About 4.9 M
   characters in all.
-* ``text_corpus``: any UTF-8 text file, or every file of a folder (recursively, in sorted path
-  order, hidden files and folders skipped), given by the dataset option ``path``.
+* ``text_corpus``: a UTF-8 text or PDF file, or every file of a folder (recursively, in sorted
+  path order, hidden files and folders skipped), given by the dataset option ``path``. PDFs
+  (theses, papers) are read as their text layer without page numbers, running headers and
+  footers or hyphenation at line ends (:mod:`hpo.datasets.corpus_files`,
+  :mod:`hpo.datasets.pdf_text`); a file that yields no text is left out with a warning.
 
 Dataset ``options`` (all optional except ``path`` for ``text_corpus``):
 
@@ -66,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo.datasets._base import DataError, Dataset, Split, take_subset
+from hpo.datasets.corpus_files import DEFAULT_PATTERN, read_text, read_utf8
 from hpo.inputs import InputSpec
 
 if TYPE_CHECKING:
@@ -77,7 +81,6 @@ DEFAULT_MAXLEN = {"char": 40, "word": 16}
 DEFAULT_STEP = {"char": 3, "word": 1}
 DEFAULT_LOWERCASE = {"char": False, "word": True}
 DEFAULT_NUM_WORDS = 10_000
-DEFAULT_PATTERN = "**/*"
 OPTIONS = {
     "text_corpus": {"path", "level", "maxlen", "step", "max_chars", "lowercase", "num_words",
                     "pattern"},
@@ -163,7 +166,8 @@ def _positive_int(
 
 
 def load(spec: DatasetSpec) -> Dataset:
-    """A UTF-8 text file or folder of files (option ``path``) as a language-model dataset.
+    """A UTF-8 text or PDF file, or a folder of them (option ``path``), as a language-model
+    dataset.
 
     Example:
         >>> from hpo.spaces import DatasetSpec
@@ -175,7 +179,8 @@ def load(spec: DatasetSpec) -> Dataset:
     opts = check_options(spec.options, "text_corpus")
     if not spec.options.get("path"):
         raise DataError(
-            "text_corpus needs the dataset option 'path': a UTF-8 text file or a folder of them, "
+            "text_corpus needs the dataset option 'path': a UTF-8 text or PDF file or a folder of "
+            "them, "
             "e.g. dataset: {name: text_corpus, options: {path: thesis/}}"
         )
     path = Path(str(spec.options["path"])).expanduser()
@@ -199,7 +204,7 @@ def load_shakespeare(spec: DatasetSpec) -> Dataset:
     parts: list[str] = []
     size = 0
     for file in files:
-        parts.append(markdown_play_to_text(_read_utf8(file)))
+        parts.append(markdown_play_to_text(read_utf8(file)))
         size += len(parts[-1])
         if opts.max_chars is not None and size >= opts.max_chars:
             break
@@ -275,59 +280,6 @@ def markdown_play_to_text(markdown: str) -> str:
             line = _ESCAPE_RE.sub(r"\1", _EMPHASIS_RE.sub("", line))
         lines.append(line)
     return _BLANK_LINES_RE.sub("\n\n", "\n".join(lines)).strip("\n") + "\n"
-
-
-def read_text(path: Path, pattern: str = DEFAULT_PATTERN, max_chars: int | None = None) -> str:
-    """The UTF-8 text of a file, or of a folder's files joined by blank lines (sorted by path).
-
-    Reading stops once ``max_chars`` characters are read. Raises :class:`DataError` for a
-    missing path, a folder without files, an empty corpus, or a file that is not UTF-8 (named).
-    """
-    if not path.exists():
-        raise DataError(
-            f"text_corpus: {path} does not exist (dataset option 'path', resolved from "
-            f"{Path.cwd()}): give a UTF-8 text file or a folder of them"
-        )
-    files = [path] if path.is_file() else _folder_files(path, pattern)
-    if not files:
-        raise DataError(
-            f"text_corpus: no files match {pattern!r} in {path}: put UTF-8 text files there or "
-            "change the dataset option 'pattern'"
-        )
-    parts: list[str] = []
-    size = 0
-    for file in files:
-        text = _read_utf8(file).replace("\r\n", "\n").lstrip("\ufeff")
-        if not text.strip():
-            continue
-        parts.append(text)
-        size += len(text)
-        if max_chars is not None and size >= max_chars:
-            break
-    if not parts:
-        where = path if path.is_file() else f"the {len(files)} file(s) in {path}"
-        raise DataError(f"text_corpus: {where} holds no text (empty or only white space)")
-    joined = "\n\n".join(parts)
-    return joined[:max_chars] if max_chars is not None else joined
-
-
-def _folder_files(folder: Path, pattern: str) -> list[Path]:
-    def hidden(p: Path) -> bool:
-        return any(part.startswith(".") for part in p.relative_to(folder).parts)
-
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and not hidden(p))
-
-
-def _read_utf8(file: Path) -> str:
-    data = file.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{file} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
-            "convert it (e.g. iconv -f latin1 -t utf-8), or leave it out of the folder or "
-            "with the dataset option 'pattern' (e.g. '**/*.txt')"
-        ) from None
 
 
 def tokenize(text: str, level: str, lowercase: bool = False) -> list[str]:

@@ -18,7 +18,7 @@ from hpo.datasets import DataError, Dataset, Split, Task
 if TYPE_CHECKING:
     import keras
 
-    from hpo.spaces import Params
+    from hpo.spaces import Params, StudySpec
 
 
 class Family(ABC):
@@ -63,6 +63,11 @@ class Family(ABC):
                 f"{data.name!r} is {data.task} data"
             )
 
+    def check_spec(self, spec: StudySpec) -> None:
+        """Raise a :class:`~hpo.errors.UsageError` when ``spec`` sets this family's own options
+        wrongly (before the study is written: no data loaded, no Keras)."""
+        return None
+
     def batch_size(self, hp: Params) -> int:
         return int(hp.get("batch_size", self.default_batch_size))
 
@@ -91,6 +96,14 @@ class Family(ABC):
 
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
         """Files a trial stores beside its model (e.g. a vocabulary that generation needs)."""
+        return {}
+
+    def epoch_artifacts(
+        self, model: keras.Model, hp: Params, data: Dataset, epoch: int, max_epochs: int
+    ) -> dict[str, bytes]:
+        """Files to store in the trial's run after ``epoch`` (from 1) of at most ``max_epochs``
+        (e.g. text samples; a ``/`` in a name is a folder). Runs in the training loop: keep it
+        cheap."""
         return {}
 
     def saved_model(self, model: keras.Model, data: Dataset) -> keras.Model:

@@ -20,6 +20,9 @@ validation one.
 ``word_lstm`` takes the same, except that the input is always a learned ``Embedding`` of
 ``embedding_dim`` [64] (a one-hot vector over thousands of words would be wasteful).
 
+Both write text samples after chosen epochs (``sample_epochs``, ``sample_temperatures``,
+``sample_length``; see :mod:`hpo.families.lm_samples`) into the trial's MLflow run.
+
 Each trial stores ``vocabulary.json`` (tokens, level, window length, lowercasing) beside its
 model, so ``hpo generate text`` works from the stored trial alone.
 """
@@ -34,11 +37,12 @@ from hpo.datasets import DataError, Dataset, Task
 from hpo.families._base import Family
 from hpo.families._common import build_optimizer, classifier_output, dropout
 from hpo.families.generation import VOCABULARY_FILE, Vocabulary
+from hpo.families.lm_samples import check_sample_params, epoch_samples, sample_plan
 
 if TYPE_CHECKING:
     import keras
 
-    from hpo.spaces import Params
+    from hpo.spaces import Params, StudySpec
 
 CELLS = ("LSTM", "GRU")
 ENCODINGS = ("onehot", "embedding")
@@ -96,11 +100,16 @@ class _LanguageModel(Family):
                 f"dataset {data.name!r} has inputs of shape {data.input_shape}"
             )
 
+    def check_spec(self, spec: StudySpec) -> None:
+        """The ``sample_*`` parameters (:mod:`hpo.families.lm_samples`)."""
+        check_sample_params(spec, self.level)
+
     def build(self, hp: Params, data: Dataset) -> keras.Model:
         """A compiled model: token ids -> encoding -> recurrent layers -> next-token softmax."""
         import keras
 
         self.check_data(data)
+        sample_plan(hp, self.level)  # bad sampling options fail the trial before it trains
         cell = _choice(hp, "cell", "LSTM", CELLS)
         units = int(hp.get("units", 128))
         layers = int(hp.get("layers", 1))
@@ -131,6 +140,12 @@ class _LanguageModel(Family):
     def encode(self, inputs: Any, hp: Params, data: Dataset) -> Any:
         """Token ids -> vectors; each family decides how."""
         raise NotImplementedError
+
+    def epoch_artifacts(
+        self, model: keras.Model, hp: Params, data: Dataset, epoch: int, max_epochs: int
+    ) -> dict[str, bytes]:
+        """Text samples after the epochs ``sample_epochs`` names (``samples/...txt``)."""
+        return epoch_samples(model, data, sample_plan(hp, self.level), epoch, max_epochs)
 
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
         """``vocabulary.json``: what ``hpo generate text`` needs to turn text into ids and back."""

@@ -35,7 +35,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hpo.tracking._base import (
@@ -264,10 +264,15 @@ def end_trial_run(
 
 
 def log_artifact_files(c: TrackingClient, run_id: str, files: Mapping[str, Path | bytes]) -> None:
-    """Log files (paths or bytes) under the names given, flat in the run's artifact root."""
+    """Log files (paths or bytes) under the names given; ``samples/a.txt`` goes in a folder."""
     for name, content in files.items():
+        path = PurePosixPath(name)
+        folder = str(path.parent) if str(path.parent) not in ("", ".") else None
         c.log_artifact_content(
-            run_id, Path(name).name, content if isinstance(content, bytes) else Path(content)
+            run_id,
+            path.name,
+            content if isinstance(content, bytes) else Path(content),
+            artifact_path=folder,
         )
 
 

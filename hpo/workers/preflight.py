@@ -1,4 +1,5 @@
-"""Checks made before a study is written: its dataset loads and suits its family.
+"""Checks made before a study is written: its family's options, its dataset loads and suits
+its family.
 
 Without them a missing file or images given to a text family would only surface inside the
 first trial of every worker, as a FAIL per trial; with them ``hpo run`` and
@@ -36,6 +37,8 @@ def check_study_data(spec: StudySpec) -> dict[str, Any]:
     """
     from hpo.families import get_family
 
+    family = get_family(spec.family)
+    family.check_spec(spec)  # the family's own options (e.g. sample_epochs), before the data
     try:
         data = load_dataset(spec.dataset)
     except DataError:
@@ -45,7 +48,6 @@ def check_study_data(spec: StudySpec) -> dict[str, Any]:
         raise DataError(
             f"dataset {spec.dataset.name!r} could not be loaded: {type(exc).__name__}: {exc}"
         ) from exc
-    family = get_family(spec.family)
     try:
         family.check_data(data)
     except DataError as exc:

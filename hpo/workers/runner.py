@@ -167,6 +167,25 @@ class _EpochCallback:
         self.pruned = False
 
 
+def _log_epoch_artifacts(
+    mlflow: Any,
+    run_id: str,
+    family: Any,
+    model: Any,
+    hp: Params,
+    data: Dataset,
+    epoch: int,
+    max_epochs: int,
+) -> None:
+    """The family's files of this epoch (text samples) into the run; they never fail a trial."""
+    try:
+        files = family.epoch_artifacts(model, hp, data, epoch, max_epochs)
+        if files:
+            tracking.log_artifact_files(mlflow, run_id, files)
+    except Exception as exc:
+        log.warning("epoch %d: the files of family %s failed: %s", epoch, family.name, exc)
+
+
 def _is_number(v: Any) -> bool:
     try:
         float(v)
@@ -395,6 +414,9 @@ class TrialRunner:
         def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
             if mlflow is not None and run_id:
                 tracking.log_metrics(mlflow, run_id, {**logs, "epoch_seconds": seconds}, epoch)
+                _log_epoch_artifacts(
+                    mlflow, run_id, family, model, hp, data, epoch, spec.budget.max_epochs
+                )
             if not single:
                 return False
             if metric not in logs:
