@@ -200,6 +200,14 @@ def _size(n: int) -> str:
     return f"{n:,} bytes"
 
 
+def _whole_number(text: str) -> int | str:
+    """``text`` as an int when it is one (else as given, for the error to quote)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 @app.command("retain")
 def retain(
     name: str = typer.Argument(..., help="Study name."),
@@ -219,17 +227,10 @@ def retain(
     """
     from hpo.api import load_study
     from hpo.cli._common import fail
-    from hpo.errors import UsageError
+    from hpo.tracking.retention import check_keep_best
 
     with handled_errors():
-        keep: int | None = None
-        if keep_best is not None:
-            try:
-                keep = int(keep_best)
-            except ValueError:
-                raise UsageError(
-                    f"--keep-best must be a whole number of at least 1, got {keep_best!r}"
-                ) from None
+        keep = None if keep_best is None else check_keep_best(_whole_number(keep_best))
         report = load_study(name, storage).retain(keep, dry_run=dry_run)
     if json_out:
         print_json(report.to_dict())

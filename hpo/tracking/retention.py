@@ -93,7 +93,9 @@ class RetentionReport:
 def check_keep_best(keep_best: Any) -> int:
     """``keep_best`` as a whole number of at least 1 (:class:`UsageError` otherwise)."""
     if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 1:
-        raise UsageError(f"--keep-best must be a whole number of at least 1, got {keep_best!r}")
+        raise UsageError(
+            f"keep_best (--keep-best) must be a whole number of at least 1, got {keep_best!r}"
+        )
     return keep_best
 
 
