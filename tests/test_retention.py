@@ -15,10 +15,14 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 
+from hpo.errors import UsageError
 from hpo.spaces import SpaceError, parse_spec
 from hpo.tracking.artifacts import ARTIFACTS_DELETED_TAG, RETAINABLE_FILES
+from hpo.tracking.retention import check_keep_best
 
 from conftest import hpo
 from services import DIGITS_SPACE, MlflowServer
@@ -206,3 +210,19 @@ def test_bad_keep_best_is_one_line_exit_2_before_any_store(tmp_path: Path) -> No
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert "--keep-best" in result.stderr
     assert not (tmp_path / "hpo.db").exists()
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+@settings(max_examples=60, deadline=None)
+def test_keep_best_is_accepted_exactly_from_1(value: int) -> None:
+    text = DIGITS_SPACE.read_text().replace(
+        "defaults:", f"retention: {{keep_best: {value}}}\ndefaults:", 1
+    )
+    if value >= 1:
+        assert parse_spec(text, "space.yaml").retention.keep_best == value  # type: ignore[union-attr]
+        assert check_keep_best(value) == value
+    else:
+        with pytest.raises(SpaceError, match=r"retention\.keep_best"):
+            parse_spec(text, "space.yaml")
+        with pytest.raises(UsageError, match="at least 1"):
+            check_keep_best(value)
