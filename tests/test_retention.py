@@ -226,3 +226,30 @@ def test_keep_best_is_accepted_exactly_from_1(value: int) -> None:
             parse_spec(text, "space.yaml")
         with pytest.raises(UsageError, match="at least 1"):
             check_keep_best(value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_space_policy_deletes_from_a_local_mlflow_store(tmp_path: Path) -> None:
+    """``mlflow.db`` with ``./mlruns``: the files go from the local folder, the rest stays."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("keep_best: 5", "keep_best: 1"))
+    env = {"HPO_OUTBOX_DIR": str(tmp_path / "outbox")}
+    run = ["--study", STUDY, "--trials", "3", "--epochs", "1", "--subset", "200"]
+    _ok(hpo("run", str(space), *run, "--pruner", "none", "--workers", "1", "--seed", "0",
+            "--json", cwd=tmp_path, env=env, timeout=1200))  # fmt: skip
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = _runs(client, storage)
+    best = _ranked(storage)[0]
+    assert _with_model(client, runs) == {best}
+    for number, run_id in runs.items():
+        folder = next((tmp_path / "mlruns").glob(f"*/{run_id}/artifacts"))
+        assert (folder / "model.keras").is_file() == (number == best), number
+        assert (folder / "params.json").is_file() and (folder / "history.json").is_file()
+    status = _ok(hpo("study", "status", STUDY, "--json", cwd=tmp_path, env=env))
+    assert status["artifacts"]["bytes"] == _total(client, runs)
+    assert status["artifacts"]["removed_runs"] == 2 and status["artifacts"]["runs_with_model"] == 1
+    again = _ok(hpo("study", "retain", STUDY, "--json", cwd=tmp_path, env=env))
+    assert again["removed_trials"] == [] and again["bytes_freed"] == 0
+    assert again["bytes_kept"] == _total(client, runs)

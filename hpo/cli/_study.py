@@ -170,11 +170,14 @@ def status(
 def _artifact_usage(study: Any) -> dict[str, Any]:
     """What the study's trial runs hold in MLflow, or why that is unknown (status still shows)."""
     from hpo.errors import HpoError
+    from hpo.storage import mask_url
 
     try:
         return dict(study.artifact_usage())
     except HpoError as exc:
-        return {"bytes": None, "unknown": str(exc)}
+        return {"bytes": None, "unknown": mask_url(str(exc))}
+    except Exception as exc:  # the store's own errors: status must still show the rest
+        return {"bytes": None, "unknown": mask_url(f"{type(exc).__name__}: {exc}")[:500]}
 
 
 def _describe_usage(usage: dict[str, Any]) -> str:
@@ -241,8 +244,10 @@ def retain(
             f"{len(report.best_trials)} trial(s) {report.best_trials}"
             + (f" and of ensemble members {report.member_trials}" if report.member_trials else "")
             + f"; {verb} those of {len(report.removed_trials)} trial(s) "
-            + f"{report.removed_trials}: {_size(report.bytes_freed)} freed, "
-            + f"{_size(report.bytes_kept)} kept",
+            + f"{report.removed_trials}: {_size(report.bytes_freed)} "
+            + ("would be freed, " if dry_run else "freed, ")
+            + f"{_size(report.bytes_kept)} "
+            + ("would be kept" if dry_run else "kept"),
             highlight=False,
         )
     if report.problems:
