@@ -140,7 +140,8 @@ def status(
     storage: StorageOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Trials finished, pruned, failed and running, and the best value so far."""
+    """Trials finished, pruned, failed and running, the best value so far, and the bytes the
+    trial runs hold in MLflow (with what the retention policy freed)."""
     from hpo.api import load_study
     from hpo.storage.studies import describe_unread_params
 
