@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from hpo.api._workers import LocalWorkers
     from hpo.spaces import StudySpec
     from hpo.storage.studies import StudyConfig, StudyStatus
+    from hpo.tracking.retention import RetentionReport
 
 # A trial's numeric facts that the runner stores beside its values (seconds, sizes).
 _FACTS = ("epochs", "train_seconds", "epoch_seconds_median", "first_epoch_seconds", "params_count")
@@ -209,6 +210,48 @@ class Study:
 
         store = open_storage(self.storage, max(1, grace_period // 3), grace_period)
         return reap_stale_trials(store, self.config)
+
+    def retain(self, keep_best: int | None = None, *, dry_run: bool = False) -> RetentionReport:
+        """Apply the retention policy now: delete the model files (model, validation and test
+        predictions) of the finished trials that are neither among the ``keep_best`` best
+        complete trials nor members of a registered ensemble; their metrics, parameters and
+        curves stay. ``keep_best`` defaults to the space's ``retention: {keep_best: K}``.
+        ``dry_run`` deletes nothing and reports what would go.
+
+        Returns what was kept and deleted, with the bytes freed and kept (sizes as MLflow
+        lists them).
+
+        Raises:
+            hpo.errors.UsageError: ``keep_best`` is not at least 1, or neither it nor the
+                space gives one, or the study has no MLflow tracking store.
+            hpo.tracking.retention.RetentionError: MLflow does not answer.
+        """
+        from hpo.errors import UsageError
+        from hpo.tracking.retention import retain
+
+        config = self.config
+        if keep_best is None:
+            policy = config.spec().retention
+            if policy is None:
+                raise UsageError(
+                    f"study {self.name!r} has no retention policy in its space (`retention: "
+                    "{keep_best: K}`): give --keep-best K"
+                )
+            keep_best = policy.keep_best
+        return retain(self._store, config, keep_best, dry_run=dry_run)
+
+    def artifact_usage(self) -> dict[str, Any]:
+        """The bytes of the files in the study's trial runs, as MLflow lists them (``bytes``,
+        ``runs``, ``runs_with_model``), and what the retention policy removed
+        (``removed_runs``, ``freed_bytes``).
+
+        Raises:
+            hpo.errors.UsageError: the study has no MLflow tracking store.
+            hpo.tracking.retention.RetentionError: MLflow does not answer.
+        """
+        from hpo.tracking.retention import artifact_usage
+
+        return artifact_usage(self._store, self.config)
 
     def report(self, by: str, *, log_plot: bool = False) -> list[dict[str, Any]]:
         """Per value of parameter ``by``: trials, best and median objective, median seconds

@@ -132,6 +132,7 @@ def show(
                 "objectives": [o.model_dump() for o in spec.objectives],
                 "budget": spec.budget.model_dump(),
                 "defaults": spec.defaults.model_dump(),
+                "retention": spec.retention.model_dump() if spec.retention else None,
                 "params": [
                     {
                         "name": n.name,

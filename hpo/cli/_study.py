@@ -140,14 +140,17 @@ def status(
     storage: StorageOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Trials finished, pruned, failed and running, and the best value so far."""
+    """Trials finished, pruned, failed and running, the best value so far, and the bytes the
+    trial runs hold in MLflow (with what the retention policy freed)."""
     from hpo.api import load_study
     from hpo.storage.studies import describe_unread_params
 
     with handled_errors():
-        st = load_study(name, storage).status()
+        study = load_study(name, storage)
+        st = study.status()
+    artifacts = _artifact_usage(study)
     if json_out:
-        print_json(st.to_dict())
+        print_json({**st.to_dict(), "artifacts": artifacts})
         return
     console.print(
         f"[bold]{escape(st.name)}[/] "
@@ -161,7 +164,95 @@ def status(
         + (f": {escape(st.broken_reason)}" if st.broken_reason else "")
         + ("\n  fix the cause, then `hpo study resume` serves it again" if st.broken_reason else "")
         + (f"\n  {escape(describe_unread_params(st.unread_params))}" if st.unread_params else "")
+        + f"\n  artifacts: {escape(_describe_usage(artifacts))}"
     )
+
+
+def _artifact_usage(study: Any) -> dict[str, Any]:
+    """What the study's trial runs hold in MLflow, or why that is unknown (status still shows)."""
+    from hpo.errors import HpoError
+    from hpo.storage import mask_url
+
+    try:
+        return dict(study.artifact_usage())
+    except HpoError as exc:
+        return {"bytes": None, "unknown": mask_url(str(exc))}
+    except Exception as exc:  # the store's own errors: status must still show the rest
+        return {"bytes": None, "unknown": mask_url(f"{type(exc).__name__}: {exc}")[:500]}
+
+
+def _describe_usage(usage: dict[str, Any]) -> str:
+    if usage.get("bytes") is None:
+        return f"unknown ({usage.get('unknown')})"
+    text = (
+        f"{_size(usage['bytes'])} in {usage['runs']} trial runs, "
+        f"{usage['runs_with_model']} with a model"
+    )
+    if usage["removed_runs"]:
+        text += (
+            f"; model files of {usage['removed_runs']} trials removed by the retention policy "
+            f"({_size(usage['freed_bytes'])} freed)"
+        )
+    return text
+
+
+def _size(n: int) -> str:
+    """Bytes, and the same in kB/MB/GB when large (decimal units)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n:,} bytes ({n / scale:.1f} {unit})"
+    return f"{n:,} bytes"
+
+
+def _whole_number(text: str) -> int | str:
+    """``text`` as an int when it is one (else as given, for the error to quote)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+@app.command("retain")
+def retain(
+    name: str = typer.Argument(..., help="Study name."),
+    keep_best: str | None = typer.Option(
+        None,
+        "--keep-best",
+        help="Trials whose model files are kept (default: the space's retention.keep_best).",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would go; delete nothing."),
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Delete the model files of trials neither among the best K nor in a registered ensemble.
+
+    Their runs keep metrics, parameters, history and curves; only the model and its
+    prediction files go. `--dry-run` lists what would be deleted.
+    """
+    from hpo.api import load_study
+    from hpo.cli._common import fail
+    from hpo.tracking.retention import check_keep_best
+
+    with handled_errors():
+        keep = None if keep_best is None else check_keep_best(_whole_number(keep_best))
+        report = load_study(name, storage).retain(keep, dry_run=dry_run)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        console.print(
+            f"study [bold]{escape(name)}[/]: kept the model files of the best "
+            f"{len(report.best_trials)} trial(s) {report.best_trials}"
+            + (f" and of ensemble members {report.member_trials}" if report.member_trials else "")
+            + f"; {verb} those of {len(report.removed_trials)} trial(s) "
+            + f"{report.removed_trials}: {_size(report.bytes_freed)} "
+            + ("would be freed, " if dry_run else "freed, ")
+            + f"{_size(report.bytes_kept)} "
+            + ("would be kept" if dry_run else "kept"),
+            highlight=False,
+        )
+    if report.problems:
+        fail("; ".join(report.problems), 1)
 
 
 @app.command("best")

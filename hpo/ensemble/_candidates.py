@@ -199,6 +199,16 @@ def _skip(cand: Candidate, why: str, skipped: list[dict[str, Any]]) -> None:
     skipped.append({**cand.to_dict(), "reason": why})
 
 
+def _missing_reason(client: MlflowClient, run_id: str, missing: list[str]) -> str:
+    from hpo.tracking.retention import removal_note
+
+    try:
+        why = removal_note(client.get_run(run_id).data.tags)
+    except Exception:
+        why = None
+    return why or f"{', '.join(missing)} missing from its MLflow run"
+
+
 def fetch_candidates(
     client: MlflowClient,
     ranked: Sequence[Candidate],
@@ -233,7 +243,7 @@ def fetch_candidates(
             continue
         missing = [f for f in REQUIRED if f not in names]
         if missing:
-            _skip(cand, f"{', '.join(missing)} missing from its MLflow run", skipped)
+            _skip(cand, _missing_reason(client, cand.run_id, missing), skipped)
             continue
         cand.artifacts = frozenset(names)
         try:

@@ -93,8 +93,12 @@ def download_members(
                 f"member study {study!r} trial {trial} (run {run_id}) cannot be read: {exc}"
             ) from None
         if MODEL_FILE not in names:
+            from hpo.tracking.retention import removal_note
+
+            why = removal_note(client.get_run(run_id).data.tags)
             raise EnsembleError(
                 f"member study {study!r} trial {trial} (run {run_id}) has no {MODEL_FILE}"
+                + (f": {why}" if why else "")
             )
         for name in files:
             if name in names:

@@ -61,6 +61,7 @@ def space_tree(spec: StudySpec) -> Tree:
     root = Tree(
         f"[bold]{_text(spec.name)}[/]  family [cyan]{_text(spec.family)}[/]  dataset "
         f"[cyan]{_text(spec.dataset.name)}[/]  {objectives}  max {spec.budget.max_epochs} epochs"
+        + (f"  keeps the models of the best {spec.retention.keep_best}" if spec.retention else "")
     )
     _add(root, spec.space.params)
     return root

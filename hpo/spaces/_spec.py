@@ -101,6 +101,17 @@ class DefaultsSpec(_Section):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
+class RetentionSpec(_Section):
+    """Which trials keep their model files once the study is done (see docs/ensembles.md).
+
+    The ``keep_best`` best complete trials (by the first objective) and every member of a
+    registered ensemble keep theirs; every other trial's model and prediction files are
+    deleted from its MLflow run (its metrics, parameters and curves stay).
+    """
+
+    keep_best: int = Field(gt=0, description="trials whose model files are kept")
+
+
 _REQUIRED = {
     "family": "the model family, e.g. `family: image_cnn`",
     "dataset": "the data to train on, e.g. `dataset: digits`",
@@ -118,6 +129,7 @@ _TOP_KEYS = (
     "objective",
     "budget",
     "defaults",
+    "retention",
     "params",
 )
 
@@ -149,6 +161,7 @@ class StudySpec:
     space: SearchSpace
     source: str
     filename: str
+    retention: RetentionSpec | None = None  # None: every trial keeps its files
 
     @property
     def directions(self) -> list[str]:
@@ -280,6 +293,7 @@ def parse_spec(text: str, filename: str = "<string>") -> StudySpec:
         space=space,
         source=text,
         filename=filename,
+        retention=values.get("retention"),
     )
 
 
@@ -362,6 +376,12 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
             values["objective"] = parsed
     if "budget" in raw:
         values["budget"] = model("budget", BudgetSpec, raw["budget"], ("budget",))
+    if raw.get("retention") is not None:
+        values["retention"] = model("retention", RetentionSpec, raw["retention"], ("retention",))
+    elif "retention" in raw:
+        issues.append(
+            (("retention",), "expected a mapping such as `retention: {keep_best: 10}`, got null")
+        )
     if raw.get("defaults") is None:  # absent, or `defaults:` with nothing under it
         values["defaults"] = DefaultsSpec()
     else:

@@ -24,3 +24,12 @@ HISTORY_FILE = "history.json"
 """Every epoch's logged metrics and seconds."""
 CURVES_FILE = "learning_curves.png"
 """A plot of the metrics against the epoch."""
+
+RETAINABLE_FILES = (MODEL_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE)
+"""The big files of a trial's run: what the retention policy deletes from the trials it does
+not keep (:mod:`hpo.tracking.retention`). Parameters, dataset summary, history, curves and
+the run's metrics always stay."""
+ARTIFACTS_DELETED_TAG = "hpo.artifacts_deleted"
+"""Set on a trial's run whose :data:`RETAINABLE_FILES` the retention policy deleted: why."""
+ARTIFACTS_FREED_TAG = "hpo.artifacts_freed_bytes"
+"""The bytes (as MLflow listed them) that deleting them freed."""

@@ -191,6 +191,14 @@ def _from_store(ref: str, storage: str | None, tracking_uri: str | None) -> Tria
         if not artifact.is_dir:
             client.download_artifacts(run_id, artifact.path, str(directory))
     if not (directory / MODEL_FILE).exists():
+        from hpo.tracking.retention import removal_note
+
+        why = removal_note(client.get_run(run_id).data.tags)
+        if why:
+            raise ModelError(
+                f"trial {trial.number} of {study_name!r}: {why}; its metrics, parameters and "
+                f"curves remain in MLflow run {run_id}"
+            )
         raise ModelError(f"trial {trial.number} of {study_name!r}: no {MODEL_FILE} in its run")
     return TrialModel(
         directory=directory,

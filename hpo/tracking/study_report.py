@@ -143,6 +143,35 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
 
     update_study_note(storage, config)
     tracking.end_dangling_runs(config.tracking_uri, config.experiment_id, config.parent_run_id)
+    apply_retention_policy(storage, config)
+
+
+def apply_retention_policy(storage: BaseStorage, config: StudyConfig) -> None:
+    """The space's ``retention: {keep_best: K}``, applied once the study's last trial is
+    recorded (never before: a build of an ensemble from a running study may still be reading
+    the files of trials outside the best K). Its result is logged on the study's run."""
+    policy = config.spec().retention
+    if policy is None or not config.parent_run_id:
+        return
+    from hpo.tracking.retention import retain
+
+    report = retain(storage, config, policy.keep_best)
+    c = tracking.client(config.tracking_uri or "")
+    tracking.log_metrics(
+        c,
+        config.parent_run_id,
+        {"retention_freed_bytes": report.bytes_freed, "retention_kept_bytes": report.bytes_kept},
+        step=0,
+    )
+    c.set_tag(
+        config.parent_run_id,
+        "hpo.retention",
+        f"keep_best {policy.keep_best}: model files of trials {report.removed_trials} deleted"[
+            :5000
+        ],
+    )
+    if report.problems:
+        log.warning("study %s: retention: %s", config.name, "; ".join(report.problems))
     c.set_terminated(config.parent_run_id, "FINISHED")
 
 
