@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeAlias
 
@@ -21,6 +21,7 @@ from hpo.catalog import (
     user_object_problem,
 )
 from hpo.names import name_problem
+from hpo.spaces._constraints import ConstraintSpec, parse_constraints
 from hpo.spaces._errors import (
     FieldError,
     KeyPath,
@@ -117,6 +118,7 @@ _TOP_KEYS = (
     "objective",
     "budget",
     "defaults",
+    "constraints",
     "params",
 )
 
@@ -148,6 +150,8 @@ class StudySpec:
     space: SearchSpace
     source: str
     filename: str
+    #: Bounds on recorded metrics that a feasible trial meets (``constraints:``; none: all are).
+    constraints: list[ConstraintSpec] = field(default_factory=list)
 
     @property
     def directions(self) -> list[str]:
@@ -279,6 +283,7 @@ def parse_spec(text: str, filename: str = "<string>") -> StudySpec:
         space=space,
         source=text,
         filename=filename,
+        constraints=values.get("constraints") or [],
     )
 
 
@@ -361,6 +366,9 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
             values["objective"] = parsed
     if "budget" in raw:
         values["budget"] = model("budget", BudgetSpec, raw["budget"], ("budget",))
+    constraints, constraint_issues = parse_constraints(raw.get("constraints"))
+    issues.extend(constraint_issues)
+    values["constraints"] = constraints
     if raw.get("defaults") is None:  # absent, or `defaults:` with nothing under it
         values["defaults"] = DefaultsSpec()
     else:
