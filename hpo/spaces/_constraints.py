@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hpo.catalog import RECORDED_METRICS
 from hpo.spaces._errors import FieldError, RawIssue, describe_value, pydantic_issues
 
 #: Metrics known once the model is built, before it trains: a trial that violates a
@@ -110,6 +112,16 @@ def parse_constraints(raw: Any) -> tuple[list[ConstraintSpec] | None, list[RawIs
                 pydantic_issues(exc, path, list(ConstraintSpec.model_fields), "in a constraint")
             )
             continue
+        typo = _near_recorded(constraint.metric)
+        if typo:
+            issues.append(
+                (
+                    (*path, "metric"),
+                    f"unknown metric {constraint.metric!r} (did you mean {typo!r}?); a "
+                    f"constraint names a metric Keras logs or one of {', '.join(RECORDED_METRICS)}",
+                )
+            )
+            continue
         if constraint.metric in seen:
             issues.append(
                 (
@@ -122,3 +134,16 @@ def parse_constraints(raw: Any) -> tuple[list[ConstraintSpec] | None, list[RawIs
         seen.add(constraint.metric)
         out.append(constraint)
     return (out if not issues else None), issues
+
+
+def _near_recorded(metric: str) -> str | None:
+    """The metric of hpo's own that ``metric`` misspells (``param_count``), if any.
+
+    Keras's metrics depend on the model, so only names this close to one of
+    :data:`~hpo.catalog.RECORDED_METRICS` are refused here; any other name is checked, as an
+    objective's is, against what the model reports before its first trial trains.
+    """
+    if metric in RECORDED_METRICS:
+        return None
+    close = difflib.get_close_matches(metric, RECORDED_METRICS, n=1, cutoff=0.8)
+    return close[0] if close else None

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hpo import tracking
+from hpo.catalog import RECORDED_METRICS
 from hpo.datasets import Dataset, DatasetCache
 from hpo.errors import HpoError
 from hpo.families import get_family
@@ -46,7 +47,7 @@ from hpo.workers.model_checks import ModelCheckError, check_model
 log = logging.getLogger("hpo.runner")
 
 # Metrics a study may optimize or constrain besides what Keras logs each epoch.
-EXTRA_METRICS = ("params_count", "train_seconds", "epoch_seconds_median")
+EXTRA_METRICS = RECORDED_METRICS
 
 
 def warm_up() -> None:
