@@ -255,7 +255,7 @@ constraints:
   - {metric: val_loss, max: 100.0}
 params:
   depth: 1
-  units: {type: int, low: 8, high: 64}
+  units: {type: int, low: 8, high: 40}
   shrink: 1.0
   activation: relu
   batchnorm: none
@@ -324,3 +324,13 @@ def test_a_study_records_and_skips_trials_that_break_a_constraint(
         )
     for t in small:
         assert runs[t.number].data.tags["hpo.feasible"] == "true"
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+    import importlib
+
+    for name in ("hpo.spaces._constraints", "hpo.storage.feasibility", "hpo.tracking.notes"):
+        module = importlib.import_module(name)
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+        assert result.failed == 0 and result.attempted > 0, name
