@@ -300,8 +300,10 @@ def test_a_study_records_and_skips_trials_that_break_a_constraint(
         params, loss = t.system_attrs[CONSTRAINTS_ATTR]
         assert params == t.user_attrs["params_count"] - 2000 <= 0 and loss < 0
     assert status["infeasible"] == len(big) and status["complete"] == len(small)
-    best = load_study("c", f"sqlite:///{tmp_path / 'hpo.db'}").best_trial
+    api = load_study("c", f"sqlite:///{tmp_path / 'hpo.db'}")
+    best = api.best_trial
     assert best is not None and best.number in {t.number for t in small}
+    assert {t.number for t in api.trials if not t.feasible} == {t.number for t in big}
     assert status["best_trial"] == best.number
     [info] = load_studies(store, ["c"])
     assert {c.trial_number for c in complete_trials(store, info)} == {t.number for t in small}

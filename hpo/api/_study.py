@@ -70,6 +70,14 @@ class Trial:
     def complete(self) -> bool:
         return self.state == "COMPLETE"
 
+    @property
+    def feasible(self) -> bool:
+        """False when the trial broke a constraint of the space (``constraints:``); such a
+        trial is never the best one."""
+        from hpo.storage.feasibility import FEASIBLE_ATTR
+
+        return self.user_attrs.get(FEASIBLE_ATTR) is not False
+
     def load_model(self, *, core: bool = False) -> keras.Model:
         """The trained model, downloaded from the trial's MLflow run and loaded in safe mode.
 
