@@ -336,3 +336,21 @@ def test_docstring_examples_run() -> None:
         module = importlib.import_module(name)
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
         assert result.failed == 0 and result.attempted > 0, name
+
+
+def test_a_constrained_metric_the_model_does_not_report_fails_its_check(
+    small_digits: Any,
+) -> None:
+    """As for an objective: the trial fails before its first epoch, naming the constraint."""
+    from hpo.families import get_family
+    from hpo.spaces import Params
+    from hpo.workers.model_checks import ModelCheckError, check_model
+
+    family = get_family("dense_bn")
+    model = family.build(Params({"units": 8}), small_digits)
+    check_model(model, family, small_digits, ["val_accuracy"], constrained=["val_loss"])
+    with pytest.raises(ModelCheckError) as info:
+        check_model(model, family, small_digits, ["val_accuracy"], constrained=["val_auc"])
+    assert str(info.value).startswith(
+        "the model does not report 'auc', which the constraint on 'val_auc' needs: "
+    ), info.value

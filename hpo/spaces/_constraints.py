@@ -26,10 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hpo.catalog import RECORDED_METRICS
 from hpo.spaces._errors import FieldError, RawIssue, describe_value, pydantic_issues
 
-#: Metrics known once the model is built, before it trains: a trial that violates a
-#: constraint on one of them is stopped there, untrained (see docs/space-language.md).
-BEFORE_TRAINING = ("params_count",)
-
 
 class ConstraintSpec(BaseModel):
     """``{metric: NAME, max: X}``, ``{metric: NAME, min: X}`` or both bounds: inclusive."""

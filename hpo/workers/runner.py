@@ -30,7 +30,7 @@ from hpo.datasets import Dataset, DatasetCache
 from hpo.errors import HpoError
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
-from hpo.spaces._constraints import BEFORE_TRAINING, violated, violations
+from hpo.spaces._constraints import violated, violations
 from hpo.storage._retry import with_db_retry
 from hpo.storage.feasibility import record_feasibility
 from hpo.storage.studies import ENQUEUED_ATTR, RUN_ID_ATTR, StudyConfig, record_params_read
@@ -45,9 +45,6 @@ from hpo.tracking.artifacts import (
 from hpo.workers.model_checks import ModelCheckError, check_model
 
 log = logging.getLogger("hpo.runner")
-
-# Metrics a study may optimize or constrain besides what Keras logs each epoch.
-EXTRA_METRICS = RECORDED_METRICS
 
 
 def warm_up() -> None:
@@ -386,21 +383,22 @@ class TrialRunner:
             keras.utils.set_random_seed((config.seed * 100_003 + task.trial_number) % 2**31)
         model = family.build(hp, data)
         try:
-            # Outputs that suit the task and the objective's metric, before the first epoch.
-            wanted = [*spec.metrics, *(c.metric for c in spec.constraints)]
-            logged = [m for m in dict.fromkeys(wanted) if m not in EXTRA_METRICS]
-            check_model(model, family, data, logged)
+            # Outputs that suit the task, the objective's and the constraints' metrics, before
+            # the first epoch.
+            logged = [m for m in spec.metrics if m not in RECORDED_METRICS]
+            bounded = [c.metric for c in spec.constraints if c.metric not in RECORDED_METRICS]
+            check_model(model, family, data, logged, constrained=bounded)
         except ModelCheckError as exc:
             raise TrialFailedError(f"family {spec.family!r}: {exc}") from None
         params_count = int(model.count_params())
         with_db_retry(
             lambda: storage.set_trial_user_attr(task.trial_id, "params_count", params_count)
         )
+        # The one recorded metric known before training: a model too large for a constraint
+        # is infeasible whatever it would learn, so it is not trained (docs/space-language.md).
         known = {"params_count": float(params_count)}
-        assert set(known) == set(BEFORE_TRAINING)  # what a constraint can stop early
         early = violated(spec.constraints, known)
         if early:
-            # Infeasible whatever it would learn: not trained (see docs/space-language.md).
             self._record_feasibility(storage, task.trial_id, spec.constraints, known)
             if mlflow is not None and run_id:
                 tracking.log_metrics(mlflow, run_id, {"final_params_count": params_count}, 0)
