@@ -3,6 +3,7 @@ which trials count as best and as ensemble candidates, and real studies that enf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -195,7 +196,7 @@ def test_optuna_tpe_steers_away_from_trials_marked_infeasible() -> None:
 
 
 def test_best_status_notes_and_ensemble_candidates_skip_infeasible_trials(
-    storage_url: str,
+    storage_url: str, tmp_path: Path
 ) -> None:
     from hpo.api import load_study
     from hpo.ensemble._candidates import StudyInfo, complete_trials
@@ -236,10 +237,42 @@ def test_best_status_notes_and_ensemble_candidates_skip_infeasible_trials(
     assert "3 complete, 1 pruned, 0 failed (2 infeasible)" in note, note
     assert "**Best trial:** trial 1:" in note, note
 
-    # No feasible complete trial: no best, rather than Optuna's ValueError.
-    only = optuna.create_study(storage=store, study_name="none-feasible")
-    only.add_trial(_trial(0.2, 0.9, [1.0]))
-    assert best_trials(only) == []
+    # No feasible complete trial: no best, rather than Optuna's ValueError; the CLI says so.
+    none_feasible = create_study(store, dataclasses.replace(config, name="none-feasible"))
+    none_feasible.add_trial(_trial(0.2, 0.9, [1.0]))
+    assert best_trials(none_feasible) == []
+    url = storage_url
+    best = hpo("study", "best", "none-feasible", "--storage", url, cwd=tmp_path)
+    assert best.returncode == 1, best.stderr
+    assert "has no complete trial that meets its constraints yet" in best.stderr, best.stderr
+    shown = hpo("study", "status", "constrained", "--storage", url, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "2 infeasible (not best)" in " ".join(shown.stdout.split()), shown.stdout
+    assert "best: 0.7 (trial 1)" in shown.stdout, shown.stdout
+
+
+def test_the_best_trials_of_several_objectives_are_the_feasible_pareto_front() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, violation in [((0.9, 0.1), 1.0), ((0.7, 0.3), 0.0), ((0.5, 0.2), -1.0)]:
+        attrs = {CONSTRAINTS_ATTR: [violation]}
+        study.add_trial(optuna.trial.create_trial(values=list(values), system_attrs=attrs))
+    # Trial 0 dominates both others but broke its constraint.
+    assert sorted(t.number for t in best_trials(study)) == [1, 2]
+
+
+def test_hyperopt_proposes_without_the_infeasible_trials_in_its_history() -> None:
+    from hpo.engines import HyperoptSampler, create_sampler
+    from hpo.spaces import FloatParam, SearchSpace
+
+    space = SearchSpace({"x": FloatParam(low=0.0, high=1.0)})
+    sampler = create_sampler("hyperopt-tpe", space, seed=0, directions=["maximize"])
+    assert isinstance(sampler, HyperoptSampler)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for i, x in enumerate([0.1, 0.9, 0.3, 0.8]):
+        study.add_trial(_trial(x, x, [x - 0.5] if i else None))  # trial 0: no constraints
+    current = study._storage.get_trial(study.ask()._trial_id)
+    history = sampler._history(study, current)
+    assert sorted(doc["tid"] for doc in history.trials) == [0, 2]
 
 
 # -- real studies --------------------------------------------------------------------------
