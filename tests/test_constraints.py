@@ -45,6 +45,14 @@ def test_constraints_are_read_with_their_bounds() -> None:
         ConstraintSpec(metric="params_count", max=50000.0),
         ConstraintSpec(metric="val_loss", min=0.0, max=1.5),
     ]
+    from rich.console import Console
+
+    from hpo.spaces._render import space_tree
+
+    console = Console(width=120, color_system=None)
+    with console.capture() as shown:  # what `hpo spaces show` prints
+        console.print(space_tree(spec))
+    assert "feasible: params_count <= 50000, 0 <= val_loss <= 1.5" in shown.get()
     assert parse_spec(HEADER, "s.yaml").constraints == []
     assert parse_spec(HEADER + "constraints: []\n", "s.yaml").constraints == []
 

@@ -9,6 +9,8 @@ Example:
     >>> c = ConstraintSpec(metric="params_count", max=50_000)
     >>> c.violation(60_000), c.violation(40_000), c.describe(60_000)
     (10000.0, -10000.0, 'params_count = 60000 > max 50000')
+    >>> c.bounds(), ConstraintSpec(metric="val_loss", min=0, max=1.5).bounds()
+    ('params_count <= 50000', '0 <= val_loss <= 1.5')
     >>> violations([c, ConstraintSpec(metric="val_loss", min=0.1, max=1.0)],
     ...            {"params_count": 10_000, "val_loss": 0.05})
     [-40000.0, 0.05]
@@ -54,6 +56,12 @@ class ConstraintSpec(BaseModel):
         if self.min is not None:
             worst = max(worst, self.min - value)
         return float(worst)
+
+    def bounds(self) -> str:
+        """The constraint as it reads, e.g. ``0 <= val_loss <= 1``."""
+        low = f"{self.min:g} <= " if self.min is not None else ""
+        high = f" <= {self.max:g}" if self.max is not None else ""
+        return f"{low}{self.metric}{high}"
 
     def describe(self, value: float) -> str:
         """The violated bound, e.g. ``params_count = 60000 > max 50000``."""

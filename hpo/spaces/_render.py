@@ -62,6 +62,8 @@ def space_tree(spec: StudySpec) -> Tree:
         f"[bold]{_text(spec.name)}[/]  family [cyan]{_text(spec.family)}[/]  dataset "
         f"[cyan]{_text(spec.dataset.name)}[/]  {objectives}  max {spec.budget.max_epochs} epochs"
     )
+    if spec.constraints:
+        root.add("feasible: " + _text(", ".join(c.bounds() for c in spec.constraints)))
     _add(root, spec.space.params)
     return root
 
