@@ -471,7 +471,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         state=state,
         broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
         unread_params=unread,
-        infeasible=infeasible_count(trials),
+        infeasible=infeasible_count(t for t in trials if t.state.is_finished()),
     )
 
 

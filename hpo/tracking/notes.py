@@ -108,6 +108,10 @@ def trial_note(
         >>> trial_note(5, "PRUNED", "val_accuracy", infeasible=["params_count = 9e+04 > max "
         ...            "5e+04"], untrained=True)
         'Trial 5: **infeasible**: params_count = 9e+04 > max 5e+04; stopped before training.'
+        >>> print(trial_note(6, "COMPLETE", "val_accuracy", 0.9, 1,
+        ...                  infeasible=["val_loss = 2 > max 1"]))  # doctest: +NORMALIZE_WHITESPACE
+        Trial 6: **complete** after 1 epoch (val_accuracy 0.9). **Infeasible**: val_loss = 2 >
+        max 1; never the best trial nor an ensemble member.
     """
     at = f" ({metric} {fmt(value)})" if value is not None else ""
     broken = "; ".join(infeasible)
