@@ -113,6 +113,10 @@ PRUNERS: dict[str, str] = {
     "hyperband": "Hyperband over epochs (several successive-halving brackets)",
 }
 
+#: Metrics hpo records on every trial besides those Keras logs each epoch (``loss``,
+#: ``val_accuracy``, ...): an objective or a constraint may name them.
+RECORDED_METRICS = ("params_count", "train_seconds", "epoch_seconds_median")
+
 #: Comma-separated modules or packages whose objects a worker may import (every axis).
 ALLOWED_MODULES_ENV = "HPO_ALLOWED_FAMILY_MODULES"
 

@@ -71,6 +71,14 @@ class Trial:
     def complete(self) -> bool:
         return self.state == "COMPLETE"
 
+    @property
+    def feasible(self) -> bool:
+        """False when the trial broke a constraint of the space (``constraints:``); such a
+        trial is never the best one."""
+        from hpo.storage.feasibility import FEASIBLE_ATTR
+
+        return self.user_attrs.get(FEASIBLE_ATTR) is not False
+
     def load_model(self, *, core: bool = False) -> keras.Model:
         """The trained model, downloaded from the trial's MLflow run and loaded in safe mode.
 
@@ -183,21 +191,19 @@ class Study:
 
     @property
     def best_trial(self) -> Trial | None:
-        """The best complete trial (the first of the Pareto front for several objectives),
-        None before any completes."""
+        """The best complete trial that meets the space's constraints (the first of the
+        Pareto front for several objectives), None before one completes."""
         import optuna
-        from optuna.trial import TrialState
 
-        study = optuna.load_study(study_name=self.name, storage=self._store)
-        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-            return None
-        best = study.best_trial if len(study.directions) == 1 else study.best_trials[0]
-        return Trial._from_frozen(best, self.config, self.storage)
+        from hpo.storage.feasibility import best_trials
+
+        best = best_trials(optuna.load_study(study_name=self.name, storage=self._store))
+        return Trial._from_frozen(best[0], self.config, self.storage) if best else None
 
     def best_summary(self) -> dict[str, Any] | None:
-        """The best trials (the Pareto front for several objectives) as ``hpo study best
-        --json`` prints them: number, values, params, size and MLflow run; None before any
-        completes."""
+        """The best feasible trials (the Pareto front for several objectives) as ``hpo study
+        best --json`` prints them: number, values, params, size and MLflow run; None before one
+        completes (and meets the space's constraints)."""
         from hpo.tracking.study_report import best_trial_summary
 
         return best_trial_summary(self._store, self.config)

@@ -171,7 +171,8 @@ def _status_line(st: StudyStatus) -> str:
     best = ", ".join(f"{v:.4f}" for v in st.best_values) if st.best_values else "-"
     return (
         f"{st.complete} done, {st.pruned} pruned, {st.failed} failed, {st.running} running "
-        f"| best {best}"
+        + (f"({st.infeasible} infeasible) " if st.infeasible else "")
+        + f"| best {best}"
     )
 
 

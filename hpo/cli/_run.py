@@ -110,6 +110,7 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
 
     from hpo.cli._common import print_json
     from hpo.storage import mask_url
+    from hpo.storage.feasibility import FEASIBLE_ATTR
 
     config = study.config
     trials = study.trials
@@ -127,7 +128,15 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
         )
         return
     sign = -1.0 if st.directions[0] == "maximize" else 1.0
-    ranked = sorted(trials, key=lambda t: (t.values is None, sign * (t.values or [0.0])[0]))
+    # Trials that broke a constraint after the feasible ones: they are never the best.
+    ranked = sorted(
+        trials,
+        key=lambda t: (
+            t.values is None,
+            t.user_attrs.get(FEASIBLE_ATTR) is False,
+            sign * (t.values or [0.0])[0],
+        ),
+    )
     table = Table(
         "trial",
         "state",
@@ -145,12 +154,14 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
             *values,
             str(t.user_attrs.get("epochs", "")),
             str(t.user_attrs.get("params_count", "")),
-            Text(str(t.user_attrs.get("fail_reason", ""))[:60]),
+            Text(str(t.user_attrs.get("fail_reason") or _infeasible(t))[:60]),
         )
     console.print(table)
     console.print(
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
-        f"{st.failed} failed\n"
+        f"{st.failed} failed"
+        + (f", {st.infeasible} infeasible (not best)" if st.infeasible else "")
+        + "\n"
         f"MLflow: experiment [bold]{escape(config.name)}[/] in "
         f"{escape(mask_url(config.tracking_uri or ''))}"
         + ("" if page else " (browse it with [bold]hpo ui[/])")
@@ -166,6 +177,14 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
             f"[yellow]{pending} MLflow writes wait in the local outbox (the tracking "
             "server did not answer): run [bold]hpo sync[/] when it is back[/]"
         )
+
+
+def _infeasible(t: Any) -> str:
+    """The note of a trial that broke a constraint of the space (else nothing)."""
+    from hpo.storage.feasibility import INFEASIBLE_ATTR
+
+    why = t.user_attrs.get(INFEASIBLE_ATTR)
+    return f"infeasible: {why}" if why else ""
 
 
 def worker(

@@ -157,7 +157,9 @@ def status(
         + escape(f"({st.family} on {st.dataset}, {st.algorithm}, pruner {st.pruner})")
         + "\n"
         f"  finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
-        f"{st.failed} failed; {st.running} running\n"
+        f"{st.failed} failed; {st.running} running"
+        + (f"; {st.infeasible} infeasible (not best)" if st.infeasible else "")
+        + "\n"
         f"  best: {_fmt(st.best_values)}"
         + (f" (trial {st.best_trial})" if st.best_trial is not None else "")
         + f"\n  state: {st.state}"
@@ -266,9 +268,12 @@ def best(
     from hpo.cli._common import fail
 
     with handled_errors():
-        summary = load_study(name, storage).best_summary()
+        study = load_study(name, storage)
+        summary = study.best_summary()
+        constrained = bool(summary is None and study.config.spec().constraints)
     if summary is None:
-        fail(f"study {name!r} has no complete trial yet", 1)
+        meets = " that meets its constraints" if constrained else ""
+        fail(f"study {name!r} has no complete trial{meets} yet", 1)
     if json_out:
         print_json(summary)
         return

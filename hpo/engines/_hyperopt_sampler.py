@@ -221,6 +221,9 @@ class HyperoptSampler(BaseSampler):
                 continue
             if t.state == TrialState.RUNNING:
                 loss = None
+            elif any(v > 0 for v in t.constraints.values()):
+                # It broke a constraint of the space: its loss must not draw hyperopt to it.
+                continue
             elif t.state == TrialState.COMPLETE and t.values is not None:
                 loss = t.values[0]
             elif t.state == TrialState.PRUNED and t.intermediate_values:

@@ -1,4 +1,4 @@
-"""Choosing ensemble candidates: the best COMPLETE trials of one or more studies.
+"""Choosing ensemble candidates: the best feasible COMPLETE trials of one or more studies.
 
 Candidates are ranked by their validation objective, each study's direction respected; trials
 whose stored predictions, model or dataset summary are missing or unreadable are skipped with a
@@ -104,13 +104,15 @@ def load_studies(storage: Any, names: Sequence[str]) -> list[StudyInfo]:
 
 
 def complete_trials(storage: Any, study: StudyInfo) -> list[Candidate]:
-    """The study's COMPLETE trials that have an MLflow run, best first.
+    """The study's COMPLETE trials that have an MLflow run and meet the space's constraints,
+    best first.
 
     A multi-objective study is ranked by its first objective.
     """
     import optuna
     from optuna.trial import TrialState
 
+    from hpo.storage.feasibility import is_feasible
     from hpo.storage.studies import RUN_ID_ATTR
 
     trials = optuna.load_study(study_name=study.name, storage=storage).get_trials(
@@ -119,7 +121,7 @@ def complete_trials(storage: Any, study: StudyInfo) -> list[Candidate]:
     out = []
     for t in trials:
         run_id = t.user_attrs.get(RUN_ID_ATTR)
-        if not run_id or not t.values or not math.isfinite(t.values[0]):
+        if not run_id or not t.values or not math.isfinite(t.values[0]) or not is_feasible(t):
             continue
         out.append(
             Candidate(

@@ -257,7 +257,10 @@ def trial_predictions(
     (info,) = load_studies(store, [study])
     found = [c for c in complete_trials(store, info) if c.trial_number == trial]
     if not found:
-        raise EnsembleError(f"study {study!r} has no COMPLETE trial {trial} with an MLflow run")
+        raise EnsembleError(
+            f"study {study!r} has no COMPLETE trial {trial} with an MLflow run that meets the "
+            "space's constraints (if any)"
+        )
     cand = found[0]
     client = tracking.client(tracking_uri or info.tracking_uri or tracking.resolve_tracking_uri())
     if is_placeholder(cand.run_id):

@@ -20,6 +20,7 @@ Example:
     ['optimizer', 'optimizer.sgd.momentum']
 """
 
+from hpo.spaces._constraints import ConstraintSpec
 from hpo.spaces._errors import SpaceError, SpaceIssue
 from hpo.spaces._hyperopt import to_hyperopt
 from hpo.spaces._optuna import distributions, suggest
@@ -52,6 +53,7 @@ __all__ = [
     "CategoricalParam",
     "Choice",
     "ConstantParam",
+    "ConstraintSpec",
     "DatasetSpec",
     "DefaultsSpec",
     "FloatParam",

@@ -63,6 +63,8 @@ def space_tree(spec: StudySpec) -> Tree:
         f"[cyan]{_text(spec.dataset.name)}[/]  {objectives}  max {spec.budget.max_epochs} epochs"
         + (f"  keeps the models of the best {spec.retention.keep_best}" if spec.retention else "")
     )
+    if spec.constraints:
+        root.add("feasible: " + _text(", ".join(c.bounds() for c in spec.constraints)))
     _add(root, spec.space.params)
     return root
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeAlias
 
@@ -21,6 +21,7 @@ from hpo.catalog import (
     user_object_problem,
 )
 from hpo.names import name_problem
+from hpo.spaces._constraints import ConstraintSpec, parse_constraints
 from hpo.spaces._errors import (
     FieldError,
     KeyPath,
@@ -130,6 +131,7 @@ _TOP_KEYS = (
     "budget",
     "defaults",
     "retention",
+    "constraints",
     "params",
 )
 
@@ -162,6 +164,8 @@ class StudySpec:
     source: str
     filename: str
     retention: RetentionSpec | None = None  # None: every trial keeps its files
+    #: Bounds on recorded metrics that a feasible trial meets (``constraints:``; none: all are).
+    constraints: list[ConstraintSpec] = field(default_factory=list)
 
     @property
     def directions(self) -> list[str]:
@@ -294,6 +298,7 @@ def parse_spec(text: str, filename: str = "<string>") -> StudySpec:
         source=text,
         filename=filename,
         retention=values.get("retention"),
+        constraints=values.get("constraints") or [],
     )
 
 
@@ -382,6 +387,9 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
         issues.append(
             (("retention",), "expected a mapping such as `retention: {keep_best: 10}`, got null")
         )
+    constraints, constraint_issues = parse_constraints(raw.get("constraints"))
+    issues.extend(constraint_issues)
+    values["constraints"] = constraints
     if raw.get("defaults") is None:  # absent, or `defaults:` with nothing under it
         values["defaults"] = DefaultsSpec()
     else:

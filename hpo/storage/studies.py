@@ -346,6 +346,9 @@ class StudyStatus:
     broken_reason: str | None = None
     #: Parameters trials had that no family read (see :func:`unread_params`).
     unread_params: list[str] = field(default_factory=list)
+    #: Finished trials (complete or stopped) that broke a constraint of the space: counted in
+    #: ``complete`` or ``pruned`` too, never best.
+    infeasible: int = 0
 
     @property
     def finished(self) -> int:
@@ -424,6 +427,8 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     import optuna
     from optuna.trial import TrialState
 
+    from hpo.storage.feasibility import best_trials, infeasible_count
+
     config = load_config(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
     try:
@@ -444,9 +449,10 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     attrs = storage.get_study_system_attrs(study._study_id)
     state = state_from_attrs(attrs)
     unread = unread_params(complete)
-    if complete and len(directions) == 1:
-        best = study.best_trial
-        best_values, best_number = list(best.values), best.number
+    if len(directions) == 1:
+        best = best_trials(study)
+        if best:
+            best_values, best_number = list(best[0].values), best[0].number
     return StudyStatus(
         name=name,
         n_trials=config.n_trials,
@@ -465,6 +471,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         state=state,
         broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
         unread_params=unread,
+        infeasible=infeasible_count(t for t in trials if t.state.is_finished()),
     )
 
 

@@ -246,18 +246,20 @@ def end_trial_run(
     state: str,
     reason: str | None = None,
     note: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
     """End a trial's run with the status matching its Optuna ``state`` (and ``note`` as its
-    description, in the same write); then replay the outbox.
+    description and ``tags``, in the same write); then replay the outbox.
 
     The end of a trial is a natural point to send what an outage left queued.
     """
-    tags = [("hpo.state", state)]
+    written = [("hpo.state", state)]
     if reason:
-        tags.append(("hpo.fail_reason", reason[:MAX_TAG_LENGTH]))
+        written.append(("hpo.fail_reason", reason[:MAX_TAG_LENGTH]))
     if note:
-        tags.append((NOTE_TAG, note))
-    c.write_batch(run_id, tags=tags)
+        written.append((NOTE_TAG, note))
+    written.extend((tags or {}).items())
+    c.write_batch(run_id, tags=written)
     c.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
     if not _offline():
         c.flush()

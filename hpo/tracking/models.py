@@ -165,10 +165,13 @@ def _from_store(ref: str, storage: str | None, tracking_uri: str | None) -> Tria
         raise ModelError(f"{ref!r} is neither a model file nor a study: {exc}") from None
     study = optuna.load_study(study_name=study_name, storage=store)
     if number is None:
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        if not complete:
-            raise ModelError(f"study {study_name!r} has no complete trial")
-        trial = study.best_trial if len(study.directions) == 1 else study.best_trials[0]
+        from hpo.storage.feasibility import best_trials
+
+        best = best_trials(study)  # feasible ones only, when the space has constraints
+        if not best:
+            meets = " that meets its constraints" if config.spec().constraints else ""
+            raise ModelError(f"study {study_name!r} has no complete trial{meets}")
+        trial = best[0]
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
         if not matches:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from hpo.storage.feasibility import is_feasible
 from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials
 from hpo.tracking import NOTE_TAG
 from hpo.tracking.mlflow_ui import run_page, runs_page, version_page
@@ -93,23 +94,41 @@ def trial_note(
     epochs: int | None = None,
     reason: str | None = None,
     pruner: str | None = None,
+    *,
+    infeasible: Sequence[str] = (),
+    untrained: bool = False,
 ) -> str:
-    """A trial run's description: how it ended.
+    """A trial run's description: how it ended, and the space's constraints it broke.
 
     Example:
         >>> trial_note(4, "PRUNED", "val_accuracy", 0.61, 3, pruner="median")
         'Trial 4: **pruned** by the median pruner after epoch 3 (val_accuracy 0.61).'
         >>> trial_note(2, "FAIL", "val_accuracy", reason="NaN loss")
         'Trial 2: **failed**: NaN loss'
+        >>> trial_note(5, "PRUNED", "val_accuracy", infeasible=["params_count = 9e+04 > max "
+        ...            "5e+04"], untrained=True)
+        'Trial 5: **infeasible**: params_count = 9e+04 > max 5e+04; stopped before training.'
+        >>> print(trial_note(6, "COMPLETE", "val_accuracy", 0.9, 1,
+        ...                  infeasible=["val_loss = 2 > max 1"]))  # doctest: +NORMALIZE_WHITESPACE
+        Trial 6: **complete** after 1 epoch (val_accuracy 0.9). **Infeasible**: val_loss = 2 >
+        max 1; never the best trial nor an ensemble member.
     """
     at = f" ({metric} {fmt(value)})" if value is not None else ""
+    broken = "; ".join(infeasible)
+    if untrained:
+        return _clip(f"Trial {number}: **infeasible**: {broken}; stopped before training.")
+    tail = (
+        f" **Infeasible**: {broken}; never the best trial nor an ensemble member."
+        if infeasible
+        else ""
+    )
     if state == "COMPLETE":
         after = f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
-        return _clip(f"Trial {number}: **complete**{after}{at}.")
+        return _clip(f"Trial {number}: **complete**{after}{at}.{tail}")
     if state == "PRUNED":
         by = f" by the {pruner} pruner" if pruner else ""
         after = f" after epoch {epochs}" if epochs else ""
-        return _clip(f"Trial {number}: **pruned**{by}{after}{at}.")
+        return _clip(f"Trial {number}: **pruned**{by}{after}{at}.{tail}")
     return _clip(f"Trial {number}: **failed**: {reason or 'unknown error'}")
 
 
@@ -150,6 +169,8 @@ def study_note(
         values[number] = vals
     by_number = {t.number: t for t in trials}
     count = {s: list(states.values()).count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    # Trials that broke a constraint: their violations are in the store before they are told.
+    infeasible = {n for n in states if n in by_number and not is_feasible(by_number[n])}
     running = sum(s in (TrialState.RUNNING.name, TrialState.WAITING.name) for s in states.values())
     objectives = ", ".join(f"{d} `{m}`" for m, d in zip(spec.metrics, spec.directions, strict=True))
     searched = [n.name for n in spec.space.searched_nodes()]
@@ -165,7 +186,8 @@ def study_note(
         f"at most {spec.budget.max_epochs} epochs a trial",
         f"- **Trials:** {len(states)} of {config.n_trials}: {count['COMPLETE']} complete, "
         f"{count['PRUNED']} pruned, {count['FAIL']} failed"
-        + (f", {running} running" if running else ""),
+        + (f", {running} running" if running else "")
+        + (f" ({len(infeasible)} infeasible)" if infeasible else ""),
     ]
     experiment_id = config.experiment_id
     if experiment_id and not _is_placeholder(experiment_id):
@@ -173,7 +195,9 @@ def study_note(
             f"- **Compare:** [the trials, best first]({runs_page(experiment_id)}); "
             f"[their learning curves and parameters]({runs_page(experiment_id, charts=True)})"
         )
-    complete = [n for n, s in states.items() if s == "COMPLETE" and values.get(n)]
+    complete = [
+        n for n, s in states.items() if s == "COMPLETE" and values.get(n) and n not in infeasible
+    ]
     if complete:
         sign = 1.0 if spec.directions[0] == "minimize" else -1.0
         best = min(complete, key=lambda n: (sign * float(values[n][0]), n))  # type: ignore[index]

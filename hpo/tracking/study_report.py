@@ -17,15 +17,15 @@ log = logging.getLogger("hpo.report")
 
 
 def best_trial_summary(storage: BaseStorage, config: StudyConfig) -> dict[str, Any] | None:
-    """Number, values, params and MLflow run of the best trial (None before any completes)."""
+    """Number, values, params and MLflow run of the best feasible trial (None before one
+    completes and meets the space's constraints)."""
     import optuna
-    from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=config.name, storage=storage)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not complete:
+    from hpo.storage.feasibility import best_trials
+
+    best = best_trials(optuna.load_study(study_name=config.name, storage=storage))
+    if not best:
         return None
-    best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
     return {
         "best_trials": [
             {
@@ -108,10 +108,13 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
         return
     import optuna
 
+    from hpo.storage.feasibility import infeasible_count
+
     c = tracking.client(config.tracking_uri)
     study = optuna.load_study(study_name=config.name, storage=storage)
     trials = counted_trials(study.get_trials(deepcopy=False))
     states = [t.state.name for t in trials]
+    constrained = bool(config.spec().constraints)
     tracking.log_metrics(
         c,
         config.parent_run_id,
@@ -119,6 +122,7 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
             "trials_complete": states.count("COMPLETE"),
             "trials_pruned": states.count("PRUNED"),
             "trials_failed": states.count("FAIL"),
+            **({"trials_infeasible": infeasible_count(trials)} if constrained else {}),
         },
         step=0,
     )

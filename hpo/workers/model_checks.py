@@ -37,7 +37,12 @@ class ModelCheckError(UsageError, ValueError):
 
 
 def check_model(
-    model: Any, family: Family, data: Dataset, objectives: Iterable[str], batch: int = 2
+    model: Any,
+    family: Family,
+    data: Dataset,
+    objectives: Iterable[str],
+    batch: int = 2,
+    constrained: Iterable[str] = (),
 ) -> None:
     """Raise :class:`ModelCheckError` when ``model`` does not suit ``data`` or the objectives.
 
@@ -53,9 +58,9 @@ def check_model(
        compile (fit traces its own). The metrics' state is reset afterwards. A compile error
        (a misspelt metric, a loss that does not fit the outputs) surfaces here with the family
        named.
-    3. Every objective (of those Keras logs: the runner leaves out ``params_count`` and
-       ``train_seconds``) must then be among what ``fit`` will log: ``val_accuracy`` needs a
-       compiled metric named ``accuracy``.
+    3. Every objective and constrained metric (of those Keras logs: the runner leaves out
+       :data:`hpo.catalog.RECORDED_METRICS`) must then be among what ``fit`` will log:
+       ``val_accuracy`` needs a compiled metric named ``accuracy``.
 
     Example:
         >>> import keras
@@ -71,7 +76,8 @@ def check_model(
         ...     "compile it with metrics=['accuracy'] (it reports: loss)" in str(exc)
         True
     """
-    objectives = list(objectives)
+    # What needs each metric, as the message says it: an objective, or a constraint's bound.
+    roles = {m: "the constraint on" for m in constrained} | {m: "the objective" for m in objectives}
     _check_loss_weights(model)
     x = _head(data.train.x, batch)
     if x is None:
@@ -104,11 +110,11 @@ def check_model(
         for metric in model.metrics:
             metric.reset_state()
     reported = sorted(results) if isinstance(results, Mapping) else ["loss"]
-    for objective in objectives:
-        name = objective.removeprefix("val_")
+    for wanted, role in roles.items():
+        name = wanted.removeprefix("val_")
         if name not in reported:
             raise ModelCheckError(
-                f"the model does not report {name!r}, which the objective {objective!r} needs: "
+                f"the model does not report {name!r}, which {role} {wanted!r} needs: "
                 f"compile it with metrics=[{name!r}] (it reports: {', '.join(reported)})"
             )
 

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from hpo import tracking
+from hpo.catalog import RECORDED_METRICS
 from hpo.datasets import Dataset, DatasetCache
 from hpo.errors import HpoError
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
+from hpo.spaces._constraints import violated, violations
 from hpo.storage._retry import with_db_retry
+from hpo.storage.feasibility import record_feasibility
 from hpo.storage.studies import ENQUEUED_ATTR, RUN_ID_ATTR, StudyConfig, record_params_read
 from hpo.tracking.artifacts import (
     CURVES_FILE,
@@ -42,9 +45,6 @@ from hpo.tracking.artifacts import (
 from hpo.workers.model_checks import ModelCheckError, check_model
 
 log = logging.getLogger("hpo.runner")
-
-# Metrics a study may optimize besides what Keras logs each epoch.
-EXTRA_METRICS = ("params_count", "train_seconds")
 
 
 def warm_up() -> None:
@@ -96,6 +96,11 @@ class TrialResult:
     # The study's set-up failed (data, family import, sampler), not this trial's parameters:
     # the worker counts these in a row and marks the study broken (see hpo.storage.studies).
     setup_failed: bool = False
+    # The space's constraints this trial broke (described); None: the space has none, or the
+    # trial failed before they could be checked.
+    violated: list[str] | None = None
+    # Stopped after its model was built, for a constraint known before training.
+    untrained: bool = False
 
 
 class TrialFailedError(HpoError):
@@ -318,8 +323,18 @@ class TrialRunner:
             gc.collect()
         result.run_id = run_id
         if mlflow is not None and run_id:
+            feasible = (
+                {"hpo.feasible": "false" if result.violated else "true"}
+                if result.violated is not None
+                else {}
+            )
             tracking.end_trial_run(
-                mlflow, run_id, result.state, result.reason, self._note(task, config, result)
+                mlflow,
+                run_id,
+                result.state,
+                result.reason,
+                self._note(task, config, result),
+                feasible,
             )
             self._update_study_note(storage, config, task.trial_number, result)
         return result
@@ -339,6 +354,8 @@ class TrialRunner:
             int(epochs) if epochs else None,
             result.reason,
             config.pruner,
+            infeasible=result.violated or (),
+            untrained=result.untrained,
         )
 
     @staticmethod
@@ -385,15 +402,31 @@ class TrialRunner:
             keras.utils.set_random_seed((config.seed * 100_003 + task.trial_number) % 2**31)
         model = family.build(hp, data)
         try:
-            # Outputs that suit the task and the objective's metric, before the first epoch.
-            logged = [m for m in spec.metrics if m not in EXTRA_METRICS]
-            check_model(model, family, data, logged)
+            # Outputs that suit the task, the objective's and the constraints' metrics, before
+            # the first epoch.
+            logged = [m for m in spec.metrics if m not in RECORDED_METRICS]
+            bounded = [c.metric for c in spec.constraints if c.metric not in RECORDED_METRICS]
+            check_model(model, family, data, logged, constrained=bounded)
         except ModelCheckError as exc:
             raise TrialFailedError(f"family {spec.family!r}: {exc}") from None
         params_count = int(model.count_params())
         with_db_retry(
             lambda: storage.set_trial_user_attr(task.trial_id, "params_count", params_count)
         )
+        # The one recorded metric known before training: a model too large for a constraint
+        # is infeasible whatever it would learn, so it is not trained (docs/space-language.md).
+        known = {"params_count": float(params_count)}
+        early = violated(spec.constraints, known)
+        if early:
+            self._record_feasibility(storage, task.trial_id, spec.constraints, known)
+            if mlflow is not None and run_id:
+                tracking.log_metrics(mlflow, run_id, {"final_params_count": params_count}, 0)
+            return TrialResult(
+                state="PRUNED",
+                metrics={"params_count": params_count},
+                violated=early,
+                untrained=True,
+            )
         single = not spec.multi_objective
         pruner = create_pruner(config.pruner, spec.budget)
         # Without a pruner there is nothing to ask after each epoch (nor a study to ask with).
@@ -478,8 +511,19 @@ class TrialRunner:
                 {**{f"final_{k}": v for k, v in final.items()}, **objective},
                 callback.epochs,
             )
+        missing = [c.metric for c in spec.constraints if c.metric not in final]
+        if missing:
+            raise TrialFailedError(
+                f"constraint metric {missing[0]!r} was not logged; available: "
+                f"{', '.join(sorted(final))}"
+            )
+        broken = (
+            self._record_feasibility(storage, task.trial_id, spec.constraints, final)
+            if spec.constraints
+            else None
+        )
         if callback.pruned:
-            return TrialResult(state="PRUNED", metrics=final)
+            return TrialResult(state="PRUNED", metrics=final, violated=broken)
         missing = [m for m in spec.metrics if m not in final]
         if missing:
             raise TrialFailedError(
@@ -501,7 +545,17 @@ class TrialRunner:
             with_db_retry(
                 lambda: storage.set_trial_user_attr(task.trial_id, "record_seconds", record_seconds)
             )
-        return TrialResult(state="COMPLETE", values=values, metrics=final)
+        return TrialResult(state="COMPLETE", values=values, metrics=final, violated=broken)
+
+    @staticmethod
+    def _record_feasibility(
+        storage: Any, trial_id: int, constraints: Any, metrics: dict[str, float]
+    ) -> list[str]:
+        """Store the trial's violations (what Optuna's samplers read); the broken ones."""
+        broken = violated(constraints, metrics)
+        values = violations(constraints, metrics)
+        with_db_retry(lambda: record_feasibility(storage, trial_id, values, broken))
+        return broken
 
     def _record(
         self,
