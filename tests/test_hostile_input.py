@@ -166,6 +166,7 @@ def test_hostile_study_options_exit_2_in_one_line(
 @FAST
 @given(st.text(max_size=60) | st.sampled_from(["x[/]y", "[bold]", "a\\", "[/]", "[red"]))
 @example("x[/]y")
+@example("0E0")
 def test_errors_and_trees_print_any_text(text: str) -> None:
     import typer
     from rich.console import Console
@@ -183,7 +184,11 @@ def test_errors_and_trees_print_any_text(text: str) -> None:
             parse_spec(BASE + f"description: {json.dumps(text)}\nbudget: {json.dumps(text)}\n")
     finally:
         _common.err_console = saved
-    objective = yaml.safe_dump({"objective": {"metric": text or "m", "direction": "minimize"}})
+    # Every scalar double-quoted: plain, 0E0 would be read as a number (as YAML 1.2 and hpo
+    # read it), which PyYAML's YAML 1.1 dumper does not quote.
+    objective = yaml.safe_dump(
+        {"objective": {"metric": text or "m", "direction": "minimize"}}, default_style='"'
+    )
     spec = parse_spec(re.sub(r"objective: .*", lambda _: objective, BASE), "s.yaml")
     out.print(space_tree(spec))
 
