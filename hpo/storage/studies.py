@@ -40,6 +40,14 @@ SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
 RUN_ID_ATTR = "mlflow_run_id"
 ENQUEUED_ATTR = "enqueued_from"  # a queued configuration's source (hpo study enqueue)
+# The study's deadline (seconds since the epoch), set by the worker that claims its first trial
+# when the space has ``budget.study_timeout``: every worker on every machine reads the same one.
+DEADLINE_ATTR = "hpo:deadline"
+DEADLINE_REASON = "study deadline reached"
+# A trial stopped at the study's deadline after some epochs is PRUNED, with this reason.
+STOP_REASON_ATTR = "stop_reason"
+# Command-line overrides of the space's budget (hpo run and hpo study create).
+BUDGET_OVERRIDES = ("trial_timeout", "study_timeout", "study_timeout_grace")
 
 
 class StudyError(UsageError, RuntimeError):
@@ -127,7 +135,8 @@ def _parsed_spec(source: str, filename: str, overrides_json: str) -> StudySpec:
 
 
 def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
-    """``spec`` with ``dataset``, ``subset`` and ``epochs`` overrides from the command line."""
+    """``spec`` with ``dataset``, ``subset``, ``epochs`` and time-limit overrides (see
+    :data:`BUDGET_OVERRIDES`) from the command line."""
     dataset = spec.dataset
     if overrides.get("dataset"):
         dataset = dataset.model_copy(update={"name": overrides["dataset"]})
@@ -139,6 +148,9 @@ def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
         budget = budget.model_copy(
             update={"max_epochs": epochs, "min_epochs": min(budget.min_epochs, epochs)}
         )
+    limits = {k: float(overrides[k]) for k in BUDGET_OVERRIDES if overrides.get(k) is not None}
+    if limits:
+        budget = budget.model_copy(update=limits)
     return dataclasses.replace(spec, dataset=dataset, budget=budget)
 
 
@@ -246,20 +258,33 @@ def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return out
 
 
-def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
+def claim_trial(
+    study: optuna.Study, n_trials: int, study_timeout: float | None = None
+) -> optuna.Trial | None:
     """Ask for a trial if the budget allows one; None when the study has all its trials.
 
     Trial numbers are handed out in order by the store, so a trial is within budget exactly
     when fewer than ``n_trials`` counted trials have a smaller number. A trial asked for past
     the budget (two workers racing for the last slot) is closed as surplus and not counted.
+
+    With ``study_timeout`` (seconds) the first claim starts the study's clock (see
+    :func:`start_deadline`), and no trial is claimed once the deadline has passed.
     """
     from optuna.trial import TrialState
 
+    deadline = None
+    if study_timeout:
+        deadline = study_deadline(study._storage, study._study_id)
+        if deadline_passed(deadline):
+            return None
     trials = study.get_trials(deepcopy=False)
     waiting = any(t.state == TrialState.WAITING for t in trials)
     if len(counted_trials(trials)) >= n_trials and not waiting:
         return None
     trial = _ask(study)
+    if study_timeout and deadline is None:
+        timeout = study_timeout
+        with_db_retry(lambda: start_deadline(study._storage, study._study_id, timeout))
     if trial.number < n_trials:
         return trial  # at most trial.number trials are ahead of it: within budget, no scan
 
@@ -277,6 +302,35 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
         return True
 
     return None if with_db_retry(surplus, what="checking the budget") else trial
+
+
+def study_deadline(storage: BaseStorage, study_id: int) -> float | None:
+    """The study's deadline (seconds since the epoch), None before its clock started."""
+    value = storage.get_study_system_attrs(study_id).get(DEADLINE_ATTR)
+    return float(value) if value is not None else None
+
+
+def start_deadline(storage: BaseStorage, study_id: int, study_timeout: float) -> float:
+    """Start the study's clock now unless it runs; returns the deadline every worker obeys.
+
+    Two workers claiming the first trials at once may both set it, a few milliseconds apart;
+    the later one stands for all.
+    """
+    deadline = study_deadline(storage, study_id)
+    if deadline is None:
+        deadline = time.time() + study_timeout
+        storage.set_study_system_attr(study_id, DEADLINE_ATTR, deadline)
+    return deadline
+
+
+def deadline_passed(deadline: float | None) -> bool:
+    """Whether ``deadline`` (seconds since the epoch, or None: no deadline) has passed.
+
+    Example:
+        >>> deadline_passed(None), deadline_passed(0.0), deadline_passed(time.time() + 60)
+        (False, True, False)
+    """
+    return deadline is not None and time.time() >= deadline
 
 
 class SamplerError(HpoError, RuntimeError):
@@ -306,14 +360,20 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         raise SamplerError(reason) from exc
 
 
-def is_done(study: optuna.Study, n_trials: int) -> bool:
-    """Whether ``study`` has all its trials finished and none running or queued.
+def is_done(study: optuna.Study, n_trials: int, deadline: float | None = None) -> bool:
+    """Whether ``study`` has all its trials finished and none running or queued, or has
+    passed its ``deadline`` (see :func:`study_deadline`) with no trial running.
 
     The same answer as ``study_status(...).done``, read through ``study``'s own storage: a
     study loaded once and kept (as a worker keeps it) reads only new and unfinished trials
     from the store, so this check does not grow with the study.
     """
+    from optuna.trial import TrialState
+
     from hpo.storage import count_trials
+
+    if deadline_passed(deadline):
+        return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     # Counted trials are a subset of all trials: until the study holds n_trials trials it
     # cannot be done, and one COUNT says so without reading any trial.
@@ -346,17 +406,38 @@ class StudyStatus:
     broken_reason: str | None = None
     #: Parameters trials had that no family read (see :func:`unread_params`).
     unread_params: list[str] = field(default_factory=list)
+    #: The study's deadline (seconds since the epoch; None: no study_timeout, or not started).
+    deadline: float | None = None
+    #: Whether the deadline had passed when the status was read.
+    deadline_reached: bool = False
 
     @property
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
 
     @property
-    def done(self) -> bool:
+    def budget_used(self) -> bool:
         return self.finished >= self.n_trials and self.running == 0 and self.waiting == 0
 
+    @property
+    def done(self) -> bool:
+        """Every trial finished, or the deadline passed and no trial runs (queued trials
+        that never started stay queued)."""
+        return self.budget_used or (self.deadline_reached and self.running == 0)
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the study ended (None while it has not)."""
+        if self.budget_used:
+            return "trial budget used"
+        return DEADLINE_REASON if self.done else None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"finished": self.finished, "done": self.done}
+        return dataclasses.asdict(self) | {
+            "finished": self.finished,
+            "done": self.done,
+            "end_reason": self.end_reason,
+        }
 
 
 #: Trial user attributes: the parameters its family read, and those it did not.
@@ -443,6 +524,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     attrs = storage.get_study_system_attrs(study._study_id)
     state = state_from_attrs(attrs)
+    deadline = float(attrs[DEADLINE_ATTR]) if attrs.get(DEADLINE_ATTR) is not None else None
     unread = unread_params(complete)
     if complete and len(directions) == 1:
         best = study.best_trial
@@ -465,6 +547,8 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         state=state,
         broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
         unread_params=unread,
+        deadline=deadline,
+        deadline_reached=deadline_passed(deadline),
     )
 
 
