@@ -12,9 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.storage import count_trials, mask_url, open_storage, studies
+from hpo.storage.deadlines import DEADLINE_ATTR, DEADLINE_REASON, study_deadline
 from hpo.storage.studies import (
-    DEADLINE_ATTR,
-    DEADLINE_REASON,
     SURPLUS_ATTR,
     StudyConfig,
     StudyError,
@@ -27,7 +26,6 @@ from hpo.storage.studies import (
     load_config_and_state,
     reap_unstarted_trials,
     set_study_state,
-    study_deadline,
     study_status,
 )
 

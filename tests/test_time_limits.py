@@ -26,7 +26,8 @@ from hpo.api import StudyOptions
 from hpo.api._setup import seconds_value
 from hpo.errors import UsageError
 from hpo.storage import open_storage
-from hpo.storage.studies import DEADLINE_REASON, StudyStatus, study_deadline
+from hpo.storage.deadlines import DEADLINE_REASON, study_deadline
+from hpo.storage.studies import StudyStatus
 
 from conftest import FAULT_FAMILY_ENV
 from conftest import hpo as run_hpo

@@ -124,7 +124,7 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
 
     from hpo.cli._common import format_time, print_json
     from hpo.storage import mask_url
-    from hpo.storage.studies import DEADLINE_REASON
+    from hpo.storage.deadlines import DEADLINE_REASON
 
     config = study.config
     trials = study.trials

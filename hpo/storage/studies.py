@@ -18,6 +18,13 @@ from typing import TYPE_CHECKING, Any
 from hpo.errors import HpoError, UsageError
 from hpo.spaces import Params, StudySpec, parse_spec
 from hpo.storage._retry import is_transient, with_db_retry
+from hpo.storage.deadlines import (
+    DEADLINE_ATTR,
+    DEADLINE_REASON,
+    deadline_passed,
+    start_deadline,
+    study_deadline,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -40,12 +47,6 @@ SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
 RUN_ID_ATTR = "mlflow_run_id"
 ENQUEUED_ATTR = "enqueued_from"  # a queued configuration's source (hpo study enqueue)
-# The study's deadline (seconds since the epoch), set by the worker that claims its first trial
-# when the space has ``budget.study_timeout``: every worker on every machine reads the same one.
-DEADLINE_ATTR = "hpo:deadline"
-DEADLINE_REASON = "study deadline reached"
-# A trial stopped at the study's deadline after some epochs is PRUNED, with this reason.
-STOP_REASON_ATTR = "stop_reason"
 # Command-line overrides of the space's budget (hpo run and hpo study create).
 BUDGET_OVERRIDES = ("trial_timeout", "study_timeout", "study_timeout_grace")
 
@@ -302,35 +303,6 @@ def claim_trial(
         return True
 
     return None if with_db_retry(surplus, what="checking the budget") else trial
-
-
-def study_deadline(storage: BaseStorage, study_id: int) -> float | None:
-    """The study's deadline (seconds since the epoch), None before its clock started."""
-    value = storage.get_study_system_attrs(study_id).get(DEADLINE_ATTR)
-    return float(value) if value is not None else None
-
-
-def start_deadline(storage: BaseStorage, study_id: int, study_timeout: float) -> float:
-    """Start the study's clock now unless it runs; returns the deadline every worker obeys.
-
-    Two workers claiming the first trials at once may both set it, a few milliseconds apart;
-    the later one stands for all.
-    """
-    deadline = study_deadline(storage, study_id)
-    if deadline is None:
-        deadline = time.time() + study_timeout
-        storage.set_study_system_attr(study_id, DEADLINE_ATTR, deadline)
-    return deadline
-
-
-def deadline_passed(deadline: float | None) -> bool:
-    """Whether ``deadline`` (seconds since the epoch, or None: no deadline) has passed.
-
-    Example:
-        >>> deadline_passed(None), deadline_passed(0.0), deadline_passed(time.time() + 60)
-        (False, True, False)
-    """
-    return deadline is not None and time.time() >= deadline
 
 
 class SamplerError(HpoError, RuntimeError):

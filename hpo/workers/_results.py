@@ -10,10 +10,9 @@ from typing import Any
 
 from hpo.storage import mask_url
 from hpo.storage._retry import with_db_retry
+from hpo.storage.deadlines import DEADLINE_REASON, STOP_REASON_ATTR, study_deadline
 from hpo.storage.studies import (
-    DEADLINE_REASON,
     FAIL_REASON_ATTR,
-    STOP_REASON_ATTR,
     StudyConfig,
     describe_unread_params,
     fail_trial,
@@ -56,7 +55,7 @@ def finalize_if_done(
     else this process does. ``study`` (the worker's Optuna study, if it serves it) gives a
     cheap first check.
     """
-    from hpo.storage.studies import is_done, study_deadline, study_status
+    from hpo.storage.studies import is_done, study_status
     from hpo.tracking.study_report import finalize_study
 
     def claim_finalization() -> bool:

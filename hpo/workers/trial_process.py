@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hpo.storage import mask_url
-from hpo.storage.studies import DEADLINE_REASON
+from hpo.storage.deadlines import DEADLINE_REASON
 from hpo.workers.runner import FinalizeTask, TrialResult, TrialTask
 from hpo.workers.slots import configure_backend
 

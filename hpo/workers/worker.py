@@ -23,6 +23,7 @@ from typing import Any
 
 from hpo.storage import mask_url, open_storage
 from hpo.storage._retry import is_transient, with_db_retry
+from hpo.storage.deadlines import deadline_passed, study_deadline
 from hpo.storage.studies import (
     CONFIG_ATTR,
     SETUP_FAILURES_ATTR,
@@ -30,7 +31,6 @@ from hpo.storage.studies import (
     StudyError,
     claim_trial,
     clear_setup_failures,
-    deadline_passed,
     fail_trial,
     load_config,
     load_config_and_state,
@@ -39,7 +39,6 @@ from hpo.storage.studies import (
     reap_unstarted_trials,
     record_setup_failure,
     state_from_attrs,
-    study_deadline,
 )
 from hpo.workers._options import Slot, WorkerOptions, _Served
 from hpo.workers._results import WORKER_ID, finalize_if_done, record_result
