@@ -255,6 +255,17 @@ def test_time_limits_given_as_options_override_the_space(workdir: Path) -> None:
     assert study.status().deadline is None  # no trial claimed yet
 
 
+def test_resuming_with_another_time_limit_is_refused(workdir: Path) -> None:
+    space = _space(workdir, 1)
+    hpo.create_study(space, StudyOptions(name="r", check_data=False, study_timeout=3600))
+    with pytest.raises(UsageError) as refused:
+        hpo.create_study(space, StudyOptions(name="r", resume=True, study_timeout=60))
+    assert "--study-timeout 60.0 instead of --study-timeout 3600.0" in str(refused.value)
+    # Without options it goes on with the stored limits.
+    resumed = hpo.create_study(space, StudyOptions(name="r", resume=True, check_data=False))
+    assert resumed.config.spec().budget.study_timeout == 3600.0
+
+
 def test_a_status_past_its_deadline_is_done_once_nothing_runs() -> None:
     def status(**counts: int) -> StudyStatus:
         fields = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0} | counts

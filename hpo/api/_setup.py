@@ -309,10 +309,16 @@ def _resume_differences(
         if value is not None and value != stored:
             out.append(f"--{key} {value} instead of {stored}")
     if overrides and overrides != config.overrides:
-        asked = ", ".join(f"--{k} {v}" for k, v in sorted(overrides.items()))
-        kept = ", ".join(f"--{k} {v}" for k, v in sorted(config.overrides.items())) or "none"
+        asked = ", ".join(f"--{_option(k)} {v}" for k, v in sorted(overrides.items()))
+        kept = (
+            ", ".join(f"--{_option(k)} {v}" for k, v in sorted(config.overrides.items())) or "none"
+        )
         out.append(f"{asked} instead of {kept}")
     return out
+
+
+def _option(key: str) -> str:
+    return key.replace("_", "-")  # study_timeout: --study-timeout
 
 
 def credentials_to_env(uri: str) -> str:
