@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -27,10 +31,12 @@ from hpo.api._setup import seconds_value
 from hpo.errors import UsageError
 from hpo.storage import open_storage
 from hpo.storage.deadlines import DEADLINE_REASON, study_deadline
-from hpo.storage.studies import StudyStatus
+from hpo.storage.studies import StudyStatus, claim_trial
+from hpo.workers._results import FINALIZED_ATTR
 
 from conftest import FAULT_FAMILY_ENV
 from conftest import hpo as run_hpo
+from services import wait_for
 
 # ``mode`` is searched so that each test queues the trials it needs (hpo study enqueue).
 SPACE = """
@@ -189,6 +195,51 @@ def test_a_study_ends_at_its_deadline_and_grace(
     built = run_hpo("ensemble", "build", name, "--json", cwd=workdir, env=env)
     assert built.returncode == 0, built.stderr
     assert [m["trial"] for m in json.loads(built.stdout)["members"]] == [first.number]
+
+
+@pytest.mark.slow
+def test_a_service_worker_ends_a_study_whose_deadline_passed_with_nothing_running(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """The study's workers went elsewhere before its deadline: a worker that finds it past
+    the deadline, with no trial running, ends it (its MLflow run, why it ended)."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = hpo.create_study(
+        _space(tmp_path, 1),
+        StudyOptions(name="idle", storage=storage, check_data=False, study_timeout=2, trials=3),
+    )
+    store = open_storage(storage)
+    loaded = optuna.load_study(study_name="idle", storage=store)
+    first = claim_trial(loaded, 3, study_timeout=2)  # what a worker's claim does
+    assert first is not None
+    loaded.tell(first, state=TrialState.FAIL)
+    deadline = study_deadline(store, loaded._study_id)
+    assert deadline is not None
+    wait_for(lambda: time.time() >= deadline, 30, "the deadline")
+    env = {**os.environ, **_env(tmp_path, storage)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    worker = subprocess.run(
+        [sys.executable, "-m", "hpo", "worker", "--threads", "1", "--exit-when-idle"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert worker.returncode == 0, worker.stderr
+    assert "0 trial(s)" in worker.stderr  # it claimed nothing
+    attrs = store.get_study_system_attrs(loaded._study_id)
+    assert attrs[FINALIZED_ATTR].endswith(f":{worker_pid(worker.stderr)}")
+    status = study.status()
+    assert status.done and status.end_reason == DEADLINE_REASON and status.finished == 1
+    parent = MlflowClient(study.config.tracking_uri).get_run(study.config.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["hpo.end_reason"] == DEADLINE_REASON
+
+
+def worker_pid(log: str) -> int:
+    """The process id a worker's log names (``worker PID on ...``)."""
+    match = re.search(r"worker (\d+) on ", log)
+    assert match, log
+    return int(match[1])
 
 
 # -- bad values -------------------------------------------------------------------------------
