@@ -304,6 +304,9 @@ def test_time_limits_given_as_options_override_the_space(workdir: Path) -> None:
         0.0,
     )
     assert study.status().deadline is None  # no trial claimed yet
+    assert study.status().study_timeout == 3600.0
+    shown = run_hpo("study", "status", "space", cwd=workdir, env=FAULT_FAMILY_ENV).stdout
+    assert "deadline: 3600 s after the first claimed trial (none yet)" in shown
 
 
 def test_resuming_with_another_time_limit_is_refused(workdir: Path) -> None:

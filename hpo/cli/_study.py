@@ -179,7 +179,9 @@ def _deadline_line(st: Any) -> str:
     from hpo.cli._common import format_time
 
     if st.deadline is None:
-        return ""
+        if st.study_timeout is None:
+            return ""
+        return f"\n  deadline: {st.study_timeout:g} s after the first claimed trial (none yet)"
     if st.deadline_reached:
         return f"\n  deadline: {format_time(st.deadline)} (reached: no new trials)"
     return f"\n  deadline: {format_time(st.deadline)} (in {st.deadline - time.time():.0f} s)"

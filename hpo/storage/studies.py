@@ -378,6 +378,8 @@ class StudyStatus:
     broken_reason: str | None = None
     #: Parameters trials had that no family read (see :func:`unread_params`).
     unread_params: list[str] = field(default_factory=list)
+    #: Its wall-clock budget in seconds (``budget.study_timeout``; None: none).
+    study_timeout: float | None = None
     #: The study's deadline (seconds since the epoch; None: no study_timeout, or not started).
     deadline: float | None = None
     #: Whether the deadline had passed when the status was read.
@@ -482,8 +484,10 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     try:
         spec = config.spec()
         directions, family, dataset = spec.directions, spec.family, spec.dataset.name
+        study_timeout = spec.budget.study_timeout
     except Exception as exc:  # e.g. its family module is not installed here: still shown
         spec = None
+        study_timeout = None
         directions = [d.name.lower() for d in study.directions]
         family = dataset = f"? ({type(exc).__name__})"
     trials = counted_trials(study.get_trials(deepcopy=False))
@@ -519,6 +523,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         state=state,
         broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
         unread_params=unread,
+        study_timeout=study_timeout,
         deadline=deadline,
         deadline_reached=deadline_passed(deadline),
     )
