@@ -6,7 +6,10 @@ kernel's out-of-memory killer sends), ``segfault`` reads address 0 (a crash in n
 SIGSEGV), ``oom`` allocates more memory than its process may have (``RLIMIT_AS`` lowered for the
 allocation only: the ``MemoryError`` a failed allocation raises), ``sleep`` sleeps
 ``sleep_seconds`` before training (a long trial that a test interrupts; with
-``HPO_TEST_SLEEPING`` set to a file, it appends its process id to it when it starts sleeping).
+``HPO_TEST_SLEEPING`` set to a file, it appends its process id to it when it starts sleeping),
+``hang`` trains normally until epoch ``hang_epoch`` (default 1) begins, then sleeps for ever
+inside it, at its first batch (a trial stuck in training while its worker's heartbeat goes on;
+with ``HPO_TEST_HANGING`` set to a file, it appends its process id to it when it starts hanging).
 
 With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
 process's id, when the build started and ended, its Keras backend and the slot environment
@@ -68,6 +71,34 @@ def _allocate_beyond_the_limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, before)
 
 
+def _hang_in_epoch(model: Any, epoch: int) -> None:
+    """Make ``model.fit`` hang at the first batch of ``epoch`` (1-based), for ever."""
+    import keras
+
+    class Hang(keras.callbacks.Callback):  # type: ignore[misc]
+        epoch_now = 0
+
+        def on_epoch_begin(self, index: int, logs: Any = None) -> None:
+            self.epoch_now = index + 1
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if self.epoch_now != epoch:
+                return
+            hanging = os.environ.get("HPO_TEST_HANGING")
+            if hanging:
+                with open(hanging, "a") as f:
+                    f.write(f"{os.getpid()}\n")
+            while True:
+                time.sleep(1)
+
+    fit = model.fit
+
+    def fit_then_hang(*args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+        return fit(*args, callbacks=[*(callbacks or []), Hang()], **kwargs)
+
+    model.fit = fit_then_hang
+
+
 def build(hp: Any, data: Any) -> Any:
     import keras
 
@@ -114,5 +145,7 @@ def build(hp: Any, data: Any) -> Any:
 
     loss = nan_loss if mode == "nan" else "sparse_categorical_crossentropy"
     model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    if mode == "hang":
+        _hang_in_epoch(model, int(hp.get("hang_epoch", 1)))
     _BUILT.append(weakref.ref(model))
     return model

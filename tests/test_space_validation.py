@@ -364,6 +364,33 @@ def test_min_epochs_above_max_epochs(tmp_path: Path) -> None:
     check(text, tmp_path, ("budget.min_epochs", 6, "min_epochs (3) must not exceed max_epochs"))
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("trial_timeout", "0", "greater than 0, got 0"),
+        ("study_timeout", "-30", "greater than 0, got -30"),
+        ("study_timeout", "'3600'", "a valid number, got the text '3600'"),
+        ("study_timeout", "1h", "a valid number, got the text '1h'"),
+        ("study_timeout", ".inf", "finite number"),
+        ("trial_timeout", ".nan", "finite number"),
+        ("study_timeout", "true", "a valid number, got true"),
+        ("study_timeout_grace", "-1", "greater than or equal to 0, got -1"),
+    ],
+)
+def test_bad_time_limits_in_the_space(tmp_path: Path, key: str, value: str, message: str) -> None:
+    budget = f"budget:\n  max_epochs: 2\n  {key}: {value}"
+    text = VALID.replace("budget: {max_epochs: 2}", budget)
+    check(text, tmp_path, (f"budget.{key}", 6, message))
+
+
+def test_time_limits_in_the_space(tmp_path: Path) -> None:
+    budget = "budget:\n  max_epochs: 2\n  trial_timeout: 600\n  study_timeout: 7200.5"
+    spec = parse_spec(VALID.replace("budget: {max_epochs: 2}", budget))
+    assert (spec.budget.trial_timeout, spec.budget.study_timeout) == (600.0, 7200.5)
+    assert spec.budget.study_timeout_grace == 60.0  # the documented default
+    assert parse_spec(VALID).budget.study_timeout is None
+
+
 def test_reduction_factor_below_two(tmp_path: Path) -> None:
     budget = "budget:\n  max_epochs: 2\n  reduction_factor: 1"
     text = VALID.replace("budget: {max_epochs: 2}", budget)

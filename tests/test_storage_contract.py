@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.storage import count_trials, mask_url, open_storage, studies
+from hpo.storage.deadlines import DEADLINE_ATTR, DEADLINE_REASON, study_deadline
 from hpo.storage.studies import (
     SURPLUS_ATTR,
     StudyConfig,
@@ -95,6 +97,36 @@ def test_claims_stop_at_the_budget(storage_url: str) -> None:
     assert claim_trial(study, config.n_trials) is None
     status = study_status(store, config.name)
     assert (status.complete, status.finished, status.done) == (3, 3, True)
+
+
+def test_the_first_claim_starts_the_deadline_and_none_is_claimed_after_it(
+    storage_url: str,
+) -> None:
+    store = open_storage(storage_url)
+    config = _config(5)
+    study = create_study(store, config)
+    assert study_deadline(store, study._study_id) is None  # created: the clock waits
+    before = time.time()
+    first = claim_trial(study, config.n_trials, study_timeout=3600)
+    assert first is not None
+    deadline = study_deadline(store, study._study_id)
+    assert deadline is not None and before + 3600 <= deadline <= time.time() + 3600
+    # Later claims (any worker: the deadline is in the store) keep it.
+    second = claim_trial(study, config.n_trials, study_timeout=3600)
+    assert second is not None and study_deadline(store, study._study_id) == deadline
+    study.tell(first, values=[0.5])
+    # The deadline passes (as every machine's clock reads it) with trial 1 still running.
+    store.set_study_system_attr(study._study_id, DEADLINE_ATTR, time.time() - 1)
+    assert claim_trial(study, config.n_trials, study_timeout=3600) is None
+    deadline = study_deadline(store, study._study_id)
+    status = study_status(store, config.name)
+    assert (status.deadline, status.deadline_reached, status.done) == (deadline, True, False)
+    assert not is_done(study, config.n_trials, deadline)
+    study.tell(second, values=[0.25])
+    status = study_status(store, config.name)
+    assert status.done and status.end_reason == DEADLINE_REASON and status.finished == 2
+    assert is_done(study, config.n_trials, deadline)
+    assert not is_done(study, config.n_trials)  # without the deadline: 3 trials to go
 
 
 def test_racing_claims_never_exceed_the_budget(storage_url: str) -> None:

@@ -58,7 +58,10 @@ class StudyOptions:
     ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` here), ``tracking_uri`` MLflow's (default
     ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here); ``trials``, ``algorithm``, ``pruner``
     and ``seed`` default to the space's ``defaults``; ``dataset``, ``epochs`` and ``subset``
-    override the space's. ``priority``: workers serve higher first; ``max_retries``: retries of
+    override the space's, as do the time limits in seconds (the space's ``budget`` keys of the
+    same names): ``trial_timeout`` (one trial), ``study_timeout`` (the whole study, from its
+    first claimed trial) and ``study_timeout_grace`` (what running trials get after the
+    study's deadline). ``priority``: workers serve higher first; ``max_retries``: retries of
     a trial whose worker died. ``check_data`` loads the dataset once first and checks it
     against the family. With ``resume`` an existing study of that name is loaded instead, when
     it was created with the same space and options.
@@ -78,6 +81,9 @@ class StudyOptions:
     dataset: str | None = None
     epochs: int | None = None
     subset: int | None = None
+    trial_timeout: float | None = None
+    study_timeout: float | None = None
+    study_timeout_grace: float | None = None
     priority: int = 0
     max_retries: int = 1
     check_data: bool = True
@@ -131,9 +137,10 @@ def prepare_study(
     spec = load_space(space)
     space_name = spec.filename  # the path, "<string>" or "<dict>"
     tracking_uri = credentials_to_env(options.tracking_uri) if options.tracking_uri else None
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v for k, v in {"dataset": dataset, "epochs": epochs, "subset": subset}.items() if v
     }
+    overrides.update(_time_limits(options))
     spec_run = apply_overrides(spec, overrides)
     given = {"algorithm": algorithm, "pruner": pruner, "seed": seed}
     algorithm = algorithm or spec.defaults.algorithm
@@ -237,6 +244,46 @@ def prepare_study(
     return store, config, True
 
 
+def _time_limits(options: StudyOptions) -> dict[str, float]:
+    """The time limits given (see :class:`StudyOptions`), checked."""
+    limits: dict[str, float] = {}
+    for key in ("trial_timeout", "study_timeout", "study_timeout_grace"):
+        value = getattr(options, key)
+        if value is not None:
+            option = "--" + key.replace("_", "-")
+            limits[key] = seconds_value(value, option, zero_ok=key == "study_timeout_grace")
+    return limits
+
+
+def seconds_value(value: Any, option: str, *, zero_ok: bool = False) -> float:
+    """``value`` as seconds: a finite number above 0 (``zero_ok``: 0 or more), else a
+    :class:`UsageError` naming ``option``.
+
+    Example:
+        >>> seconds_value("90", "--trial-timeout")
+        90.0
+        >>> seconds_value(0, "--trial-timeout")
+        Traceback (most recent call last):
+        ...
+        hpo.errors.UsageError: --trial-timeout: must be a number of seconds above 0, got 0
+    """
+    import math
+
+    low = "0 or more" if zero_ok else "above 0"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if (
+        isinstance(value, bool)
+        or not math.isfinite(seconds)
+        or seconds < 0
+        or (seconds == 0 and not zero_ok)
+    ):
+        raise UsageError(f"{option}: must be a number of seconds {low}, got {value!r}")
+    return seconds
+
+
 def _resume_differences(
     config: Any, spec: Any, given: dict[str, Any], overrides: dict[str, Any]
 ) -> list[str]:
@@ -262,10 +309,16 @@ def _resume_differences(
         if value is not None and value != stored:
             out.append(f"--{key} {value} instead of {stored}")
     if overrides and overrides != config.overrides:
-        asked = ", ".join(f"--{k} {v}" for k, v in sorted(overrides.items()))
-        kept = ", ".join(f"--{k} {v}" for k, v in sorted(config.overrides.items())) or "none"
+        asked = ", ".join(f"--{_option(k)} {v}" for k, v in sorted(overrides.items()))
+        kept = (
+            ", ".join(f"--{_option(k)} {v}" for k, v in sorted(config.overrides.items())) or "none"
+        )
         out.append(f"{asked} instead of {kept}")
     return out
+
+
+def _option(key: str) -> str:
+    return key.replace("_", "-")  # study_timeout: --study-timeout
 
 
 def credentials_to_env(uri: str) -> str:
@@ -308,6 +361,8 @@ def _start_tracking(store: Any, config: Any, spec_run: Any, space_name: str) -> 
             "dataset": spec_run.dataset.name,
             "subset": spec_run.dataset.subset,
             "max_epochs": spec_run.budget.max_epochs,
+            "trial_timeout": spec_run.budget.trial_timeout,
+            "study_timeout": spec_run.budget.study_timeout,
             "space_file": space_name,
         },
         experiment_tags=mlflow_ui.experiment_tags(

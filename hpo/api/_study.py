@@ -413,8 +413,9 @@ def create_study(
 
     The options are those of ``hpo study create``, as a :class:`StudyOptions` or as its fields
     by keyword (``name``, ``storage``, ``tracking_uri``, ``trials``, ``algorithm``, ``pruner``,
-    ``seed``, ``dataset``, ``epochs``, ``subset``, ``priority``, ``max_retries``,
-    ``check_data``, ``resume``); keywords override ``options``. With ``resume`` an existing
+    ``seed``, ``dataset``, ``epochs``, ``subset``, ``trial_timeout``, ``study_timeout``,
+    ``study_timeout_grace``, ``priority``, ``max_retries``, ``check_data``, ``resume``);
+    keywords override ``options``. With ``resume`` an existing
     study of that name is loaded instead, when it was created with the same space and options
     (the study's ``created`` says which happened).
 

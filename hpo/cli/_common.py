@@ -62,6 +62,53 @@ SubsetOption = Annotated[
 ]
 
 
+def _seconds(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> float | None:
+    """A time limit's text as seconds; anything else ends the command with one line (exit 2)."""
+    if value is None:
+        return None
+    from hpo.api._setup import seconds_value
+    from hpo.errors import UsageError
+
+    option = "--" + str(param.name).replace("_", "-")
+    try:
+        return seconds_value(value, option, zero_ok=param.name == "study_timeout_grace")
+    except UsageError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+# Typed as text: a value that is not a number gets the same one-line error as one below 0.
+TrialTimeoutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--trial-timeout",
+        callback=_seconds,
+        metavar="SECONDS",
+        help="Stop a trial (FAIL) after this many seconds (default: the space's "
+        "budget.trial_timeout, else none).",
+    ),
+]
+StudyTimeoutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--study-timeout",
+        callback=_seconds,
+        metavar="SECONDS",
+        help="Claim no trial this many seconds after the study's first one (default: the "
+        "space's budget.study_timeout, else none).",
+    ),
+]
+StudyTimeoutGraceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--study-timeout-grace",
+        callback=_seconds,
+        metavar="SECONDS",
+        help="Seconds running trials may go on after the study's deadline (default: the "
+        "space's budget.study_timeout_grace, else 60).",
+    ),
+]
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``message`` (plain text, never markup) as one error line and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {escape(one_line(mask_url(message)))}", highlight=False)
@@ -71,6 +118,19 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def one_line(text: str) -> str:
     """``text`` with its line breaks shown as spaces: an error is one line."""
     return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+
+
+def format_time(seconds: float) -> str:
+    """A moment (seconds since the epoch) as users read it: UTC, to the second.
+
+    Example:
+        >>> format_time(0)
+        '1970-01-01 00:00:00 UTC'
+    """
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def print_json(data: Any) -> None:

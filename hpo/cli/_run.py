@@ -21,8 +21,11 @@ from hpo.cli._common import (
     EpochsOption,
     StorageOption,
     StudyNameOption,
+    StudyTimeoutGraceOption,
+    StudyTimeoutOption,
     SubsetOption,
     TrialsOption,
+    TrialTimeoutOption,
     console,
     create_study,
     fail,
@@ -52,6 +55,9 @@ def run(
     dataset: DatasetOption = None,
     epochs: EpochsOption = None,
     subset: SubsetOption = None,
+    trial_timeout: TrialTimeoutOption = None,
+    study_timeout: StudyTimeoutOption = None,
+    study_timeout_grace: StudyTimeoutGraceOption = None,
     seed: int | None = typer.Option(None, "--seed", help="Seed (one worker: reproducible)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an existing study."),
     skip_data_check: bool = typer.Option(
@@ -108,8 +114,9 @@ def run(
 def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
     from rich.table import Table
 
-    from hpo.cli._common import print_json
+    from hpo.cli._common import format_time, print_json
     from hpo.storage import mask_url
+    from hpo.storage.deadlines import DEADLINE_REASON
     from hpo.storage.feasibility import FEASIBLE_ATTR
 
     config = study.config
@@ -154,7 +161,13 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
             *values,
             str(t.user_attrs.get("epochs", "")),
             str(t.user_attrs.get("params_count", "")),
-            Text(str(t.user_attrs.get("fail_reason") or _infeasible(t))[:60]),
+            Text(
+                str(
+                    t.user_attrs.get("fail_reason")
+                    or t.user_attrs.get("stop_reason")
+                    or _infeasible(t)
+                )[:60]
+            ),
         )
     console.print(table)
     console.print(
@@ -167,6 +180,14 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
         + ("" if page else " (browse it with [bold]hpo ui[/])")
         + f"\nworker logs: {escape(', '.join(str(p) for p in logs))}"
     )
+    if st.end_reason == DEADLINE_REASON and st.deadline is not None:
+        never = st.n_trials - st.finished
+        console.print(
+            f"{DEADLINE_REASON} ({format_time(st.deadline)}): no trial started after it"
+            + (f"; {never} of the {st.n_trials} trials never ran" if never > 0 else ""),
+            markup=False,
+            soft_wrap=True,
+        )
     if page:  # one unbroken line, to click or copy
         console.print(f"its trials in the MLflow UI: {page}", markup=False, soft_wrap=True)
     from hpo import tracking

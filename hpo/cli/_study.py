@@ -16,9 +16,12 @@ from hpo.cli._common import (
     JsonOption,
     StorageOption,
     StudyNameOption,
+    StudyTimeoutGraceOption,
+    StudyTimeoutOption,
     SubsetOption,
     TrackingUriOption,
     TrialsOption,
+    TrialTimeoutOption,
     console,
     create_study,
     handled_errors,
@@ -46,6 +49,9 @@ def create(
     dataset: DatasetOption = None,
     epochs: EpochsOption = None,
     subset: SubsetOption = None,
+    trial_timeout: TrialTimeoutOption = None,
+    study_timeout: StudyTimeoutOption = None,
+    study_timeout_grace: StudyTimeoutGraceOption = None,
     priority: int = typer.Option(0, "--priority", help="Workers serve higher priority first."),
     max_retries: int = typer.Option(
         1, "--max-retries", min=0, help="Retries of a trial whose worker died."
@@ -167,7 +173,24 @@ def status(
         + ("\n  fix the cause, then `hpo study resume` serves it again" if st.broken_reason else "")
         + (f"\n  {escape(describe_unread_params(st.unread_params))}" if st.unread_params else "")
         + f"\n  artifacts: {escape(_describe_usage(artifacts))}"
+        + _deadline_line(st)
+        + (f"\n  ended: {st.end_reason}" if st.end_reason else "")
     )
+
+
+def _deadline_line(st: Any) -> str:
+    """The study's deadline, when it has one: passed, or how long is left."""
+    import time
+
+    from hpo.cli._common import format_time
+
+    if st.deadline is None:
+        if st.study_timeout is None:
+            return ""
+        return f"\n  deadline: {st.study_timeout:g} s after the first claimed trial (none yet)"
+    if st.deadline_reached:
+        return f"\n  deadline: {format_time(st.deadline)} (reached: no new trials)"
+    return f"\n  deadline: {format_time(st.deadline)} (in {st.deadline - time.time():.0f} s)"
 
 
 def _artifact_usage(study: Any) -> dict[str, Any]:

@@ -69,12 +69,29 @@ class ObjectiveSpec(_Section):
     direction: Direction
 
 
+#: Seconds a study's running trials may go on after its deadline (``study_timeout``).
+DEFAULT_STUDY_TIMEOUT_GRACE = 60.0
+
+
 class BudgetSpec(_Section):
-    """Epochs per trial: the fidelity that pruners use."""
+    """Epochs per trial (the fidelity that pruners use) and the time limits.
+
+    ``trial_timeout``: seconds one trial may run before its process is killed (FAIL).
+    ``study_timeout``: seconds from the study's first claimed trial after which no trial is
+    claimed; running trials get ``study_timeout_grace`` seconds more, then are stopped.
+    """
 
     max_epochs: int = Field(gt=0)
     min_epochs: int = Field(default=1, gt=0)
-    trial_timeout: float | None = Field(default=None, gt=0, description="seconds")
+    trial_timeout: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="seconds"
+    )
+    study_timeout: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="seconds"
+    )
+    study_timeout_grace: float = Field(
+        default=DEFAULT_STUDY_TIMEOUT_GRACE, ge=0, allow_inf_nan=False, description="seconds"
+    )
     # sha and hyperband keep the best 1/reduction_factor of the trials at each rung.
     reduction_factor: int = Field(default=3, ge=2)
 

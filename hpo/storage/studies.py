@@ -18,6 +18,13 @@ from typing import TYPE_CHECKING, Any
 from hpo.errors import HpoError, UsageError
 from hpo.spaces import Params, StudySpec, parse_spec
 from hpo.storage._retry import is_transient, with_db_retry
+from hpo.storage.deadlines import (
+    DEADLINE_ATTR,
+    DEADLINE_REASON,
+    deadline_passed,
+    start_deadline,
+    study_deadline,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -40,6 +47,8 @@ SURPLUS_ATTR = "hpo:surplus"
 FAIL_REASON_ATTR = "fail_reason"
 RUN_ID_ATTR = "mlflow_run_id"
 ENQUEUED_ATTR = "enqueued_from"  # a queued configuration's source (hpo study enqueue)
+# Command-line overrides of the space's budget (hpo run and hpo study create).
+BUDGET_OVERRIDES = ("trial_timeout", "study_timeout", "study_timeout_grace")
 
 
 class StudyError(UsageError, RuntimeError):
@@ -127,7 +136,8 @@ def _parsed_spec(source: str, filename: str, overrides_json: str) -> StudySpec:
 
 
 def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
-    """``spec`` with ``dataset``, ``subset`` and ``epochs`` overrides from the command line."""
+    """``spec`` with ``dataset``, ``subset``, ``epochs`` and time-limit overrides (see
+    :data:`BUDGET_OVERRIDES`) from the command line."""
     dataset = spec.dataset
     if overrides.get("dataset"):
         dataset = dataset.model_copy(update={"name": overrides["dataset"]})
@@ -139,6 +149,9 @@ def apply_overrides(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
         budget = budget.model_copy(
             update={"max_epochs": epochs, "min_epochs": min(budget.min_epochs, epochs)}
         )
+    limits = {k: float(overrides[k]) for k in BUDGET_OVERRIDES if overrides.get(k) is not None}
+    if limits:
+        budget = budget.model_copy(update=limits)
     return dataclasses.replace(spec, dataset=dataset, budget=budget)
 
 
@@ -246,20 +259,33 @@ def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return out
 
 
-def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
+def claim_trial(
+    study: optuna.Study, n_trials: int, study_timeout: float | None = None
+) -> optuna.Trial | None:
     """Ask for a trial if the budget allows one; None when the study has all its trials.
 
     Trial numbers are handed out in order by the store, so a trial is within budget exactly
     when fewer than ``n_trials`` counted trials have a smaller number. A trial asked for past
     the budget (two workers racing for the last slot) is closed as surplus and not counted.
+
+    With ``study_timeout`` (seconds) the first claim starts the study's clock (see
+    :func:`start_deadline`), and no trial is claimed once the deadline has passed.
     """
     from optuna.trial import TrialState
 
+    deadline = None
+    if study_timeout:
+        deadline = study_deadline(study._storage, study._study_id)
+        if deadline_passed(deadline):
+            return None
     trials = study.get_trials(deepcopy=False)
     waiting = any(t.state == TrialState.WAITING for t in trials)
     if len(counted_trials(trials)) >= n_trials and not waiting:
         return None
     trial = _ask(study)
+    if study_timeout and deadline is None:
+        timeout = study_timeout
+        with_db_retry(lambda: start_deadline(study._storage, study._study_id, timeout))
     if trial.number < n_trials:
         return trial  # at most trial.number trials are ahead of it: within budget, no scan
 
@@ -306,14 +332,20 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         raise SamplerError(reason) from exc
 
 
-def is_done(study: optuna.Study, n_trials: int) -> bool:
-    """Whether ``study`` has all its trials finished and none running or queued.
+def is_done(study: optuna.Study, n_trials: int, deadline: float | None = None) -> bool:
+    """Whether ``study`` has all its trials finished and none running or queued, or has
+    passed its ``deadline`` (see :func:`study_deadline`) with no trial running.
 
     The same answer as ``study_status(...).done``, read through ``study``'s own storage: a
     study loaded once and kept (as a worker keeps it) reads only new and unfinished trials
     from the store, so this check does not grow with the study.
     """
+    from optuna.trial import TrialState
+
     from hpo.storage import count_trials
+
+    if deadline_passed(deadline):
+        return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     # Counted trials are a subset of all trials: until the study holds n_trials trials it
     # cannot be done, and one COUNT says so without reading any trial.
@@ -349,17 +381,40 @@ class StudyStatus:
     #: Finished trials (complete or stopped) that broke a constraint of the space: counted in
     #: ``complete`` or ``pruned`` too, never best.
     infeasible: int = 0
+    #: Its wall-clock budget in seconds (``budget.study_timeout``; None: none).
+    study_timeout: float | None = None
+    #: The study's deadline (seconds since the epoch; None: no study_timeout, or not started).
+    deadline: float | None = None
+    #: Whether the deadline had passed when the status was read.
+    deadline_reached: bool = False
 
     @property
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
 
     @property
-    def done(self) -> bool:
+    def budget_used(self) -> bool:
         return self.finished >= self.n_trials and self.running == 0 and self.waiting == 0
 
+    @property
+    def done(self) -> bool:
+        """Every trial finished, or the deadline passed and no trial runs (queued trials
+        that never started stay queued)."""
+        return self.budget_used or (self.deadline_reached and self.running == 0)
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the study ended (None while it has not)."""
+        if self.budget_used:
+            return "trial budget used"
+        return DEADLINE_REASON if self.done else None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"finished": self.finished, "done": self.done}
+        return dataclasses.asdict(self) | {
+            "finished": self.finished,
+            "done": self.done,
+            "end_reason": self.end_reason,
+        }
 
 
 #: Trial user attributes: the parameters its family read, and those it did not.
@@ -434,8 +489,10 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     try:
         spec = config.spec()
         directions, family, dataset = spec.directions, spec.family, spec.dataset.name
+        study_timeout = spec.budget.study_timeout
     except Exception as exc:  # e.g. its family module is not installed here: still shown
         spec = None
+        study_timeout = None
         directions = [d.name.lower() for d in study.directions]
         family = dataset = f"? ({type(exc).__name__})"
     trials = counted_trials(study.get_trials(deepcopy=False))
@@ -448,6 +505,7 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     attrs = storage.get_study_system_attrs(study._study_id)
     state = state_from_attrs(attrs)
+    deadline = float(attrs[DEADLINE_ATTR]) if attrs.get(DEADLINE_ATTR) is not None else None
     unread = unread_params(complete)
     if len(directions) == 1:
         best = best_trials(study)
@@ -472,6 +530,9 @@ def study_status(storage: BaseStorage, name: str) -> StudyStatus:
         broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
         unread_params=unread,
         infeasible=infeasible_count(t for t in trials if t.state.is_finished()),
+        study_timeout=study_timeout,
+        deadline=deadline,
+        deadline_reached=deadline_passed(deadline),
     )
 
 

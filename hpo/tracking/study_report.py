@@ -8,7 +8,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hpo import tracking
-from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials, unread_params
+from hpo.storage.studies import (
+    RUN_ID_ATTR,
+    StudyConfig,
+    counted_trials,
+    study_status,
+    unread_params,
+)
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -126,6 +132,9 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
         },
         step=0,
     )
+    ended = study_status(storage, config.name).end_reason
+    if ended:  # the trial budget was used, or the study's deadline came first
+        c.set_tag(config.parent_run_id, "hpo.end_reason", ended)
     unread = unread_params(t for t in trials if t.state.name == "COMPLETE")
     if unread:  # parameters searched for nothing: a misspelled key, most often
         c.set_tag(config.parent_run_id, "hpo.unread_params", ", ".join(unread))

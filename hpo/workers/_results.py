@@ -10,6 +10,7 @@ from typing import Any
 
 from hpo.storage import mask_url
 from hpo.storage._retry import with_db_retry
+from hpo.storage.deadlines import DEADLINE_REASON, STOP_REASON_ATTR, study_deadline
 from hpo.storage.studies import (
     FAIL_REASON_ATTR,
     StudyConfig,
@@ -68,8 +69,12 @@ def finalize_if_done(
         return bool(owner == WORKER_ID)  # True: an earlier attempt of ours set it
 
     try:
-        if study is not None and not is_done(study, config.n_trials):
-            return  # the cheap check (cached trials); study_status reads every trial
+        if study is not None:
+            deadline = None
+            if config.spec().budget.study_timeout:
+                deadline = with_db_retry(lambda: study_deadline(storage, study._study_id))
+            if not is_done(study, config.n_trials, deadline):
+                return  # the cheap check (cached trials); study_status reads every trial
         with finalize_lock:  # two slots may record a study's last trials at once
             if not with_db_retry(claim_finalization, what="checking the study's end"):
                 return
@@ -93,11 +98,16 @@ def _tell(storage: Any, study: Any, config: StudyConfig, trial: Any, result: Tri
         if study._storage.get_trial(trial._trial_id).state.is_finished():
             return
         reason = mask_url(result.reason or "unknown error")
-        stopped = result.reason == STOPPED_REASON
+        if result.reason == DEADLINE_REASON:
+            # The store first: other workers (and the study's end) wait on it, not on MLflow.
+            _stop_at_deadline(storage, study, trial)
+            if result.run_id and config.tracking_uri:
+                _end_orphan_run(config, result.run_id, reason)
+            return
         log.warning("trial %d failed: %s", trial.number, reason)
         if result.run_id and config.tracking_uri:
             _end_orphan_run(config, result.run_id, reason)
-        if stopped:
+        if result.reason == STOPPED_REASON:
             # Interrupted by our own shutdown, not the trial's fault: always requeue.
             if fail_trial(study, trial._trial_id, reason, retry=False, max_retries=0):
                 requeue(study, study._storage.get_trial(trial._trial_id))
@@ -113,6 +123,26 @@ def _tell(storage: Any, study: Any, config: StudyConfig, trial: Any, result: Tri
         unread = note_unread_params(study)
         if unread:
             log.warning("study %s: %s", config.name, describe_unread_params(unread))
+
+
+def _stop_at_deadline(storage: Any, study: Any, trial: Any) -> None:
+    """Record a trial stopped at the study's deadline; it is never requeued.
+
+    A trial that reported epochs is PRUNED: Optuna gives it its last epoch's objective as its
+    value, so samplers, pruners and reports keep what it learned. A trial without any epoch
+    (or with several objectives, which report none) fails.
+    """
+    from optuna.trial import TrialState
+
+    reported = study._storage.get_trial(trial._trial_id).intermediate_values
+    if reported and len(study.directions) == 1:
+        log.info("trial %d pruned after epoch %d: %s", trial.number, max(reported), DEADLINE_REASON)
+        storage.set_trial_user_attr(trial._trial_id, STOP_REASON_ATTR, DEADLINE_REASON)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+    else:
+        log.warning("trial %d failed: %s", trial.number, DEADLINE_REASON)
+        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, DEADLINE_REASON)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def _end_orphan_run(config: StudyConfig, run_id: str, reason: str) -> None:

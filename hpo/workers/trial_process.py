@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hpo.storage import mask_url
+from hpo.storage.deadlines import DEADLINE_REASON
 from hpo.workers.runner import FinalizeTask, TrialResult, TrialTask
 from hpo.workers.slots import configure_backend
 
@@ -68,6 +69,7 @@ def _child_main(
             conn.send(("finalized", runner.finalize(task)))
             continue
         try:
+            conn.send(("begun", None))  # the trial's own time starts: see TrialProcess.run
             result = runner.run(task, lambda kind, value: conn.send((kind, value)))
         except Exception as exc:  # the study's set-up (its config, MLflow): not this process
             reason = mask_url(f"set-up failed: {type(exc).__name__}: {exc}")
@@ -148,9 +150,14 @@ class TrialProcess:
         timeout: float | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
         stop_grace: float = 20.0,
+        stop_at: float | None = None,
     ) -> TrialResult:
         """Run ``task`` in the trial process and wait for its result.
 
+        ``timeout`` seconds after the process took the task (a new process imports Keras
+        first: that start-up is not the trial's) it is killed and the trial fails ("timed out");
+        at ``stop_at`` (seconds since the epoch: the study's deadline and its grace, the same
+        clock on every machine) it is killed and the result says the deadline was reached.
         When ``stop_requested()`` turns true (SIGTERM), the trial gets ``stop_grace`` seconds
         to finish; then its process is killed and the result says the worker stopped.
         """
@@ -161,13 +168,16 @@ class TrialProcess:
         self._served += 1
         self._conn.send(task)
         run_id: str | None = None
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline: float | None = None  # set when the process takes the task
         stop_deadline: float | None = None
         while True:
             try:
                 ready = self._conn.poll(0.5)
                 if ready:
                     kind, value = self._conn.recv()
+                    if kind == "begun":
+                        deadline = time.monotonic() + timeout if timeout else None
+                        continue
                     if kind == "started":
                         run_id = value
                         continue
@@ -189,6 +199,9 @@ class TrialProcess:
                 return TrialResult(
                     state="FAIL", reason=f"timed out after {timeout:g} s", run_id=run_id
                 )
+            if stop_at is not None and time.time() >= stop_at:
+                self.close(kill=True)
+                return TrialResult(state="FAIL", reason=DEADLINE_REASON, run_id=run_id)
             if stop_requested():
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + stop_grace

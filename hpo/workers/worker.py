@@ -23,6 +23,7 @@ from typing import Any
 
 from hpo.storage import mask_url, open_storage
 from hpo.storage._retry import is_transient, with_db_retry
+from hpo.storage.deadlines import deadline_passed, study_deadline
 from hpo.storage.studies import (
     CONFIG_ATTR,
     SETUP_FAILURES_ATTR,
@@ -97,6 +98,10 @@ class Worker:
         # trial that gets past its set-up resets the count only when there is one to reset.
         self._setup_failures: dict[str, int | None] = {}
         self._warned: set[str] = set()
+        # Studies whose deadline this worker found passed, until they are finalized (then in
+        # _ended).
+        self._past_deadline: dict[str, StudyConfig] = {}
+        self._ended: set[str] = set()
 
     @functools.cached_property
     def storage(self) -> Any:
@@ -286,6 +291,7 @@ class Worker:
                 self._activity.clear()
                 claimed = with_db_retry(self._claim, what="claiming a trial")
                 if claimed is None:
+                    with_db_retry(lambda: self._finalize_past_deadline(slot))
                     # Trials still running elsewhere (in another slot too) may yet fail and be
                     # requeued, so a slot only leaves once its studies have settled.
                     if exit_when_idle and with_db_retry(self._settled, what="reading status"):
@@ -321,7 +327,10 @@ class Worker:
                     if not self._family_allowed(config):
                         continue
                     served = self._served_study(config)
-                    trial = claim_trial(served.study, config.n_trials)
+                    timeout = config.spec().budget.study_timeout
+                    trial = claim_trial(served.study, config.n_trials, timeout)
+                    if trial is None and timeout and self._newly_past_deadline(served):
+                        self._past_deadline[config.name] = config
                 except Exception as exc:
                     if is_transient(exc):
                         raise  # the store, not the study: with_db_retry retries the claim
@@ -335,15 +344,38 @@ class Worker:
         return None
 
     def _settled(self) -> bool:
-        """No active study this worker serves has a running or queued trial."""
+        """No active study this worker serves has a running or queued trial (queued trials of
+        a study past its deadline never start: they do not count)."""
         from optuna.trial import TrialState
 
         for config in self._active_configs():
             study_id = self.storage.get_study_id_from_name(config.name)
-            states = (TrialState.RUNNING, TrialState.WAITING)
+            states: tuple[TrialState, ...] = (TrialState.RUNNING, TrialState.WAITING)
+            if config.spec().budget.study_timeout and deadline_passed(
+                study_deadline(self.storage, study_id)
+            ):
+                states = (TrialState.RUNNING,)
             if self.storage.get_all_trials(study_id, deepcopy=False, states=states):
                 return False
         return True
+
+    def _newly_past_deadline(self, served: _Served) -> bool:
+        if served.config.name in self._ended:
+            return False
+        return deadline_passed(study_deadline(self.storage, served.study._study_id))
+
+    def _finalize_past_deadline(self, slot: Slot) -> None:
+        """Finalize the studies whose deadline passed once no trial of theirs runs: the
+        worker that recorded their last trial does it, unless it went away before."""
+        from hpo.workers._results import FINALIZED_ATTR
+
+        for name, config in list(self._past_deadline.items()):
+            study_id = self.storage.get_study_id_from_name(name)
+            if self.storage.get_study_system_attrs(study_id).get(FINALIZED_ATTR) is not None:
+                self._past_deadline.pop(name, None)  # two slots may get here at once
+                self._ended.add(name)
+                continue
+            self._finalize_if_done(config, slot)
 
     def _sampler_seed(self, config: StudyConfig) -> int | None:
         from hpo.engines._names import ALGORITHMS
@@ -397,11 +429,20 @@ class Worker:
             task = TrialTask(
                 self.options.storage_url, config.to_json(), trial._trial_id, trial.number, params
             )
+            budget = config.spec().budget
+            stop_at = None
+            if budget.study_timeout:
+                # Set by the claim (this one, or the study's first): the same on every machine.
+                study_id = served.study._study_id
+                deadline = with_db_retry(lambda: study_deadline(self.storage, study_id))
+                if deadline is not None:
+                    stop_at = deadline + budget.study_timeout_grace
             result = slot.process.run(
                 task,
-                timeout=config.spec().budget.trial_timeout,
+                timeout=budget.trial_timeout,
                 stop_requested=self._stop.is_set,
                 stop_grace=self.options.stop_grace,
+                stop_at=stop_at,
             )
             self._record(served, trial, result)
             if result.setup_failed:
