@@ -24,3 +24,7 @@ HISTORY_FILE = "history.json"
 """Every epoch's logged metrics and seconds."""
 CURVES_FILE = "learning_curves.png"
 """A plot of the metrics against the epoch."""
+CHECKPOINT_FILE = "checkpoint.json"
+"""The last checkpoint: its epoch, history, RNG state and the weights file that holds it."""
+CHECKPOINT_WEIGHTS_FILES = ("checkpoint-a.weights.h5", "checkpoint-b.weights.h5")
+"""Weights and optimizer state, written in turn: the one :data:`CHECKPOINT_FILE` names is whole."""
