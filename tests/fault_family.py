@@ -124,8 +124,9 @@ class EpochFamily(FunctionFamily):
     """``family: fault_family:EpochFamily``: :func:`build`'s model, its epochs recorded.
 
     With ``HPO_TEST_EPOCHS`` set to a file, every epoch's start appends a JSON line (trial
-    process id, epoch from 1) to it. With ``HPO_TEST_HOLD`` set to a file that exists, the
-    epoch ``hold_epoch`` waits at its start until the file is gone (a test kills it there).
+    process id, ``epoch`` from 1) to it. With ``HPO_TEST_HOLD`` set to a file that exists, the
+    epoch ``hold_epoch`` waits at its end (once reported and checkpointed) until the file is
+    gone, after appending a line with ``held``: a test kills its worker there.
     """
 
     def __init__(self) -> None:
@@ -150,8 +151,17 @@ class EpochFamily(FunctionFamily):
                 if record:
                     with open(record, "a") as f:
                         f.write(json.dumps({"pid": os.getpid(), "epoch": epoch + 1}) + "\n")
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                # After the trial's own callback, which reported the epoch and checkpointed it.
                 hold = os.environ.get("HPO_TEST_HOLD")
-                while hold and epoch + 1 == hold_epoch and os.path.exists(hold):
+                if not (hold and epoch + 1 == hold_epoch and os.path.exists(hold)):
+                    return
+                record = os.environ.get("HPO_TEST_EPOCHS")
+                if record:
+                    with open(record, "a") as f:
+                        f.write(json.dumps({"pid": os.getpid(), "held": epoch + 1}) + "\n")
+                while os.path.exists(hold):
                     time.sleep(0.1)
 
         super().fit(model, hp, data, epochs, [*callbacks, _Recorder()], initial_epoch)
