@@ -4,7 +4,7 @@ Real ``hpo worker`` subprocesses, a real MLflow server over HTTP (the checkpoint
 trial's run there), the study store on SQLite and on PostgreSQL. The trial trains 6 epochs of
 ``fault_family:EpochFamily`` on 200 digits; each epoch's start is recorded with its trial
 process's id, and epoch 4, once reported and checkpointed, waits at its end until the test has
-killed its worker with SIGKILL.
+killed its worker with SIGKILL (or stopped it with SIGTERM: the trial is requeued at once).
 """
 
 from __future__ import annotations
@@ -50,6 +50,20 @@ def _epochs(path: Path) -> list[dict[str, Any]]:
 def test_a_trial_killed_in_epoch_4_resumes_and_trains_only_epochs_5_and_6(
     tmp_path: Path, storage_url: str, mlflow_server: Any, start_workers: Any
 ) -> None:
+    _interrupt_and_resume(tmp_path, storage_url, mlflow_server, start_workers, signal.SIGKILL)
+
+
+def test_a_trial_stopped_by_sigterm_in_epoch_4_resumes_from_its_checkpoint(
+    tmp_path: Path, postgres_url: str, mlflow_server: Any, start_workers: Any
+) -> None:
+    _interrupt_and_resume(tmp_path, postgres_url, mlflow_server, start_workers, signal.SIGTERM)
+
+
+def _interrupt_and_resume(
+    tmp_path: Path, storage_url: str, mlflow_server: Any, start_workers: Any, how: int
+) -> None:
+    """Interrupt the trial's worker with ``how`` while epoch 4 of 6 waits at its end; a second
+    worker retries the trial, which must train epochs 5 and 6 alone."""
     name = f"resume-{tmp_path.name[-12:]}".replace("_", "-")
     epochs_file, hold = tmp_path / "epochs.jsonl", tmp_path / "hold"
     hold.touch()
@@ -67,6 +81,7 @@ def test_a_trial_killed_in_epoch_4_resumes_and_trains_only_epochs_5_and_6(
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     args = ["--study", name, "--threads", "1", "--heartbeat", "1", "--grace-period", "4"]
+    args += ["--stop-grace", "1"]
     run = {"storage": storage_url, "tracking_uri": mlflow_server.url, "args": args, "env": env}
     victim = start_workers(1, **run)
     wait_for(
@@ -77,8 +92,10 @@ def test_a_trial_killed_in_epoch_4_resumes_and_trains_only_epochs_5_and_6(
         logs=lambda: "\n".join(p.read_text()[-3000:] for p in victim.logs),
     )
     [killed_pid] = {e["pid"] for e in _epochs(epochs_file)}
-    os.kill(victim.procs[0].pid, signal.SIGKILL)
-    victim.procs[0].wait(timeout=30)
+    os.kill(victim.procs[0].pid, how)
+    victim.procs[0].wait(timeout=60)
+    if how == signal.SIGTERM:
+        assert victim.procs[0].returncode == 0  # it failed and requeued the trial itself
     hold.unlink()  # a retry that trained from epoch 0 would end epoch 4 again
     survivor = start_workers(1, **run)
     assert survivor.wait(timeout=600) == [0], "\n".join(p.read_text() for p in survivor.logs)
@@ -90,7 +107,8 @@ def test_a_trial_killed_in_epoch_4_resumes_and_trains_only_epochs_5_and_6(
     store = open_storage(storage_url)
     trials = optuna.load_study(study_name=name, storage=store).get_trials()
     [failed] = [t for t in trials if t.state == TrialState.FAIL]
-    assert "heartbeat" in failed.user_attrs["fail_reason"]
+    reason = "heartbeat" if how == signal.SIGKILL else "stopped (SIGTERM/SIGINT)"
+    assert reason in failed.user_attrs["fail_reason"]
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retry.state == TrialState.COMPLETE and retry.params == failed.params
     assert retry.user_attrs["resumed_from_epoch"] == 4

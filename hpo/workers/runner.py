@@ -449,14 +449,23 @@ class TrialRunner:
                 what="asking the pruner",
             )
 
+        checkpoint_seconds: list[float] = []
+
         def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
+            nonlocal checkpointing
             report(epoch, logs, seconds)
             if prune(epoch):
                 return True
             if checkpointing and run_id and epoch < spec.budget.max_epochs:
-                checkpoints.save(
-                    mlflow, run_id, model, epoch, callback.history, callback.epoch_seconds
-                )
+                try:
+                    checkpoint_seconds.append(
+                        checkpoints.save(
+                            mlflow, run_id, model, epoch, callback.history, callback.epoch_seconds
+                        )
+                    )
+                except Exception as exc:  # a checkpoint must never fail the trial
+                    log.warning("trial %d: no more checkpoints: %s", task.trial_number, exc)
+                    checkpointing = False
             return False
 
         callback = _EpochCallback(on_epoch)
@@ -508,6 +517,8 @@ class TrialRunner:
             "epoch_seconds_median": final["epoch_seconds_median"],
             "first_epoch_seconds": callback.epoch_seconds[0],
         }
+        if checkpoint_seconds:  # what checkpoints cost this trial (bench/resume.py measures it)
+            timings["checkpoint_seconds"] = sum(checkpoint_seconds)
         for key, value in timings.items():
             with_db_retry(
                 lambda k=key, v=value: storage.set_trial_user_attr(task.trial_id, k, v)  # type: ignore[misc]
