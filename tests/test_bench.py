@@ -35,6 +35,7 @@ params:
         "hyperband_history.py",
         "store_scale.py",
         "store_proxies.py",
+        "resume.py",
     ],
 )
 def test_bench_help(script: str) -> None:

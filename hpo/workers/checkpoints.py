@@ -12,7 +12,7 @@ A retry (its ``failed_trial`` system attribute names the trial it repeats) reads
 of that trial's run, which every worker can read as the tracking store is shared. No checkpoint,
 an unreadable one or a hash that does not match: the retry trains from epoch 0.
 
-Imports Keras; only trial processes import this module.
+Used by :mod:`hpo.workers.runner`, in trial processes: it works on the trial's Keras model.
 """
 
 from __future__ import annotations
