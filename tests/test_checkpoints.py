@@ -117,3 +117,58 @@ def test_no_checkpoint_means_none(tmp_path: Path, run: tuple[Any, str]) -> None:
     assert checkpoints.load(client, run_id, tmp_path) is None
     tracking.log_artifact_files(client, run_id, {CHECKPOINT_FILE: b"{not json"})
     assert checkpoints.load(client, run_id, tmp_path / "bad") is None
+
+
+def test_a_vae_resumes_and_a_gan_trains_from_epoch_0(tmp_path: Path, run: tuple[Any, str]) -> None:
+    """The VAE (base ``fit``, sub-models, two losses) restores whole and trains on from its
+    checkpoint's epoch; the GAN's loop keeps state outside its weights, so it never resumes."""
+    from hpo.datasets import load_dataset
+    from hpo.families.gan import GAN
+    from hpo.families.vae import VAE
+    from hpo.spaces import DatasetSpec, Params
+
+    client, run_id = run
+    data = load_dataset(DatasetSpec(name="digits", subset=160, seed=0))
+    hp = Params({"latent_dim": 3, "conv_blocks": 2, "filters": 4, "dense_units": 8})
+    family = VAE()
+    assert checkpoints.can_resume(family) and not checkpoints.can_resume(GAN())
+
+    class Epochs(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[int] = []
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.seen.append(epoch + 1)
+
+    keras.utils.set_random_seed(0)
+    first = family.build(hp, data)
+    family.fit(first, hp, data, 1, [])
+    checkpoints.save(client, run_id, first, 1, [{"loss": 1.0}], [0.1])
+    keras.utils.set_random_seed(1)
+    resumed = family.build(hp, data)
+    found = checkpoints.load(client, run_id, tmp_path)
+    assert found is not None and checkpoints.restore(resumed, found)
+    for a, b in zip(_weights(resumed), _weights(first), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(resumed.optimizer.iterations) == int(first.optimizer.iterations) > 0
+    epochs = Epochs()
+    family.fit(resumed, hp, data, 2, [epochs], initial_epoch=1)
+    assert epochs.seen == [2]
+
+
+def test_restore_keeps_the_learning_rate_the_model_was_built_with(
+    tmp_path: Path, run: tuple[Any, str]
+) -> None:
+    """A schedule callback (sorted_seq's cosine) had lowered the rate when the checkpoint was
+    written; it computes each epoch's rate from the built one, which must not be the lowered."""
+    client, run_id = run
+    model = _model(0)
+    history = _fit(model, 1)
+    model.optimizer.learning_rate = 0.001
+    checkpoints.save(client, run_id, model, 1, history, [0.1])
+    resumed = _model(1)
+    found = checkpoints.load(client, run_id, tmp_path)
+    assert found is not None and checkpoints.restore(resumed, found)
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(0.01)
+    assert int(resumed.optimizer.iterations) == int(model.optimizer.iterations)
