@@ -31,6 +31,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from hpo.families import FunctionFamily
+
 RECORDED_ENV = (
     "CUDA_VISIBLE_DEVICES",
     "XLA_PYTHON_CLIENT_PREALLOCATE",
@@ -149,3 +151,50 @@ def build(hp: Any, data: Any) -> Any:
         _hang_in_epoch(model, int(hp.get("hang_epoch", 1)))
     _BUILT.append(weakref.ref(model))
     return model
+
+
+class EpochFamily(FunctionFamily):
+    """``family: fault_family:EpochFamily``: :func:`build`'s model, its epochs recorded.
+
+    With ``HPO_TEST_EPOCHS`` set to a file, every epoch's start appends a JSON line (trial
+    process id, ``epoch`` from 1) to it. With ``HPO_TEST_HOLD`` set to a file that exists, the
+    epoch ``hold_epoch`` waits at its end (once reported and checkpointed) until the file is
+    gone, after appending a line with ``held``: a test kills its worker there.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("fault_family:EpochFamily", build)
+
+    def fit(
+        self,
+        model: Any,
+        hp: Any,
+        data: Any,
+        epochs: int,
+        callbacks: Any,
+        initial_epoch: int = 0,
+    ) -> None:
+        import keras
+
+        hold_epoch = int(hp.get("hold_epoch", 0))
+
+        class _Recorder(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                record = os.environ.get("HPO_TEST_EPOCHS")
+                if record:
+                    with open(record, "a") as f:
+                        f.write(json.dumps({"pid": os.getpid(), "epoch": epoch + 1}) + "\n")
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                # After the trial's own callback, which reported the epoch and checkpointed it.
+                hold = os.environ.get("HPO_TEST_HOLD")
+                if not (hold and epoch + 1 == hold_epoch and os.path.exists(hold)):
+                    return
+                record = os.environ.get("HPO_TEST_EPOCHS")
+                if record:
+                    with open(record, "a") as f:
+                        f.write(json.dumps({"pid": os.getpid(), "held": epoch + 1}) + "\n")
+                while os.path.exists(hold):
+                    time.sleep(0.1)
+
+        super().fit(model, hp, data, epochs, [*callbacks, _Recorder()], initial_epoch)

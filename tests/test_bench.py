@@ -36,6 +36,7 @@ params:
         "store_scale.py",
         "store_proxies.py",
         "retention.py",
+        "resume.py",
     ],
 )
 def test_bench_help(script: str) -> None:

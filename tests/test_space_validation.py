@@ -397,6 +397,15 @@ def test_reduction_factor_below_two(tmp_path: Path) -> None:
     check(text, tmp_path, ("budget.reduction_factor", 6, "greater than or equal to 2, got 1"))
 
 
+def test_checkpoints_is_true_or_false(tmp_path: Path) -> None:
+    budget = "budget:\n  max_epochs: 2\n  checkpoints: 'no'"
+    text = VALID.replace("budget: {max_epochs: 2}", budget)
+    check(text, tmp_path, ("budget.checkpoints", 6, "Input should be a valid boolean"))
+    path = tmp_path / "off.yaml"
+    path.write_text(VALID.replace("{max_epochs: 2}", "{max_epochs: 2, checkpoints: false}"))
+    assert load_spec(path).budget.checkpoints is False
+
+
 def test_unreadable_files() -> None:
     with pytest.raises(SpaceError, match=r"missing\.yaml: <top level>: cannot read: "):
         load_spec("/nonexistent/dir/missing.yaml")

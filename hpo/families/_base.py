@@ -50,6 +50,10 @@ class Family(ABC):
     # Whether `hpo ensemble build` may combine this family's trials (a generator's outputs
     # are not predictions to average: a GAN).
     ensembles: ClassVar[bool] = True
+    # Whether a retry may resume this family's trial from a checkpoint: its ``fit`` honours
+    # ``initial_epoch`` and all of its training state is in the model's and optimizer's
+    # weights (see hpo.workers.checkpoints).
+    resumable: ClassVar[bool] = True
 
     @abstractmethod
     def build(self, hp: Params, data: Dataset) -> keras.Model:
@@ -78,14 +82,21 @@ class Family(ABC):
         data: Dataset,
         epochs: int,
         callbacks: Sequence[keras.callbacks.Callback],
+        initial_epoch: int = 0,
     ) -> None:
-        """Train for ``epochs``; callbacks see validation metrics in ``logs`` every epoch."""
+        """Train up to ``epochs``; callbacks see validation metrics in ``logs`` every epoch.
+
+        ``initial_epoch``: the epochs a checkpoint restored, not trained again. A family whose
+        ``fit`` has no such argument, or that sets ``resumable = False``, is not resumed: its
+        retries train from epoch 0.
+        """
         model.fit(
             data.train.x,
             self.fit_targets(data.train),
             validation_data=(data.validation.x, self.fit_targets(data.validation)),
             batch_size=self.batch_size(hp),
             epochs=epochs,
+            initial_epoch=initial_epoch,
             callbacks=list(callbacks),
             verbose=0,
         )

@@ -112,6 +112,8 @@ class GAN(Family):
     # The saved model is the generator: latent vectors in, images out.
     raw_inputs = False
     name = "gan"
+    # Its loop's random stream, collapse watch and sample grids are not in a checkpoint.
+    resumable: ClassVar[bool] = False
     tasks: ClassVar[tuple[Task, ...]] = ("classification",)
     default_batch_size: ClassVar[int] = 64
     ensembles = False
@@ -172,8 +174,13 @@ class GAN(Family):
         data: Dataset,
         epochs: int,
         callbacks: Sequence[keras.callbacks.Callback],
+        initial_epoch: int = 0,
     ) -> None:
-        """The adversarial loop; each epoch's logs hold the losses and the sample quality."""
+        """The adversarial loop; each epoch's logs hold the losses and the sample quality.
+
+        Always from epoch 0 (``resumable = False``): the loop's own state (its random stream,
+        the collapse watch, the sample grids) is not in a checkpoint.
+        """
         from hpo.families.gan_quality import feature_classifier
 
         # The classifier's training reseeds Keras; keep the trial's own stream either way.

@@ -164,6 +164,7 @@ class SortedSeq(Family):
         data: Dataset,
         epochs: int,
         callbacks: Sequence[keras.callbacks.Callback],
+        initial_epoch: int = 0,
     ) -> None:
         """``model.fit`` as usual, with the learning rate on a cosine when ``lr_schedule`` says."""
         import keras
@@ -174,7 +175,7 @@ class SortedSeq(Family):
             base = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
             schedule = partial(cosine_lr, base=base, epochs=epochs)
             extra.append(keras.callbacks.LearningRateScheduler(schedule))
-        super().fit(model, hp, data, epochs, [*extra, *callbacks])
+        super().fit(model, hp, data, epochs, [*extra, *callbacks], initial_epoch)
 
 
 def _lr_schedule(hp: Params) -> str:

@@ -94,6 +94,8 @@ class BudgetSpec(_Section):
     )
     # sha and hyperband keep the best 1/reduction_factor of the trials at each rung.
     reduction_factor: int = Field(default=3, ge=2)
+    # A checkpoint in the trial's MLflow run after each epoch, so a retry resumes from it.
+    checkpoints: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSpec:

@@ -24,11 +24,21 @@ HISTORY_FILE = "history.json"
 """Every epoch's logged metrics and seconds."""
 CURVES_FILE = "learning_curves.png"
 """A plot of the metrics against the epoch."""
+CHECKPOINT_FILE = "checkpoint.json"
+"""The last checkpoint: its epoch, history, RNG state and the weights file that holds it."""
+CHECKPOINT_WEIGHTS_FILES = ("checkpoint-a.weights.h5", "checkpoint-b.weights.h5")
+"""Weights and optimizer state, written in turn: the one :data:`CHECKPOINT_FILE` names is whole."""
 
-RETAINABLE_FILES = (MODEL_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE)
+RETAINABLE_FILES = (
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    TEST_PREDICTIONS_FILE,
+    CHECKPOINT_FILE,
+    *CHECKPOINT_WEIGHTS_FILES,
+)
 """The big files of a trial's run: what the retention policy deletes from the trials it does
-not keep (:mod:`hpo.tracking.retention`). Parameters, dataset summary, history, curves and
-the run's metrics always stay."""
+not keep (:mod:`hpo.tracking.retention`); the model first. Parameters, dataset summary,
+history, curves and the run's metrics always stay."""
 ARTIFACTS_DELETED_TAG = "hpo.artifacts_deleted"
 """Set on a trial's run whose :data:`RETAINABLE_FILES` the retention policy deleted: why."""
 ARTIFACTS_FREED_TAG = "hpo.artifacts_freed_bytes"

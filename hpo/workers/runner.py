@@ -42,6 +42,7 @@ from hpo.tracking.artifacts import (
     PARAMS_FILE,
     PREDICTIONS_FILE,
 )
+from hpo.workers import checkpoints
 from hpo.workers.model_checks import ModelCheckError, check_model
 
 log = logging.getLogger("hpo.runner")
@@ -379,9 +380,6 @@ class TrialRunner:
         self, task: TrialTask, config: StudyConfig, storage: Any, mlflow: Any, run_id: str | None
     ) -> TrialResult:
         import keras
-        import optuna
-
-        from hpo.engines import create_pruner
 
         spec = config.spec()
         try:
@@ -409,6 +407,42 @@ class TrialRunner:
             check_model(model, family, data, logged, constrained=bounded)
         except ModelCheckError as exc:
             raise TrialFailedError(f"family {spec.family!r}: {exc}") from None
+        checkpointing = (
+            spec.budget.checkpoints
+            and mlflow is not None
+            and bool(run_id)
+            and checkpoints.can_resume(family)
+        )
+        resumed = None
+        if checkpointing:
+            resumed = checkpoints.resume(
+                storage, mlflow, config.name, task.trial_id, run_id, model, spec.budget.max_epochs
+            )
+            if resumed is not None:
+                log.info("trial %d resumes after epoch %d", task.trial_number, resumed.epoch)
+        return self._fit(
+            task, config, storage, mlflow, run_id, model, family, hp, data, resumed, checkpointing
+        )
+
+    def _fit(
+        self,
+        task: TrialTask,
+        config: StudyConfig,
+        storage: Any,
+        mlflow: Any,
+        run_id: str | None,
+        model: Any,
+        family: Any,
+        hp: Params,
+        data: Dataset,
+        resumed: checkpoints.Checkpoint | None,
+        checkpointing: bool,
+    ) -> TrialResult:
+        import optuna
+
+        from hpo.engines import create_pruner
+
+        spec = config.spec()
         params_count = int(model.count_params())
         with_db_retry(
             lambda: storage.set_trial_user_attr(task.trial_id, "params_count", params_count)
@@ -444,14 +478,14 @@ class TrialRunner:
             )
         metric = spec.metrics[0]
 
-        def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
+        def report(epoch: int, logs: dict[str, float], seconds: float) -> None:
             if mlflow is not None and run_id:
                 tracking.log_metrics(mlflow, run_id, {**logs, "epoch_seconds": seconds}, epoch)
                 _log_epoch_artifacts(
                     mlflow, run_id, family, model, hp, data, epoch, spec.budget.max_epochs
                 )
             if not single:
-                return False
+                return
             if metric not in logs:
                 raise TrialFailedError(
                     f"objective metric {metric!r} is not among the metrics Keras logged "
@@ -460,7 +494,9 @@ class TrialRunner:
             with_db_retry(
                 lambda: storage.set_trial_intermediate_value(task.trial_id, epoch, logs[metric])
             )
-            if epoch >= spec.budget.max_epochs or study is None:
+
+        def prune(epoch: int) -> bool:
+            if not single or epoch >= spec.budget.max_epochs or study is None:
                 return False
             loaded = study
             return with_db_retry(
@@ -468,10 +504,53 @@ class TrialRunner:
                 what="asking the pruner",
             )
 
+        checkpoint_seconds: list[float] = []
+
+        def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
+            nonlocal checkpointing
+            report(epoch, logs, seconds)
+            if prune(epoch):
+                return True
+            if checkpointing and run_id and epoch < spec.budget.max_epochs:
+                try:
+                    checkpoint_seconds.append(
+                        checkpoints.save(
+                            mlflow, run_id, model, epoch, callback.history, callback.epoch_seconds
+                        )
+                    )
+                except Exception as exc:  # a checkpoint must never fail the trial
+                    log.warning("trial %d: no more checkpoints: %s", task.trial_number, exc)
+                    checkpointing = False
+            return False
+
         callback = _EpochCallback(on_epoch)
+        start = 0
+        if resumed is not None:
+            # The earlier epochs' values go to this trial first: the pruner sees one curve.
+            for epoch, (logs, seconds) in enumerate(
+                zip(resumed.history, resumed.epoch_seconds, strict=True), 1
+            ):
+                report(epoch, logs, seconds)
+            start = callback.epochs = resumed.epoch
+            callback.history = list(resumed.history)
+            callback.epoch_seconds = list(resumed.epoch_seconds)
+            callback.pruned = prune(start)
         t0 = time.perf_counter()
-        family.fit(model, hp, data, spec.budget.max_epochs, [callback.keras_callback])
-        train_seconds = time.perf_counter() - t0
+        if callback.pruned:
+            pass  # pruned on its resumed curve: nothing left to train
+        elif start:
+            family.fit(
+                model,
+                hp,
+                data,
+                spec.budget.max_epochs,
+                [callback.keras_callback],
+                initial_epoch=start,
+            )
+        else:
+            family.fit(model, hp, data, spec.budget.max_epochs, [callback.keras_callback])
+        # The epochs of the attempt it resumed count as this trial's training.
+        train_seconds = time.perf_counter() - t0 + sum(callback.epoch_seconds[:start])
         # Which parameters the family read: the worker reports those no trial reads.
         with_db_retry(lambda: record_params_read(storage, task.trial_id, hp))
         if callback.failure:
@@ -493,6 +572,8 @@ class TrialRunner:
             "epoch_seconds_median": final["epoch_seconds_median"],
             "first_epoch_seconds": callback.epoch_seconds[0],
         }
+        if checkpoint_seconds:  # what checkpoints cost this trial (bench/resume.py measures it)
+            timings["checkpoint_seconds"] = sum(checkpoint_seconds)
         for key, value in timings.items():
             with_db_retry(
                 lambda k=key, v=value: storage.set_trial_user_attr(task.trial_id, k, v)  # type: ignore[misc]

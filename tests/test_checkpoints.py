@@ -1,0 +1,174 @@
+"""A trial's checkpoint round-trips through its MLflow run: weights, optimizer state, history.
+
+A tiny dense classifier on sklearn's digits, trained without shuffling so that training is
+deterministic: 3 epochs, a checkpoint, 3 more epochs in a new model restored from it, equals 6
+epochs straight through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from hpo import tracking
+from hpo.tracking.artifacts import CHECKPOINT_FILE
+from hpo.workers import checkpoints
+
+keras = pytest.importorskip("keras")
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    return (digits.data[:300] / 16.0).astype("float32"), digits.target[:300]
+
+
+def _model(seed: int) -> Any:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _fit(model: Any, epochs: int, initial_epoch: int = 0) -> list[dict[str, float]]:
+    x, y = _data()
+    history = model.fit(
+        x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=32, shuffle=False, verbose=0
+    )
+    return [{"loss": float(v)} for v in history.history["loss"]]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
+    """One MLflow store (its set-up takes seconds), artifacts in the test's directory."""
+    root = tmp_path_factory.mktemp("mlflow")
+    client = tracking.new_client(f"sqlite:///{root / 'mlflow.db'}", root=root / "outbox")
+    experiment = client.create_experiment("checkpoints", artifact_location=str(root / "runs"))
+    return client, experiment
+
+
+@pytest.fixture
+def run(store: tuple[Any, str]) -> tuple[Any, str]:
+    client, experiment = store
+    return client, client.start_run(experiment, run_name="trial")
+
+
+def _weights(model: Any) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_resumed_training_equals_training_straight_through(
+    tmp_path: Path, run: tuple[Any, str]
+) -> None:
+    client, run_id = run
+    straight = _model(0)
+    _fit(straight, 6)
+
+    first = _model(0)
+    history = _fit(first, 3)
+    checkpoints.save(client, run_id, first, 3, history, [0.1, 0.1, 0.1])
+    found = checkpoints.load(client, run_id, tmp_path / "download")
+    assert found is not None and found.epoch == 3 and found.history == history
+
+    resumed = _model(1)  # other initial weights: all of them must come from the checkpoint
+    assert checkpoints.restore(resumed, found)
+    assert int(resumed.optimizer.iterations) == int(first.optimizer.iterations) == 30
+    _fit(resumed, 6, initial_epoch=3)
+    for a, b in zip(_weights(resumed), _weights(straight), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    # The model's weights alone (a fresh Adam) train to something else: the optimizer's
+    # state is what made the resumed run equal.
+    weights_only = _model(1)
+    weights_only.set_weights(_weights(first))
+    _fit(weights_only, 6, initial_epoch=3)
+    gap = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(_weights(weights_only), _weights(straight), strict=True)
+    )
+    assert gap > 1e-3
+
+
+def test_a_checkpoint_whose_weights_do_not_match_its_hash_is_not_used(
+    tmp_path: Path, run: tuple[Any, str]
+) -> None:
+    client, run_id = run
+    model = _model(0)
+    history = _fit(model, 1)
+    checkpoints.save(client, run_id, model, 1, history, [0.1])
+    found = checkpoints.load(client, run_id, tmp_path / "ok")
+    assert found is not None
+    # A writer killed while it uploaded epoch 2's weights into the file epoch 1's pointer names.
+    tracking.log_artifact_files(client, run_id, {found.weights.name: b"half a file"})
+    assert checkpoints.load(client, run_id, tmp_path / "torn") is None
+
+
+def test_no_checkpoint_means_none(tmp_path: Path, run: tuple[Any, str]) -> None:
+    client, run_id = run
+    assert checkpoints.load(client, run_id, tmp_path) is None
+    tracking.log_artifact_files(client, run_id, {CHECKPOINT_FILE: b"{not json"})
+    assert checkpoints.load(client, run_id, tmp_path / "bad") is None
+
+
+def test_a_vae_resumes_and_a_gan_trains_from_epoch_0(tmp_path: Path, run: tuple[Any, str]) -> None:
+    """The VAE (base ``fit``, sub-models, two losses) restores whole and trains on from its
+    checkpoint's epoch; the GAN's loop keeps state outside its weights, so it never resumes."""
+    from hpo.datasets import load_dataset
+    from hpo.families.gan import GAN
+    from hpo.families.vae import VAE
+    from hpo.spaces import DatasetSpec, Params
+
+    client, run_id = run
+    data = load_dataset(DatasetSpec(name="digits", subset=160, seed=0))
+    hp = Params({"latent_dim": 3, "conv_blocks": 2, "filters": 4, "dense_units": 8})
+    family = VAE()
+    assert checkpoints.can_resume(family) and not checkpoints.can_resume(GAN())
+
+    class Epochs(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[int] = []
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.seen.append(epoch + 1)
+
+    keras.utils.set_random_seed(0)
+    first = family.build(hp, data)
+    family.fit(first, hp, data, 1, [])
+    checkpoints.save(client, run_id, first, 1, [{"loss": 1.0}], [0.1])
+    keras.utils.set_random_seed(1)
+    resumed = family.build(hp, data)
+    found = checkpoints.load(client, run_id, tmp_path)
+    assert found is not None and checkpoints.restore(resumed, found)
+    for a, b in zip(_weights(resumed), _weights(first), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(resumed.optimizer.iterations) == int(first.optimizer.iterations) > 0
+    epochs = Epochs()
+    family.fit(resumed, hp, data, 2, [epochs], initial_epoch=1)
+    assert epochs.seen == [2]
+
+
+def test_restore_keeps_the_learning_rate_the_model_was_built_with(
+    tmp_path: Path, run: tuple[Any, str]
+) -> None:
+    """A schedule callback (sorted_seq's cosine) had lowered the rate when the checkpoint was
+    written; it computes each epoch's rate from the built one, which must not be the lowered."""
+    client, run_id = run
+    model = _model(0)
+    history = _fit(model, 1)
+    model.optimizer.learning_rate = 0.001
+    checkpoints.save(client, run_id, model, 1, history, [0.1])
+    resumed = _model(1)
+    found = checkpoints.load(client, run_id, tmp_path)
+    assert found is not None and checkpoints.restore(resumed, found)
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(0.01)
+    assert int(resumed.optimizer.iterations) == int(model.optimizer.iterations)
