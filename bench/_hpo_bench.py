@@ -198,7 +198,7 @@ class StubTrialProcess:
         return self._storages[url]
 
     def run(self, task: Any, timeout: float | None = None, **_: Any) -> Any:
-        from hpo.workers.runner import TrialResult
+        from hpo.workers.runner import TrialResult  # (re-exported; older versions defined it there)
 
         storage = self._storage(task.storage_url)
         time.sleep(self.seconds)

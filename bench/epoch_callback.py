@@ -63,7 +63,7 @@ def main() -> None:
     from hpo.datasets import load_dataset
     from hpo.families import get_family
     from hpo.spaces import Params, parse_spec
-    from hpo.workers.runner import _EpochCallback
+    from hpo.workers.epoch_callback import EpochCallback
 
     source = SPACE.replace("SUBSET", str(subset)).replace("BATCH", str(args.batch_size))
     spec = parse_spec(source, "epoch_callback.yaml")
@@ -76,7 +76,7 @@ def main() -> None:
         model = family.build(hp, data)
         callbacks = []
         if mode != "none":
-            callback = _EpochCallback(lambda epoch, logs, seconds: False)
+            callback = EpochCallback(lambda epoch, logs, seconds: False)
             if mode == "inline":
                 callback.keras_callback.async_safe = False
             callbacks = [callback.keras_callback]

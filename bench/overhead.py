@@ -93,7 +93,7 @@ def _bare_child(conn: Connection, source: str, threads: int) -> None:
     from hpo.datasets import load_dataset
     from hpo.families import get_family
     from hpo.spaces import Params, parse_spec
-    from hpo.workers.runner import _custom_gradient_names, _forget_custom_gradients
+    from hpo.workers._gradients import custom_gradient_names, forget_custom_gradients
 
     spec = parse_spec(source, "overhead.yaml")
     data = load_dataset(spec.dataset)
@@ -109,7 +109,7 @@ def _bare_child(conn: Connection, source: str, threads: int) -> None:
         # The seed hpo's trial process sets for this trial number.
         keras.utils.set_random_seed((SEED * 100_003 + number) % 2**31)
         hp = Params(params)
-        gradients_before = _custom_gradient_names()
+        gradients_before = custom_gradient_names()
         t0 = time.perf_counter()
         model = family.build(hp, data)
         t1 = time.perf_counter()
@@ -119,7 +119,7 @@ def _bare_child(conn: Connection, source: str, threads: int) -> None:
         # gradients TensorFlow registered, every model's train graph stays alive, and the
         # collections during later fits scan more and more of them.
         keras.backend.clear_session(free_memory=False)
-        _forget_custom_gradients(gradients_before)
+        forget_custom_gradients(gradients_before)
         gc.collect()
         conn.send((time.perf_counter() - t0, fit_seconds))
 

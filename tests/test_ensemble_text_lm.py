@@ -307,7 +307,7 @@ def test_members_with_different_windows_each_read_their_own() -> None:
 
 
 def test_language_models_store_a_bounded_seeded_set_of_windows() -> None:
-    from hpo.workers.runner import LM_MIN_WINDOWS, LM_STORED_FLOATS, stored_rows
+    from hpo.workers._trial_files import LM_MIN_WINDOWS, LM_STORED_FLOATS, stored_rows
 
     assert stored_rows(600, 60, "language_model") is None  # small splits: every window
     rows = stored_rows(50_000, 10_000, "language_model")

@@ -15,7 +15,7 @@ SCRIPT = """
 import json, os, sys
 import keras, numpy as np
 from sklearn.datasets import load_digits
-from hpo.workers.runner import _EpochCallback
+from hpo.workers.epoch_callback import EpochCallback as _EpochCallback
 
 x, y = load_digits(return_X_y=True)
 x = (x / 16.0).astype("float32")

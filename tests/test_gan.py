@@ -124,7 +124,8 @@ def test_family_is_registered_checks_its_data_and_is_not_ensembled(digits: Datas
 
 
 def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
-    from hpo.workers.runner import TrialFailedError, _EpochCallback
+    from hpo.workers.epoch_callback import EpochCallback as _EpochCallback
+    from hpo.workers.tasks import TrialFailedError
 
     family = GAN()
     # Any 10-class distribution has a largest share >= 0.1: a threshold of 0.05 forces collapse.
@@ -139,7 +140,7 @@ def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
 
 
 def test_divergence_fails_the_trial_with_its_reason(digits: Dataset) -> None:
-    from hpo.workers.runner import _EpochCallback
+    from hpo.workers.epoch_callback import EpochCallback as _EpochCallback
 
     family = GAN()
     # An absurd learning rate blows the weights up to inf: the losses turn NaN.

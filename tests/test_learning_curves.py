@@ -8,7 +8,7 @@ import math
 import numpy as np
 from matplotlib.image import imread
 
-from hpo.workers.runner import learning_curve_png
+from hpo.workers._trial_files import learning_curve_png
 
 
 def _pixels(png: bytes) -> np.ndarray:

@@ -88,7 +88,8 @@ def _run_trials(
     """Run one trial per mode through :class:`hpo.workers.runner.TrialRunner`, in this process."""
     from hpo.storage import open_storage
     from hpo.storage.studies import StudyConfig, create_study
-    from hpo.workers.runner import TrialRunner, TrialTask
+    from hpo.workers.runner import TrialRunner
+    from hpo.workers.tasks import TrialTask
 
     monkeypatch.syspath_prepend(str(tmp_path))
     family = _user_family(tmp_path)

@@ -11,7 +11,11 @@ import weakref
 
 import pytest
 
-from hpo.workers.runner import _custom_gradient_names, _forget_custom_gradients, _gradient_registry
+from hpo.workers._gradients import (
+    _gradient_registry,
+)
+from hpo.workers._gradients import custom_gradient_names as _custom_gradient_names
+from hpo.workers._gradients import forget_custom_gradients as _forget_custom_gradients
 
 tf = pytest.importorskip("tensorflow")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from hpo.workers.runner import FinalizeTask
+from hpo.workers.tasks import FinalizeTask
 
 from conftest import FAST_SPACE, FAULT_FAMILY_ENV, hpo
 

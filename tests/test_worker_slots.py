@@ -226,7 +226,7 @@ class _FakeRuns:
         return lambda process, *args, **kwargs: self._run(process, *args, **kwargs)
 
     def _run(self, process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
-        from hpo.workers.runner import TrialResult
+        from hpo.workers.tasks import TrialResult
         from hpo.workers.worker import STOPPED_REASON
 
         with self._lock:
@@ -382,7 +382,7 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
     ended: list[float] = []  # when each trial ended
 
     def run(process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
-        from hpo.workers.runner import TrialResult
+        from hpo.workers.tasks import TrialResult
 
         with lock:
             seconds = next(lengths)

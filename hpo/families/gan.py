@@ -235,7 +235,7 @@ class GAN(Family):
                 problem = collapse.problem(measured, epoch + 1)
             callback_list.on_epoch_end(epoch, logs)
             if problem:
-                from hpo.workers.runner import TrialFailedError
+                from hpo.workers.tasks import TrialFailedError
 
                 raise TrialFailedError(problem)
             if model.stop_training:

@@ -20,7 +20,7 @@ from hpo.storage.studies import (
     note_unread_params,
     requeue,
 )
-from hpo.workers.runner import FinalizeTask, TrialResult
+from hpo.workers.tasks import FinalizeTask, TrialResult
 from hpo.workers.trial_process import STOPPED_REASON, TrialProcess
 
 log = logging.getLogger("hpo.worker")

@@ -13,12 +13,10 @@ import io
 import json
 import logging
 import math
-import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ import numpy as np
 from hpo import tracking
 from hpo.catalog import RECORDED_METRICS
 from hpo.datasets import Dataset, DatasetCache
-from hpo.errors import HpoError
 from hpo.families import get_family
 from hpo.spaces import DatasetSpec, Params
 from hpo.spaces._constraints import violated, violations
@@ -43,7 +40,17 @@ from hpo.tracking.artifacts import (
     PREDICTIONS_FILE,
 )
 from hpo.workers import checkpoints
+from hpo.workers._gradients import custom_gradient_names, forget_custom_gradients
+from hpo.workers._trial_files import learning_curve_png, stored_rows
+from hpo.workers.epoch_callback import EpochCallback, log_epoch_artifacts
 from hpo.workers.model_checks import ModelCheckError, check_model
+from hpo.workers.tasks import (
+    FinalizeTask,
+    TrialFailedError,
+    TrialResult,
+    TrialSetupError,
+    TrialTask,
+)
 
 log = logging.getLogger("hpo.runner")
 
@@ -64,177 +71,6 @@ def warm_up() -> None:
         import mlflow.tracking  # noqa: F401
     gc.collect()  # what the imports left as garbage is freed, not frozen
     gc.freeze()
-
-
-@dataclass
-class TrialTask:
-    """What a worker hands to its trial process."""
-
-    storage_url: str
-    config_json: str
-    trial_id: int
-    trial_number: int
-    params: dict[str, Any]
-
-
-@dataclass
-class FinalizeTask:
-    """Asks a trial process to end a finished study's MLflow run (see ``finalize_study``)."""
-
-    storage_url: str
-    config_json: str
-
-
-@dataclass
-class TrialResult:
-    """How a trial ended: state COMPLETE, PRUNED or FAIL, with values or a reason."""
-
-    state: str
-    values: list[float] | None = None
-    reason: str | None = None
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    # The study's set-up failed (data, family import, sampler), not this trial's parameters:
-    # the worker counts these in a row and marks the study broken (see hpo.storage.studies).
-    setup_failed: bool = False
-    # The space's constraints this trial broke (described); None: the space has none, or the
-    # trial failed before they could be checked.
-    violated: list[str] | None = None
-    # Stopped after its model was built, for a constraint known before training.
-    untrained: bool = False
-
-
-class TrialFailedError(HpoError):
-    """The trial cannot go on (non-finite loss, missing metric); the message says why."""
-
-
-class TrialSetupError(HpoError):
-    """The study's set-up failed in the trial process (its data, its family's import)."""
-
-
-class _EpochCallback:
-    """Keras callback: logs every epoch to MLflow, reports the objective, stops on NaN/prune."""
-
-    def __init__(
-        self,
-        on_epoch: Callable[[int, dict[str, float], float], bool],
-    ) -> None:
-        import keras
-
-        outer = self
-
-        class _Callback(keras.callbacks.Callback):  # type: ignore[misc]
-            # A callback with a batch-end hook makes Keras wait for every step's loss before
-            # it dispatches the next step, unless it is declared safe to run on Keras's
-            # callback thread (JAX and PyTorch backends; TensorFlow always runs callbacks
-            # inline). The NaN check is: on that thread it only records the failure, and the
-            # next batch-begin hook, which Keras always calls inline, stops training (setting
-            # stop_training from the callback thread races with the JAX trainer's state:
-            # "Buffer has been deleted or donated"). So steps stay queued on the GPU and a NaN
-            # still stops training a few steps after it.
-            async_safe = True
-
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                outer._t0 = time.perf_counter()
-
-            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-                if outer.failure:
-                    self.model.stop_training = True
-
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                loss = (logs or {}).get("loss")
-                if loss is not None and not outer.failure and not math.isfinite(float(loss)):
-                    outer.failure = f"loss became {float(loss)} during epoch {outer.epochs + 1}"
-
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                if outer.failure:  # a NaN in the epoch's last steps: no next batch-begin
-                    self.model.stop_training = True
-                    return
-                seconds = time.perf_counter() - outer._t0
-                values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
-                outer.epochs = epoch + 1
-                outer.epoch_seconds.append(seconds)
-                outer.history.append(values)
-                bad = [k for k, v in values.items() if not math.isfinite(v) and "loss" in k]
-                if bad:
-                    outer.failure = f"{bad[0]} is {values[bad[0]]} after epoch {epoch + 1}"
-                    self.model.stop_training = True
-                    return
-                if on_epoch(epoch + 1, values, seconds):
-                    outer.pruned = True
-                    self.model.stop_training = True
-
-        self.keras_callback = _Callback()
-        self._t0 = 0.0
-        self.epochs = 0
-        self.epoch_seconds: list[float] = []
-        self.history: list[dict[str, float]] = []
-        self.failure: str | None = None
-        self.pruned = False
-
-
-def _log_epoch_artifacts(
-    mlflow: Any,
-    run_id: str,
-    family: Any,
-    model: Any,
-    hp: Params,
-    data: Dataset,
-    epoch: int,
-    max_epochs: int,
-) -> None:
-    """The family's files of this epoch (text samples) into the run; they never fail a trial."""
-    try:
-        files = family.epoch_artifacts(model, hp, data, epoch, max_epochs)
-        if files:
-            tracking.log_artifact_files(mlflow, run_id, files)
-    except Exception as exc:
-        log.warning("epoch %d: the files of family %s failed: %s", epoch, family.name, exc)
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-# TensorFlow's graph mode registers every tf.custom_gradient it traces in a process-wide
-# gradient registry, under a new "CustomGradient-<uid>" name, and never removes it. Keras's
-# TensorFlow optimizer traces one in each train step (tf.distribute's all-reduce of the
-# gradients), and the registered function holds that step's tensors: every trial's whole
-# train graph stayed alive in its trial process (about 1,000 graph operations and 7 MB a
-# trial on image_cnn; bench/worker_memory.py). The names a trial added are dropped after it,
-# once its model is gone; gradients registered for named ops (tf.RegisterGradient) are kept.
-# A family that kept a traced custom-gradient function across trials (in a module global)
-# could not differentiate it again in a later trial: Keras builds its steps per model.
-_CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
-
-
-def _gradient_registry() -> dict[str, Any] | None:
-    """TensorFlow's gradient registry if TensorFlow is loaded (never imports it)."""
-    ops = sys.modules.get("tensorflow.python.framework.ops")
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    return registry if isinstance(registry, dict) else None
-
-
-def _custom_gradient_names() -> set[str]:
-    registry = _gradient_registry()
-    if registry is None:
-        return set()
-    return {name for name in registry if name.startswith(_CUSTOM_GRADIENT_PREFIX)}
-
-
-def _forget_custom_gradients(before: set[str]) -> int:
-    """Drop the custom gradients registered since ``before``; returns how many."""
-    registry = _gradient_registry()
-    if registry is None:
-        return 0
-    added = [n for n in registry if n.startswith(_CUSTOM_GRADIENT_PREFIX) and n not in before]
-    for name in added:
-        del registry[name]
-    return len(added)
 
 
 class TrialRunner:
@@ -298,7 +134,7 @@ class TrialRunner:
             with_db_retry(lambda: storage.set_trial_user_attr(task.trial_id, RUN_ID_ATTR, run_id))
             notify("started", run_id)
         result = TrialResult(state="FAIL", run_id=run_id)
-        gradients_before = _custom_gradient_names()
+        gradients_before = custom_gradient_names()
         try:
             result = self._train(task, config, storage, mlflow, run_id)
         except TrialFailedError as exc:
@@ -320,7 +156,7 @@ class TrialRunner:
             # One full collection frees the trial's model (its layers hold reference cycles);
             # clear_session's own would be a second one.
             keras.backend.clear_session(free_memory=False)
-            _forget_custom_gradients(gradients_before)
+            forget_custom_gradients(gradients_before)
             gc.collect()
         result.run_id = run_id
         if mlflow is not None and run_id:
@@ -481,7 +317,7 @@ class TrialRunner:
         def report(epoch: int, logs: dict[str, float], seconds: float) -> None:
             if mlflow is not None and run_id:
                 tracking.log_metrics(mlflow, run_id, {**logs, "epoch_seconds": seconds}, epoch)
-                _log_epoch_artifacts(
+                log_epoch_artifacts(
                     mlflow, run_id, family, model, hp, data, epoch, spec.budget.max_epochs
                 )
             if not single:
@@ -523,7 +359,7 @@ class TrialRunner:
                     checkpointing = False
             return False
 
-        callback = _EpochCallback(on_epoch)
+        callback = EpochCallback(on_epoch)
         start = 0
         if resumed is not None:
             # The earlier epochs' values go to this trial first: the pruner sees one curve.
@@ -646,7 +482,7 @@ class TrialRunner:
         family: Any,
         hp: Params,
         data: Dataset,
-        callback: _EpochCallback,
+        callback: EpochCallback,
     ) -> None:
         """Save the model, its validation predictions, the test targets and its learning curves.
 
@@ -700,58 +536,3 @@ class TrialRunner:
                     DATASET_FILE: json.dumps(summary, indent=1).encode(),
                 },
             )
-
-
-# Language models store next-token distributions of at most this many floats per split
-# (16 MB of float32), and of no fewer than LM_MIN_WINDOWS windows.
-LM_STORED_FLOATS = 4_000_000
-LM_MIN_WINDOWS = 500
-LM_ROWS_SEED = 0
-
-
-def stored_rows(n: int, vocabulary: int | None, task: str) -> np.ndarray | None:
-    """Which windows of a split of ``n`` a language model stores predictions for (None: all).
-
-    At most ``max(LM_MIN_WINDOWS, LM_STORED_FLOATS // vocabulary)`` windows, chosen with a
-    fixed seed from ``n`` alone, so every trial of a study stores the same windows and their
-    predictions still line up for an ensemble. Other tasks store every example.
-
-    Example:
-        >>> stored_rows(10, 5, "classification") is None
-        True
-        >>> len(stored_rows(100_000, 2000, "language_model"))
-        2000
-    """
-    if task != "language_model" or not vocabulary:
-        return None
-    cap = max(LM_MIN_WINDOWS, LM_STORED_FLOATS // vocabulary)
-    if n <= cap:
-        return None
-    return np.sort(np.random.default_rng(LM_ROWS_SEED).choice(n, size=cap, replace=False))
-
-
-def learning_curve_png(history: list[dict[str, float]]) -> bytes:
-    """A PNG plot of every logged metric against the epoch (loss and the rest side by side).
-
-    Drawn on a bare :class:`~matplotlib.figure.Figure` (no pyplot state) with fixed margins:
-    ``tight_layout`` drew the figure twice and cost 40% of the plot, which every trial pays.
-    """
-    from matplotlib.figure import Figure
-
-    keys = sorted({k for h in history for k in h})
-    loss_keys = [k for k in keys if "loss" in k]
-    other_keys = [k for k in keys if "loss" not in k]
-    fig = Figure(figsize=(10, 4))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.22)
-    axes = fig.subplots(1, 2)
-    epochs = list(range(1, len(history) + 1))
-    for ax, group, title in ((axes[0], loss_keys, "loss"), (axes[1], other_keys, "metrics")):
-        for k in group:
-            ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker="o", label=k)
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        if group:
-            ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return buf.getvalue()

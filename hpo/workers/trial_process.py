@@ -21,8 +21,8 @@ from typing import Any
 
 from hpo.storage import mask_url
 from hpo.storage.deadlines import DEADLINE_REASON
-from hpo.workers.runner import FinalizeTask, TrialResult, TrialTask
 from hpo.workers.slots import configure_backend
+from hpo.workers.tasks import FinalizeTask, TrialResult, TrialTask
 
 log = logging.getLogger("hpo.worker")
 

@@ -42,8 +42,8 @@ from hpo.storage.studies import (
 )
 from hpo.workers._options import Slot, WorkerOptions, _Served
 from hpo.workers._results import WORKER_ID, finalize_if_done, record_result
-from hpo.workers.runner import TrialResult, TrialTask
 from hpo.workers.slots import plan_slots
+from hpo.workers.tasks import TrialResult, TrialTask
 from hpo.workers.trial_process import STOPPED_REASON, TrialProcess
 
 __all__ = ["GPU_ATTR", "STOPPED_REASON", "WORKER_ATTR", "TrialProcess", "Worker", "WorkerOptions"]
