@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hpo.storage import open_storage
-from hpo.storage.studies import StudyConfig, create_study, is_done, load_study, study_status
+from hpo.storage.status import study_status
+from hpo.storage.studies import StudyConfig, create_study, is_done, load_study
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SPACE = """
@@ -86,7 +87,7 @@ def test_store_scale_30_workers_through_pgbouncer_on_20_connections() -> None:
 def test_is_done_agrees_with_study_status(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from hpo.storage.studies import requeue
+    from hpo.storage.trial_failures import requeue
 
     store = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     config = StudyConfig("s", SPACE, "s.yaml", "optuna-random", "none", n_trials=2)

@@ -209,7 +209,8 @@ def test_best_status_notes_and_ensemble_candidates_skip_infeasible_trials(
     from hpo.api import load_study
     from hpo.ensemble._candidates import StudyInfo, complete_trials
     from hpo.storage import open_storage
-    from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, create_study, study_status
+    from hpo.storage.status import study_status
+    from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, create_study
     from hpo.tracking.notes import study_note
     from hpo.tracking.study_report import best_trial_summary
 

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from hpo.storage import count_trials, mask_url, open_storage, studies
 from hpo.storage.deadlines import DEADLINE_ATTR, DEADLINE_REASON, study_deadline
+from hpo.storage.status import study_status
 from hpo.storage.studies import (
     SURPLUS_ATTR,
     StudyConfig,
@@ -24,10 +25,9 @@ from hpo.storage.studies import (
     is_done,
     load_config,
     load_config_and_state,
-    reap_unstarted_trials,
     set_study_state,
-    study_status,
 )
+from hpo.storage.trial_failures import reap_unstarted_trials
 
 SPACE = """
 family: image_cnn

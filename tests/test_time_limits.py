@@ -31,7 +31,8 @@ from hpo.api._setup import seconds_value
 from hpo.errors import UsageError
 from hpo.storage import open_storage
 from hpo.storage.deadlines import DEADLINE_REASON, study_deadline
-from hpo.storage.studies import StudyStatus, claim_trial
+from hpo.storage.status import StudyStatus
+from hpo.storage.studies import claim_trial
 from hpo.workers._results import FINALIZED_ATTR
 
 from conftest import FAULT_FAMILY_ENV

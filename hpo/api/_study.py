@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from hpo.api._workers import LocalWorkers
     from hpo.spaces import StudySpec
-    from hpo.storage.studies import StudyConfig, StudyStatus
+    from hpo.storage.status import StudyStatus
+    from hpo.storage.studies import StudyConfig
     from hpo.tracking.retention import RetentionReport
 
 # A trial's numeric facts that the runner stores beside its values (seconds, sizes).
@@ -171,7 +172,7 @@ class Study:
 
     def status(self) -> StudyStatus:
         """Trials finished, pruned, failed and running, and the best values so far."""
-        from hpo.storage.studies import study_status
+        from hpo.storage.status import study_status
 
         return study_status(self._store, self.name)
 
@@ -212,7 +213,7 @@ class Study:
         """Fail and requeue the trials without a heartbeat for ``grace_period`` seconds (their
         worker died), as every worker's reaper does; returns their numbers."""
         from hpo.storage import open_storage
-        from hpo.storage.studies import reap_stale_trials
+        from hpo.storage.trial_failures import reap_stale_trials
 
         store = open_storage(self.storage, max(1, grace_period // 3), grace_period)
         return reap_stale_trials(store, self.config)
@@ -473,7 +474,8 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     import optuna
 
     from hpo.storage import open_storage, resolve_storage, store_exists
-    from hpo.storage.studies import StudyError, study_status
+    from hpo.storage.status import study_status
+    from hpo.storage.studies import StudyError
 
     url = resolve_storage(storage)
     if not store_exists(url):

@@ -15,7 +15,8 @@ from hpo.errors import HpoError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hpo.storage.studies import StudyConfig, StudyStatus
+    from hpo.storage.status import StudyStatus
+    from hpo.storage.studies import StudyConfig
 
 LOG_DIR = Path("hpo-logs")
 
@@ -230,7 +231,7 @@ def _rich_progress(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hpo.storage.studies import study_status
+    from hpo.storage.status import study_status
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -258,7 +259,7 @@ def _rich_progress(
 def _line_progress(
     store: Any, name: str, procs: list[subprocess.Popen[bytes]], console: Console
 ) -> None:
-    from hpo.storage.studies import study_status
+    from hpo.storage.status import study_status
 
     shown = -1
     warned: list[str] = []
@@ -277,7 +278,7 @@ def _line_progress(
 def _warn_unread(st: StudyStatus, console: Console, warned: list[str]) -> None:
     """Print once (after the first complete trial) the parameters no trial's family read."""
     if st.unread_params and not warned:
-        from hpo.storage.studies import describe_unread_params
+        from hpo.storage.unread_params import describe_unread_params
 
         warned.extend(st.unread_params)
         console.print(f"warning: {describe_unread_params(st.unread_params)}", markup=False)
@@ -286,7 +287,8 @@ def _warn_unread(st: StudyStatus, console: Console, warned: list[str]) -> None:
 def finish(store: Any, name: str) -> tuple[StudyConfig, StudyStatus]:
     """The study's configuration and status once its workers are gone; a study that is done
     is finalized (plots, the MLflow run ended) if the worker with its last trial did not."""
-    from hpo.storage.studies import load_config, study_status
+    from hpo.storage.status import study_status
+    from hpo.storage.studies import load_config
     from hpo.tracking.study_report import finalize_study
 
     config = load_config(store, name)

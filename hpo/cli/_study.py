@@ -149,7 +149,7 @@ def status(
     """Trials finished, pruned, failed and running, the best value so far, and the bytes the
     trial runs hold in MLflow (with what the retention policy freed)."""
     from hpo.api import load_study
-    from hpo.storage.studies import describe_unread_params
+    from hpo.storage.unread_params import describe_unread_params
 
     with handled_errors():
         study = load_study(name, storage)

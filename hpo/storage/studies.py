@@ -1,4 +1,4 @@
-"""Studies: creation, the configuration every worker reads back, budget and status.
+"""Studies: creation, the configuration every worker reads back, budget and claims, state.
 
 A study's whole configuration (the search-space file's text, the overrides given on the
 command line, algorithm, pruner, seed, trial budget, MLflow ids) is stored in the study
@@ -11,16 +11,13 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError, UsageError
-from hpo.spaces import Params, StudySpec, parse_spec
+from hpo.spaces import StudySpec, parse_spec
 from hpo.storage._retry import is_transient, with_db_retry
 from hpo.storage.deadlines import (
-    DEADLINE_ATTR,
-    DEADLINE_REASON,
     deadline_passed,
     start_deadline,
     study_deadline,
@@ -327,6 +324,8 @@ def _ask(study: optuna.Study) -> optuna.Trial:
     except Exception as exc:
         if is_transient(exc):
             raise  # the store, not the sampler: retried as before (see reap_unstarted_trials)
+        from hpo.storage.trial_failures import fail_trial
+
         reason = f"the sampler failed: {type(exc).__name__}: {exc}"
         with_db_retry(lambda: fail_trial(study, trial_id, reason, retry=False, max_retries=0))
         raise SamplerError(reason) from exc
@@ -354,186 +353,6 @@ def is_done(study: optuna.Study, n_trials: int, deadline: float | None = None) -
         return False
     trials = counted_trials(study.get_trials(deepcopy=False))
     return len(trials) >= n_trials and all(t.state.is_finished() for t in trials)
-
-
-@dataclass
-class StudyStatus:
-    """Counts and best value of a study, as ``hpo study status`` shows them."""
-
-    name: str
-    n_trials: int
-    complete: int
-    pruned: int
-    failed: int
-    running: int
-    waiting: int
-    best_values: list[float] | None
-    best_trial: int | None
-    directions: list[str]
-    algorithm: str
-    pruner: str
-    family: str
-    dataset: str
-    state: str = "active"
-    broken_reason: str | None = None
-    #: Parameters trials had that no family read (see :func:`unread_params`).
-    unread_params: list[str] = field(default_factory=list)
-    #: Finished trials (complete or stopped) that broke a constraint of the space: counted in
-    #: ``complete`` or ``pruned`` too, never best.
-    infeasible: int = 0
-    #: Its wall-clock budget in seconds (``budget.study_timeout``; None: none).
-    study_timeout: float | None = None
-    #: The study's deadline (seconds since the epoch; None: no study_timeout, or not started).
-    deadline: float | None = None
-    #: Whether the deadline had passed when the status was read.
-    deadline_reached: bool = False
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned + self.failed
-
-    @property
-    def budget_used(self) -> bool:
-        return self.finished >= self.n_trials and self.running == 0 and self.waiting == 0
-
-    @property
-    def done(self) -> bool:
-        """Every trial finished, or the deadline passed and no trial runs (queued trials
-        that never started stay queued)."""
-        return self.budget_used or (self.deadline_reached and self.running == 0)
-
-    @property
-    def end_reason(self) -> str | None:
-        """Why the study ended (None while it has not)."""
-        if self.budget_used:
-            return "trial budget used"
-        return DEADLINE_REASON if self.done else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {
-            "finished": self.finished,
-            "done": self.done,
-            "end_reason": self.end_reason,
-        }
-
-
-#: Trial user attributes: the parameters its family read, and those it did not.
-PARAMS_READ_ATTR = "params_read"
-PARAMS_UNREAD_ATTR = "params_unread"
-#: Study user attribute: parameters of the space that trials had but no family read.
-UNREAD_PARAMS_ATTR = "unread_params"
-
-
-def record_params_read(storage: BaseStorage, trial_id: int, hp: Params) -> None:
-    """Store on the trial which of its parameters ``hp`` saw read (see :class:`Params`)."""
-    storage.set_trial_user_attr(trial_id, PARAMS_READ_ATTR, hp.read())
-    storage.set_trial_user_attr(trial_id, PARAMS_UNREAD_ATTR, hp.unread())
-
-
-def unread_params(trials: Iterable[FrozenTrial]) -> list[str]:
-    """Parameters some trial had and no trial's family read, sorted.
-
-    A conditional parameter counts once a trial had it active; until then it is not reported.
-
-    Example:
-        >>> import optuna
-        >>> def trial(read, unread):
-        ...     return optuna.trial.create_trial(value=0.0, user_attrs={
-        ...         PARAMS_READ_ATTR: read, PARAMS_UNREAD_ATTR: unread})
-        >>> unread_params([trial(["lr"], ["unitz", "opt.sgd.momentum"]),
-        ...                trial(["lr", "opt.sgd.momentum"], ["unitz"])])
-        ['unitz']
-    """
-    read: set[str] = set()
-    unread: set[str] = set()
-    for t in trials:
-        read.update(t.user_attrs.get(PARAMS_READ_ATTR) or ())
-        unread.update(t.user_attrs.get(PARAMS_UNREAD_ATTR) or ())
-    return sorted(unread - read)
-
-
-def note_unread_params(study: optuna.Study) -> list[str] | None:
-    """Store :func:`unread_params` of the study's complete trials on it when it changed.
-
-    Returns the names when they are stored for the first time (the study's first complete
-    trial that reads less than it was given), so that the caller warns once; else None.
-    """
-    from optuna.trial import TrialState
-
-    names = unread_params(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    before = study.user_attrs.get(UNREAD_PARAMS_ATTR)
-    if names == before or (not names and before is None):
-        return None
-    study.set_user_attr(UNREAD_PARAMS_ATTR, names)
-    return names if names and before is None else None
-
-
-def describe_unread_params(names: list[str]) -> str:
-    """The warning about parameters no family read.
-
-    Example:
-        >>> describe_unread_params(["unitz"])
-        'searched but never read by the family: unitz (a misspelled key?)'
-    """
-    return f"searched but never read by the family: {', '.join(names)} (a misspelled key?)"
-
-
-def study_status(storage: BaseStorage, name: str) -> StudyStatus:
-    import optuna
-    from optuna.trial import TrialState
-
-    from hpo.storage.feasibility import best_trials, infeasible_count
-
-    config = load_config(storage, name)
-    study = optuna.load_study(study_name=name, storage=storage)
-    try:
-        spec = config.spec()
-        directions, family, dataset = spec.directions, spec.family, spec.dataset.name
-        study_timeout = spec.budget.study_timeout
-    except Exception as exc:  # e.g. its family module is not installed here: still shown
-        spec = None
-        study_timeout = None
-        directions = [d.name.lower() for d in study.directions]
-        family = dataset = f"? ({type(exc).__name__})"
-    trials = counted_trials(study.get_trials(deepcopy=False))
-
-    def n(state: TrialState) -> int:
-        return sum(1 for t in trials if t.state == state)
-
-    best_values: list[float] | None = None
-    best_number: int | None = None
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    attrs = storage.get_study_system_attrs(study._study_id)
-    state = state_from_attrs(attrs)
-    deadline = float(attrs[DEADLINE_ATTR]) if attrs.get(DEADLINE_ATTR) is not None else None
-    unread = unread_params(complete)
-    if len(directions) == 1:
-        best = best_trials(study)
-        if best:
-            best_values, best_number = list(best[0].values), best[0].number
-    return StudyStatus(
-        name=name,
-        n_trials=config.n_trials,
-        complete=len(complete),
-        pruned=n(TrialState.PRUNED),
-        failed=n(TrialState.FAIL),
-        running=n(TrialState.RUNNING),
-        waiting=n(TrialState.WAITING),
-        best_values=best_values,
-        best_trial=best_number,
-        directions=directions,
-        algorithm=config.algorithm,
-        pruner=config.pruner,
-        family=family,
-        dataset=dataset,
-        state=state,
-        broken_reason=attrs.get(BROKEN_REASON_ATTR) if state == "broken" else None,
-        unread_params=unread,
-        infeasible=infeasible_count(t for t in trials if t.state.is_finished()),
-        study_timeout=study_timeout,
-        deadline=deadline,
-        deadline_reached=deadline_passed(deadline),
-    )
 
 
 # -- study state: pause, resume, cancel while workers run --------------------------------------
@@ -590,135 +409,3 @@ def record_setup_failure(
 def clear_setup_failures(storage: BaseStorage, name: str) -> None:
     """A trial of study ``name`` got past its set-up: the failures in a row start again at 0."""
     storage.set_study_system_attr(storage.get_study_id_from_name(name), SETUP_FAILURES_ATTR, 0)
-
-
-# -- failed trials: requeue and reap -------------------------------------------------------------
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial, *, as_retry: bool = True) -> int | None:
-    """Queue a retry of failed ``trial`` with the same parameters; returns the retry's count.
-
-    The retry carries ``failed_trial`` (the number it repeats), as Optuna's own
-    RetryFailedTrialCallback does, so the failed trial stops counting toward the budget.
-    ``as_retry=False`` (a trial that never ran) keeps the retry count as it was.
-    """
-    import optuna as _optuna
-    from optuna.trial import TrialState
-
-    count = int(trial.system_attrs.get(RETRY_ATTR, 0)) + (1 if as_retry else 0)
-    study.add_trial(
-        _optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            system_attrs={"failed_trial": trial.number, RETRY_ATTR: count},
-        )
-    )
-    return count
-
-
-def fail_trial(
-    study: optuna.Study, trial_id: int, reason: str, *, retry: bool, max_retries: int
-) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason`` and requeue it if retries are left.
-
-    Returns False when another process finished the trial first (nothing is done then), so
-    several reapers can race safely: only the one whose state change wins requeues.
-    """
-    import optuna as _optuna
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False
-    except _optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    frozen = storage.get_trial(trial_id)
-    if retry and int(frozen.system_attrs.get(RETRY_ATTR, 0)) < max_retries:
-        requeue(study, frozen)
-    return True
-
-
-def reap_stale_trials(storage: BaseStorage, config: StudyConfig) -> list[int]:
-    """Fail (and requeue) trials whose worker stopped sending heartbeats; returns their numbers.
-
-    Their MLflow runs are ended as FAILED so that no run stays RUNNING.
-    """
-    import optuna
-
-    if not getattr(storage, "heartbeat_interval", None):
-        return []
-    study = optuna.load_study(study_name=config.name, storage=storage)
-    reaped = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
-        frozen = storage.get_trial(trial_id)
-        reason = "the worker running this trial stopped sending heartbeats (died or lost)"
-        if fail_trial(study, trial_id, reason, retry=True, max_retries=config.max_retries):
-            reaped.append(frozen.number)
-            run_id = frozen.user_attrs.get(RUN_ID_ATTR)
-            if run_id and config.tracking_uri:
-                from hpo import tracking
-
-                try:  # queued in the local outbox when the server is down
-                    tracking.end_orphan_run(config.tracking_uri, run_id, reason)
-                except Exception as exc:
-                    import logging
-
-                    logging.getLogger("hpo.studies").warning(
-                        "could not end MLflow run %s: %s", run_id, exc
-                    )
-    return reaped
-
-
-UNSTARTED_REASON = "claimed but never started: its worker died or lost the database right after"
-
-
-def reap_unstarted_trials(
-    storage: BaseStorage, config: StudyConfig, seen: dict[int, float]
-) -> list[int]:
-    """Requeue RUNNING trials that have had no heartbeat at all for the grace period.
-
-    A worker records a trial's first heartbeat right after claiming it; a trial without one was
-    claimed by a worker that died or lost its database connection in between (a database
-    restart, kill -9). Heartbeat-based reaping never sees such a trial: it would stay RUNNING
-    for ever and keep the study from finishing. It is failed with :data:`UNSTARTED_REASON` and
-    queued again (it never ran, so this is not counted as a retry). ``seen`` is the caller's
-    memory between calls (trial id -> monotonic time it was first found without a heartbeat),
-    so no two machines' clocks are ever compared. Returns the numbers of the requeued trials.
-    """
-    import optuna
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-    from optuna.trial import TrialState
-
-    interval = getattr(storage, "heartbeat_interval", None)
-    if not interval:
-        return []
-    grace = getattr(storage, "grace_period", None) or 2 * interval
-    study = optuna.load_study(study_name=config.name, storage=storage)
-    trial_model, beat = models.TrialModel, models.TrialHeartbeatModel
-    with _create_scoped_session(storage.scoped_session) as session:  # type: ignore[attr-defined]
-        found = [
-            int(trial_id)
-            for (trial_id,) in session.query(trial_model.trial_id)
-            .outerjoin(beat, beat.trial_id == trial_model.trial_id)
-            .filter(trial_model.study_id == study._study_id)
-            .filter(trial_model.state == TrialState.RUNNING)
-            .filter(beat.trial_heartbeat_id.is_(None))
-            .all()
-        ]
-    now = time.monotonic()
-    first_seen = {t: seen.get(t, now) for t in found}
-    seen.clear()
-    seen.update(first_seen)
-    reaped = []
-    for trial_id, since in first_seen.items():
-        if now - since < grace:
-            continue
-        del seen[trial_id]
-        if fail_trial(study, trial_id, UNSTARTED_REASON, retry=False, max_retries=0):
-            requeue(study, storage.get_trial(trial_id), as_retry=False)
-            reaped.append(storage.get_trial(trial_id).number)
-    return reaped

@@ -8,13 +8,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hpo import tracking
-from hpo.storage.studies import (
-    RUN_ID_ATTR,
-    StudyConfig,
-    counted_trials,
-    study_status,
-    unread_params,
-)
+from hpo.storage.status import study_status
+from hpo.storage.studies import RUN_ID_ATTR, StudyConfig, counted_trials
+from hpo.storage.unread_params import unread_params
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage

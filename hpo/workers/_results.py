@@ -11,15 +11,9 @@ from typing import Any
 from hpo.storage import mask_url
 from hpo.storage._retry import with_db_retry
 from hpo.storage.deadlines import DEADLINE_REASON, STOP_REASON_ATTR, study_deadline
-from hpo.storage.studies import (
-    FAIL_REASON_ATTR,
-    StudyConfig,
-    describe_unread_params,
-    fail_trial,
-    load_config,
-    note_unread_params,
-    requeue,
-)
+from hpo.storage.studies import FAIL_REASON_ATTR, StudyConfig, load_config
+from hpo.storage.trial_failures import fail_trial, requeue
+from hpo.storage.unread_params import describe_unread_params, note_unread_params
 from hpo.workers.tasks import FinalizeTask, TrialResult
 from hpo.workers.trial_process import STOPPED_REASON, TrialProcess
 
@@ -55,7 +49,8 @@ def finalize_if_done(
     else this process does. ``study`` (the worker's Optuna study, if it serves it) gives a
     cheap first check.
     """
-    from hpo.storage.studies import is_done, study_status
+    from hpo.storage.status import study_status
+    from hpo.storage.studies import is_done
     from hpo.tracking.study_report import finalize_study
 
     def claim_finalization() -> bool:

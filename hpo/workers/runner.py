@@ -30,7 +30,8 @@ from hpo.spaces import DatasetSpec, Params
 from hpo.spaces._constraints import violated, violations
 from hpo.storage._retry import with_db_retry
 from hpo.storage.feasibility import record_feasibility
-from hpo.storage.studies import ENQUEUED_ATTR, RUN_ID_ATTR, StudyConfig, record_params_read
+from hpo.storage.studies import ENQUEUED_ATTR, RUN_ID_ATTR, StudyConfig
+from hpo.storage.unread_params import record_params_read
 from hpo.tracking.artifacts import (
     CURVES_FILE,
     DATASET_FILE,

@@ -31,15 +31,13 @@ from hpo.storage.studies import (
     StudyError,
     claim_trial,
     clear_setup_failures,
-    fail_trial,
     load_config,
     load_config_and_state,
     load_study,
-    reap_stale_trials,
-    reap_unstarted_trials,
     record_setup_failure,
     state_from_attrs,
 )
+from hpo.storage.trial_failures import fail_trial, reap_stale_trials, reap_unstarted_trials
 from hpo.workers._options import Slot, WorkerOptions, _Served
 from hpo.workers._results import WORKER_ID, finalize_if_done, record_result
 from hpo.workers.slots import plan_slots
