@@ -160,7 +160,7 @@ def prepare_study(
     if problems:
         raise SpaceError([SpaceIssue(space_name, "", None, p) for p in problems])
     study_name = name if name is not None else spec.name
-    from hpo.spaces._spec import MAX_SEED
+    from hpo.spaces._sections import MAX_SEED
 
     problem = name_problem(study_name, "study")
     if problem:

@@ -36,17 +36,15 @@ from hpo.spaces._params import (
     SearchSpace,
 )
 from hpo.spaces._parse import parse_params
-from hpo.spaces._spec import (
+from hpo.spaces._run_options import check_run_options
+from hpo.spaces._sections import (
     BudgetSpec,
     DatasetSpec,
     DefaultsSpec,
     ObjectiveSpec,
     RetentionSpec,
-    StudySpec,
-    check_run_options,
-    load_spec,
-    parse_spec,
 )
+from hpo.spaces._spec import StudySpec, load_spec, parse_spec
 
 __all__ = [
     "BudgetSpec",

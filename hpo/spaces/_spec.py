@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
 from hpo.catalog import (
-    ALGORITHMS,
     DATASETS,
     FAMILIES,
-    PRUNERS,
     is_user_target,
     unknown_names,
     user_object_problem,
@@ -23,7 +20,6 @@ from hpo.catalog import (
 from hpo.names import name_problem
 from hpo.spaces._constraints import ConstraintSpec, parse_constraints
 from hpo.spaces._errors import (
-    FieldError,
     KeyPath,
     RawIssue,
     SpaceError,
@@ -32,104 +28,21 @@ from hpo.spaces._errors import (
     pydantic_issues,
     unknown_message,
 )
-from hpo.spaces._params import FloatParam, SearchSpace
+from hpo.spaces._params import SearchSpace
 from hpo.spaces._parse import parse_params
+from hpo.spaces._run_options import run_problems, sampler_args
+from hpo.spaces._sections import (
+    BudgetSpec,
+    DatasetSpec,
+    DefaultsSpec,
+    ObjectiveSpec,
+    RetentionSpec,
+)
 from hpo.spaces._yaml import YamlDocument, YamlLimitError
 
 # A space file is a page or two of YAML; 1 MB leaves room for long descriptions and lists.
 MAX_FILE_BYTES = 1_000_000
 _TOO_LARGE = f"the file is larger than {MAX_FILE_BYTES:,} bytes: not a search space"
-# numpy's seeds (the samplers and the data splits use numpy): 0 to 2**32 - 1.
-MAX_SEED = 2**32 - 1
-
-
-class _Section(BaseModel):
-    # strict: a quoted "10" is text, not a number; YAML already gives numbers their type.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-Direction: TypeAlias = Literal["minimize", "maximize"]
-
-
-class DatasetSpec(_Section):
-    """Which data a study trains on, and how it is split (fixed and seeded)."""
-
-    name: str
-    subset: int | None = Field(default=None, gt=0, description="cap on training examples")
-    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class ObjectiveSpec(_Section):
-    """A metric reported after every epoch, and whether to minimize or maximize it."""
-
-    metric: str = Field(min_length=1)
-    direction: Direction
-
-
-#: Seconds a study's running trials may go on after its deadline (``study_timeout``).
-DEFAULT_STUDY_TIMEOUT_GRACE = 60.0
-
-
-class BudgetSpec(_Section):
-    """Epochs per trial (the fidelity that pruners use) and the time limits.
-
-    ``trial_timeout``: seconds one trial may run before its process is killed (FAIL).
-    ``study_timeout``: seconds from the study's first claimed trial after which no trial is
-    claimed; running trials get ``study_timeout_grace`` seconds more, then are stopped.
-    """
-
-    max_epochs: int = Field(gt=0)
-    min_epochs: int = Field(default=1, gt=0)
-    trial_timeout: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="seconds"
-    )
-    study_timeout: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="seconds"
-    )
-    study_timeout_grace: float = Field(
-        default=DEFAULT_STUDY_TIMEOUT_GRACE, ge=0, allow_inf_nan=False, description="seconds"
-    )
-    # sha and hyperband keep the best 1/reduction_factor of the trials at each rung.
-    reduction_factor: int = Field(default=3, ge=2)
-    # A checkpoint in the trial's MLflow run after each epoch, so a retry resumes from it.
-    checkpoints: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> BudgetSpec:
-        if self.min_epochs > self.max_epochs:
-            raise FieldError(
-                "min_epochs",
-                f"min_epochs ({self.min_epochs}) must not exceed max_epochs ({self.max_epochs})",
-            )
-        return self
-
-
-class DefaultsSpec(_Section):
-    """Defaults for the CLI's flags; a flag given on the command line wins.
-
-    A study with several objectives that names no pruner gets ``none``: pruning needs one
-    objective.
-    """
-
-    algorithm: str = "optuna-tpe"
-    pruner: str = "median"
-    trials: int = Field(default=20, gt=0)
-    workers: int = Field(default=1, gt=0)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-
-
-class RetentionSpec(_Section):
-    """Which trials keep their model files once the study is done (see docs/ensembles.md).
-
-    The ``keep_best`` best complete trials (by the first objective) and every member of a
-    registered ensemble keep theirs; every other trial's model and prediction files are
-    deleted from its MLflow run (its metrics, parameters and curves stay).
-    """
-
-    keep_best: int = Field(gt=0, description="trials whose model files are kept")
 
 
 _REQUIRED = {
@@ -416,126 +329,6 @@ def _parse_sections(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], list[RawIss
     return {k: v for k, v in values.items() if v is not None}, issues
 
 
-def check_run_options(spec: StudySpec, algorithm: str, pruner: str) -> list[str]:
-    """Problems with running ``spec`` under ``algorithm`` and ``pruner`` (empty when fine).
-
-    A ``module:attribute`` algorithm or pruner is imported and its factory called once (with
-    the arguments a worker gives it), to check that it returns an Optuna sampler or pruner.
-
-    Example:
-        >>> spec = parse_spec('''
-        ... family: image_cnn
-        ... dataset: digits
-        ... objective: {metric: val_accuracy, direction: maximize}
-        ... budget: {max_epochs: 2}
-        ... params: {lr: {type: float, low: 0.001, high: 0.1}}
-        ... ''')
-        >>> check_run_options(spec, "optuna-grid", "none")
-        ['optuna-grid needs a discrete space: give every float a step (no step: lr)']
-    """
-    return [
-        msg
-        for _, msg in _run_problems(
-            len(spec.objectives),
-            spec.space,
-            algorithm,
-            pruner,
-            _sampler_args(spec.space, spec.directions, spec.defaults),
-            {"budget": spec.budget},
-        )
-    ]
-
-
-def _sampler_args(
-    space: SearchSpace | None, directions: list[str], defaults: DefaultsSpec
-) -> dict[str, Any]:
-    """What a worker hands a user's sampler factory (see :mod:`hpo.catalog`)."""
-    return {
-        "seed": defaults.seed,
-        "directions": directions,
-        "n_trials": defaults.trials,
-        "space": space,
-    }
-
-
-def _run_problems(
-    n_objectives: int,
-    space: SearchSpace | None,
-    algorithm: str | None,
-    pruner: str | None,
-    sampler_args: Mapping[str, Any] | None = None,
-    pruner_args: Mapping[str, Any] | None = None,
-) -> list[tuple[str, str]]:
-    """``(defaults key, problem)`` pairs; an argument that is None skips the checks on it.
-
-    Without ``sampler_args`` (``pruner_args``) a user's factory is only checked to be callable.
-    """
-    problems: list[tuple[str, str]] = []
-    if algorithm is not None and is_user_target(algorithm):
-        problem = user_object_problem("algorithm", algorithm, sampler_args)
-        if problem:
-            problems.append(("algorithm", problem))
-        algorithm = None
-    if pruner is not None and is_user_target(pruner):
-        problem = user_object_problem("pruner", pruner, pruner_args)
-        if problem:
-            problems.append(("pruner", problem))
-    info = ALGORITHMS.get(algorithm) if algorithm is not None else None
-    if algorithm is not None and info is None:
-        problems.append(
-            (
-                "algorithm",
-                f"unknown algorithm {algorithm!r}{_close(algorithm, ALGORITHMS)}; "
-                f"{unknown_names('algorithm', ALGORITHMS)}",
-            )
-        )
-    if pruner is not None and not is_user_target(pruner) and pruner not in PRUNERS:
-        problems.append(
-            (
-                "pruner",
-                f"unknown pruner {pruner!r}{_close(pruner, PRUNERS)}; "
-                f"{unknown_names('pruner', PRUNERS)}",
-            )
-        )
-    if info is not None:
-        if n_objectives > 1 and not info.multi_objective:
-            multi = ", ".join(n for n, a in ALGORITHMS.items() if a.multi_objective)
-            problems.append(
-                (
-                    "algorithm",
-                    f"{algorithm} optimizes one objective; this study has {n_objectives} "
-                    f"(use one of {multi})",
-                )
-            )
-        if info.needs_discrete_space and space is not None and not space.is_discrete():
-            floats = [
-                n.name
-                for n in space.searched_nodes()
-                if isinstance(n.param, FloatParam) and n.param.step is None
-            ]
-            problems.append(
-                (
-                    "algorithm",
-                    f"{algorithm} needs a discrete space: give every float a step "
-                    f"(no step: {', '.join(floats)})",
-                )
-            )
-    if n_objectives > 1 and pruner is not None and pruner != "none":
-        problems.append(
-            (
-                "pruner",
-                f"pruning works with one objective only, this study has {n_objectives}: "
-                "use pruner none",
-            )
-        )
-    return problems
-
-
-def _close(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _cross_checks(
     raw: Mapping[Any, Any], values: Mapping[str, Any], space: SearchSpace | None
 ) -> list[RawIssue]:
@@ -593,12 +386,12 @@ def _cross_checks(
     objectives = values.get("objective")
     n_objectives = len(objectives) if objectives else 1
     budget = values.get("budget")
-    for key, problem in _run_problems(
+    for key, problem in run_problems(
         n_objectives,
         space,
         algorithm if isinstance(algorithm, str) else None,
         pruner if isinstance(pruner, str) else None,
-        _sampler_args(space, [o.direction for o in objectives], defaults)
+        sampler_args(space, [o.direction for o in objectives], defaults)
         if objectives and isinstance(defaults, DefaultsSpec)
         else None,
         {"budget": budget} if isinstance(budget, BudgetSpec) else None,
