@@ -2,14 +2,17 @@
 
 The worker process itself never imports Keras. Trials run in a child process
 (:mod:`hpo.workers.trial_process`); when a trial kills it, that trial is recorded FAIL with the
-reason
-and the worker goes on.
+reason and the worker goes on.
 
-A worker has one or more slots (:mod:`hpo.workers.slots`): one thread per slot claims a trial, runs
-it
-in the slot's own trial process and records the result, so a worker with ``--gpus 0,1
+A worker has one or more slots (:mod:`hpo.workers.slots`): one thread per slot claims a trial,
+runs it in the slot's own trial process and records the result, so a worker with ``--gpus 0,1
 --trials-per-gpu 4`` runs eight trials at once. The slots share the worker's heartbeat and
 reaper threads, its stop request and its ``max_trials``.
+
+Over 500 lines on purpose: :class:`Worker` is one loop whose threads (slots, heartbeat,
+reaper) share its state and locks; split across modules, that sharing would be harder to see.
+What does not touch that state lives elsewhere (results: ``_results.py``, options:
+``_options.py``, claims and reaping: :mod:`hpo.storage`).
 """
 
 from __future__ import annotations
