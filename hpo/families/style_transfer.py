@@ -63,6 +63,8 @@ from hpo.families.style_features import NETWORKS, FeatureNetworkError, feature_m
 if TYPE_CHECKING:
     from hpo.spaces import Params
 
+# hpo.tracking.artifacts.GENERATED_IMAGE_FILE, which the Pareto grid reads (families sit below
+# hpo.tracking and cannot import it; a test keeps the two equal).
 GENERATED_IMAGE_FILE = "generated.png"
 STYLE_LAYER_SETS: dict[str, tuple[str, ...]] = {
     "block1-5": tuple(f"block{b}_conv1" for b in range(1, 6)),
@@ -169,6 +171,10 @@ class StyleTransferModel(keras.Model):  # type: ignore[misc]
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.image_model(inputs, training=training)
 
+    def count_params(self) -> int:
+        """The generated image's pixels: the feature networks are fixed, not trained."""
+        return int(self.image_model.count_params())
+
     @property
     def image(self) -> np.ndarray:
         """The generated image, (size, size, 3) in [0, 1]."""
@@ -267,7 +273,8 @@ class StyleTransfer(Family):
 
         content = _resize(data.train.x[:1], size)
         style = _resize(data.train.y[:1], size)
-        anchor = keras.Input((1,), name="anchor")
+        # The image model takes images of the dataset's shape and ignores all but their number.
+        anchor = keras.Input(data.input_shape, name="anchor")
         generated = GeneratedImage(size, name="generated")
         image_model = keras.Model(anchor, generated(anchor), name="style_transfer_image")
         feats = features(image_model.output)
@@ -301,7 +308,7 @@ class StyleTransfer(Family):
             content[0] if init == "content" else np.random.default_rng(0).random(content[0].shape)
         )
         generated.image.assign(np.asarray(start, np.float32))
-        model(np.zeros((1, 1), np.float32))
+        model(data.train.x[:1])
         return model
 
     def fit(
@@ -316,7 +323,7 @@ class StyleTransfer(Family):
         steps = int(hp.get("steps_per_epoch", 20))
         if steps < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {steps}")
-        anchor = np.zeros((1, 1), np.float32)
+        anchor = np.asarray(data.train.x[:1], np.float32)
         callback_list = keras.callbacks.CallbackList(
             list(callbacks), add_history=False, add_progbar=False, model=model
         )
@@ -345,7 +352,7 @@ class StyleTransfer(Family):
         callback_list.on_train_end()
 
     def saved_model(self, model: keras.Model, data: Dataset) -> keras.Model:
-        """The image model: any input of shape (1,) -> the generated image."""
+        """The image model: images of the dataset's shape -> the generated image, one each."""
         return model.image_model
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
