@@ -36,8 +36,9 @@ Parameters (all optional; a missing one takes the default in brackets):
 * ``content_weight`` [1.0], ``style_weight`` [1.0], ``tv_weight`` [0.0];
 * ``image_size`` [64]: the side of the optimized image (at most the dataset's ``size``);
 * ``init`` [``content``]: start from the content image or from ``noise``;
-* ``optimizer`` [``adam``] with its sub-parameters, ``learning_rate`` [0.01 for Adam's
-  default]; ``steps_per_epoch`` [20].
+* ``optimizer`` [``adam``] with its sub-parameters, ``learning_rate`` [the optimizer's
+  default]; ``steps_per_epoch`` [20]. The losses are small numbers: plain SGD needs learning
+  rates of 1 and more, Adam (scale-free) about 0.01.
 
 Data: the ``style_images`` dataset (a content image as ``x``, a style image as ``y``).
 
