@@ -207,3 +207,68 @@ def test_pareto_of_a_study_without_images_is_refused(tmp_path: Path) -> None:
     result = hpo("study", "pareto", "nothing-here", "-o", str(tmp_path / "f.png"), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+_JAX_SCRIPT = """
+import json, keras, numpy as np
+from hpo.spaces import DatasetSpec, Params
+from hpo.datasets import load_dataset
+from hpo.families.style_transfer import StyleTransfer
+data = load_dataset(DatasetSpec(name="style_images", options={"size": 24}))
+family, hp = StyleTransfer(), Params({"style_weight": 100.0, "learning_rate": 0.03,
+                                      "steps_per_epoch": 3})
+model = family.build(hp, data)
+logs = []
+class Record(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, l=None):
+        logs.append(l)
+family.fit(model, hp, data, 2, [Record()])
+print(json.dumps({"backend": keras.backend.backend(), "logs": logs,
+                  "low": float(model.image.min()), "high": float(model.image.max())}))
+"""
+
+
+@pytest.mark.slow
+def test_the_image_optimizes_on_jax_too() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", _JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax"
+    first, last = report["logs"]
+    assert last["loss"] < first["loss"] and math.isfinite(last["style_loss"])
+    assert report["low"] >= 0.0 and report["high"] <= 1.0
+
+
+@pytest.mark.slow
+def test_vgg19_loads_a_local_weights_file_and_a_missing_one_fails_the_trial(
+    tmp_path: Path,
+) -> None:
+    from hpo.workers.runner import TrialFailedError
+
+    # A weights file of VGG19's shape (untrained here: this machine has no ImageNet weights).
+    weights = tmp_path / "vgg19_notop.weights.h5"
+    reference = keras.applications.VGG19(include_top=False, weights=None)
+    reference.save_weights(weights)
+    data = load_dataset(_images(32))
+    hp = {"network": "vgg19", "vgg19_weights": str(weights), "steps_per_epoch": 1}
+    model = StyleTransfer().build(Params(hp), data)
+    vgg = model.measure.features
+    for name in ("block1_conv1", "block5_conv2"):  # the file's weights, not fresh ones
+        np.testing.assert_array_equal(
+            vgg.get_layer(name).get_weights()[0], reference.get_layer(name).get_weights()[0]
+        )
+    measured = model.measure(model.image)
+    assert measured["content_loss"] == pytest.approx(0.0, abs=1e-6) and measured["style_loss"] > 0
+
+    missing = tmp_path / "nowhere.h5"
+    with pytest.raises(TrialFailedError, match=f"vgg19_weights: no such weights file: {missing}"):
+        StyleTransfer().build(Params({**hp, "vgg19_weights": str(missing)}), data)

@@ -325,6 +325,8 @@ class StyleTransfer(Family):
         if steps < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {steps}")
         anchor = np.asarray(data.train.x[:1], np.float32)
+        # Plain arrays: the model's attribute is a Keras-tracked list, which JAX's jit refuses.
+        targets = [np.asarray(t) for t in model.targets]
         callback_list = keras.callbacks.CallbackList(
             list(callbacks), add_history=False, add_progbar=False, model=model
         )
@@ -337,7 +339,7 @@ class StyleTransfer(Family):
                 callback_list.on_train_batch_begin(step)
                 if model.stop_training:
                     break
-                loss = model.trainer.train_on_batch(anchor, model.targets, return_dict=True)
+                loss = model.trainer.train_on_batch(anchor, targets, return_dict=True)
                 losses.append(float(loss["loss"]))
                 callback_list.on_train_batch_end(step, {"loss": losses[-1]})
                 if not math.isfinite(losses[-1]):
