@@ -158,7 +158,9 @@ def _pareto_grid(storage: BaseStorage, config: StudyConfig) -> dict[str, bytes]:
         return {PARETO_GRID_FILE: pareto_grid_png(pareto_images(storage, config))}
     except ParetoError as exc:
         log.info("no %s: %s", PARETO_GRID_FILE, exc)
-        return {}
+    except Exception as exc:  # a picture must not keep the study's run from ending
+        log.warning("no %s: %s: %s", PARETO_GRID_FILE, type(exc).__name__, exc)
+    return {}
 
 
 def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dict[str, Any]]:
