@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpo.datasets import DataError, load_dataset
 from hpo.spaces import DatasetSpec, Params
@@ -62,6 +64,27 @@ def test_bad_options_name_the_key_and_file(options: dict[str, object], message: 
     with pytest.raises(DataError, match="dataset style_images: ") as info:
         load_dataset(DatasetSpec(name="style_images", options=options))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    key=st.sampled_from(["content", "style", "size"]),
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**40), 2**40),
+        st.floats(allow_nan=True),
+        st.text(max_size=30),
+        st.lists(st.integers(), max_size=3),
+    ),
+)
+def test_any_option_value_loads_or_is_one_line_data_error(key: str, value: object) -> None:
+    try:
+        data = load_dataset(DatasetSpec(name="style_images", options={key: value}))
+    except DataError as exc:
+        assert str(exc).startswith("dataset style_images: option ") and "\n" not in str(exc)
+    else:  # only values that mean a default, a real file or a valid size load
+        assert data.input_shape[-1] == 3
 
 
 def test_a_file_that_is_not_an_image_is_refused(tmp_path: Path) -> None:

@@ -43,16 +43,23 @@ def layer_names() -> list[str]:
     return [f"block{b}_conv{c}" for b in range(1, BLOCKS + 1) for c in (1, 2)]
 
 
-def feature_model(network: str, layers: Sequence[str], weights: str | None = None) -> Any:
-    """A model from images in [0, 1] (any size) to a dict of ``layers``' activations."""
-    base = random_network() if network == "random" else vgg19_network(weights)
+def base_network(network: str, weights: str | None = None) -> Any:
+    """The whole feature network ``network`` (``random`` or ``vgg19``), images in [0, 1]."""
+    if network not in NETWORKS:
+        raise FeatureNetworkError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    return random_network() if network == "random" else vgg19_network(weights)
+
+
+def feature_model(base: Any, layers: Sequence[str]) -> Any:
+    """A model from images in [0, 1] (any size) to a dict of ``layers``' activations in
+    ``base`` (a :func:`base_network`); several feature models may share one base."""
     missing = [name for name in layers if name not in layer_names()]
     if missing:
         raise FeatureNetworkError(
             f"no layer {missing[0]!r} in the feature networks; they have {', '.join(layer_names())}"
         )
     outputs = {name: base.get_layer(name).output for name in dict.fromkeys(layers)}
-    model = keras.Model(base.inputs[0], outputs, name=f"{network}_features")
+    model = keras.Model(base.inputs[0], outputs, name=f"{base.name}_features")
     model.trainable = False
     return model
 
@@ -128,6 +135,7 @@ __all__ = [
     "RANDOM_SEED",
     "VGG19_WEIGHTS_FILE",
     "FeatureNetworkError",
+    "base_network",
     "feature_model",
     "layer_names",
     "random_network",

@@ -59,7 +59,7 @@ import numpy as np
 from hpo.datasets import DataError, Dataset, Task
 from hpo.families._base import Family
 from hpo.families._common import build_optimizer
-from hpo.families.style_features import NETWORKS, FeatureNetworkError, feature_model
+from hpo.families.style_features import FeatureNetworkError, base_network, feature_model
 
 if TYPE_CHECKING:
     from hpo.spaces import Params
@@ -187,9 +187,9 @@ class Measure:
     """The fixed measurement: content and style losses in the study's feature network with
     fixed layers, at the dataset's size (see the module's description)."""
 
-    def __init__(self, network: str, weights: str | None, data: Dataset) -> None:
+    def __init__(self, base: Any, data: Dataset) -> None:
         layers = [MEASURE_CONTENT_LAYER, *MEASURE_STYLE_LAYERS]
-        self.features = feature_model(network, layers, weights)
+        self.features = feature_model(base, layers)
         self.size = data.input_shape[:2]
         content = self.features(data.train.x[:1])
         style = self.features(data.train.y[:1])
@@ -251,8 +251,6 @@ class StyleTransfer(Family):
         """The image model around a trainer compiled with the weighted losses."""
         self.check_data(data)
         network = str(hp.get("network", "random"))
-        if network not in NETWORKS:
-            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
         weights = hp.get("vgg19_weights")
         layer_set = str(hp.get("style_layers", "block1-5"))
         if layer_set not in STYLE_LAYER_SETS:
@@ -265,8 +263,10 @@ class StyleTransfer(Family):
         if size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {size}")
         try:
-            features = feature_model(network, [content_layer, *style_layers], weights)
-            measure = Measure(network, weights, data)
+            # One network for both: the trial's layers and the fixed measuring ones.
+            base = base_network(network, weights)
+            features = feature_model(base, [content_layer, *style_layers])
+            measure = Measure(base, data)
         except FeatureNetworkError as exc:
             from hpo.workers.runner import TrialFailedError
 
