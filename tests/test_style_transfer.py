@@ -226,7 +226,7 @@ def test_run_a_style_transfer_study_then_draw_its_pareto_front(tmp_path: Path) -
     assert "'style_transfer' study, whose trials are not ensembled" in result.stderr
 
 
-def test_pareto_of_a_study_without_images_is_refused(tmp_path: Path) -> None:
+def test_pareto_of_a_missing_study_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = hpo("study", "pareto", "nothing-here", "-o", str(tmp_path / "f.png"), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
