@@ -49,6 +49,7 @@ FAMILIES: LazyRegistry[Any] = LazyRegistry(
         "sorted_seq": "hpo.families.sorted_seq:SortedSeq",
         "vae": "hpo.families.vae:VAE",
         "gan": "hpo.families.gan:GAN",
+        "style_transfer": "hpo.families.style_transfer:StyleTransfer",
     },
 )
 
@@ -63,6 +64,7 @@ DATASETS: LazyRegistry[Any] = LazyRegistry(
         "shakespeare": "hpo.datasets.text_corpus:load_shakespeare",
         "text_corpus": "hpo.datasets.text_corpus:load",
         "sorted_sequences": "hpo.datasets.sorted_sequences:load",
+        "style_images": "hpo.datasets.style_images:load",
     },
 )
 

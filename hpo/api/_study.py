@@ -209,6 +209,20 @@ class Study:
 
         return best_trial_summary(self._store, self.config)
 
+    def pareto_grid(self, path: str | Path, tracking_uri: str | None = None) -> list[int]:
+        """Write the Pareto front's generated images, one row ordered by the first objective,
+        as a PNG to ``path`` (what ``hpo study pareto NAME -o PATH`` does); returns the numbers
+        of the trials drawn, in order.
+
+        Raises:
+            hpo.tracking.pareto.ParetoError: no complete trial, or no Pareto trial's run holds
+                a ``generated.png`` (a family other than ``style_transfer``), or ``path``'s
+                folder does not exist.
+        """
+        from hpo.tracking.pareto import write_pareto_grid
+
+        return write_pareto_grid(self._store, self.config, Path(path), tracking_uri)
+
     def reap(self, grace_period: int = 30) -> list[int]:
         """Fail and requeue the trials without a heartbeat for ``grace_period`` seconds (their
         worker died), as every worker's reaper does; returns their numbers."""

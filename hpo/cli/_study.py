@@ -309,6 +309,29 @@ def best(
             console.print(f"  {k} = {v!r}", markup=False, highlight=False)
 
 
+@app.command("pareto")
+def pareto(
+    name: str = typer.Argument(..., help="Study name."),
+    output: Path = typer.Option(
+        Path("pareto_front.png"), "--output", "-o", help="The PNG to write."
+    ),
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Draw the Pareto front's generated images (style_transfer studies) in one PNG.
+
+    One row ordered by the first objective, each image captioned with its trial number.
+    """
+    from hpo.api import load_study
+
+    with handled_errors():
+        numbers = load_study(name, storage).pareto_grid(output, tracking_uri)
+    console.print(
+        escape(f"wrote {output}: Pareto trials {', '.join(f'#{n}' for n in numbers)}"),
+        highlight=False,
+    )
+
+
 @app.command("report")
 def report(
     name: str = typer.Argument(..., help="Study name."),

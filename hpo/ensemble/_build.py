@@ -135,7 +135,7 @@ def build_ensemble(
         if info.spec is not None and not family_ensembles(info.spec.family):
             raise EnsembleError(
                 f"study {info.name!r} is a {info.spec.family!r} study, whose trials are not "
-                "ensembled (a generator's outputs are not predictions to average)"
+                "ensembled (its models generate images, not predictions to average)"
             )
     uris = {s.tracking_uri for s in infos if s.tracking_uri}
     if tracking_uri is None and len(uris) > 1:

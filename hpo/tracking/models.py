@@ -107,7 +107,7 @@ def load_keras_model(path: str | Path) -> keras.Model:
 def _register_family_layers() -> None:
     import importlib
 
-    for module in ("hpo.families.vae",):
+    for module in ("hpo.families.vae", "hpo.families.style_transfer"):
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
 

@@ -146,6 +146,7 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
             f"best_{m}": v for m, v in zip(config.spec().metrics, best["values"], strict=True)
         }
         tracking.log_metrics(c, config.parent_run_id, values, step=0)
+    files.update(_pareto_grid(storage, config))
     if files:
         tracking.log_artifact_files(c, config.parent_run_id, files)
     from hpo.tracking.notes import update_study_note
@@ -182,6 +183,22 @@ def apply_retention_policy(storage: BaseStorage, config: StudyConfig) -> None:
     if report.problems:
         log.warning("study %s: retention: %s", config.name, "; ".join(report.problems))
     c.set_terminated(config.parent_run_id, "FINISHED")
+
+
+def _pareto_grid(storage: BaseStorage, config: StudyConfig) -> dict[str, bytes]:
+    """The Pareto grid of generated images, for a study with several objectives whose family
+    generates one image per trial (``style_transfer``); nothing otherwise."""
+    from hpo.tracking.pareto import PARETO_GRID_FILE, ParetoError, pareto_grid_png, pareto_images
+
+    if not config.spec().multi_objective:
+        return {}
+    try:
+        return {PARETO_GRID_FILE: pareto_grid_png(pareto_images(storage, config))}
+    except ParetoError as exc:
+        log.info("no %s: %s", PARETO_GRID_FILE, exc)
+    except Exception as exc:  # a picture must not keep the study's run from ending
+        log.warning("no %s: %s: %s", PARETO_GRID_FILE, type(exc).__name__, exc)
+    return {}
 
 
 def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dict[str, Any]]:
