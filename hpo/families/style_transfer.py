@@ -224,6 +224,8 @@ class StyleTransfer(Family):
         ((16, 16, 3), True)
     """
 
+    resumable: ClassVar[bool] = False
+
     raw_inputs = False
     name = "style_transfer"
     tasks: ClassVar[tuple[Task, ...]] = ("reconstruction",)
@@ -268,7 +270,7 @@ class StyleTransfer(Family):
             features = feature_model(base, [content_layer, *style_layers])
             measure = Measure(base, data)
         except FeatureNetworkError as exc:
-            from hpo.workers.runner import TrialFailedError
+            from hpo.workers.tasks import TrialFailedError
 
             raise TrialFailedError(str(exc)) from None
 
@@ -319,8 +321,13 @@ class StyleTransfer(Family):
         data: Dataset,
         epochs: int,
         callbacks: Sequence[keras.callbacks.Callback],
+        initial_epoch: int = 0,
     ) -> None:
-        """Rounds of ``steps_per_epoch`` optimizer steps; each epoch logs the measured losses."""
+        """Rounds of ``steps_per_epoch`` optimizer steps; each epoch logs the measured losses.
+
+        Always from epoch 0 (``resumable = False``): the image and its optimizer would restore,
+        but a resumed run was never compared with a straight one.
+        """
         steps = int(hp.get("steps_per_epoch", 20))
         if steps < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {steps}")
