@@ -153,7 +153,11 @@ def finalize_study(storage: BaseStorage, config: StudyConfig) -> None:
 
     update_study_note(storage, config)
     tracking.end_dangling_runs(config.tracking_uri, config.experiment_id, config.parent_run_id)
-    apply_retention_policy(storage, config)
+    try:
+        apply_retention_policy(storage, config)
+    except Exception as exc:  # the files stay; `hpo study retain` can apply it later
+        log.warning("study %s: retention not applied: %s", config.name, exc)
+    c.set_terminated(config.parent_run_id, "FINISHED")
 
 
 def apply_retention_policy(storage: BaseStorage, config: StudyConfig) -> None:
@@ -182,7 +186,6 @@ def apply_retention_policy(storage: BaseStorage, config: StudyConfig) -> None:
     )
     if report.problems:
         log.warning("study %s: retention: %s", config.name, "; ".join(report.problems))
-    c.set_terminated(config.parent_run_id, "FINISHED")
 
 
 def _pareto_grid(storage: BaseStorage, config: StudyConfig) -> dict[str, bytes]:
