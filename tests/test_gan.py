@@ -253,13 +253,3 @@ def test_run_a_gan_study_then_sample_from_it(tmp_path: Path, cache: Path) -> Non
 
     with pytest.raises(EnsembleError, match="'gan' study, whose trials are not ensembled"):
         build_ensemble(["g"], "gens", storage=storage)
-
-
-def test_docstring_examples_run() -> None:
-    import doctest
-    import importlib
-
-    for name in ("hpo.families.gan_quality", "hpo.families.gan_sampling", "hpo.families.gan"):
-        module = importlib.import_module(name)
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
-        assert result.failed == 0, name
