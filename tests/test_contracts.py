@@ -190,15 +190,10 @@ def test_every_family_ships_a_space() -> None:
     assert {load_spec(path).family for path in SPACES} == set(FAMILIES.names())
 
 
-# Parsing the Reuters archive takes a while the first time: those spaces are in the slow tier.
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.slow) if load_spec(p).dataset.name == "reuters" else p
-        for p in SPACES
-    ],
-    ids=[p.name for p in SPACES],
-)
+# 16 spaces, 4 builds each (and Reuters parsed): the slow tier. The per-family files build
+# each family's layouts in the fast tier.
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
 def test_shipped_space_builds(path: Path, space_data: Callable[[DatasetSpec], Dataset]) -> None:
     from hpo.families import Family, get_family
     from hpo.workers.model_checks import check_model

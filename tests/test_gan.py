@@ -123,6 +123,7 @@ def test_family_is_registered_checks_its_data_and_is_not_ensembled(digits: Datas
     assert family.build(Params(TINY), fashion_like).generator.output_shape == (None, 28, 28, 1)
 
 
+@pytest.mark.slow
 def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     from hpo.workers.runner import TrialFailedError, _EpochCallback
 
@@ -138,6 +139,7 @@ def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     assert 0.0 < epochs[0]["classifier_test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_divergence_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     from hpo.workers.runner import _EpochCallback
 

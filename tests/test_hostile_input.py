@@ -381,6 +381,7 @@ def test_bad_storage_urls_are_one_line(url: str, code: int, fragment: str, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml"]
 
 
+@pytest.mark.slow
 def test_read_only_commands_create_no_store(tmp_path: Path) -> None:
     for args in (
         ["study", "status", "nope"],
