@@ -108,13 +108,3 @@ def test_create_run_read_and_ensemble_a_study(workdir: Path) -> None:
     np.testing.assert_allclose(from_file.probabilities, pred.probabilities, atol=1e-5)
     with pytest.raises(HpoError):
         hpo.load_ensemble("no-such-ensemble")
-
-
-def test_docstring_examples_run() -> None:
-    import doctest
-    import importlib
-
-    for name in ("hpo", "hpo.errors", "hpo.api._setup", "hpo.api._study", "hpo.api._ensembles"):
-        module = importlib.import_module(name)
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
-        assert result.failed == 0, name

@@ -48,6 +48,7 @@ def test_bench_help(script: str) -> None:
     assert "--quick" in out.stdout
 
 
+@pytest.mark.slow
 def test_orchestration_smoke() -> None:
     """20 no-training trials through the real worker loop on SQLite: a table and a ratio line."""
     out = subprocess.run(
@@ -61,6 +62,7 @@ def test_orchestration_smoke() -> None:
     assert out.stdout.splitlines()[-1].startswith("ratios: SQLite, 1 worker: p95 ")
 
 
+@pytest.mark.slow
 def test_store_scale_30_workers_through_pgbouncer_on_20_connections() -> None:
     """30 workers (the real loop, stub trials) finish an exact budget through PgBouncer in front
     of a PostgreSQL that allows 20 connections: directly they would need about 4 each."""
@@ -127,6 +129,7 @@ def test_epoch_callback_bench_smoke() -> None:
     assert out.stdout.strip().splitlines()[-1].startswith("ratios: none / hpo ")
 
 
+@pytest.mark.slow
 def test_hyperband_history_bench_smoke() -> None:
     """Two seeds of short simulated studies: four arms and a ratio line naming both engines."""
     out = subprocess.run(

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 TESTS = """
@@ -84,6 +86,7 @@ def _pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_outside_ci_missing_things_skip(tmp_path: Path) -> None:
     result = _pytest(tmp_path, None)
     assert result.returncode == 0, result.stdout[-3000:]
@@ -91,6 +94,7 @@ def test_outside_ci_missing_things_skip(tmp_path: Path) -> None:
     assert "7 skipped" in summary and " failed" not in summary, result.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_in_ci_only_gpu_tests_and_marked_doc_blocks_may_skip(tmp_path: Path) -> None:
     result = _pytest(tmp_path, "true")
     out = result.stdout

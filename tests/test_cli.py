@@ -91,6 +91,7 @@ def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+@pytest.mark.slow
 def test_bad_flags_exit_2_and_write_nothing(tmp_path: Path) -> None:
     space = tmp_path / "good.yaml"
     space.write_text(GOOD)
@@ -106,6 +107,7 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml"]
 
 
+@pytest.mark.slow
 def test_spaces_show_and_list(tmp_path: Path) -> None:
     space = tmp_path / "good.yaml"
     space.write_text(GOOD)
@@ -119,6 +121,7 @@ def test_spaces_show_and_list(tmp_path: Path) -> None:
     assert listed[0]["family"] == "image_cnn" and listed[0]["valid"] is True
 
 
+@pytest.mark.slow
 def test_study_create_list_status(tmp_path: Path) -> None:
     space = tmp_path / "good.yaml"
     space.write_text(GOOD)
@@ -190,6 +193,7 @@ def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
     assert f"  study s1: {page}\n" in out, out
 
 
+@pytest.mark.slow
 def test_study_create_spells_the_study_option_as_run_does(tmp_path: Path) -> None:
     space = tmp_path / "good.yaml"
     space.write_text(GOOD)

@@ -272,6 +272,7 @@ def mlflow_server_help() -> str:
     return help_text("mlflow", "server")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [COMPOSE, NOAUTH_OVERRIDE], ids=["base", "noauth"])
 def test_mlflow_service_runs_a_real_mlflow_server(mlflow_server_help: str, path: Path) -> None:
     base = compose()["services"]["mlflow"]
@@ -298,6 +299,7 @@ def test_mlflow_service_runs_a_real_mlflow_server(mlflow_server_help: str, path:
     assert mounts(spec).get(destination) in raw()["volumes"], destination
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_runs_a_real_optuna_dashboard() -> None:
     installed_matches_lock("optuna-dashboard")
     text = help_text("optuna-dashboard")

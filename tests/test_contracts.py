@@ -1,9 +1,14 @@
 """One contract for every built-in family and one for every built-in dataset.
 
 Family: its shipped space validates; a point sampled from that space builds, on tiny data, a
-compiled model that fits one batch, logs the space's objective metric, and saves a model that
-takes raw inputs and loads back (safe mode) predicting what the trained model predicts (a
+compiled model that fits one batch, logs the space's objective metric and only finite values,
+predicts class probabilities (a classifier), reads every sampled parameter, and saves a model
+that takes raw inputs and loads back (safe mode) predicting what the trained model predicts (a
 generator family's stored generator: the same samples for the same latent vectors).
+
+Shipped space: every file of search_spaces/ validates, and points sampled from it build, on
+its own dataset, models that pass the trial's model check (outputs that suit the task, a loss
+and the objective's metric computed), with one output per class, reading every parameter.
 
 Dataset: for a seed its splits are the same on every load, non-empty, of one example shape,
 with labels inside the class count, and no training example reappears in validation or test.
@@ -12,7 +17,8 @@ with labels inside the class count, and no training example reappears in validat
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +107,7 @@ def test_family_contract(family_name: str, cache: Path, tmp_path: Path) -> None:
     assert spec.family == family_name
     data = load_dataset(spec.dataset.model_copy(update=dataset_update))
     family = get_family(family_name)
+    assert family.name == family_name and data.task in family.tasks
     family.check_data(data)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     hp = Params(suggest(study.ask(), spec.space))
@@ -118,7 +125,16 @@ def test_family_contract(family_name: str, cache: Path, tmp_path: Path) -> None:
     logs = _Logs()
     family.fit(model, hp, data, 1, [logs])
     metric = spec.metrics[0]
-    assert metric in logs.logs and np.isfinite(logs.logs[metric]), logs.logs
+    assert metric in logs.logs, logs.logs
+    assert all(np.isfinite(v) for v in logs.logs.values()), logs.logs
+    if not generator:
+        assert {"loss", "val_loss"} <= set(logs.logs), logs.logs
+    for key in ("accuracy", "val_accuracy"):
+        assert 0.0 <= logs.logs.get(key, 0.0) <= 1.0, logs.logs
+    if _predicts_classes(family):
+        _check_probabilities(family.predict(model, hp, data.validation.x[:20]), data)
+    # Every sampled parameter was read by build, fit or predict: none is searched for nothing.
+    assert hp.unread() == [], hp.unread()
     # The model a trial stores: raw inputs in front when the data records them.
     saved = family.saved_model(model, data)
     if family.raw_inputs and data.inputs is not None:
@@ -134,6 +150,74 @@ def test_family_contract(family_name: str, cache: Path, tmp_path: Path) -> None:
         expected = family.predict(model, hp, x)
         assert np.allclose(family.predict(core_model(again), hp, x), expected, atol=1e-5)
     keras.backend.clear_session()
+
+
+def _predicts_classes(family: Any) -> bool:
+    """A family that trains on the labels (not an autoencoder, not a generator)."""
+    from hpo.families import Family
+
+    return family.ensembles and type(family).fit_targets is Family.fit_targets  # type: ignore[no-any-return]
+
+
+def _check_probabilities(probs: np.ndarray, data: Dataset) -> None:
+    """One probability per class for each example (binary: one, of the positive class)."""
+    if data.task == "binary":
+        assert probs.shape == (len(probs), 1), probs.shape
+    else:
+        assert probs.shape == (len(probs), data.num_classes), probs.shape
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert len(probs) > 0 and ((probs >= 0) & (probs <= 1)).all()
+
+
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def space_data(cache: Path) -> Callable[[DatasetSpec], Dataset]:
+    """A space's dataset, 64 training examples; one load per dataset and options (the
+    splits' sizes do not matter to a build)."""
+    loaded: dict[str, Dataset] = {}
+
+    def load(spec: DatasetSpec) -> Dataset:
+        key = json.dumps([spec.name, spec.options], sort_keys=True)
+        if key not in loaded:
+            loaded[key] = load_dataset(spec.model_copy(update={"subset": 64}))
+        return loaded[key]
+
+    return load
+
+
+def test_every_family_ships_a_space() -> None:
+    assert {load_spec(path).family for path in SPACES} == set(FAMILIES.names())
+
+
+# 16 spaces, 4 builds each (and Reuters parsed): the slow tier. The per-family files build
+# each family's layouts in the fast tier.
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_shipped_space_builds(path: Path, space_data: Callable[[DatasetSpec], Dataset]) -> None:
+    from hpo.families import Family, get_family
+    from hpo.workers.model_checks import check_model
+
+    spec = load_spec(path)
+    family = get_family(spec.family)
+    data = space_data(spec.dataset)
+    family.check_data(data)
+    # A family that trains its own way (a GAN) reads its training parameters in fit: the
+    # family contract checks those, after training.
+    reads_all_in_build = type(family).fit is Family.fit
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(4):
+        hp = Params(suggest(study.ask(), spec.space))
+        model = family.build(hp, data)
+        family.batch_size(hp)
+        check_model(model, family, data, spec.metrics)
+        if _predicts_classes(family):
+            width = 1 if data.task == "binary" else data.num_classes
+            assert model.output_shape == (None, width), model.output_shape
+        if reads_all_in_build:
+            assert hp.unread() == [], hp.unread()
+        keras.backend.clear_session()
 
 
 def _texts(tmp: Path) -> Path:

@@ -63,14 +63,11 @@ def test_digits_is_stratified() -> None:
         assert np.all(np.abs(counts - total * fraction) <= 1), counts
 
 
-def test_digits_is_seeded() -> None:
+def test_digits_another_seed_splits_otherwise() -> None:
+    # The same seed, the same splits and fingerprint: the dataset contract (test_contracts.py).
     a = load_dataset(DatasetSpec(name="digits", seed=1))
-    b = load_dataset(DatasetSpec(name="digits", seed=1))
     c = load_dataset(DatasetSpec(name="digits", seed=2))
-    for sa, sb in ((a.train, b.train), (a.validation, b.validation), (a.test, b.test)):
-        np.testing.assert_array_equal(sa.x, sb.x)
-        np.testing.assert_array_equal(sa.y, sb.y)
-    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
 
 
 def test_digits_subset_caps_training_only() -> None:

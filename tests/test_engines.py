@@ -83,7 +83,11 @@ def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 # -- samplers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", SINGLE)
+# optuna-gp fits a Gaussian process in PyTorch for its proposal: the slow tier.
+@pytest.mark.parametrize(
+    "algorithm",
+    [pytest.param(a, marks=pytest.mark.slow) if a == "optuna-gp" else a for a in SINGLE],
+)
 def test_every_algorithm_runs(algorithm: str, tmp_path: Path) -> None:
     space = DISCRETE if ALGORITHMS[algorithm].needs_discrete_space else CONDITIONAL
     # optuna-gp models from trial 11 on (10 random start-up trials); one proposal covers it.

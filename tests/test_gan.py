@@ -123,6 +123,7 @@ def test_family_is_registered_checks_its_data_and_is_not_ensembled(digits: Datas
     assert family.build(Params(TINY), fashion_like).generator.output_shape == (None, 28, 28, 1)
 
 
+@pytest.mark.slow
 def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     from hpo.workers.epoch_callback import EpochCallback as _EpochCallback
     from hpo.workers.tasks import TrialFailedError
@@ -139,6 +140,7 @@ def test_collapse_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     assert 0.0 < epochs[0]["classifier_test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_divergence_fails_the_trial_with_its_reason(digits: Dataset) -> None:
     from hpo.workers.epoch_callback import EpochCallback as _EpochCallback
 
@@ -254,13 +256,3 @@ def test_run_a_gan_study_then_sample_from_it(tmp_path: Path, cache: Path) -> Non
 
     with pytest.raises(EnsembleError, match="'gan' study, whose trials are not ensembled"):
         build_ensemble(["g"], "gens", storage=storage)
-
-
-def test_docstring_examples_run() -> None:
-    import doctest
-    import importlib
-
-    for name in ("hpo.families.gan_quality", "hpo.families.gan_sampling", "hpo.families.gan"):
-        module = importlib.import_module(name)
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
-        assert result.failed == 0, name

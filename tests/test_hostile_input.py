@@ -124,6 +124,7 @@ def test_a_bad_name_in_the_space_file_is_refused(name: str) -> None:
         parse_spec(BASE + f"name: {name}\n", "s.yaml")
 
 
+@pytest.mark.slow
 def test_cli_names_are_checked_before_anything_is_written(tmp_path: Path) -> None:
     space = tmp_path / "base.yaml"
     space.write_text(BASE)
@@ -386,6 +387,7 @@ def test_bad_storage_urls_are_one_line(url: str, code: int, fragment: str, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml"]
 
 
+@pytest.mark.slow
 def test_read_only_commands_create_no_store(tmp_path: Path) -> None:
     for args in (
         ["study", "status", "nope"],

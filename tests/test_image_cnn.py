@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,10 +11,9 @@ from hpo.datasets import DataError, Dataset, Split
 from hpo.families import get_family
 from hpo.families._common import build_optimizer, optimizer_classes
 from hpo.families.image_cnn import ImageCNN
-from hpo.spaces import Params, load_spec, suggest
+from hpo.spaces import Params
 
 keras = pytest.importorskip("keras")
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 BASE: dict[str, Any] = {
     "conv_blocks": 2,
@@ -63,10 +61,9 @@ EXPECTED_BLOCK = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("batchnorm", ["none", "before", "after"])
 @pytest.mark.parametrize("conv_type", ["Conv2D", "SeparableConv2D"])
-def test_layers_in_order_and_one_epoch_trains(
+def test_layers_in_order_and_one_step_trains(
     digits: Dataset, conv_type: str, batchnorm: str
 ) -> None:
     keras.utils.set_random_seed(0)
@@ -88,14 +85,13 @@ def test_layers_in_order_and_one_epoch_trains(
         acts = [layer for layer in model.layers if type(layer).__name__ == "Activation"]
         assert [a.activation.__name__ for a in acts] == ["relu", "relu"]
 
-    history = keras.callbacks.History()
-    family.fit(model, hp, digits, epochs=1, callbacks=[history])
-    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
-        assert np.isfinite(history.history[key][-1]), key
-
+    # One eager training step of this layout (no traced function: milliseconds); a full epoch,
+    # its logs and the stored model are the family contract's (tests/test_contracts.py).
+    model.run_eagerly = True
+    loss = model.train_on_batch(digits.train.x[:32], digits.train.y[:32])
+    assert np.isfinite(np.asarray(loss)).all()
     probs = family.predict(model, hp, digits.test.x[:50])
-    assert probs.shape == (50, 10)
-    assert np.all(probs >= 0)
+    assert probs.shape == (50, 10) and np.all(probs >= 0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -213,24 +209,3 @@ def test_rejects_unsuitable_data() -> None:
         ImageCNN().build(Params({**BASE, "conv_type": "Conv3D"}), _fake_images((8, 8, 1)))
     with pytest.raises(ValueError, match="batchnorm"):
         ImageCNN().build(Params({**BASE, "batchnorm": "both"}), _fake_images((8, 8, 1)))
-
-
-@pytest.mark.parametrize(
-    ("path", "shape"),
-    [("image_cnn.yaml", (28, 28, 1)), ("image_cnn_digits.yaml", None)],
-)
-def test_shipped_spaces_build(path: str, shape: tuple[int, ...] | None, digits: Dataset) -> None:
-    """Every parameter of the shipped spaces is one the family reads, and samples build."""
-    import optuna
-
-    spec = load_spec(SPACES / path)
-    assert spec.family == "image_cnn"
-    known = {*BASE, "conv_type", "batchnorm", "activation"}
-    assert {n.name.split(".")[0] for n in spec.space.nodes()} <= known
-    data = _fake_images(shape) if shape else digits
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(6):
-        hp = Params(suggest(study.ask(), spec.space))
-        model = ImageCNN().build(hp, data)
-        assert model.output_shape == (None, 10)
-        keras.backend.clear_session()

@@ -165,6 +165,7 @@ def test_members_saved_without_raw_inputs_are_refused_by_name() -> None:
         raw_inputs_of([Member("a", {"inputs": image}), Member("b", {"inputs": text})])
 
 
+@pytest.mark.slow
 def test_predict_shows_no_tensorflow_start_up_noise(tmp_path: Path) -> None:
     """Users of hpo predict see predictions and hpo's own messages, not absl or oneDNN logs."""
     import keras

@@ -15,7 +15,7 @@ from hpo.datasets import text_corpus as tc
 from hpo.families import get_family
 from hpo.families.generation import VOCABULARY_FILE, Vocabulary
 from hpo.families.language_models import CharLSTM, WordLSTM, bits_per_token
-from hpo.spaces import DatasetSpec, Params, load_spec, suggest
+from hpo.spaces import DatasetSpec, Params, load_spec
 
 from conftest import REPO, small_text_studies
 
@@ -290,7 +290,7 @@ def test_families_reject_unsuitable_data(chars: Dataset, words: Dataset) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize("family", [CharLSTM(), WordLSTM()], ids=["char_lstm", "word_lstm"])
 def test_one_epoch_trains_and_logs_bits(
-    family: CharLSTM | WordLSTM, chars: Dataset, words: Dataset, tmp_path: Path
+    family: CharLSTM | WordLSTM, chars: Dataset, words: Dataset
 ) -> None:
     data = chars if family.level == "char" else words
     keras.utils.set_random_seed(0)
@@ -307,21 +307,13 @@ def test_one_epoch_trains_and_logs_bits(
     assert logs["val_bits_per_token"] == pytest.approx(logs["val_loss"] / math.log(2), rel=1e-4)
     assert logs["val_bits_per_token"] < math.log2(data.num_classes) + 1  # near uniform or better
 
-    probs = family.predict(model, hp, data.validation.x[:20])
-    assert probs.shape == (20, data.num_classes)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-
+    # Probabilities, and a stored model that loads back predicting the same: the family
+    # contract (tests/test_contracts.py).
     artifacts = family.extra_artifacts(model, hp, data)
     stored = Vocabulary.from_json(json.loads(artifacts[VOCABULARY_FILE]))
     assert stored.tokens == data.meta["vocabulary"] and stored.level == family.level
     assert stored.maxlen == data.input_shape[0] and stored.dataset == "shakespeare"
     assert len(stored.context) == stored.maxlen
-
-    from hpo.tracking.models import load_keras_model
-
-    model.save(tmp_path / "model.keras")
-    again = load_keras_model(tmp_path / "model.keras")  # safe mode: built-in layers only
-    np.testing.assert_allclose(again.predict(data.validation.x[:20], verbose=0), probs, atol=1e-5)
 
 
 def test_bits_per_token_is_crossentropy_in_bits() -> None:
@@ -331,23 +323,14 @@ def test_bits_per_token_is_crossentropy_in_bits() -> None:
 
 
 @pytest.mark.parametrize("path", ["char_lstm.yaml", "char_lstm_small.yaml", "word_lstm.yaml"])
-def test_shipped_spaces_build(path: str, chars: Dataset, words: Dataset) -> None:
-    """The spaces validate, name only parameters the family reads, and their samples build."""
-    import optuna
-
+def test_shipped_spaces_minimize_val_loss_on_shakespeare(path: str) -> None:
+    # That their samples build, reading every parameter, is the contract's
+    # (tests/test_contracts.py::test_shipped_space_builds).
     spec = load_spec(SPACES / path)
-    family = get_family(spec.family)
-    known = {"encoding", "cell", "units", "layers", "dropout", "recurrent_dropout",
-             "embedding_dim", "optimizer", "learning_rate", "batch_size"}  # fmt: skip
-    assert {n.name.split(".")[0] for n in spec.space.nodes()} <= known
     assert spec.dataset.name == "shakespeare" and spec.metrics == ["val_loss"]
-    assert tc.check_options(spec.dataset.options, spec.dataset.name).level == family.level
-    data = chars if family.name == "char_lstm" else words
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(4):
-        model = family.build(Params(suggest(study.ask(), spec.space)), data)
-        assert model.output_shape == (None, data.num_classes)
-        keras.backend.clear_session()
+    assert tc.check_options(spec.dataset.options, spec.dataset.name).level == (
+        get_family(spec.family).level  # type: ignore[attr-defined]
+    )
 
 
 # --- end to end ----------------------------------------------------------------------------

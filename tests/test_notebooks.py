@@ -20,6 +20,7 @@ def _outputs(nb: object, kind: str) -> list[object]:
     return [o for c in cells if c.cell_type == "code" for o in c.outputs if kind in str(o)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

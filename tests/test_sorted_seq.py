@@ -14,7 +14,7 @@ from hpo.datasets import DataError, Dataset, Split, load_dataset
 from hpo.datasets.sorted_sequences import KINDS, generate, is_sorted
 from hpo.families import get_family
 from hpo.families.sorted_seq import SortedSeq
-from hpo.spaces import DatasetSpec, Params, load_spec, suggest
+from hpo.spaces import DatasetSpec, Params, load_spec
 
 from conftest import REPO, hpo
 
@@ -118,11 +118,8 @@ def test_splits_are_disjoint_and_stratified(data: Dataset) -> None:
         np.testing.assert_allclose(counts, np.array([500, 500, 1000]) * share, atol=1)
 
 
-def test_deterministic_from_the_seed(data: Dataset) -> None:
-    again = _load()
-    for (_, a), (_, b) in zip(_splits(data), _splits(again), strict=True):
-        np.testing.assert_array_equal(a.x, b.x)
-        np.testing.assert_array_equal(a.y, b.y)
+def test_another_seed_draws_other_sequences(data: Dataset) -> None:
+    # The same seed, the same splits: the dataset contract (tests/test_contracts.py).
     other = _load(seed=1)
     assert not np.array_equal(other.test.x, data.test.x)
 
@@ -276,7 +273,6 @@ def test_rejects_unsuitable_data(small: Dataset) -> None:
         SortedSeq().build(Params({**BASE, "bidirectional": "maybe"}), small)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "hp",
     [
@@ -285,19 +281,20 @@ def test_rejects_unsuitable_data(small: Dataset) -> None:
         {"input": "scalar", "cell": "SimpleRNN", "layers": 2},
     ],
 )
-def test_one_epoch_trains(small: Dataset, hp: dict[str, Any]) -> None:
+def test_one_step_trains(small: Dataset, hp: dict[str, Any]) -> None:
+    """One eager training step of each input and cell (no traced function); a full epoch, its
+    logs and the stored model are the family contract's (tests/test_contracts.py)."""
     import keras
 
     keras.utils.set_random_seed(0)
     params = Params({**BASE, **hp})
     family = SortedSeq()
     model = family.build(params, small)
-    history = keras.callbacks.History()
-    family.fit(model, params, small, epochs=1, callbacks=[history])
-    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
-        assert np.isfinite(history.history[key][-1]), key
-    probs = family.predict(model, params, small.test.x)
-    assert probs.shape == (len(small.test), 1)
+    model.run_eagerly = True
+    loss = model.train_on_batch(small.train.x[:64], small.train.y[:64])
+    assert np.isfinite(np.asarray(loss)).all()
+    probs = family.predict(model, params, small.test.x[:50])
+    assert probs.shape == (50, 1)
     assert ((probs >= 0) & (probs <= 1)).all()
 
 
@@ -323,19 +320,11 @@ def test_cosine_schedule_decays_the_rate_each_epoch(small: Dataset) -> None:
     assert history.history["learning_rate"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_shipped_space_builds(small: Dataset) -> None:
-    import keras
-    import optuna
-
+def test_shipped_space_is_sorted_sequences_of_10_to_20() -> None:
+    # That its samples build is the contract's (tests/test_contracts.py::test_shipped_space_builds).
     spec = load_spec(SPACE)
     assert spec.family == "sorted_seq" and spec.dataset.name == "sorted_sequences"
     assert (spec.dataset.options["min_length"], spec.dataset.options["max_length"]) == (10, 20)
-    assert {n.name.split(".")[0] for n in spec.space.nodes()} <= set(BASE)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(6):
-        model = SortedSeq().build(Params(suggest(study.ask(), spec.space)), small)
-        assert model.output_shape == (None, 1)
-        keras.backend.clear_session()
 
 
 @pytest.mark.slow
@@ -380,15 +369,3 @@ def test_hpo_run_end_to_end(tmp_path: Path) -> None:
     assert TEST_PREDICTIONS_FILE in {a.path for a in client.list_artifacts(run_id)}
     summary_file = Path(client.download_artifacts(run_id, "dataset.json", str(tmp_path)))
     assert json.loads(summary_file.read_text())["train_size"] == 300
-
-
-@pytest.mark.parametrize("hp", [{"bidirectional": True}, {"input": "scalar", "cell": "GRU"}])
-def test_saved_model_loads_in_safe_mode(small: Dataset, tmp_path: Path, hp: dict[str, Any]) -> None:
-    """The stored model.keras holds no code: hpo's safe loader reads it back, same outputs."""
-    from hpo.tracking.models import load_keras_model
-
-    model = SortedSeq().build(Params({**BASE, **hp}), small)
-    model.save(tmp_path / "model.keras")
-    loaded = load_keras_model(tmp_path / "model.keras")
-    x = small.test.x[:16]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
