@@ -225,7 +225,7 @@ class _FakeRuns:
         """A function to set as ``TrialProcess.run`` (so that it gets the process as self)."""
         return lambda process, *args, **kwargs: self._run(process, *args, **kwargs)
 
-    def _run(self, process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
+    def _run(self, process, task, timeout=None, stop_requested=lambda: False, stop_grace=0, **_):  # type: ignore[no-untyped-def]
         from hpo.workers.tasks import TrialResult
         from hpo.workers.worker import STOPPED_REASON
 
@@ -381,7 +381,7 @@ def test_a_worker_about_to_exit_looks_again_soon_for_the_end_of_the_others_trial
     lock = threading.Lock()
     ended: list[float] = []  # when each trial ended
 
-    def run(process, task, timeout=None, stop_requested=lambda: False, stop_grace=0):  # type: ignore[no-untyped-def]
+    def run(process, task, timeout=None, stop_requested=lambda: False, stop_grace=0, **_):  # type: ignore[no-untyped-def]
         from hpo.workers.tasks import TrialResult
 
         with lock:

@@ -23,6 +23,8 @@ from typing import Any
 
 import keras
 
+from hpo.errors import HpoError
+
 NETWORKS = ("random", "vgg19")
 BLOCKS = 5
 RANDOM_SEED = 0
@@ -34,7 +36,7 @@ _VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 VGG19_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
-class FeatureNetworkError(ValueError):
+class FeatureNetworkError(HpoError, ValueError):
     """The feature network cannot be made (no VGG19 weights here, a bad weights file)."""
 
 

@@ -270,11 +270,9 @@ def log_artifact_files(c: TrackingClient, run_id: str, files: Mapping[str, Path 
     for name, content in files.items():
         path = PurePosixPath(name)
         folder = str(path.parent) if str(path.parent) not in ("", ".") else None
+        where = {"artifact_path": folder} if folder else {}  # top-level files: as before
         c.log_artifact_content(
-            run_id,
-            path.name,
-            content if isinstance(content, bytes) else Path(content),
-            artifact_path=folder,
+            run_id, path.name, content if isinstance(content, bytes) else Path(content), **where
         )
 
 
