@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def record(client: Any, rec: EnsembleRecord) -> EnsembleResult:
         candidates=[c.to_dict() for c in candidates],
         skipped=rec.skipped,
     )
-    try:
+    with run_outcome(client, run_id):
         tracking.log_params(
             client,
             run_id,
@@ -238,22 +238,36 @@ def record(client: Any, rec: EnsembleRecord) -> EnsembleResult:
         try:
             _tag_sources(client, name, int(mv.version), members, infos)
         except Exception as exc:
-            if not tracking.is_unreachable(exc):
-                raise
-            # The version exists and names its members in its own tags: only the reverse
-            # links (read-modify-write tags on the member and study runs) are missing.
-            warnings.warn(
-                f"version {mv.version} of {name!r} is registered, but MLflow stopped "
-                f"answering before the member trial runs were tagged with it: {exc}",
-                EnsembleWarning,
-                stacklevel=3,
-            )
+            links_missing(exc, name, int(mv.version), "the member trial runs were tagged with it")
+    return result
+
+
+@contextlib.contextmanager
+def run_outcome(client: Any, run_id: str) -> Iterator[None]:
+    """The build's (or refit's) MLflow run ends FINISHED, or FAILED with the error's reason."""
+    try:
+        yield
     except BaseException as exc:
         client.set_tag(run_id, "hpo.fail_reason", f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    return result
+
+
+def links_missing(exc: Exception, name: str, version: int, what: str) -> None:
+    """A registered version whose reverse links (tags on other runs) MLflow did not take: a
+    warning when MLflow stopped answering (the version names its sources in its own tags),
+    else the error."""
+    from hpo import tracking
+
+    if not tracking.is_unreachable(exc):
+        raise exc
+    warnings.warn(
+        f"version {version} of {name!r} is registered, but MLflow stopped answering before "
+        f"{what}: {exc}",
+        EnsembleWarning,
+        stacklevel=4,
+    )
 
 
 def raw_inputs_of(members: Sequence[Any]) -> Any:

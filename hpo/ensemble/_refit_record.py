@@ -41,6 +41,8 @@ def record_refit(client: Any, uri: str, name: str, t: Trained, dest: Path) -> Re
         _registered_model,
         _unavailable,
         flat_metrics,
+        links_missing,
+        run_outcome,
     )
 
     info, cand = t.info, t.cand
@@ -92,7 +94,7 @@ def record_refit(client: Any, uri: str, name: str, t: Trained, dest: Path) -> Re
         metrics=t.metrics,
         history=t.history,
     )
-    try:
+    with run_outcome(client, run_id):
         tracking.log_params(client, run_id, _run_params(t, result))
         for epoch, values in enumerate(t.history, start=1):
             tracking.log_metrics(client, run_id, values, epoch)
@@ -148,19 +150,7 @@ def record_refit(client: Any, uri: str, name: str, t: Trained, dest: Path) -> Re
             if info.parent_run_id and not is_placeholder(info.parent_run_id):
                 _append_tag(client, info.parent_run_id, "hpo.ensembles", f"{name}:{mv.version}")
         except Exception as exc:
-            if not tracking.is_unreachable(exc):
-                raise
-            warnings.warn(
-                f"version {mv.version} of {name!r} is registered, but MLflow stopped "
-                f"answering before the trial's run was tagged with it: {exc}",
-                EnsembleWarning,
-                stacklevel=3,
-            )
-    except BaseException as exc:
-        client.set_tag(run_id, "hpo.fail_reason", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+            links_missing(exc, name, int(mv.version), "the trial's run was tagged with it")
     return result
 
 
