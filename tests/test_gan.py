@@ -157,17 +157,9 @@ def test_divergence_fails_the_trial_with_its_reason(digits: Dataset) -> None:
 
 
 def _sample_cli(*args: str):  # type: ignore[no-untyped-def]
-    import typer
     from typer.testing import CliRunner
 
-    from hpo.cli._sample import sample
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(sample)
-
-    @app.callback()
-    def _main() -> None:  # a group, so that the command is called by name as under `hpo`
-        pass
+    from hpo.cli import app
 
     return CliRunner().invoke(app, ["generate", "images", *args])
 

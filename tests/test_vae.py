@@ -234,17 +234,9 @@ def test_concept_vector_arithmetic() -> None:
 
 
 def _sample_cli(*args: str) -> Any:
-    import typer
     from typer.testing import CliRunner
 
-    from hpo.cli._sample import sample
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(sample)
-
-    @app.callback()
-    def _main() -> None:  # a group, so that the command is called by name as under `hpo`
-        pass
+    from hpo.cli import app
 
     return CliRunner().invoke(app, ["generate", "images", *args])
 

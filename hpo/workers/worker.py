@@ -24,6 +24,7 @@ import signal
 import threading
 from typing import Any
 
+from hpo.errors import HpoError
 from hpo.storage import mask_url, open_storage
 from hpo.storage._retry import is_transient, with_db_retry
 from hpo.storage.deadlines import deadline_passed, study_deadline
@@ -352,7 +353,7 @@ class Worker:
         for config in self._active_configs():
             study_id = self.storage.get_study_id_from_name(config.name)
             states: tuple[TrialState, ...] = (TrialState.RUNNING, TrialState.WAITING)
-            if config.spec().budget.study_timeout and deadline_passed(
+            if _has_study_timeout(config) and deadline_passed(
                 study_deadline(self.storage, study_id)
             ):
                 states = (TrialState.RUNNING,)
@@ -532,3 +533,12 @@ class Worker:
             served.study if served is not None else None,
             slot.process if slot is not None else None,
         )
+
+
+def _has_study_timeout(config: StudyConfig) -> bool:
+    """Whether the study has a wall-clock budget; False for a space that does not validate
+    here (a family this machine may not import): this worker never serves it."""
+    try:
+        return bool(config.spec().budget.study_timeout)
+    except HpoError:
+        return False
