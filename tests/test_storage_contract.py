@@ -15,6 +15,7 @@ from hpo.storage import count_trials, mask_url, open_storage, studies
 from hpo.storage.deadlines import DEADLINE_ATTR, DEADLINE_REASON, study_deadline
 from hpo.storage.status import study_status
 from hpo.storage.studies import (
+    RETRY_ATTR,
     SURPLUS_ATTR,
     StudyConfig,
     StudyError,
@@ -27,7 +28,7 @@ from hpo.storage.studies import (
     load_config_and_state,
     set_study_state,
 )
-from hpo.storage.trial_failures import reap_unstarted_trials
+from hpo.storage.trial_failures import fail_trial, reap_unstarted_trials
 
 SPACE = """
 family: image_cnn
@@ -264,6 +265,116 @@ def test_a_claimed_trial_that_never_got_a_heartbeat_is_requeued(storage_url: str
     assert sorted(t.number for t in counted_trials(trials)) == [alive.number, queued.number]
     assert claim_trial(study, config.n_trials) is not None  # the queued copy
     assert claim_trial(study, config.n_trials) is None
+
+
+class _Watched:
+    """The store, with a check run just before a trial is created or marked FAIL: what another
+    worker would see at that moment (a worker's budget check can land between any two writes)."""
+
+    def __init__(self, store: object, check: object) -> None:
+        self._store, self._check = store, check
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: object = None):  # type: ignore[no-untyped-def]
+        if state == TrialState.FAIL:
+            self._check()  # type: ignore[operator]
+        return self._store.set_trial_state_values(trial_id, state, values)  # type: ignore[attr-defined]
+
+    def create_new_trial(self, study_id: int, template_trial: object = None) -> int:
+        self._check()  # type: ignore[operator]
+        return int(self._store.create_new_trial(study_id, template_trial))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("reaped_by", ["retry", "restart"])
+def test_a_failing_trial_whose_retry_is_due_never_looks_finished(
+    storage_url: str, reaped_by: str
+) -> None:
+    """A one-trial study whose only trial is failed and retried is never seen done by another
+    worker: at every step the trial or its retry is unfinished, and no fresh trial is taken."""
+    store = open_storage(storage_url)
+    config = _config(1)
+    study = create_study(store, config)
+    trial = claim_trial(study, 1)
+    assert trial is not None
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def another_worker_looks() -> None:
+        other = studies.load_study(store, config)
+        seen.append(
+            (
+                is_done(other, 1),
+                study_status(store, config.name).done,
+                claim_trial(other, 1) is None,
+            )
+        )
+
+    study._storage = _Watched(store, another_worker_looks)  # type: ignore[assignment]
+    count = reaped_by == "retry"
+    assert fail_trial(study, trial._trial_id, "lost", retry=True, max_retries=3, count_retry=count)
+    study._storage = store
+    # Before the retry was queued the other worker found the budget taken (by the running
+    # trial); after, it claimed the retry, never a fresh trial; it never found the study done.
+    assert seen == [(False, False, True), (False, False, False)]
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"] == "lost"
+    [retry] = trials[1:]
+    assert retry.state == TrialState.RUNNING  # the one the other worker claimed
+    assert retry.system_attrs["failed_trial"] == 0
+    assert retry.system_attrs[RETRY_ATTR] == (1 if count else 0)
+    assert [t.number for t in counted_trials(trials)] == [retry.number]
+    assert claim_trial(study, 1) is None
+    study.tell(retry.number, values=[0.5])
+    assert is_done(study, 1)
+
+
+def test_a_retry_queued_for_a_trial_its_worker_finished_is_withdrawn(storage_url: str) -> None:
+    """Two reapers, or a reaper and the trial's own worker, race: the one that loses the race
+    to finish the trial takes its queued retry back, and the budget holds."""
+    store = open_storage(storage_url)
+    config = _config(1)
+    study = create_study(store, config)
+    trial = claim_trial(study, 1)
+    assert trial is not None
+
+    def its_worker_finishes_first() -> None:
+        if store.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            studies.load_study(store, config).tell(trial.number, values=[0.9])
+
+    study._storage = _Watched(store, its_worker_finishes_first)  # type: ignore[assignment]
+    assert not fail_trial(study, trial._trial_id, "lost", retry=True, max_retries=3)
+    study._storage = store
+    first, withdrawn = study.get_trials()
+    assert first.state == TrialState.COMPLETE and first.values == [0.9]
+    assert withdrawn.state == TrialState.FAIL and withdrawn.system_attrs[SURPLUS_ATTR] is True
+    assert [t.number for t in counted_trials([first, withdrawn])] == [0]
+    assert is_done(study, 1) and claim_trial(study, 1) is None
+
+
+def test_failing_a_trial_twice_queues_one_retry(storage_url: str) -> None:
+    """A reaper retried after a dropped connection (with_db_retry) fails the trial again: the
+    retry its first attempt queued is reused, not doubled."""
+    store = open_storage(storage_url)
+    config = _config(2)
+    study = create_study(store, config)
+    trial = claim_trial(study, 2)
+    assert trial is not None
+    calls: list[str] = []
+
+    def connection_drops_once() -> None:
+        calls.append("write")
+        if len(calls) == 2:  # the retry is queued, the trial not yet failed
+            raise ConnectionError("server closed the connection unexpectedly")
+
+    study._storage = _Watched(store, connection_drops_once)  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        fail_trial(study, trial._trial_id, "lost", retry=True, max_retries=3)
+    assert fail_trial(study, trial._trial_id, "lost", retry=True, max_retries=3)
+    study._storage = store
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert len(counted_trials(trials)) == 1
 
 
 def test_sqlite_stores_commit_to_a_write_ahead_log(tmp_path: Path) -> None:

@@ -229,19 +229,21 @@ def load_study(
 
 
 def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
-    # Optuna's RetryFailedTrialCallback marks a retry with the number of the trial it repeats.
+    # Optuna's RetryFailedTrialCallback marks a retry with the number of the trial it repeats;
+    # a withdrawn retry (surplus) repeats nothing.
     return {
         int(t.system_attrs["failed_trial"])
         for t in trials
-        if t.system_attrs.get("failed_trial") is not None
+        if t.system_attrs.get("failed_trial") is not None and not t.system_attrs.get(SURPLUS_ATTR)
     }
 
 
 def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that use up the study's budget: finished, running or queued.
 
-    A failed trial that was retried does not count (its retry does); neither does a surplus
-    trial that a worker asked for after the budget was reached.
+    A failed trial that was retried does not count (its retry does), nor does a running one
+    whose retry is already queued (it is being failed: see ``fail_trial``); neither does a
+    surplus trial that a worker asked for after the budget was reached.
     """
     from optuna.trial import TrialState
 
@@ -250,7 +252,7 @@ def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     for t in trials:
         if t.system_attrs.get(SURPLUS_ATTR):
             continue
-        if t.state == TrialState.FAIL and t.number in retried:
+        if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.number in retried:
             continue
         out.append(t)
     return out
@@ -327,7 +329,7 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         from hpo.storage.trial_failures import fail_trial
 
         reason = f"the sampler failed: {type(exc).__name__}: {exc}"
-        with_db_retry(lambda: fail_trial(study, trial_id, reason, retry=False, max_retries=0))
+        with_db_retry(lambda: fail_trial(study, trial_id, reason, retry=False))
         raise SamplerError(reason) from exc
 
 

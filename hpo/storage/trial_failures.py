@@ -6,7 +6,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from hpo.storage.studies import FAIL_REASON_ATTR, RETRY_ATTR, RUN_ID_ATTR, StudyConfig
+from hpo.storage.studies import (
+    FAIL_REASON_ATTR,
+    RETRY_ATTR,
+    RUN_ID_ATTR,
+    SURPLUS_ATTR,
+    StudyConfig,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -14,50 +20,88 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, *, as_retry: bool = True) -> int | None:
-    """Queue a retry of failed ``trial`` with the same parameters; returns the retry's count.
+def requeue(study: optuna.Study, trial: FrozenTrial, *, as_retry: bool = True) -> int:
+    """Queue a retry of ``trial`` with the same parameters; returns the retry's trial id.
 
     The retry carries ``failed_trial`` (the number it repeats), as Optuna's own
-    RetryFailedTrialCallback does, so the failed trial stops counting toward the budget.
+    RetryFailedTrialCallback does, so the trial it repeats stops counting toward the budget.
     ``as_retry=False`` (a trial that never ran) keeps the retry count as it was.
     """
     import optuna as _optuna
     from optuna.trial import TrialState
 
     count = int(trial.system_attrs.get(RETRY_ATTR, 0)) + (1 if as_retry else 0)
-    study.add_trial(
-        _optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            system_attrs={"failed_trial": trial.number, RETRY_ATTR: count},
-        )
+    template = _optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        system_attrs={"failed_trial": trial.number, RETRY_ATTR: count},
     )
-    return count
+    return int(study._storage.create_new_trial(study._study_id, template_trial=template))
 
 
 def fail_trial(
-    study: optuna.Study, trial_id: int, reason: str, *, retry: bool, max_retries: int
+    study: optuna.Study,
+    trial_id: int,
+    reason: str,
+    *,
+    retry: bool,
+    max_retries: int | None = None,
+    count_retry: bool = True,
 ) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason`` and requeue it if retries are left.
+    """Mark a RUNNING trial FAIL with ``reason``, queueing its retry first if one is due.
 
-    Returns False when another process finished the trial first (nothing is done then), so
-    several reapers can race safely: only the one whose state change wins requeues.
+    ``retry`` asks for a retry while fewer than ``max_retries`` (None: no limit) were made;
+    ``count_retry=False`` does not count it as one (a trial that never ran). The retry is
+    queued *before* the trial is failed, so no one ever sees the trial finished with its
+    retry not yet queued: a worker checking the budget in between would find the study done.
+    While both exist the trial does not count (see ``counted_trials``).
+
+    Returns False when another process finished the trial first; a retry queued for it is
+    then withdrawn (marked surplus and failed), so several reapers can race safely.
     """
     import optuna as _optuna
     from optuna.trial import TrialState
 
     storage = study._storage
+    frozen = storage.get_trial(trial_id)
+    if frozen.state.is_finished():
+        return False
+    queued = None
+    if retry and (max_retries is None or int(frozen.system_attrs.get(RETRY_ATTR, 0)) < max_retries):
+        # An earlier attempt of this call (a dropped connection retried) may have queued it.
+        queued = _queued_retry(storage, study._study_id, frozen.number)
+        if queued is None:
+            queued = requeue(study, frozen, as_retry=count_retry)
     try:
         storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False
+        failed = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
     except _optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    frozen = storage.get_trial(trial_id)
-    if retry and int(frozen.system_attrs.get(RETRY_ATTR, 0)) < max_retries:
-        requeue(study, frozen)
-    return True
+        failed = False
+    if not failed and queued is not None:
+        _withdraw(study, queued, f"trial {frozen.number} was finished by another process")
+    return bool(failed)
+
+
+def _queued_retry(storage: BaseStorage, study_id: int, number: int) -> int | None:
+    for t in storage.get_all_trials(study_id, deepcopy=False):
+        if t.system_attrs.get("failed_trial") == number and not t.system_attrs.get(SURPLUS_ATTR):
+            return int(t._trial_id)
+    return None
+
+
+def _withdraw(study: optuna.Study, trial_id: int, reason: str) -> None:
+    """Take back a queued retry: it stops counting, and it is failed unless it has finished."""
+    import optuna as _optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        storage.set_trial_system_attr(trial_id, SURPLUS_ATTR, True)
+        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except _optuna.exceptions.UpdateFinishedTrialError:
+        pass  # a worker ran it to the end already: its result stands, marked or not
 
 
 def reap_stale_trials(storage: BaseStorage, config: StudyConfig) -> list[int]:
@@ -137,7 +181,6 @@ def reap_unstarted_trials(
         if now - since < grace:
             continue
         del seen[trial_id]
-        if fail_trial(study, trial_id, UNSTARTED_REASON, retry=False, max_retries=0):
-            requeue(study, storage.get_trial(trial_id), as_retry=False)
+        if fail_trial(study, trial_id, UNSTARTED_REASON, retry=True, count_retry=False):
             reaped.append(storage.get_trial(trial_id).number)
     return reaped

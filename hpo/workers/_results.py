@@ -12,7 +12,7 @@ from hpo.storage import mask_url
 from hpo.storage._retry import with_db_retry
 from hpo.storage.deadlines import DEADLINE_REASON, STOP_REASON_ATTR, study_deadline
 from hpo.storage.studies import FAIL_REASON_ATTR, StudyConfig, load_config
-from hpo.storage.trial_failures import fail_trial, requeue
+from hpo.storage.trial_failures import fail_trial
 from hpo.storage.unread_params import describe_unread_params, note_unread_params
 from hpo.workers.tasks import FinalizeTask, TrialResult
 from hpo.workers.trial_process import STOPPED_REASON, TrialProcess
@@ -104,8 +104,7 @@ def _tell(storage: Any, study: Any, config: StudyConfig, trial: Any, result: Tri
             _end_orphan_run(config, result.run_id, reason)
         if result.reason == STOPPED_REASON:
             # Interrupted by our own shutdown, not the trial's fault: always requeue.
-            if fail_trial(study, trial._trial_id, reason, retry=False, max_retries=0):
-                requeue(study, study._storage.get_trial(trial._trial_id))
+            fail_trial(study, trial._trial_id, reason, retry=True)
         else:
             storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

@@ -459,9 +459,7 @@ class Worker:
             # and count it against the study, never stop the worker.
             reason = f"recording the trial failed: {type(exc).__name__}: {exc}"
             try:
-                with_db_retry(
-                    lambda: fail_trial(served.study, trial_id, reason, retry=False, max_retries=0)
-                )
+                with_db_retry(lambda: fail_trial(served.study, trial_id, reason, retry=False))
             except Exception as inner:
                 log.warning("could not fail trial %d: %s", trial.number, inner)
             self._setup_failed(config, reason)
