@@ -260,6 +260,48 @@ def test_best_status_notes_and_ensemble_candidates_skip_infeasible_trials(
     assert "best: 0.7 (trial 1)" in shown.stdout, shown.stdout
 
 
+def test_report_by_a_parameter_leaves_infeasible_trials_out_of_the_objective(
+    tmp_path: Path,
+) -> None:
+    """`hpo study report --by`: per value, the best and median objective of feasible complete
+    trials only, with the infeasible ones counted."""
+    from hpo.storage import open_storage
+    from hpo.storage.studies import StudyConfig, create_study
+    from hpo.tracking.study_report import report_by
+
+    space = HEADER.replace("params: {units: 8}", "params: {x: {type: float, low: 0.0, high: 1.0}}")
+    space += "constraints: [{metric: params_count, max: 1000}]\n"
+    config = StudyConfig(
+        name="by", source=space, filename="c.yaml", algorithm="optuna-random",
+        pruner="none", n_trials=4, seed=0,
+    )  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    store = open_storage(url)
+    study = create_study(store, config)
+    for value, violation in [(0.9, 500.0), (0.7, -10.0), (0.5, -20.0)]:
+        study.add_trial(_trial(0.25, value, [violation]))
+    [row] = report_by(store, config, "x")
+    assert row["value"] == "0.25"
+    assert (row["trials"], row["complete"], row["infeasible"]) == (3, 3, 1)
+    assert row["best_val_accuracy"] == 0.7 and row["median_val_accuracy"] == pytest.approx(0.6)
+    wide = {"COLUMNS": "200"}
+    shown = hpo(
+        "study",
+        "report",
+        "by",
+        "--by",
+        "x",
+        "--no-mlflow",
+        "--storage",
+        url,
+        cwd=tmp_path,
+        env=wide,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "infeasible" in shown.stdout and "0.7000" in shown.stdout, shown.stdout
+    assert "0.9000" not in shown.stdout, shown.stdout
+
+
 def test_the_best_trials_of_several_objectives_are_the_feasible_pareto_front() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for values, violation in [((0.9, 0.1), 1.0), ((0.7, 0.3), 0.0), ((0.5, 0.2), -1.0)]:

@@ -208,9 +208,10 @@ def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dic
     """Per value of ``param``: trials, best and median objective, median epoch time and size.
 
     Answers questions such as "does SeparableConv2D train faster than Conv2D, and how
-    accurate is it?". Objective statistics use complete trials; trial counts include pruned
-    and failed ones. Trials where ``param`` is inactive (a conditional branch not taken) are
-    grouped under ``(inactive)``.
+    accurate is it?". Objective statistics use complete trials that meet the study's
+    constraints (as ``best`` does); trial counts include pruned, failed and infeasible ones.
+    Trials where ``param`` is inactive (a conditional branch not taken) are grouped under
+    ``(inactive)``.
 
     Example (a sketch):
         >>> # report_by(store, load_config(store, "image_cnn"), "conv_type")
@@ -218,6 +219,8 @@ def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dic
     import numpy as np
     import optuna
     from optuna.trial import TrialState
+
+    from hpo.storage.feasibility import is_feasible
 
     study = optuna.load_study(study_name=config.name, storage=storage)
     spec = config.spec()
@@ -240,7 +243,9 @@ def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dic
 
     rows = []
     for value, trials in sorted(groups.items()):
-        objective = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
+        objective = [
+            t.values[0] for t in trials if t.state == TrialState.COMPLETE and is_feasible(t)
+        ]
         epoch_s = [
             float(t.user_attrs["epoch_seconds_median"])
             for t in trials
@@ -254,9 +259,10 @@ def report_by(storage: BaseStorage, config: StudyConfig, param: str) -> list[dic
             {
                 "value": value,
                 "trials": len(trials),
-                "complete": len(objective),
+                "complete": sum(t.state == TrialState.COMPLETE for t in trials),
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials),
+                "infeasible": sum(not is_feasible(t) for t in trials),
                 f"best_{spec.metrics[0]}": best,
                 f"median_{spec.metrics[0]}": median(objective),
                 "median_epoch_seconds": median(epoch_s),
