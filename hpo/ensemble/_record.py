@@ -108,18 +108,9 @@ def record(client: Any, rec: EnsembleRecord) -> EnsembleResult:
         tags["hpo.study"] = infos[0].name
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run_id = client.start_run(experiment_id, run_name=f"ensemble {name}", tags=tags)
-    if is_placeholder(run_id) or is_placeholder(experiment_id):
-        client.set_tag(run_id, "hpo.fail_reason", "MLflow did not answer: nothing registered")
-        client.set_terminated(run_id, "FAILED")
-        raise RegistryUnavailableError(
-            f"MLflow at {mask_url(uri)} stopped answering before the ensemble could be "
-            f"registered: no version of {name!r} was registered (the ensemble's run waits in "
-            "the outbox, marked FAILED; `hpo sync` sends it). Build again once the server "
-            "answers."
-        )
-    with _unavailable(uri, f"reading the ensemble's run {run_id}"):
-        artifact_uri = str(client.get_run(run_id).info.artifact_uri)
+    run_id, artifact_uri = start_run(
+        client, uri, experiment_id, f"ensemble {name}", tags, name, "ensemble", "Build"
+    )
     result = EnsembleResult(
         name=name,
         version=None,
@@ -240,6 +231,35 @@ def record(client: Any, rec: EnsembleRecord) -> EnsembleResult:
         except Exception as exc:
             links_missing(exc, name, int(mv.version), "the member trial runs were tagged with it")
     return result
+
+
+def start_run(
+    client: Any,
+    uri: str,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str],
+    name: str,
+    what: str,
+    again: str,
+) -> tuple[str, str]:
+    """Start the run of a version of ``name`` about to be registered: its id and artifact URI.
+
+    A run MLflow did not take (it waits in the outbox) is ended FAILED there, and nothing is
+    registered: ``what`` names the run in the message, ``again`` what to do once MLflow answers.
+    """
+    run_id = client.start_run(experiment_id, run_name=run_name, tags=tags)
+    if is_placeholder(run_id) or is_placeholder(experiment_id):
+        client.set_tag(run_id, "hpo.fail_reason", "MLflow did not answer: nothing registered")
+        client.set_terminated(run_id, "FAILED")
+        raise RegistryUnavailableError(
+            f"MLflow at {mask_url(uri)} stopped answering before the {what} could be "
+            f"registered: no version of {name!r} was registered (the {what}'s run waits in "
+            f"the outbox, marked FAILED; `hpo sync` sends it). {again} again once the server "
+            "answers."
+        )
+    with _unavailable(uri, f"reading the {what}'s run {run_id}"):
+        return run_id, str(client.get_run(run_id).info.artifact_uri)
 
 
 @contextlib.contextmanager

@@ -32,8 +32,8 @@ import numpy as np
 from hpo.ensemble._candidates import Candidate, StudyInfo, complete_trials, load_studies
 from hpo.ensemble._errors import EnsembleError, EnsembleWarning
 from hpo.ensemble._metrics import SUPPORTED_TASKS, evaluate
+from hpo.ensemble._result import RegisteredVersion
 from hpo.errors import HpoError
-from hpo.storage import strip_password
 from hpo.tracking.artifacts import DATASET_FILE, PARAMS_FILE, PREDICTIONS_FILE
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class RefitError(HpoError):
 
 
 @dataclass
-class RefitResult:
+class RefitResult(RegisteredVersion):
     """What :func:`refit` trained and where it recorded it.
 
     ``metrics["test"]["refit"]`` holds the refit's test metrics and ``metrics["test"]["trial"]``
@@ -60,11 +60,6 @@ class RefitResult:
     made.
     """
 
-    name: str
-    version: int | None
-    run_id: str
-    experiment_id: str
-    tracking_uri: str
     study: str
     trial: int
     trial_run_id: str
@@ -78,18 +73,10 @@ class RefitResult:
     params: dict[str, Any]
     metrics: dict[str, dict[str, dict[str, float]]]
     history: list[dict[str, float]] = field(default_factory=list)
-    exportable: bool = True
-    export_problem: str | None = None
-    model_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "version": self.version,
-            "model_uri": self.model_uri,
-            "run_id": self.run_id,
-            "experiment_id": self.experiment_id,
-            "tracking_uri": strip_password(self.tracking_uri),
+            **self._where(),
             "method": METHOD,
             "study": self.study,
             "trial": self.trial,
@@ -103,8 +90,7 @@ class RefitResult:
             "train_size": self.train_size,
             "params": self.params,
             "metrics": self.metrics,
-            "exportable": self.exportable,
-            "export_problem": self.export_problem,
+            **self._export(),
         }
 
 

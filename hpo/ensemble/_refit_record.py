@@ -17,9 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hpo.ensemble._errors import EnsembleError, EnsembleWarning, RegistryUnavailableError
+from hpo.ensemble._errors import EnsembleError, EnsembleWarning
 from hpo.ensemble._refit import EPOCHS_RULE, METHOD, RefitResult, Trained
-from hpo.storage import mask_url
 from hpo.tracking._outbox import is_placeholder
 from hpo.tracking.artifacts import DATASET_FILE, HISTORY_FILE, MODEL_FILE, PARAMS_FILE
 
@@ -43,6 +42,7 @@ def record_refit(client: Any, uri: str, name: str, t: Trained, dest: Path) -> Re
         flat_metrics,
         links_missing,
         run_outcome,
+        start_run,
     )
 
     info, cand = t.info, t.cand
@@ -62,17 +62,9 @@ def record_refit(client: Any, uri: str, name: str, t: Trained, dest: Path) -> Re
     if parent:
         tags["mlflow.parentRunId"] = parent
     run_name = f"refit {name} (trial {cand.trial_number})"
-    run_id = client.start_run(experiment_id, run_name=run_name, tags=tags)
-    if is_placeholder(run_id) or is_placeholder(experiment_id):
-        client.set_tag(run_id, "hpo.fail_reason", "MLflow did not answer: nothing registered")
-        client.set_terminated(run_id, "FAILED")
-        raise RegistryUnavailableError(
-            f"MLflow at {mask_url(uri)} stopped answering before the refit could be "
-            f"registered: no version of {name!r} was registered (the refit's run waits in the "
-            "outbox, marked FAILED; `hpo sync` sends it). Refit again once the server answers."
-        )
-    with _unavailable(uri, f"reading the refit's run {run_id}"):
-        artifact_uri = str(client.get_run(run_id).info.artifact_uri)
+    run_id, artifact_uri = start_run(
+        client, uri, experiment_id, run_name, tags, name, "refit", "Refit"
+    )
     task = str(t.data.task)
     result = RefitResult(
         name=name,

@@ -31,14 +31,37 @@ class Member:
 
 
 @dataclass
-class EnsembleResult:
-    """What :func:`build_ensemble` built and where it recorded it."""
+class RegisteredVersion:
+    """Where a built or refit model was recorded, and whether it exports: what every
+    registered version's result has (:class:`EnsembleResult`, :class:`~hpo.RefitResult`)."""
 
     name: str
     version: int | None
     run_id: str
     experiment_id: str
     tracking_uri: str
+    exportable: bool = field(default=True, kw_only=True)
+    export_problem: str | None = field(default=None, kw_only=True)
+    model_uri: str | None = field(default=None, kw_only=True)
+
+    def _where(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "model_uri": self.model_uri,
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": strip_password(self.tracking_uri),  # ensemble.json: no secret
+        }
+
+    def _export(self) -> dict[str, Any]:
+        return {"exportable": self.exportable, "export_problem": self.export_problem}
+
+
+@dataclass
+class EnsembleResult(RegisteredVersion):
+    """What :func:`build_ensemble` built and where it recorded it."""
+
     method: str
     metric: str
     size: int
@@ -50,17 +73,10 @@ class EnsembleResult:
     metrics: dict[str, dict[str, dict[str, float]]]
     candidates: list[dict[str, Any]]
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    exportable: bool = True
-    export_problem: str | None = None
-    model_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "version": self.version,
-            "run_id": self.run_id,
-            "experiment_id": self.experiment_id,
-            "tracking_uri": strip_password(self.tracking_uri),  # ensemble.json: no secret
+            **self._where(),
             "method": self.method,
             "metric": self.metric,
             "size": self.size,
@@ -72,7 +88,5 @@ class EnsembleResult:
             "metrics": self.metrics,
             "candidates": self.candidates,
             "skipped": self.skipped,
-            "exportable": self.exportable,
-            "export_problem": self.export_problem,
-            "model_uri": self.model_uri,
+            **self._export(),
         }
