@@ -212,7 +212,7 @@ def test_basic_auth_of_the_compose_file_guards_the_server(tmp_path: Path) -> Non
     server = MlflowServer(
         f"sqlite:///{tmp_path / 'mlflow.db'}",
         tmp_path / "server",
-        extra_args=["--app-name", app_name],
+        app_name=app_name,
         env=env,
     )
     started(server)
