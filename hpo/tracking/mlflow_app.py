@@ -44,8 +44,8 @@ def remember_training_script() -> str:
     """The inline script: "Model training" unless the browser remembers a choice.
 
     Example:
-        >>> remember_training_script()[:60]
-        '<script>try{if(localStorage.getItem("mlflow.workflowType_v1'
+        >>> print(remember_training_script())
+        <script>try{if(localStorage.getItem("mlflow.workflowType_v1")===null)localStorage.setItem("mlflow.workflowType_v1","\\"machine_learning\\"")}catch(e){}</script>
     """
     key = json.dumps(WORKFLOW_STORAGE_KEY)
     value = json.dumps(json.dumps(TRAINING_WORKFLOW))
