@@ -74,6 +74,7 @@ def chromium(root: Path) -> Iterator[Any]:
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         unavailable("the selenium package is not installed")
+    root.mkdir(parents=True, exist_ok=True)
     options = webdriver.ChromeOptions()
     # Both paths given: Selenium does not look for (or download) a browser or a driver.
     options.binary_location = str(CHROMIUM)
