@@ -554,8 +554,19 @@ class ServiceProcess:
             return "(no log)"
 
 
+def require_mlflow_app(name: str) -> None:
+    """Fail unless ``mlflow server --app-name NAME`` can find ``name`` (hpo's apps are entry
+    points of the installed hpo: an install older than pyproject.toml lacks them)."""
+    from importlib.metadata import entry_points
+
+    if not entry_points(group="mlflow.app", name=name):
+        pytest.fail(f"no mlflow.app entry point {name!r} installed: run `make setup`")
+
+
 class MlflowServer(ServiceProcess):
-    """``mlflow server`` as in docker-compose.yml: SQL backend store, artifacts served by it."""
+    """``mlflow server`` as in docker-compose.yml: SQL backend store, artifacts served by it,
+    hpo's app (``--app-name hpo``, as deploy/compose.noauth.yml) unless ``app_name`` says
+    another (``hpo-basic-auth``) or None (MLflow's own)."""
 
     def __init__(
         self,
@@ -563,9 +574,12 @@ class MlflowServer(ServiceProcess):
         root: Path,
         *,
         port: int | None = None,
+        app_name: str | None = "hpo",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
+        if app_name is not None:
+            require_mlflow_app(app_name)
         self.port = port or free_port()
         self.backend_store_uri = backend_store_uri
         self.artifacts_dir = root / "artifacts"
@@ -585,6 +599,7 @@ class MlflowServer(ServiceProcess):
             # One server process is plenty for a test and spares the 2 cores.
             "--workers",
             "1",
+            *(["--app-name", app_name] if app_name else []),
             *extra_args,
         ]
         super().__init__(

@@ -181,6 +181,11 @@ def test_ui_serves_the_local_tracking_store(tmp_path: Path) -> None:
                 time.sleep(1)
         assert body.strip() == "OK", proc.stdout.read().decode() if proc.stdout else ""
         assert (tmp_path / "mlflow.db").exists()
+        # hpo's server app: the UI page makes a new browser open experiments on their runs.
+        from hpo.tracking.mlflow_app import remember_training_script
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert remember_training_script() in r.read().decode()
     finally:
         import signal
 

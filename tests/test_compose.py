@@ -293,7 +293,8 @@ def test_mlflow_service_runs_a_real_mlflow_server(mlflow_server_help: str, path:
         pytest.fail(f"mlflow {' '.join(argv)}: {exc.format_message()}")
     assert ctx.params["serve_artifacts"] is True
     assert ctx.params["backend_store_uri"].startswith("postgresql+psycopg://")
-    assert (ctx.params["app_name"] == "basic-auth") is (path == COMPOSE)
+    # hpo's server app (hpo/tracking/mlflow_app.py), with MLflow's logins unless noauth.
+    assert ctx.params["app_name"] == ("hpo-basic-auth" if path == COMPOSE else "hpo")
     # Artifacts on a named volume, so that they outlive the container.
     destination = ctx.params["artifacts_destination"]
     assert mounts(spec).get(destination) in raw()["volumes"], destination
@@ -518,7 +519,7 @@ def test_init_script_creates_the_roles_the_services_use() -> None:
 def test_mlflow_runs_with_basic_auth_by_default() -> None:
     raw_mlflow = raw()["services"]["mlflow"]
     mlflow = compose()["services"]["mlflow"]
-    assert option(mlflow["command"], "--app-name") == "basic-auth"
+    assert option(mlflow["command"], "--app-name") == "hpo-basic-auth"
     env = environment(mlflow)
     ini = mounts(raw_mlflow)[env["MLFLOW_AUTH_CONFIG_PATH"]]
     assert (REPO / ini).is_file()
@@ -553,7 +554,8 @@ def test_noauth_override_is_the_base_command_without_basic_auth() -> None:
     override = raw(NOAUTH_OVERRIDE)["services"]
     assert set(override) == {"mlflow"} and set(override["mlflow"]) == {"command"}
     i = base.index("--app-name")
-    assert override["mlflow"]["command"] == base[:i] + base[i + 2 :]
+    without_auth = [*base[:i], *base[i + 2 :], "--app-name", "hpo"]
+    assert override["mlflow"]["command"] == without_auth
 
 
 def test_the_dashboard_runs_only_with_its_profile_and_read_only() -> None:

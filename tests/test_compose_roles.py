@@ -162,7 +162,7 @@ def test_mlflow_role_serves_basic_auth_and_workers_sign_in(
     server = MlflowServer(
         mlflow_url.set(password=None).render_as_string(hide_password=False),
         tmp_path / "server",
-        extra_args=["--app-name", app_name],
+        app_name=app_name,
         env={
             "PGPASSWORD": mlflow_url.password or "",
             "MLFLOW_AUTH_CONFIG_PATH": str(ini),

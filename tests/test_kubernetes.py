@@ -195,6 +195,22 @@ def test_the_worker_arguments_are_options_hpo_worker_takes(
                 assert arg in options, f"hpo worker has no {arg}"
 
 
+def test_mlflow_runs_hpos_app_with_logins_as_compose_does(base: list[dict[str, Any]]) -> None:
+    """The MLflow server is hpo's app (its UI opens experiments on their training runs) with
+    MLflow's basic auth, an app hpo's package registers, as in docker-compose.yml."""
+    import tomllib
+
+    (container,) = _one(base, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert container["command"] == ["mlflow"] and args[0] == "server"
+    app_name = args[args.index("--app-name") + 1]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["mlflow"]
+    assert app_name == compose["command"][compose["command"].index("--app-name") + 1]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    apps = project["entry-points"]["mlflow.app"]
+    assert apps[app_name] == "hpo.tracking.mlflow_app:create_auth_app", apps
+
+
 def test_workers_reach_the_store_through_one_pgbouncer_as_their_role(
     base: list[dict[str, Any]],
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import json
 import time
+import urllib.request
 import zipfile
 from base64 import b64encode
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from mlflow import MlflowClient
 
 from hpo.storage import open_storage
+from hpo.tracking.mlflow_app import remember_training_script
 
 from conftest import REPO, hpo
 from services import (
@@ -212,7 +214,7 @@ def test_basic_auth_of_the_compose_file_guards_the_server(tmp_path: Path) -> Non
     server = MlflowServer(
         f"sqlite:///{tmp_path / 'mlflow.db'}",
         tmp_path / "server",
-        extra_args=["--app-name", app_name],
+        app_name=app_name,
         env=env,
     )
     started(server)
@@ -225,5 +227,10 @@ def test_basic_auth_of_the_compose_file_guards_the_server(tmp_path: Path) -> Non
         assert http_status(api, timeout=60) == 401
         assert http_status(api, timeout=60, headers={"Authorization": f"Basic {wrong}"}) == 401
         assert http_status(api, timeout=60, headers={"Authorization": f"Basic {login}"}) == 200
+        # hpo's app: the UI page (behind the login too) opens experiments on their runs.
+        page = urllib.request.Request(f"{server.url}/", headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(page, timeout=60) as response:
+            assert remember_training_script() in response.read().decode()
+        assert http_status(f"{server.url}/", timeout=60) == 401
     finally:
         server.stop()

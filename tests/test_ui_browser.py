@@ -2,8 +2,10 @@
 
 A new user (the browser's remembered choices cleared) follows the link ``hpo run`` gives to the
 study's trials: the runs table with the objective and parameter columns, best first, and the
-chart tab with the parallel coordinates and the learning curves; from the home page, the
-study's experiment opens on its training runs once "Model training" is chosen.
+chart tab with the parallel coordinates and the learning curves. A new user (a browser profile
+of its own) who opens the home page and clicks the study's experiment lands on its training
+runs: the server is hpo's app (``mlflow server --app-name hpo``, as compose and Kubernetes run
+it), whose UI page makes the browser remember "Model training" unless it remembers a choice.
 
 The study is the one ``tests/test_mlflow_server.py`` checks through the API (the session's
 ``served_study``): the MLflow UI must show its experiment, the trial runs nested under the study
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +62,10 @@ CHROMIUM_FLAGS = (
 PAGE_TIMEOUT = 120.0
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Headless Debian Chromium driven by Debian's chromedriver, with a fresh profile."""
+@contextmanager
+def chromium(root: Path) -> Iterator[Any]:
+    """Headless Debian Chromium driven by Debian's chromedriver, with a new profile in
+    ``root``."""
     for path in (CHROMIUM, CHROMEDRIVER):
         if not path.is_file():
             unavailable(f"{path} missing: apt-get install chromium chromium-driver")
@@ -70,7 +74,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         unavailable("the selenium package is not installed")
-    root = tmp_path_factory.mktemp("chromium")
+    root.mkdir(parents=True, exist_ok=True)
     options = webdriver.ChromeOptions()
     # Both paths given: Selenium does not look for (or download) a browser or a driver.
     options.binary_location = str(CHROMIUM)
@@ -83,6 +87,28 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One browser for the module's tests (each forgets what it must)."""
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
+        yield driver
+
+
+@pytest.fixture
+def new_browser(tmp_path: Path) -> Iterator[Any]:
+    """A browser as a person opening the MLflow UI for the first time has: a profile of its
+    own, nothing stored for any site."""
+    with chromium(tmp_path / "chromium") as driver:
+        yield driver
+
+
+def remembered_workflow(driver: Any) -> Any:
+    """The UI's remembered sidebar choice (GenAI | Model training) for the open page."""
+    from hpo.tracking.mlflow_app import WORKFLOW_STORAGE_KEY
+
+    return driver.execute_script(f"return localStorage.getItem('{WORKFLOW_STORAGE_KEY}')")
 
 
 def page_text(driver: Any) -> str:
@@ -375,9 +401,11 @@ def test_mlflow_ui_shows_the_registered_ensemble_and_its_version(
 
 
 def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
-    browser: Any, served_study: ServedStudy, tmp_path: Path
+    new_browser: Any, served_study: ServedStudy, tmp_path: Path
 ) -> None:
-    """As a new user: the home page, a click on the experiment, the runs, the study's note."""
+    """As a new user (a browser that never opened the UI): the home page, a click on the
+    experiment, the training runs (not MLflow 3's GenAI overview), the study's note."""
+    browser = new_browser
     client = MlflowClient(served_study.server.url)
     experiment = client.get_experiment_by_name(served_study.name)
     assert experiment is not None
@@ -390,9 +418,8 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
     # updated now (renamed to its own name, which sets its last update time).
     client.rename_experiment(experiment.experiment_id, served_study.name)
     # The study's name links to its experiment (the sidebar may hold another link of that
-    # name, to the list of experiments).
-    forget_the_workflow_choice(browser, served_study.server.url)
-    browser.get(f"{served_study.server.url}/#/")
+    # name, to the list of experiments). The address a person types: no workflowType in it.
+    browser.get(f"{served_study.server.url}/")
     shot = tmp_path / "mlflow-home.png"
     here = f"/experiments/{experiment.experiment_id}"
     found = wait_until(
@@ -407,31 +434,20 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
     )
     browser.save_screenshot(str(shot))
     # MLflow 3.17's sidebar switch (GenAI | Model training) alone decides where an experiment
-    # opens (its mlflow.experimentKind tag is not read; the home page's links carry no choice):
-    # a user coming from the home page picks "Model training" once, the browser remembers it.
-    toggle = browser.find_elements(By.XPATH, "//*[normalize-space()='Model training']")
-    if toggle:
-        toggle[-1].click()
-    found = wait_until(
-        browser,
-        f"a link to {here}",
-        lambda d: [
-            a
-            for a in d.find_elements(By.XPATH, f"//a[normalize-space()='{served_study.name}']")
-            if (a.get_attribute("href") or "").rstrip("/").endswith(here)
-        ],
-        shot,
-    )
+    # opens (its mlflow.experimentKind tag is not read; the home page's links carry no choice).
+    # hpo's server app made this new browser remember "Model training"; nothing was clicked.
+    assert remembered_workflow(browser) == '"machine_learning"'
+    assert "workflowType" not in (found[0].get_attribute("href") or "")
     found[0].click()
-    # Marked as model training, it opens on its training runs, not on the GenAI overview.
+    # It opens on its training runs, not on the GenAI overview ("No data available").
     shot = tmp_path / "mlflow-experiment.png"
     # The study run, its trials and (when another test built one first) an ensemble run.
-    wait_for_text(browser, [study_run, "matching runs"], shot)
+    wait_for_text(browser, [study_run, "matching runs", "Run Name"], shot)
     assert "/runs" in browser.current_url, browser.current_url
     text = page_text(browser)
     shown = int(text.split(" matching runs")[0].split()[-1])
     assert shown >= SERVED_TRIALS + 1, text[:2000]
-    assert "No data available" not in text, text[:2000]
+    assert "No data available" not in text and "Traces" not in text.split("Run Name")[1], text
     browser.save_screenshot(str(shot))
 
     # The study run's page: its description summarizes the study, with a link to the best run.
@@ -465,3 +481,59 @@ def test_mlflow_ui_opens_the_study_from_the_home_page_on_its_training_runs(
     for charts in (False, True):
         page = mlflow_ui.runs_page(experiment.experiment_id, charts=charts)
         assert any(h.endswith(page) for h in hrefs), (page, hrefs)
+
+    # A user who chose GenAI keeps that choice: the page sets it only when none is stored.
+    browser.execute_script(
+        "localStorage.setItem(arguments[0], arguments[1])", "mlflow.workflowType_v1", '"genai"'
+    )
+    browser.get("about:blank")
+    browser.get(f"{served_study.server.url}/")
+    shot = tmp_path / "mlflow-home-genai.png"
+    wait_until(browser, "a link to the study", lambda d: link(d, served_study.name), shot)
+    assert remembered_workflow(browser) == '"genai"'
+
+
+def test_the_hpo_app_is_mlflows_server_but_for_the_ui_page(
+    served_study: ServedStudy, tmp_path: Path
+) -> None:
+    """``--app-name hpo`` changes the UI's HTML page alone: the client logs and reads a run and
+    its artifact through it; the UI's files come as installed."""
+    import re
+    import urllib.request
+    import uuid
+
+    from mlflow.server import app as mlflow_app
+
+    from hpo.tracking.mlflow_app import remember_training_script, ui_page
+
+    url = served_study.server.url
+    client = MlflowClient(url)
+    experiment = client.create_experiment(f"hpo-app-{uuid.uuid4().hex[:8]}")
+    try:
+        run = client.create_run(experiment, run_name="through the hpo app")
+        run_id = run.info.run_id
+        client.log_param(run_id, "units", "32")
+        for step, value in enumerate((0.5, 0.75)):
+            client.log_metric(run_id, "val_accuracy", value, step=step)
+        client.log_text(run_id, "served by hpo's app\n", "notes/readme.txt")
+        client.set_terminated(run_id)
+        got = client.get_run(run_id)
+        assert got.data.params == {"units": "32"} and got.info.status == "FINISHED"
+        history = client.get_metric_history(run_id, "val_accuracy")
+        assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.75)]
+        assert [f.path for f in client.list_artifacts(run_id, "notes")] == ["notes/readme.txt"]
+        got_file = client.download_artifacts(run_id, "notes/readme.txt", str(tmp_path))
+        assert Path(got_file).read_text() == "served by hpo's app\n"
+    finally:
+        client.delete_experiment(experiment)
+
+    static = Path(mlflow_app.static_folder or "")
+    installed = (static / "index.html").read_text(encoding="utf-8")
+    with urllib.request.urlopen(f"{url}/", timeout=60) as response:
+        page = response.read().decode()
+    assert page == ui_page(installed) != installed
+    assert page.replace(remember_training_script(), "", 1) == installed
+    bundle = re.search(r'src="static-files/([^"]+\.js)"', installed)
+    assert bundle, installed
+    with urllib.request.urlopen(f"{url}/static-files/{bundle[1]}", timeout=60) as response:
+        assert response.read() == (static / bundle[1]).read_bytes()

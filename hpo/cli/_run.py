@@ -354,6 +354,8 @@ def ui(
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:
     """Serve the MLflow UI on the local tracking store; print where each study's trials are."""
+    from importlib.metadata import entry_points
+
     from hpo.storage import mask_url
     from hpo.tracking import mlflow_ui, resolve_tracking_uri
 
@@ -367,6 +369,11 @@ def ui(
     for study, page in mlflow_ui.study_pages(uri, base.rstrip("/")):
         console.print(f"  study {study}: {page}", markup=False, soft_wrap=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+    # hpo's server app (hpo.tracking.mlflow_app): the UI opens experiments on their training
+    # runs. An install without hpo's entry points (hpo run from a source tree) serves MLflow's
+    # own app; the printed addresses select the training pages anyway.
+    if entry_points(group="mlflow.app", name="hpo"):
+        cmd += ["--app-name", "hpo"]
     # The store URI goes through the environment (mlflow reads it there): a command line is
     # visible to every user of the machine (ps), and the URI may hold a password.
     env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=uri)

@@ -5,7 +5,9 @@ training pages (runs, charts, models) from its sidebar switch alone: the ``workf
 query parameter of the address, else the choice the browser remembers (``localStorage``),
 else GenAI. The experiment's ``mlflow.experimentKind`` tag is not read. So every address hpo
 writes (study notes, ensemble descriptions, ``hpo ui``) carries ``workflowType=machine_learning``:
-a person following one lands on the training pages, whatever their browser remembers.
+a person following one lands on the training pages, whatever their browser remembers. The
+servers hpo sets up run its app (:mod:`hpo.tracking.mlflow_app`), whose UI page makes a browser
+that never chose remember the training pages, for the experiments opened from the home page.
 
 The runs page shows, without configuring anything, the view saved with the experiment as an
 MLflow "shared view" (the ``mlflow.sharedViewState.<key>`` experiment tag, read when the
