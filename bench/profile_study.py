@@ -33,32 +33,34 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 SITECUSTOMIZE = """
-import atexit, cProfile, os, sys, time
+import atexit, cProfile, json, os, resource, sys, time
 _out = os.environ.get("HPO_PROFILE_DIR")
 if _out:
-    _argv0 = list(sys.argv)  # a spawned child's, before multiprocessing sets its parent's
-    _prof = cProfile.Profile(time.process_time)
+    _prof = None if os.environ.get("HPO_PROFILE_CPU_ONLY") else cProfile.Profile(time.process_time)
     _done = []
     def _dump():
         if _done:
             return
         _done.append(1)
-        _prof.disable()
-        argv = " ".join(sys.argv)
-        if "multiprocessing" in argv or sys.argv[:1] == ["-c"]:
-            role = "trial_process"
-        elif " worker" in argv:
-            role = "worker"
-        else:
-            role = "cli"
-        _prof.dump_stats(os.path.join(_out, f"{role}-{os.getpid()}.prof"))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        name = os.path.join(_out, str(os.getpid()))
+        # orig_argv: the interpreter's own command line (a spawned child's is "python -c ...";
+        # its sys.argv becomes its parent's).
+        cpu = usage.ru_utime + usage.ru_stime
+        info = {"argv0": sys.orig_argv[1:], "argv": sys.argv, "cpu": cpu}
+        with open(name + ".cpu", "w") as f:
+            json.dump(info, f)
+        if _prof is not None:
+            _prof.disable()
+            _prof.dump_stats(name + ".prof")
     _exit = os._exit
     def _exit_dumping(code):
         _dump()
         _exit(code)
     os._exit = _exit_dumping
     atexit.register(_dump)
-    _prof.enable()
+    if _prof is not None:
+        _prof.enable()
 """
 
 # Where the CPU goes, by the functions that hold it (cumulative time; a function nested in
@@ -113,10 +115,11 @@ def category_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 def process_kind(argv0: list[str], argv: list[str]) -> str:
     """What a process of ``hpo run`` was, from its command line at start and at exit."""
-    if argv0[:1] == ["-c"]:
-        # multiprocessing's spawned children start as ``python -c``, then take their parent's
-        # command line: a worker's trial process, or a helper such as the resource tracker.
+    if "--multiprocessing-fork" in argv0:
+        # A spawned child takes its parent's sys.argv: a worker's is its trial process.
         return "trial process" if "worker" in argv else "helper"
+    if "-c" in argv0:
+        return "helper"  # multiprocessing's resource tracker
     return "worker" if "worker" in argv else "cli (hpo run)"
 
 
