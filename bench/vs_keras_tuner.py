@@ -1,27 +1,35 @@
 """hpo against Keras Tuner: same space, same data, same epoch budget, side by side.
 
-For each seed, two real hpo studies (``hpo run``: worker processes, SQLite store, MLflow) search
-``search_spaces/image_cnn.yaml`` on Fashion-MNIST: ``optuna-tpe`` and ``hyperopt-tpe``, both with
-the Hyperband pruner. Each then gets an ensemble (``hpo.ensemble.build_ensemble``, caruana on
-validation log loss). Keras Tuner's ``RandomSearch``, ``Hyperband`` and ``BayesianOptimization``
-then search the same space with the same seed, each in its own process, until they have trained
-as many epochs as the larger of the two hpo studies did (epochs are counted as they end, with
-Keras Tuner's Hyperband continuations counted for the epochs they actually train; the search
-stops mid-trial when the budget is spent).
+For each space, trial budget and seed: one real hpo study (``hpo run``: worker processes,
+SQLite store, MLflow) per algorithm + pruner combination of ``--hpo`` (default ``optuna-tpe``
+and ``hyperopt-tpe``, both with the Hyperband pruner), each followed by an ensemble
+(``hpo.ensemble.build_ensemble``, caruana, the product's default metric). Keras Tuner's
+``RandomSearch``, ``Hyperband`` and ``BayesianOptimization`` (``--kt``) then search the same
+space with the same seed, each in its own process, until they have trained as many epochs as
+the hungriest hpo study of that seed did (epochs are counted as they end, with Keras Tuner's
+Hyperband continuations counted for the epochs they actually train; the search stops mid-trial
+when the budget is spent).
 
 The same space: Keras Tuner's hyperparameters are generated from the hpo space file (every
 float, int and categorical with the same range, log scale and step; the optimizer's sub-
-parameters in Keras Tuner ``conditional_scope``s) and the model is built by the same
-``image_cnn`` family code (``hpo.families``), so both sides train identical architectures for
-identical parameter values. The same data: both load the study's dataset with
-``hpo.datasets.load_dataset`` (the space's seeded subset of the official training set, 10% of
-it as validation, the official 10,000 test images as test). Validation accuracy picks the best
-model on both sides (hpo: last epoch of the best trial; Keras Tuner: its best epoch and its
-checkpoint); test accuracy is that model's on the test split. Wall time is that of each whole
-process, start-up (imports, data loading) included; hpo's ensemble build is timed apart.
+parameters in Keras Tuner ``conditional_scope``s) and the model is built by the space's family
+code (``hpo.families``), so both sides train identical architectures for identical parameter
+values. The same data: both load the study's dataset with ``hpo.datasets.load_dataset`` (the
+space's seeded training subset, its validation split, its test split). Validation accuracy
+picks the best model on both sides (hpo: last epoch of the best trial; Keras Tuner: its best
+epoch and its checkpoint); test accuracy is that model's on the test split. Wall time is that
+of each whole process, start-up (imports, data loading) included; hpo's ensemble build is timed
+apart.
+
+Resumable: every finished (space, tuner, seed, budget) cell is appended to ``results.jsonl`` in
+``--workdir`` (``bench/_kt_cells.py``); a rerun with the same work folder skips those cells and
+prints the summary (mean, standard deviation and number of seeds) of every cell there.
 
     .venv/bin/python bench/vs_keras_tuner.py --quick   # 1 seed, 10 trials, 2,000 images, 4 epochs
-    .venv/bin/python bench/vs_keras_tuner.py           # 3 seeds, 30 trials, 10,000 images, 6 epochs
+    .venv/bin/python bench/vs_keras_tuner.py           # 3 seeds, 30 trials, the space's sizes
+    .venv/bin/python bench/vs_keras_tuner.py --quick --workdir W --seeds 5 --budgets 10,30 \
+        --space image_cnn --space dense_bn --space text_conv1d_small \
+        --hpo optuna-tpe+hyperband,hyperopt-tpe+hyperband,optuna-tpe+none
 """
 
 from __future__ import annotations
@@ -30,13 +38,23 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _kt_cells import (
+    RESULTS_FILE,
+    Cell,
+    append_result,
+    finished,
+    load_results,
+    parse_budgets,
+    parse_combos,
+    summarize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "search_spaces" / "image_cnn.yaml"
@@ -175,14 +193,18 @@ def run_kt(args: argparse.Namespace) -> None:
 # -- the comparison ---------------------------------------------------------------------------
 
 
-def kt_subprocess(tuner: str, seed: int, budget: int, args: argparse.Namespace, workdir: Path):  # type: ignore[no-untyped-def]
-    out = workdir / f"kt_{tuner}_{seed}.json"
+def kt_subprocess(cell: Cell, epoch_budget: int, space: Path, workdir: Path) -> dict[str, Any]:
+    """One Keras Tuner search (``--kt-run``) in its own process, measured."""
+    tuner = cell.label.removeprefix("KT ")
+    stem = f"{cell.space}_{tuner}_s{cell.seed}_b{cell.budget}"
+    out = workdir / f"kt_{stem}.json"
     cmd = [
-        sys.executable, __file__, "--kt-run", tuner, "--seed", str(seed), "--budget", str(budget),
-        "--subset", str(args.subset), "--epochs", str(args.epochs), "--space", str(args.space),
-        "--dir", str(workdir / "keras_tuner"), "--out", str(out),
+        sys.executable, __file__, "--kt-run", tuner, "--seed", str(cell.seed),
+        "--budget", str(epoch_budget), "--subset", str(cell.subset or 0),
+        "--epochs", str(cell.max_epochs), "--space", str(space),
+        "--dir", str(workdir / "keras_tuner" / stem), "--out", str(out),
     ]  # fmt: skip
-    print(f"$ keras-tuner {tuner} seed {seed}, budget {budget} epochs", flush=True)
+    print(f"$ keras-tuner {tuner} {cell.space} seed {cell.seed}, {epoch_budget} epochs", flush=True)
     from _hpo_bench import children_cpu
 
     cpu0, t0 = children_cpu(), time.perf_counter()
@@ -193,6 +215,7 @@ def kt_subprocess(tuner: str, seed: int, budget: int, args: argparse.Namespace, 
         sys.exit(f"Keras Tuner {tuner} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
     result["wall_seconds"], result["cpu_seconds"] = wall, cpu
+    result["epoch_budget"] = epoch_budget
     print(
         f"  {tuner}: {result['trials']} trials, {result['epochs']} epochs, best val "
         f"{result['best_validation_accuracy']:.4f}, test {result['best_test_accuracy']:.4f}, "
@@ -202,109 +225,128 @@ def kt_subprocess(tuner: str, seed: int, budget: int, args: argparse.Namespace, 
     return result
 
 
+def free_study_name(workdir: Path, name: str) -> str:
+    """``name``, or ``name_rN`` when a killed run left a study of that name in ``hpo.db``."""
+    db = workdir / "hpo.db"
+    if not db.exists():
+        return name
+    import optuna
+
+    taken = set(optuna.get_all_study_names(f"sqlite:///{db}"))
+    n = 1
+    candidate = name
+    while candidate in taken:
+        candidate, n = f"{name}_r{n}", n + 1
+    return candidate
+
+
+def hpo_cell(cell: Cell, space: Path, workdir: Path, size: int) -> dict[str, Any]:
+    """One hpo study (``hpo run``) and its ensemble, measured."""
+    from _hpo_bench import build, run_hpo
+
+    algorithm, pruner = cell.label.removeprefix("hpo ").split("+")
+    flags = {
+        "trials": cell.budget, "workers": cell.workers, "algorithm": algorithm,
+        "pruner": pruner, "subset": cell.subset, "epochs": cell.max_epochs, "seed": cell.seed,
+    }  # fmt: skip
+    base = f"kt_{cell.space}_{algorithm}_{pruner}_s{cell.seed}_b{cell.budget}".replace("-", "_")
+    name = free_study_name(workdir, base)
+    run = run_hpo(space, name, workdir, flags)
+    t0 = time.perf_counter()
+    ens = build([run], f"{name}-ens", top=cell.budget, size=size, seed=cell.seed)
+    test = ens.metrics["test"]
+    return {
+        "study": name,
+        "trials": len(run.trials),
+        "pruned": sum(t["state"] == "PRUNED" for t in run.trials),
+        "epochs": run.epochs,
+        "wall_seconds": run.wall_seconds,
+        "cpu_seconds": run.cpu_seconds,
+        "best_validation_accuracy": run.best_value,
+        "best_test_accuracy": float(test["best_single"]["accuracy"]),
+        "ensemble_test_accuracy": float(test["ensemble"]["accuracy"]),
+        "ensemble_seconds": time.perf_counter() - t0,
+    }
+
+
 def compare(args: argparse.Namespace) -> None:
-    from _hpo_bench import build, machine, run_hpo
+    from _hpo_bench import machine
+
+    from hpo.spaces import load_spec
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hpo-vs-kt-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    results = workdir / RESULTS_FILE
+    rows = load_results(results)
+    done = finished(rows)
     print(f"machine: {machine()}\nwork folder: {workdir}", flush=True)
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for seed in args.seed_list:
-        runs = []
-        for algorithm in HPO_ALGORITHMS:
-            flags = {
-                "trials": args.trials, "workers": args.workers, "algorithm": algorithm,
-                "pruner": "hyperband", "subset": args.subset, "epochs": args.epochs,
-                "seed": seed,
-            }  # fmt: skip
-            name = f"kt_{algorithm.replace('-', '_')}_{seed}"
-            run = run_hpo(args.space, name, workdir, flags)
-            t0 = time.perf_counter()
-            ens = build([run], f"{name}-ens", top=args.trials, size=args.size, seed=seed)
-            test = ens.metrics["test"]
-            rows.setdefault(f"hpo {algorithm}", []).append(
-                {
-                    "trials": len(run.trials),
-                    "epochs": run.epochs,
-                    "wall_seconds": run.wall_seconds,
-                    "cpu_seconds": run.cpu_seconds,
-                    "best_validation_accuracy": run.best_value,
-                    "best_test_accuracy": float(test["best_single"]["accuracy"]),
-                    "ensemble_test_accuracy": float(test["ensemble"]["accuracy"]),
-                    "ensemble_seconds": time.perf_counter() - t0,
-                }
-            )
-            runs.append(run)
-        budget = max(r.epochs for r in runs)
-        for tuner in KT_TUNERS:
-            rows.setdefault(f"KT {tuner}", []).append(
-                kt_subprocess(tuner, seed, budget, args, workdir)
-            )
-
-    def mean(label: str, key: str) -> float:
-        return statistics.fmean(r[key] for r in rows[label] if r.get(key) is not None)
-
-    summary = {
-        "space": str(args.space),
-        "seeds": args.seed_list,
-        "trials": args.trials,
-        "subset": args.subset,
-        "epochs": args.epochs,
-        "workers": args.workers,
-        "rows": rows,
-        "workdir": str(workdir),
-    }
+    print(f"{len(done)} finished cells in {results}", flush=True)
+    for space in args.space:
+        spec = load_spec(space)
+        subset = args.subset or spec.dataset.subset
+        epochs = args.epochs or spec.budget.max_epochs
+        for budget in args.budget_list:
+            for seed in args.seed_list:
+                hpo_cells = [
+                    Cell(spec.name, f"hpo {a}+{p}", seed, budget, subset, epochs, args.workers)
+                    for a, p in args.combos
+                ]
+                for c in hpo_cells:
+                    if c not in done:
+                        done[c] = append_result(results, c, hpo_cell(c, space, workdir, args.size))
+                # Keras Tuner trains as many epochs as the hungriest hpo study of this seed.
+                epoch_budget = max(int(done[c]["epochs"]) for c in hpo_cells)
+                for tuner in args.kt:
+                    c = Cell(spec.name, f"KT {tuner}", seed, budget, subset, epochs, args.workers)
+                    if c not in done:
+                        result = kt_subprocess(c, epoch_budget, space, workdir)
+                        done[c] = append_result(results, c, result)
+    summary = summarize(done.values())
     if args.save:
-        args.save.write_text(json.dumps(summary, indent=2, default=str))
-    print(
-        f"\n{args.space.name} on Fashion-MNIST: {args.subset} training images, up to "
-        f"{args.epochs} epochs a trial, hpo {args.trials} trials with {args.workers} workers, "
-        f"seeds {args.seed_list}; means over seeds"
-    )
-    print(
-        f"{'':26} {'trials':>6} {'epochs':>6} {'wall s':>7} {'CPU s':>7} {'best val':>8} "
-        f"{'its test':>8} {'ensemble test':>13}"
-    )
-    for label in rows:
-        ens = f"{mean(label, 'ensemble_test_accuracy'):13.4f}" if label.startswith("hpo") else ""
-        print(
-            f"{label:26} {mean(label, 'trials'):6.1f} {mean(label, 'epochs'):6.1f} "
-            f"{mean(label, 'wall_seconds'):7.0f} {mean(label, 'cpu_seconds'):7.0f} "
-            f"{mean(label, 'best_validation_accuracy'):8.4f} "
-            f"{mean(label, 'best_test_accuracy'):8.4f} {ens}"
-        )
-    parts = []
-    for algorithm in HPO_ALGORITHMS:
-        h = f"hpo {algorithm}"
-        for tuner in KT_TUNERS:
-            k = f"KT {tuner}"
-            wall = mean(h, "wall_seconds") / mean(k, "wall_seconds")
-            cpu = mean(h, "cpu_seconds") / mean(k, "cpu_seconds")
-            test = 100 * (mean(h, "best_test_accuracy") - mean(k, "best_test_accuracy"))
-            ens = 100 * (mean(h, "ensemble_test_accuracy") - mean(k, "best_test_accuracy"))
-            parts.append(
-                f"{algorithm}/{tuner}: wall {wall:.2f}x (CPU {cpu:.2f}x), test {test:+.2f}, "
-                f"ens {ens:+.2f}"
-            )
-    print(
-        "ratios (hpo / Keras Tuner wall time, goal <= 0.70x, and CPU time; test accuracy "
-        "points of hpo's best trial and of its ensemble minus KT's best model, goal > 0): "
-        + "; ".join(parts)
-    )
+        args.save.write_text(json.dumps(list(done.values()), indent=2, default=str))
+    print(summary)
+
+
+def space_path(text: str) -> Path:
+    """A space file, or the name of one in ``search_spaces/`` (``dense_bn``)."""
+    path = Path(text)
+    if not path.exists() and (REPO / "search_spaces" / f"{text}.yaml").exists():
+        path = REPO / "search_spaces" / f"{text}.yaml"
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no space file {text!r}")
+    return path.resolve()
 
 
 def main() -> None:
+    from hpo.catalog import ALGORITHMS, PRUNERS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 10 trials, 2,000 images")
-    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE)
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, 10 trials, 2,000 examples, 4 epochs"
+    )
+    parser.add_argument(
+        "--space", type=space_path, action="append",
+        help="space file or name in search_spaces/; repeat for several (default: image_cnn)",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, help="seeds 0..K-1 (3; quick 1)")
-    parser.add_argument("--trials", type=int, help="hpo trials per study (30; quick 10)")
-    parser.add_argument("--subset", type=int, help="training images (10000; quick 2000)")
-    parser.add_argument("--epochs", type=int, help="max epochs per trial (6; quick 4)")
+    parser.add_argument("--budgets", help="hpo trial budgets, comma-separated (30; quick 10)")
+    parser.add_argument("--trials", type=int, help="one budget (same as --budgets N)")
+    parser.add_argument(
+        "--hpo", default=",".join(f"{a}+hyperband" for a in HPO_ALGORITHMS),
+        help="hpo ALGORITHM+PRUNER combinations, comma-separated (pruner default: hyperband)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kt", default=",".join(KT_TUNERS), help="Keras Tuner tuners, comma-separated"
+    )
+    parser.add_argument("--subset", type=int, help="training examples (the space's; quick 2000)")
+    parser.add_argument("--epochs", type=int, help="max epochs a trial (the space's; quick 4)")
     parser.add_argument("--workers", type=int, default=2, help="hpo worker processes")
     parser.add_argument("--size", type=int, default=20, help="caruana rounds")
-    parser.add_argument("--workdir", type=Path, help="keep the studies here (default: temp)")
-    parser.add_argument("--save", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--workdir", type=Path,
+        help=f"studies and {RESULTS_FILE} here; a rerun skips finished cells (default: temp)",
+    )  # fmt: skip
+    parser.add_argument("--save", type=Path, help="also write every cell as JSON here")
     # One Keras Tuner search (internal: the comparison starts these as subprocesses).
     parser.add_argument("--kt-run", choices=KT_TUNERS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -312,14 +354,29 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.space = args.space.resolve()
+    args.space = args.space or [DEFAULT_SPACE]
     if args.kt_run:
+        args.space = args.space[0]
         run_kt(args)
         return
+    try:
+        if args.budgets:
+            args.budget_list = parse_budgets(args.budgets)
+        else:
+            args.budget_list = [args.trials or (10 if args.quick else 30)]
+        args.combos = parse_combos(args.hpo, ALGORITHMS, PRUNERS)
+    except ValueError as e:
+        parser.error(str(e))
+    args.kt = [t.strip() for t in args.kt.split(",") if t.strip()]
+    unknown = [t for t in args.kt if t not in KT_TUNERS]
+    if unknown:
+        parser.error(f"--kt: unknown tuner {unknown[0]!r}; known: {', '.join(KT_TUNERS)}")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds: expected 1 or more")
     args.seed_list = list(range(args.seeds or (1 if args.quick else 3)))
-    args.trials = args.trials or (10 if args.quick else 30)
-    args.subset = args.subset or (2000 if args.quick else 10000)
-    args.epochs = args.epochs or (4 if args.quick else 6)
+    if args.quick:
+        args.subset = args.subset or 2000
+        args.epochs = args.epochs or 4
     compare(args)
 
 

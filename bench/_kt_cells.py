@@ -1,0 +1,193 @@
+"""The cells of ``bench/vs_keras_tuner.py``: one finished (space, tuner, seed, budget) each.
+
+A comparison over several spaces, seeds and budgets takes hours on a 2-core machine, so every
+finished cell is appended at once as one JSON line to ``results.jsonl`` in the work folder; a
+rerun with the same work folder skips the cells found there and summarizes all of them. A line
+cut short by a killed run is ignored (that cell runs again).
+
+Pure Python (no hpo, no TensorFlow): the summary can be printed and tested anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.jsonl"
+DEFAULT_PRUNER = "hyperband"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one search ran on: a row of the results file is a cell plus what it measured.
+
+    ``label`` is ``"hpo ALGORITHM+PRUNER"`` or ``"KT TUNER"``; ``budget`` is the hpo studies'
+    trial budget (Keras Tuner gets the epochs those studies trained); ``subset`` and
+    ``max_epochs`` are the training examples (None: the whole dataset) and the largest epochs a
+    trial, as run; ``workers`` the hpo worker processes. (A row's ``epochs`` is what the search
+    trained in all.)
+    """
+
+    space: str
+    label: str
+    seed: int
+    budget: int
+    subset: int | None
+    max_epochs: int
+    workers: int
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Cell:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+    def group(self) -> tuple[Any, ...]:
+        """The cells one table compares: same space, budget and training settings."""
+        return (self.space, self.budget, self.subset, self.max_epochs, self.workers)
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``"10,30"`` -> ``[10, 30]``; ValueError for anything but positive integers."""
+    try:
+        budgets = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--budgets {text!r}: expected trial counts like 10,30") from None
+    if not budgets or min(budgets) < 1:
+        raise ValueError(f"--budgets {text!r}: expected trial counts like 10,30")
+    return budgets
+
+
+def parse_combos(
+    text: str, algorithms: Iterable[str], pruners: Iterable[str]
+) -> list[tuple[str, str]]:
+    """``"optuna-tpe+median,hyperopt-tpe"`` -> ``[("optuna-tpe", "median"), ("hyperopt-tpe",
+    "hyperband")]``; ValueError naming the unknown algorithm or pruner."""
+    known_a, known_p = list(algorithms), list(pruners)
+    combos = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        algorithm, _, pruner = part.partition("+")
+        pruner = pruner or DEFAULT_PRUNER
+        if algorithm not in known_a:
+            raise ValueError(f"--hpo: unknown algorithm {algorithm!r}; known: {', '.join(known_a)}")
+        if pruner not in known_p:
+            raise ValueError(f"--hpo: unknown pruner {pruner!r}; known: {', '.join(known_p)}")
+        combos.append((algorithm, pruner))
+    if not combos:
+        raise ValueError("--hpo: expected at least one ALGORITHM+PRUNER")
+    return combos
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """Every complete row of the results file (none when it does not exist)."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            Cell.of(row)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short when a run was killed: that cell runs again
+        rows.append(row)
+    return rows
+
+
+def append_result(path: Path, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+    """Append ``cell`` with what it measured as one line, synced: a kill loses no finished cell."""
+    row = {**result, **asdict(cell)}
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return row
+
+
+def finished(rows: Iterable[dict[str, Any]]) -> dict[Cell, dict[str, Any]]:
+    """The rows by cell (the last one wins if a cell was run twice)."""
+    return {Cell.of(row): row for row in rows}
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _col(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) is not None]
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> str:
+    """One table per (space, budget, training settings): each tuner's mean, sample standard
+    deviation and number of seeds; then hpo's ratios and differences against each Keras Tuner
+    search, on the means."""
+    by_group: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for cell, row in finished(rows).items():
+        by_group.setdefault(cell.group(), {}).setdefault(cell.label, []).append(row)
+    out = []
+    for (space, budget, subset, epochs, workers), labels in sorted(
+        by_group.items(), key=lambda kv: tuple(str(x) for x in kv[0])
+    ):
+        out.append(
+            f"\n{space}: budget {budget} trials, {subset or 'all'} training examples, up to "
+            f"{epochs} epochs a trial, hpo with {workers} workers; mean ± std over n seeds"
+        )
+        out.append(
+            f"{'':32} {'n':>2} {'trials':>6} {'epochs':>6} {'wall s':>11} {'CPU s':>11} "
+            f"{'best val':>8} {'best trial test':>15} {'ensemble test':>15}"
+        )
+        means: dict[str, dict[str, float]] = {}
+        for label in sorted(labels, key=lambda s: (not s.startswith("hpo"), s)):
+            cells = labels[label]
+            m: dict[str, float] = {}
+            texts: dict[str, str] = {}
+            for key, fmt, width in (
+                ("trials", "{:.1f}", 6),
+                ("epochs", "{:.1f}", 6),
+                ("wall_seconds", "{:.0f} ± {:.0f}", 11),
+                ("cpu_seconds", "{:.0f} ± {:.0f}", 11),
+                ("best_validation_accuracy", "{:.4f}", 8),
+                ("best_test_accuracy", "{:.4f} ± {:.4f}", 15),
+                ("ensemble_test_accuracy", "{:.4f} ± {:.4f}", 15),
+            ):
+                values = _col(cells, key)
+                if not values:
+                    texts[key] = " " * width
+                    continue
+                mean, std = _stats(values)
+                m[key] = mean
+                texts[key] = fmt.format(mean, std).rjust(width)
+            means[label] = m
+            out.append(
+                f"{label:32} {len(cells):>2} {texts['trials']} {texts['epochs']} "
+                f"{texts['wall_seconds']} {texts['cpu_seconds']} "
+                f"{texts['best_validation_accuracy']} {texts['best_test_accuracy']} "
+                f"{texts['ensemble_test_accuracy']}"
+            )
+        parts = []
+        for h in (label for label in means if label.startswith("hpo ")):
+            for k in (label for label in means if label.startswith("KT ")):
+                hm, km = means[h], means[k]
+                if not all(x in hm and x in km for x in ("wall_seconds", "best_test_accuracy")):
+                    continue
+                wall = hm["wall_seconds"] / km["wall_seconds"]
+                cpu = hm.get("cpu_seconds", math.nan) / km.get("cpu_seconds", math.nan)
+                test = 100 * (hm["best_test_accuracy"] - km["best_test_accuracy"])
+                ens = 100 * (hm.get("ensemble_test_accuracy", math.nan) - km["best_test_accuracy"])
+                parts.append(
+                    f"{h[4:]}/{k[3:]}: wall {wall:.2f}x (CPU {cpu:.2f}x), test {test:+.2f}, "
+                    f"ens {ens:+.2f}"
+                )
+        if parts:
+            out.append(
+                "ratios (hpo / Keras Tuner wall and CPU time, goal <= 0.70x wall; test accuracy "
+                "points of hpo's best trial and of its ensemble minus KT's best model, goal > 0): "
+                + "; ".join(parts)
+            )
+    return "\n".join(out)

@@ -1,0 +1,101 @@
+"""bench/_kt_cells.py: the Keras Tuner comparison's results file resumes and summarizes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from _kt_cells import (  # noqa: E402
+    Cell,
+    append_result,
+    finished,
+    load_results,
+    parse_budgets,
+    parse_combos,
+    summarize,
+)
+
+
+def _cell(label: str, seed: int, budget: int = 10) -> Cell:
+    return Cell("image_cnn", label, seed, budget, 2000, 4, 2)
+
+
+def test_a_cell_survives_a_round_trip_and_a_cut_line_is_run_again(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    hpo = _cell("hpo optuna-tpe+hyperband", 0)
+    # The search's own "epochs" (trained in all) must not change the cell it belongs to.
+    append_result(results, hpo, {"epochs": 33, "best_test_accuracy": 0.8})
+    kt = _cell("KT RandomSearch", 0)
+    append_result(results, kt, {"epochs": 33, "best_test_accuracy": 0.79})
+    with results.open("a") as f:
+        f.write('{"space": "image_cnn", "label": "KT Hyperband", "se')  # killed mid-write
+
+    done = finished(load_results(results))
+    assert set(done) == {hpo, kt}
+    assert done[hpo]["epochs"] == 33 and done[hpo]["max_epochs"] == 4
+
+
+def test_the_summary_gives_mean_std_and_n_per_space_and_budget(tmp_path: Path) -> None:
+    rows = []
+    for seed, (h, k) in enumerate([(0.80, 0.78), (0.84, 0.80)]):
+        common = {"trials": 10, "epochs": 30, "wall_seconds": 50.0 + seed, "cpu_seconds": 60.0}
+        rows.append(
+            {
+                **common,
+                **vars_of(_cell("hpo optuna-tpe+hyperband", seed)),
+                "best_test_accuracy": h,
+                "ensemble_test_accuracy": h + 0.01,
+            }
+        )
+        rows.append({**common, **vars_of(_cell("KT RandomSearch", seed)), "best_test_accuracy": k})
+    rows.append({**rows[0], **vars_of(_cell("KT RandomSearch", 0, budget=30))})
+
+    text = summarize(rows)
+    assert "image_cnn: budget 10 trials" in text and "image_cnn: budget 30 trials" in text
+    hpo_line = next(line for line in text.splitlines() if line.startswith("hpo optuna-tpe"))
+    assert " 2 " in hpo_line  # two seeds
+    assert "0.8200 ± 0.0283" in hpo_line  # mean and sample standard deviation of 0.80, 0.84
+    assert "0.8300 ± 0.0283" in hpo_line  # its ensemble
+    assert "optuna-tpe+hyperband/RandomSearch: wall 1.00x (CPU 1.00x), test +3.00" in text
+
+
+def vars_of(cell: Cell) -> dict[str, object]:
+    return {k: getattr(cell, k) for k in Cell.__dataclass_fields__}
+
+
+def test_options_are_parsed_and_bad_ones_named() -> None:
+    assert parse_budgets("10,30") == [10, 30]
+    combos = parse_combos(
+        "optuna-tpe+median, hyperopt-tpe", ["optuna-tpe", "hyperopt-tpe"], ["median", "hyperband"]
+    )
+    assert combos == [("optuna-tpe", "median"), ("hyperopt-tpe", "hyperband")]
+    with pytest.raises(ValueError, match="unknown pruner 'fast'"):
+        parse_combos("optuna-tpe+fast", ["optuna-tpe"], ["none"])
+    with pytest.raises(ValueError, match="--budgets"):
+        parse_budgets("10,0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budgets", "ten"], "--budgets 'ten'"),
+        (["--hpo", "optuna-tpe+fast"], "unknown pruner 'fast'"),
+        (["--space", "no_such_space"], "no space file 'no_such_space'"),
+        (["--kt", "Grid"], "unknown tuner 'Grid'"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "vs_keras_tuner.py"), *args],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr.splitlines()[-1]
