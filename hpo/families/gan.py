@@ -4,8 +4,8 @@ Fréchet distance.
 * ``generator``: z ~ N(0, I) of size ``latent_dim`` -> Dense -> Reshape -> ``conv_blocks``
   Conv2DTranspose blocks (stride 2, filters halving towards the image; optional batch
   normalization; LeakyReLU) -> a crop back to the image size -> a sigmoid Conv2D image in [0, 1];
-* ``discriminator``: ``conv_blocks`` Conv2D blocks (stride 2, filters doubling, LeakyReLU) ->
-  Flatten -> Dropout -> one logit "real".
+* ``discriminator``: ``conv_blocks`` Conv2D blocks (4x4 kernels, stride 2, filters doubling,
+  LeakyReLU) -> Flatten -> Dropout -> one logit "real".
 
 Training follows the adversarial loop of Chollet's *Deep Learning with Python* (section 8.5): per
 generator step, ``d_steps`` discriminator steps on a batch of real images labelled real and a
@@ -485,8 +485,10 @@ def _discriminator(shape: tuple[int, ...], blocks: int, filters: int, rate: floa
     image = keras.Input(shape, name="image")
     x = image
     for block in range(blocks):
+        # 4x4 kernels, as in the course and DCGAN: a 3x3 kernel at stride 2 covers every other
+        # pixel twice, and its uneven gradients print a checkerboard into the generator's images.
         x = keras.layers.Conv2D(
-            filters * 2**block, 3, strides=2, padding="same", name=f"conv{block + 1}"
+            filters * 2**block, 4, strides=2, padding="same", name=f"conv{block + 1}"
         )(x)
         x = keras.layers.LeakyReLU(0.2, name=f"conv{block + 1}_act")(x)
     x = keras.layers.Flatten(name="flatten")(x)
