@@ -120,6 +120,8 @@ def test_family_is_registered_checks_its_data_and_is_not_ensembled(digits: Datas
         "f", "classification", *(Split(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4)),) * 3
     )
     assert model.generator.output_shape == (None, 8, 8, 1)
+    # 4x4 kernels at stride 2 cover every pixel evenly (3x3 ones print a checkerboard).
+    assert model.discriminator.get_layer("conv1").kernel_size == (4, 4)
     assert family.build(Params(TINY), fashion_like).generator.output_shape == (None, 28, 28, 1)
 
 
