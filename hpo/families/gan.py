@@ -21,7 +21,10 @@ Each epoch (one pass of the discriminator over the training images) logs ``d_los
 ``g_loss`` (means over the epoch's steps), then measures ``fd_samples`` generated images in the
 feature space of the dataset's feature classifier (:mod:`hpo.families.gan_quality`):
 
-* ``val_fd``: the Fréchet distance to the validation split's images: the objective (minimize);
+* ``epoch_fd``: the Fréchet distance of this epoch's samples to the validation split's images;
+* ``val_fd``: the lowest ``epoch_fd`` so far, the objective (minimize), and ``kept_epoch``, its
+  epoch: adversarial training oscillates, so the trial keeps the generator of that epoch
+  (restored when training ends), not the last one;
 * ``gen_max_class_share`` and ``gen_class_entropy``: the class distribution of the samples as
   the classifier sees it (mode collapse shows as a share near 1, an entropy near 0);
 * ``gen_pixel_std``: the samples' pixel standard deviation across samples (0: all alike);
@@ -78,7 +81,6 @@ LATENTS_PER_CLASS = 16
 # the share of them, most like a class, whose latent vectors stand for it.
 INFO_SAMPLES = 2000
 CLASS_SHARE = 0.05
-_MIN_PIXEL_STD = 1e-3
 
 
 class GANModel(keras.Model):  # type: ignore[misc]
@@ -181,7 +183,7 @@ class GAN(Family):
         Always from epoch 0 (``resumable = False``): the loop's own state (its random stream,
         the collapse watch, the sample grids) is not in a checkpoint.
         """
-        from hpo.families.gan_quality import feature_classifier
+        from hpo.families.gan_quality import CollapseWatch, KeptGenerator, feature_classifier
 
         # The classifier's training reseeds Keras; keep the trial's own stream either way.
         seed = int(np.random.randint(2**31 - 1))
@@ -195,9 +197,10 @@ class GAN(Family):
             list(callbacks), add_history=False, add_progbar=False, model=model
         )
         grid_z = rng.standard_normal((64, loop.latent_dim)).astype(np.float32)
-        collapse = _CollapseWatch(
+        collapse = CollapseWatch(
             float(hp.get("collapse_share", 0.9)), int(hp.get("collapse_epochs", 3))
         )
+        kept = KeptGenerator(model.generator)
         batch_size = self.batch_size(hp)
         x = data.train.x.astype(np.float32)
         model.stop_training = False
@@ -233,6 +236,7 @@ class GAN(Family):
                 measured = quality.measure(model.generator, rng)
                 logs.update(measured)
                 problem = collapse.problem(measured, epoch + 1)
+                logs.update(kept.update(measured["val_fd"], epoch + 1))
             callback_list.on_epoch_end(epoch, logs)
             if problem:
                 from hpo.workers.tasks import TrialFailedError
@@ -240,6 +244,7 @@ class GAN(Family):
                 raise TrialFailedError(problem)
             if model.stop_training:
                 break
+        kept.restore()
         callback_list.on_train_end()
 
     def saved_model(self, model: keras.Model, data: Dataset) -> keras.Model:
@@ -388,39 +393,6 @@ class _Quality:
             "gen_pixel_std": float(images.std(axis=0).mean()),
             "classifier_test_accuracy": self.classifier.test_accuracy,
         }
-
-
-class _CollapseWatch:
-    """Why the GAN cannot go on (diverged or collapsed) after an epoch, or None.
-
-    GAN training oscillates: samples crowd into one class for an epoch and spread out again
-    the next. Collapse on one class counts only after ``epochs`` epochs in a row of
-    ``gen_max_class_share >= share``.
-    """
-
-    def __init__(self, share: float, epochs: int) -> None:
-        self.share = share
-        self.epochs = max(1, epochs)
-        self.streak = 0
-
-    def problem(self, measured: dict[str, float], epoch: int) -> str | None:
-        if not math.isfinite(measured["val_fd"]):
-            return f"diverged: the generator's samples are not finite after epoch {epoch}"
-        if measured["gen_pixel_std"] < _MIN_PIXEL_STD:
-            return (
-                f"collapsed: all generated samples are alike after epoch {epoch} (pixel "
-                f"standard deviation across samples {measured['gen_pixel_std']:.2g} < "
-                f"{_MIN_PIXEL_STD:g})"
-            )
-        self.streak = self.streak + 1 if measured["gen_max_class_share"] >= self.share else 0
-        if self.streak >= self.epochs:
-            return (
-                f"collapsed: {measured['gen_max_class_share']:.0%} of the generated samples "
-                f"fall into one class after epoch {epoch} ({self.streak} epoch"
-                f"{'s' if self.streak > 1 else ''} in a row at collapse_share {self.share:g} "
-                "or more)"
-            )
-        return None
 
 
 def _generate(generator: keras.Model, z: np.ndarray) -> np.ndarray:
