@@ -219,11 +219,11 @@ def test_gan_fd_figure_tables_and_draws_each_trials_distances(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:4]]
-    # trial, state, epochs, final and lowest distance: the final one is the objective.
+    # trial, state, epochs, last and lowest reported distance; the summary is of the objective.
     assert rows == [
         ["0", "COMPLETE", "3", "25.0", "20.0", rows[0][5]],
         ["1", "PRUNED", "1", "60.0", "60.0", rows[1][5]],
         ["2", "COMPLETE", "2", "12.0", "12.0", rows[2][5]],
     ]
-    assert "best final val_fd 12.0, median 18.5, worst 25.0" in result.stdout
+    assert "complete trials: 2; best val_fd 12.0, median 18.5, worst 25.0" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
