@@ -37,6 +37,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
+    from matplotlib import ticker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=args.storage)
@@ -65,7 +66,10 @@ def main() -> None:
         )
         if state == "COMPLETE" and trial.value is not None:
             finals.append(trial.value)
-        ax.plot(epochs, fds, styles.get(state, "-."), marker="o", ms=3, label=f"#{trial.number}")
+        line = ax.plot(epochs, fds, styles.get(state, "-."), marker="o", ms=3)[0]
+        line.set_label(f"#{trial.number}")
+        low = int(np.argmin(fds))  # the epoch whose generator the trial keeps
+        ax.plot(epochs[low], fds[low], "*", ms=10, color=line.get_color())
     if finals:
         print(
             f"complete trials: {len(finals)}; best val_fd {min(finals):.1f}, median "
@@ -74,7 +78,12 @@ def main() -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("epoch_fd" if args.tracking_uri else "val_fd (lowest so far)")
     ax.set_yscale("log")
-    ax.set_title(f"{args.study}: Fréchet distance per epoch (dashed: pruned, dotted: failed)")
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ticker.ScalarFormatter())
+    ax.set_title(
+        f"{args.study}: Fréchet distance per epoch\n(star: the kept generator; dashed: pruned; "
+        "dotted: failed)"
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
