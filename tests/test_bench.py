@@ -194,3 +194,36 @@ def test_pruning_bench_copies_a_space_with_another_reduction_factor(tmp_path: Pa
     assert (before.budget.reduction_factor, after.budget.reduction_factor) == (3, 4)
     assert after.space == before.space and after.dataset == before.dataset
     assert after.budget.max_epochs == before.budget.max_epochs
+
+
+def test_gan_fd_figure_tables_and_draws_each_trials_distances(tmp_path: Path) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = optuna.create_study(study_name="g", storage=storage)
+    for fds, state in (
+        ([30.0, 20.0, 25.0], optuna.trial.TrialState.COMPLETE),
+        ([60.0], optuna.trial.TrialState.PRUNED),
+        ([40.0, 12.0], optuna.trial.TrialState.COMPLETE),
+    ):
+        trial = study.ask()
+        for epoch, fd in enumerate(fds, start=1):
+            trial.report(fd, epoch)
+        study.tell(trial, fds[-1] if state.name == "COMPLETE" else None, state=state)
+    out = tmp_path / "fd.png"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "gan_fd_figure.py"), "g", "--storage", storage,
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:4]]
+    # trial, state, epochs, last and lowest reported distance; the summary is of the objective.
+    assert rows == [
+        ["0", "COMPLETE", "3", "25.0", "20.0", rows[0][5]],
+        ["1", "PRUNED", "1", "60.0", "60.0", rows[1][5]],
+        ["2", "COMPLETE", "2", "12.0", "12.0", rows[2][5]],
+    ]
+    assert "complete trials: 2; best val_fd 12.0, median 18.5, worst 25.0" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -100,6 +100,27 @@ def test_class_shares_see_mode_collapse() -> None:
     assert shares["class_entropy"] < 0.15
 
 
+def test_the_kept_generator_is_the_lowest_distance_epochs() -> None:
+    from hpo.families.gan_quality import KeptGenerator
+
+    z = keras.Input((2,))
+    generator = keras.Model(z, keras.layers.Dense(3)(z))
+    kept = KeptGenerator(generator)
+    logs = []
+    for epoch, fd in enumerate([5.0, 3.0, 4.0], start=1):
+        generator.set_weights([np.full_like(w, epoch) for w in generator.get_weights()])
+        logs.append(kept.update(fd, epoch))
+    # val_fd is the lowest distance so far (the objective), epoch_fd this epoch's own.
+    assert [(d["epoch_fd"], d["val_fd"], d["kept_epoch"]) for d in logs] == [
+        (5.0, 5.0, 1.0),
+        (3.0, 3.0, 2.0),
+        (4.0, 3.0, 2.0),
+    ]
+    assert kept.update(math.nan, 4) == {}  # a diverged epoch reports its NaN: the trial fails
+    kept.restore()
+    assert all(np.all(w == 2.0) for w in generator.get_weights())
+
+
 # -- the family ----------------------------------------------------------------------------------
 
 
@@ -120,6 +141,8 @@ def test_family_is_registered_checks_its_data_and_is_not_ensembled(digits: Datas
         "f", "classification", *(Split(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4)),) * 3
     )
     assert model.generator.output_shape == (None, 8, 8, 1)
+    # 4x4 kernels at stride 2 cover every pixel evenly (3x3 ones print a checkerboard).
+    assert model.discriminator.get_layer("conv1").kernel_size == (4, 4)
     assert family.build(Params(TINY), fashion_like).generator.output_shape == (None, 28, 28, 1)
 
 

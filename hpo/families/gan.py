@@ -4,8 +4,8 @@ Fréchet distance.
 * ``generator``: z ~ N(0, I) of size ``latent_dim`` -> Dense -> Reshape -> ``conv_blocks``
   Conv2DTranspose blocks (stride 2, filters halving towards the image; optional batch
   normalization; LeakyReLU) -> a crop back to the image size -> a sigmoid Conv2D image in [0, 1];
-* ``discriminator``: ``conv_blocks`` Conv2D blocks (stride 2, filters doubling, LeakyReLU) ->
-  Flatten -> Dropout -> one logit "real".
+* ``discriminator``: ``conv_blocks`` Conv2D blocks (4x4 kernels, stride 2, filters doubling,
+  LeakyReLU) -> Flatten -> Dropout -> one logit "real".
 
 Training follows the adversarial loop of Chollet's *Deep Learning with Python* (section 8.5): per
 generator step, ``d_steps`` discriminator steps on a batch of real images labelled real and a
@@ -21,7 +21,10 @@ Each epoch (one pass of the discriminator over the training images) logs ``d_los
 ``g_loss`` (means over the epoch's steps), then measures ``fd_samples`` generated images in the
 feature space of the dataset's feature classifier (:mod:`hpo.families.gan_quality`):
 
-* ``val_fd``: the Fréchet distance to the validation split's images: the objective (minimize);
+* ``epoch_fd``: the Fréchet distance of this epoch's samples to the validation split's images;
+* ``val_fd``: the lowest ``epoch_fd`` so far, the objective (minimize), and ``kept_epoch``, its
+  epoch: adversarial training oscillates, so the trial keeps the generator of that epoch
+  (restored when training ends), not the last one;
 * ``gen_max_class_share`` and ``gen_class_entropy``: the class distribution of the samples as
   the classifier sees it (mode collapse shows as a share near 1, an entropy near 0);
 * ``gen_pixel_std``: the samples' pixel standard deviation across samples (0: all alike);
@@ -78,7 +81,6 @@ LATENTS_PER_CLASS = 16
 # the share of them, most like a class, whose latent vectors stand for it.
 INFO_SAMPLES = 2000
 CLASS_SHARE = 0.05
-_MIN_PIXEL_STD = 1e-3
 
 
 class GANModel(keras.Model):  # type: ignore[misc]
@@ -181,7 +183,7 @@ class GAN(Family):
         Always from epoch 0 (``resumable = False``): the loop's own state (its random stream,
         the collapse watch, the sample grids) is not in a checkpoint.
         """
-        from hpo.families.gan_quality import feature_classifier
+        from hpo.families.gan_quality import CollapseWatch, KeptGenerator, feature_classifier
 
         # The classifier's training reseeds Keras; keep the trial's own stream either way.
         seed = int(np.random.randint(2**31 - 1))
@@ -195,9 +197,10 @@ class GAN(Family):
             list(callbacks), add_history=False, add_progbar=False, model=model
         )
         grid_z = rng.standard_normal((64, loop.latent_dim)).astype(np.float32)
-        collapse = _CollapseWatch(
+        collapse = CollapseWatch(
             float(hp.get("collapse_share", 0.9)), int(hp.get("collapse_epochs", 3))
         )
+        kept = KeptGenerator(model.generator)
         batch_size = self.batch_size(hp)
         x = data.train.x.astype(np.float32)
         model.stop_training = False
@@ -233,6 +236,7 @@ class GAN(Family):
                 measured = quality.measure(model.generator, rng)
                 logs.update(measured)
                 problem = collapse.problem(measured, epoch + 1)
+                logs.update(kept.update(measured["val_fd"], epoch + 1))
             callback_list.on_epoch_end(epoch, logs)
             if problem:
                 from hpo.workers.tasks import TrialFailedError
@@ -240,6 +244,7 @@ class GAN(Family):
                 raise TrialFailedError(problem)
             if model.stop_training:
                 break
+        kept.restore()
         callback_list.on_train_end()
 
     def saved_model(self, model: keras.Model, data: Dataset) -> keras.Model:
@@ -390,39 +395,6 @@ class _Quality:
         }
 
 
-class _CollapseWatch:
-    """Why the GAN cannot go on (diverged or collapsed) after an epoch, or None.
-
-    GAN training oscillates: samples crowd into one class for an epoch and spread out again
-    the next. Collapse on one class counts only after ``epochs`` epochs in a row of
-    ``gen_max_class_share >= share``.
-    """
-
-    def __init__(self, share: float, epochs: int) -> None:
-        self.share = share
-        self.epochs = max(1, epochs)
-        self.streak = 0
-
-    def problem(self, measured: dict[str, float], epoch: int) -> str | None:
-        if not math.isfinite(measured["val_fd"]):
-            return f"diverged: the generator's samples are not finite after epoch {epoch}"
-        if measured["gen_pixel_std"] < _MIN_PIXEL_STD:
-            return (
-                f"collapsed: all generated samples are alike after epoch {epoch} (pixel "
-                f"standard deviation across samples {measured['gen_pixel_std']:.2g} < "
-                f"{_MIN_PIXEL_STD:g})"
-            )
-        self.streak = self.streak + 1 if measured["gen_max_class_share"] >= self.share else 0
-        if self.streak >= self.epochs:
-            return (
-                f"collapsed: {measured['gen_max_class_share']:.0%} of the generated samples "
-                f"fall into one class after epoch {epoch} ({self.streak} epoch"
-                f"{'s' if self.streak > 1 else ''} in a row at collapse_share {self.share:g} "
-                "or more)"
-            )
-        return None
-
-
 def _generate(generator: keras.Model, z: np.ndarray) -> np.ndarray:
     return np.asarray(generator.predict(z, batch_size=256, verbose=0), np.float32)
 
@@ -485,8 +457,10 @@ def _discriminator(shape: tuple[int, ...], blocks: int, filters: int, rate: floa
     image = keras.Input(shape, name="image")
     x = image
     for block in range(blocks):
+        # 4x4 kernels, as in the course and DCGAN: a 3x3 kernel at stride 2 covers every other
+        # pixel twice, and its uneven gradients print a checkerboard into the generator's images.
         x = keras.layers.Conv2D(
-            filters * 2**block, 3, strides=2, padding="same", name=f"conv{block + 1}"
+            filters * 2**block, 4, strides=2, padding="same", name=f"conv{block + 1}"
         )(x)
         x = keras.layers.LeakyReLU(0.2, name=f"conv{block + 1}_act")(x)
     x = keras.layers.Flatten(name="flatten")(x)

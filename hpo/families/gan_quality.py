@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 CLASSIFIER_VERSION = 1
 CLASSIFIER_SEED = 0
 FEATURES_LAYER = "features"
+# Samples whose pixels vary less than this across samples are all alike: a collapsed GAN.
+MIN_PIXEL_STD = 1e-3
 _FEATURES = 64
 
 
@@ -229,10 +231,75 @@ def grid_png(images: np.ndarray, columns: int) -> bytes:
     return buffer.getvalue()
 
 
+class KeptGenerator:
+    """The generator's weights at the epoch of the lowest Fréchet distance so far.
+
+    Adversarial training oscillates: the distance often rises again after its low (one epoch's
+    generator is much better than the next one's), so the last epoch is an arbitrary pick. The
+    trial keeps the best epoch's generator, as ``EarlyStopping(restore_best_weights=True)``
+    does; the distance is measured on the validation images, never the test ones.
+    """
+
+    def __init__(self, generator: keras.Model) -> None:
+        self.generator = generator
+        self.best = math.inf
+        self.epoch = 0
+        self.weights: list[np.ndarray] | None = None
+
+    def update(self, fd: float, epoch: int) -> dict[str, float]:
+        """This epoch's logs: ``epoch_fd`` (this epoch's generator), ``val_fd`` (the kept one's)
+        and ``kept_epoch``; nothing while the distance is not finite (the trial fails)."""
+        if not math.isfinite(fd):
+            return {}
+        if fd < self.best:
+            self.best, self.epoch = fd, epoch
+            self.weights = [np.array(w, copy=True) for w in self.generator.get_weights()]
+        return {"epoch_fd": fd, "val_fd": self.best, "kept_epoch": float(self.epoch)}
+
+    def restore(self) -> None:
+        if self.weights is not None:
+            self.generator.set_weights(self.weights)
+
+
+class CollapseWatch:
+    """Why the GAN cannot go on (diverged or collapsed) after an epoch, or None.
+
+    GAN training oscillates: samples crowd into one class for an epoch and spread out again
+    the next. Collapse on one class counts only after ``epochs`` epochs in a row of
+    ``gen_max_class_share >= share``.
+    """
+
+    def __init__(self, share: float, epochs: int) -> None:
+        self.share = share
+        self.epochs = max(1, epochs)
+        self.streak = 0
+
+    def problem(self, measured: dict[str, float], epoch: int) -> str | None:
+        if not math.isfinite(measured["val_fd"]):
+            return f"diverged: the generator's samples are not finite after epoch {epoch}"
+        if measured["gen_pixel_std"] < MIN_PIXEL_STD:
+            return (
+                f"collapsed: all generated samples are alike after epoch {epoch} (pixel "
+                f"standard deviation across samples {measured['gen_pixel_std']:.2g} < "
+                f"{MIN_PIXEL_STD:g})"
+            )
+        self.streak = self.streak + 1 if measured["gen_max_class_share"] >= self.share else 0
+        if self.streak >= self.epochs:
+            return (
+                f"collapsed: {measured['gen_max_class_share']:.0%} of the generated samples "
+                f"fall into one class after epoch {epoch} ({self.streak} epoch"
+                f"{'s' if self.streak > 1 else ''} in a row at collapse_share {self.share:g} "
+                "or more)"
+            )
+        return None
+
+
 __all__ = [
     "CLASSIFIER_SEED",
     "CLASSIFIER_VERSION",
+    "CollapseWatch",
     "FeatureClassifier",
+    "KeptGenerator",
     "class_shares",
     "classifier_key",
     "feature_classifier",
