@@ -17,7 +17,7 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -248,6 +248,7 @@ _NO_JOINS = "-\u00ad\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=300), max_size=8))
+@example(pages=["0:\n0:", ":", "\xad"])  # a page of one soft hyphen, last
 def test_cleaning_never_fails(pages: list[str]) -> None:
     text = clean_pages(pages)
     assert not any(ch in text for ch in "\u00ad\ufb01\ufb02\r")

@@ -6,7 +6,8 @@ the commands that load models and print results (``hpo predict``, ``export``, ``
 ``generate``, ``sample``), descriptor 2 goes through a pipe that drops those informational lines
 (glog lines starting ``I`` or ``W`` and absl's notice) and passes everything else on; Python's
 own ``sys.stderr`` writes to the terminal directly. Commands that start long-lived child
-processes (``hpo run``, ``worker``, ``ui``) are left alone: children would inherit the pipe.
+processes (``hpo run``, ``worker``, ``ui``) are left alone, children would inherit the pipe;
+``hpo run`` filters only while it checks the space (its workers log to their own files).
 ``HPO_NATIVE_STDERR=1`` turns the filter off.
 """
 

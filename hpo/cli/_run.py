@@ -76,6 +76,7 @@ def run(
 ) -> None:
     """Create (or resume) a study and run it with local worker processes."""
     from hpo.api import LocalWorkers, WorkersFailedError
+    from hpo.cli._quiet import quiet_native_stderr
     from hpo.workers.slots import SlotError
 
     try:
@@ -85,7 +86,9 @@ def run(
     except SlotError as exc:
         fail(str(exc), exc.exit_code)
     try:
-        with handled_errors():
+        # Checking a space may import Keras here (a family's own checks), whose native notices
+        # would print around a one-line error; the workers log to their files, not to this.
+        with quiet_native_stderr(), handled_errors():
             study = create_study(
                 space, study_options(ctx.params), on_valid=launch.start, name_option="--study"
             )

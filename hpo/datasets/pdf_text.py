@@ -180,7 +180,9 @@ def clean_pages(pages: Sequence[str]) -> str:
     kept: list[str] = []
     for lines in split:
         kept.extend(_strip_edges(lines, repeated))
-    return join_paragraphs(kept).replace("\u00ad", "")
+    # Soft hyphens go last (join_paragraphs reads them as hyphenation); a line that held only
+    # one would leave a line break at an end.
+    return join_paragraphs(kept).replace("\u00ad", "").strip()
 
 
 def join_paragraphs(lines: Sequence[str]) -> str:
