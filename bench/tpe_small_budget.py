@@ -158,6 +158,22 @@ def run_study(arm: str, pruner_name: str, seed: int, n_trials: int, workers: int
     return max(complete) if complete else 0.1
 
 
+def _row(bests: list[float], base: list[float]) -> str:
+    """Spread of ``bests`` over seeds; seeds better/worse than ``base`` and the paired mean
+    difference in points with its standard error (the same seeds run in every arm)."""
+    p10 = statistics.quantiles(bests, n=10)[0]
+    row = (
+        f"{statistics.median(bests):7.4f} {statistics.mean(bests):7.4f} "
+        f"{statistics.stdev(bests):6.4f} {p10:7.4f}"
+    )
+    if not base or base is bests:
+        return row
+    diffs = [100 * (b - a) for a, b in zip(base, bests, strict=True)]
+    wins = f"{sum(d > 0 for d in diffs)}/{sum(d < 0 for d in diffs)}"
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return row + f" {wins:>10} {statistics.mean(diffs):+6.2f} ({se:4.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 seeds")
@@ -184,7 +200,7 @@ def main() -> None:
         f"{args.workers} worker(s)"
     )
     print(f"{'pruner':9} {'trials':>6} {'arm':19} {'median':>7} {'mean':>7} {'std':>6} "
-          f"{'p10':>7} {'vs hpo +/-':>10}")  # fmt: skip
+          f"{'p10':>7} {'vs hpo +/-':>10} {'diff (se)':>13}")  # fmt: skip
     for pruner in args.pruners.split(","):
         for n in [int(x) for x in args.trials.split(",")]:
             base: list[float] = []
@@ -192,19 +208,7 @@ def main() -> None:
                 bests = [run_study(arm, pruner, s, n, args.workers) for s in seeds]
                 if arm == "hpo":
                     base = bests
-                wins = (
-                    f"{sum(b > a for a, b in zip(base, bests, strict=True)):>4}/"
-                    if base
-                    else "    "
-                )
-                losses = f"{sum(b < a for a, b in zip(base, bests, strict=True))}" if base else ""
-                p10 = statistics.quantiles(bests, n=10)[0]
-                print(
-                    f"{pruner:9} {n:6} {arm:19} {statistics.median(bests):7.4f} "
-                    f"{statistics.mean(bests):7.4f} {statistics.stdev(bests):6.4f} "
-                    f"{p10:7.4f} {wins + losses:>10}",
-                    flush=True,
-                )
+                print(f"{pruner:9} {n:6} {arm:19} " + _row(bests, base), flush=True)
     print(f"{time.perf_counter() - t0:.0f} s")
 
 
