@@ -102,7 +102,9 @@ def _hpo(algorithm: str) -> Factory:
 ARMS: dict[str, Factory] = {
     "hpo": _hpo("optuna-tpe"),
     "startup-3": _tpe(n_startup_trials=3),
+    "startup-4": _tpe(n_startup_trials=4),
     "startup-5": _tpe(n_startup_trials=5),
+    "startup-6": _tpe(n_startup_trials=6),
     "startup-10": _tpe(n_startup_trials=10),
     "independent": _tpe(multivariate=False, group=False),
     "no-liar": _tpe(constant_liar=False),
@@ -125,7 +127,10 @@ def run_study(arm: str, pruner_name: str, seed: int, n_trials: int, workers: int
     from hpo.spaces import parse_spec, suggest
 
     spec = parse_spec(SPACE, "tpe_small_budget.yaml")
+    # A fixed name: Optuna's Hyperband puts a trial in a bracket by hashing the study's name
+    # and the trial's number, so arms must share the name to share the brackets.
     study = optuna.create_study(
+        study_name=f"tpe-{seed}",
         direction="maximize",
         sampler=ARMS[arm](spec.space, seed, n_trials),
         pruner=create_pruner(pruner_name, spec.budget),
