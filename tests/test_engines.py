@@ -381,7 +381,7 @@ def test_hyperopt_sampler_is_exported_lazily() -> None:
         hpo.engines.NoSuchThing  # noqa: B018
 
 
-@pytest.mark.parametrize(("n_trials", "expected"), [(10, 3), (24, 6), (400, 10), (None, 10)])
+@pytest.mark.parametrize(("n_trials", "expected"), [(10, 5), (24, 6), (400, 10), (None, 10)])
 def test_tpe_starts_with_a_quarter_of_the_budget_as_random_trials(
     n_trials: int | None, expected: int
 ) -> None:

@@ -187,13 +187,14 @@ def _fake_study(tmp_path: Path, n_trials: int, algorithm: str = "optuna-random")
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "startup"), [("optuna-tpe", "_n_startup_trials"), ("hyperopt-tpe", None)]
+    ("algorithm", "startup", "expected"),
+    [("optuna-tpe", "_n_startup_trials", 5), ("hyperopt-tpe", None, 3)],
 )
 def test_the_worker_sizes_tpe_random_start_to_the_study_budget(
-    tmp_path: Path, algorithm: str, startup: str | None
+    tmp_path: Path, algorithm: str, startup: str | None, expected: int
 ) -> None:
     # With the engines' defaults (10 and 20 random trials) a 12-trial study would be random
-    # search throughout; the worker's sampler starts its model after 3.
+    # search throughout; the worker's sampler starts its model after 5 (Optuna) or 3 (hyperopt).
     import functools
 
     from hpo.storage.studies import load_config
@@ -203,11 +204,11 @@ def test_the_worker_sizes_tpe_random_start_to_the_study_budget(
     worker = Worker(WorkerOptions(url, "fake"))
     sampler = worker._served_study(load_config(worker.storage, "fake")).study.sampler
     if startup is not None:
-        assert getattr(sampler, startup) == 3
+        assert getattr(sampler, startup) == expected
     else:
         suggest = sampler._suggest  # type: ignore[attr-defined]
         assert isinstance(suggest, functools.partial)
-        assert suggest.keywords == {"n_startup_jobs": 3}
+        assert suggest.keywords == {"n_startup_jobs": expected}
 
 
 class _FakeRuns:
