@@ -46,9 +46,12 @@ def quiet_native_stderr() -> Iterator[None]:
         yield
         return
     python_stderr = sys.stderr
-    sys.stderr = io.TextIOWrapper(
-        io.FileIO(os.dup(terminal), "w"), encoding="utf-8", errors="replace", line_buffering=True
-    )
+    if _writes_to_descriptor_2(python_stderr):
+        terminal_file = io.FileIO(os.dup(terminal), "w")
+        sys.stderr = io.TextIOWrapper(
+            terminal_file, encoding="utf-8", errors="replace", line_buffering=True
+        )
+    # else Python's stderr is already elsewhere (captured by a caller): left as it is.
     pump = threading.Thread(target=_pump, args=(read_end, terminal), daemon=True)
     pump.start()
     try:
@@ -59,6 +62,13 @@ def quiet_native_stderr() -> Iterator[None]:
         os.dup2(terminal, 2)  # closes the pipe's last write end: the pump reads to its end
         pump.join(timeout=2)
         os.close(terminal)
+
+
+def _writes_to_descriptor_2(stream: object) -> bool:
+    try:
+        return bool(stream.fileno() == 2)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
 
 
 def _pump(read_end: int, terminal: int) -> None:
