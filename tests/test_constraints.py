@@ -284,7 +284,8 @@ def test_report_by_a_parameter_leaves_infeasible_trials_out_of_the_objective(
     assert row["value"] == "0.25"
     assert (row["trials"], row["complete"], row["infeasible"]) == (3, 3, 1)
     assert row["best_val_accuracy"] == 0.7 and row["median_val_accuracy"] == pytest.approx(0.6)
-    wide = {"COLUMNS": "200"}
+    # An 80-column terminal (as when piped): the table is printed whole, no value cut short.
+    narrow = {"COLUMNS": "80"}
     shown = hpo(
         "study",
         "report",
@@ -295,10 +296,11 @@ def test_report_by_a_parameter_leaves_infeasible_trials_out_of_the_objective(
         "--storage",
         url,
         cwd=tmp_path,
-        env=wide,
+        env=narrow,
     )
     assert shown.returncode == 0, shown.stderr
     assert "infeasible" in shown.stdout and "0.7000" in shown.stdout, shown.stdout
+    assert "…" not in shown.stdout and "val_accuracy" in shown.stdout, shown.stdout
     assert "0.9000" not in shown.stdout, shown.stdout
 
 

@@ -137,6 +137,19 @@ def print_json(data: Any) -> None:
     sys.stdout.write(mask_url(json.dumps(data, indent=2, default=str)) + "\n")
 
 
+def print_table(table: Any) -> None:
+    """Print a Rich table whole: where the terminal (80 columns when piped) is narrower than
+    the table, print it at its own width. Rich would otherwise shrink columns and cut their
+    cells ("0.81…"), which misreports a value."""
+    from rich.measure import Measurement
+
+    width = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    if width <= console.width:
+        console.print(table)
+    else:
+        Console(width=width).print(table)
+
+
 @contextmanager
 def handled_errors() -> Iterator[None]:
     """Turn the product's own errors into a message and their exit status, in one place.

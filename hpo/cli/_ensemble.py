@@ -24,6 +24,7 @@ from hpo.cli._common import (
     err_console,
     fail,
     print_json,
+    print_table,
     tracking_uri_option,
 )
 
@@ -137,8 +138,8 @@ def build(
     members = Table("study", "trial", "family", "weight", "MLflow run")
     for m in result.members:
         members.add_row(Text(m.study), str(m.trial), Text(m.family), f"{m.weight:.3f}", m.run_id)
-    console.print(members)
-    console.print(_metrics_table(result.metrics))
+    print_table(members)
+    print_table(_metrics_table(result.metrics))
     if not result.exportable:
         err_console.print(f"[yellow]note:[/] not exportable: {escape(str(result.export_problem))}")
 
@@ -181,7 +182,7 @@ def list_command(tracking_uri: TrackingUri = None, json_out: JsonOption = False)
             str(r["members"]),
             ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(test.items())),
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("show")
@@ -210,8 +211,8 @@ def show(
         members = Table("study", "trial", "weight", "MLflow run")
         for m in v["members"]:
             members.add_row(Text(m["study"]), str(m["trial"]), f"{m['weight']:.3f}", m["run_id"])
-        console.print(members)
-        console.print(_metrics_table(v["metrics"]))
+        print_table(members)
+        print_table(_metrics_table(v["metrics"]))
 
 
 def _made_of(version: dict[str, Any]) -> str:

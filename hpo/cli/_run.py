@@ -30,6 +30,7 @@ from hpo.cli._common import (
     create_study,
     fail,
     handled_errors,
+    print_table,
     study_options,
     tracking_uri_option,
 )
@@ -172,7 +173,7 @@ def _summary(study: Study, st: Any, logs: list[Path], json_out: bool) -> None:
                 )[:60]
             ),
         )
-    console.print(table)
+    print_table(table)
     console.print(
         f"finished {st.finished}/{st.n_trials}: {st.complete} complete, {st.pruned} pruned, "
         f"{st.failed} failed"

@@ -15,6 +15,7 @@ from hpo.cli._common import (
     err_console,
     handled_errors,
     print_json,
+    print_table,
 )
 
 app = typer.Typer(help="List, validate and show search-space files.", no_args_is_help=True)
@@ -68,7 +69,7 @@ def list_spaces(
             str(r.get("params", "")),
             "yes" if r["valid"] else "[red]no[/]",
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("validate")

@@ -26,6 +26,7 @@ from hpo.cli._common import (
     create_study,
     handled_errors,
     print_json,
+    print_table,
     study_options,
 )
 
@@ -130,7 +131,7 @@ def list_studies(
             str(r["running"]),
             _fmt(r["best_values"]),
         )
-    console.print(table)
+    print_table(table)
     for r in rows:
         if r.get("broken_reason"):
             console.print(f"{escape(r['name'])} is broken: {escape(r['broken_reason'])}")
@@ -387,7 +388,7 @@ def report(
             cell(r["median_epoch_seconds"], ".2f"),
             cell(r["median_params_count"], ",.0f"),
         )
-    console.print(table)
+    print_table(table)
 
 
 def _set_state(name: str, storage: str | None, state: str, json_out: bool) -> None:
