@@ -110,3 +110,17 @@ def test_good_data_is_described_and_the_check_can_be_skipped(workdir: Path) -> N
     code, out, err = invoke("study", "create", str(bad), "--name", "later", "--skip-data-check")
     assert code == 0, err
     assert "data:" not in err
+
+
+def test_a_resumed_study_checks_the_data_it_was_created_with(workdir: Path) -> None:
+    """Resuming needs no --subset again; the check describes the study's own data."""
+    import hpo
+
+    space = write_space(workdir, "dense_bn", "{name: digits}")
+    code, _, err = invoke("study", "create", str(space), "--subset", "100")
+    assert code == 0, err
+    assert "100 train" in err, err
+    notes: list[str] = []
+    study = hpo.create_study(str(space), resume=True, echo=notes.append)
+    assert not study.created
+    assert len(notes) == 1 and "100 train" in notes[0], notes

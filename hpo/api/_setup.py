@@ -90,6 +90,19 @@ class StudyOptions:
     resume: bool = False
 
 
+def _stored_spec(url: str, name: str) -> Any:
+    """The run spec (space and overrides) of the existing study ``name``, else None."""
+    from hpo.storage import open_storage, store_exists
+    from hpo.storage.studies import StudyError, load_config
+
+    if not store_exists(url):
+        return None
+    try:
+        return load_config(open_storage(url), name).spec()
+    except StudyError:
+        return None
+
+
 def prepare_study(
     space: SpaceSource,
     options: StudyOptions,
@@ -170,13 +183,16 @@ def prepare_study(
         raise UsageError(f"--seed: must be between 0 and {MAX_SEED}, got {seed}")
     if on_valid is not None:
         on_valid(spec, study_name)
+    url = resolve_storage(options.storage)
     if options.check_data:
         from hpo.workers.preflight import check_study_data, describe
 
-        description = describe(check_study_data(spec_run))
+        # A resumed study trains on the data it was created with (its --subset, --dataset),
+        # which this command need not repeat: check that, not the space file's own.
+        resumed = _stored_spec(url, study_name) if options.resume else None
+        description = describe(check_study_data(resumed or spec_run))
         if echo is not None:
             echo(description)
-    url = resolve_storage(options.storage)
     store = open_storage(url)
     import optuna
 
