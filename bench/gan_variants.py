@@ -77,7 +77,11 @@ def train(params: dict[str, Any], data: Any, epochs: int, seed: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--subset", type=int, default=6000, help="training images (seeded)")
+    parser.add_argument("--subset", type=int, default=6000, help="training images (seeded; 0: all)")
+    parser.add_argument(
+        "--defaults", action="store_true",
+        help="start from the family's defaults instead of the settings in BASE",
+    )  # fmt: skip
     parser.add_argument("--validation-fraction", type=float, default=0.05)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 for every variant")
@@ -100,12 +104,12 @@ def main() -> None:
     data = load_dataset(
         DatasetSpec(
             name=args.dataset,
-            subset=args.subset,
+            subset=args.subset or None,
             validation_fraction=args.validation_fraction,
             seed=0,
         )
     )
-    shared = {**BASE, **dict(args.set)}
+    shared = {**({} if args.defaults else BASE), **dict(args.set)}
     print(f"{args.dataset}: {len(data.train.x)} training, {len(data.validation.x)} validation")
     print(f"shared settings: {json.dumps(shared)}", flush=True)
     if args.out:
