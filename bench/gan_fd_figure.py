@@ -7,9 +7,10 @@ MLflow runs), which shows how adversarial training oscillates. Prints per trial 
 epochs, last and lowest distance of those lines and seconds, then over complete trials the
 best, median and worst objective (``val_fd`` of the generator each trial keeps).
 
-With ``--space``, also the scale of the distance: the Fréchet distance of ``fd_samples`` real
-training images to the validation images in the same classifier's features (what a perfect
-generator would score, up to sampling noise), and the classifier's test accuracy.
+With ``--space`` (or ``--real``: the study's own data, its ``--subset`` and ``--dataset``
+included), also the scale of the distance: the Fréchet distance of ``fd_samples`` real training
+images to the validation images in the same classifier's features (what a perfect generator
+would score, up to sampling noise), and the classifier's test accuracy.
 
     .venv/bin/python bench/gan_fd_figure.py gan_fashion --storage sqlite:///hpo.db \\
         --tracking-uri sqlite:///mlflow.db --out docs/images/gan_fd_trials.png \\
@@ -19,6 +20,7 @@ generator would score, up to sampling noise), and the classifier's test accuracy
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,10 @@ def main() -> None:
     parser.add_argument("--tracking-uri", help="MLflow: draw each epoch's own epoch_fd")
     parser.add_argument("--out", default="gan_fd_trials.png")
     parser.add_argument("--space", help="the study's space file: print the real-image distance")
+    parser.add_argument(
+        "--real", action="store_true",
+        help="print the real-image distance on the study's own data (its --subset, --dataset)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import matplotlib
@@ -90,7 +96,14 @@ def main() -> None:
     fig.savefig(args.out)
     print(f"wrote {args.out}")
     if args.space:
-        real_distance(args.space)
+        from hpo.spaces import load_spec
+
+        real_distance(load_spec(args.space))
+    elif args.real:
+        from hpo.storage import open_storage
+        from hpo.storage.studies import load_config
+
+        real_distance(load_config(open_storage(args.storage), args.study).spec())
 
 
 def epoch_fds(tracking_uri: str, run_id: str) -> dict[int, float]:
@@ -101,13 +114,11 @@ def epoch_fds(tracking_uri: str, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in history}
 
 
-def real_distance(space: str) -> None:
+def real_distance(spec: Any) -> None:
     """The distance of real training images to the validation images (the floor of val_fd)."""
     from hpo.datasets import load_dataset
     from hpo.families.gan_quality import feature_classifier, frechet_distance, gaussian
-    from hpo.spaces import load_spec
 
-    spec = load_spec(space)
     data = load_dataset(spec.dataset)
     fixed = spec.space.to_dict().get("fd_samples", {})
     samples = int(fixed.get("value", 1000)) if fixed.get("type") == "constant" else 1000

@@ -227,3 +227,34 @@ def test_gan_fd_figure_tables_and_draws_each_trials_distances(tmp_path: Path) ->
     ]
     assert "complete trials: 2; best val_fd 12.0, median 18.5, worst 25.0" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gan_variants_trains_each_variant_and_compares_them(tmp_path: Path) -> None:
+    """bench/gan_variants.py on digits, tiny: one line per variant and seed with its epochs'
+    distances, the ratio table against the first variant, the sample grids written."""
+    import re
+
+    out = tmp_path / "grids"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "gan_variants.py"), "--dataset", "digits", "--subset", "200",
+         "--validation-fraction", "0.2", "--defaults", "--epochs", "2",
+         "--set", "g_filters=8", "--set", "d_filters=4", "--set", "latent_dim=8",
+         "--set", "fd_samples=100", "--variant", "g_upsampling=transpose",
+         "--variant", "g_upsampling=resize", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = re.findall(r"^(g_upsampling=\w+) seed 0: epoch_fd ([\d. ]+); lowest ([\d.]+)",
+                       result.stdout, re.M)  # fmt: skip
+    assert [name for name, _, _ in lines] == ["g_upsampling=transpose", "g_upsampling=resize"]
+    for _, fds, lowest in lines:
+        values = [float(v) for v in fds.split()]
+        assert len(values) == 2 and float(lowest) == pytest.approx(min(values), abs=0.051)
+    ratios = re.findall(r"^  (g_upsampling=\w+) +([\d.]+)  ratio ([\d.]+)$", result.stdout, re.M)
+    assert ratios[0][2] == "1.000" and len(ratios) == 2
+    assert float(ratios[1][2]) == pytest.approx(float(ratios[1][1]) / float(ratios[0][1]), 1e-2)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "g_upsampling_resize_s0_kept.png", "g_upsampling_resize_s0_last.png",
+        "g_upsampling_transpose_s0_kept.png", "g_upsampling_transpose_s0_last.png",
+    ]  # fmt: skip

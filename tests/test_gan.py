@@ -144,6 +144,17 @@ def test_family_is_registered_checks_its_data_and_is_not_ensembled(digits: Datas
     # 4x4 kernels at stride 2 cover every pixel evenly (3x3 ones print a checkerboard).
     assert model.discriminator.get_layer("conv1").kernel_size == (4, 4)
     assert family.build(Params(TINY), fashion_like).generator.output_shape == (None, 28, 28, 1)
+    # Resize-convolution upsampling by default; the transposed convolution on request, with the
+    # same shapes; an unknown way is refused by name.
+    kinds = {type(layer).__name__ for layer in model.generator.layers}
+    assert "UpSampling2D" in kinds and "Conv2DTranspose" not in kinds
+    for data, shape in ((digits, (None, 8, 8, 1)), (fashion_like, (None, 28, 28, 1))):
+        transposed = family.build(Params({**TINY, "g_upsampling": "transpose"}), data).generator
+        assert transposed.output_shape == shape
+        kinds = {type(layer).__name__ for layer in transposed.layers}
+        assert "Conv2DTranspose" in kinds and "UpSampling2D" not in kinds
+    with pytest.raises(ValueError, match=r"g_upsampling.*'bilinear'"):
+        family.build(Params({**TINY, "g_upsampling": "bilinear"}), digits)
 
 
 @pytest.mark.slow
