@@ -13,8 +13,16 @@ model saving, plots, store calls, training). The profiler's own overhead inflate
 parts (imports) more than TensorFlow's kernels: compare shares between runs, not seconds
 against unprofiled runs.
 
+``--baseline REV`` measures a change: the same study (space file, options, seed) runs with the
+hpo of git revision REV, checked out in a temporary ``git worktree`` removed afterwards, and
+with this checkout's, ``--rounds`` times each in alternating order, every run in a fresh work
+folder and without the profiler. Prints each run's CPU seconds by process kind, then their
+means and the ratio current/baseline per kind, in total and for wall time (with the range over
+rounds: the noise to judge a ratio by).
+
     .venv/bin/python bench/profile_study.py                       # dense_bn_digits, 6 trials
     .venv/bin/python bench/profile_study.py --space image_cnn_digits --trials 4 --top 40
+    .venv/bin/python bench/profile_study.py --baseline main --rounds 2 --cpu-only
 """
 
 from __future__ import annotations
@@ -194,10 +202,11 @@ def compare(args: argparse.Namespace, space: Path, workdir: Path) -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    codes = {
-        "baseline": base_tree,
-        "current": REPO,
-    }
+    codes = {"baseline": base_tree, "current": REPO}
+    for code in codes.values():
+        # Bytecode first: the fresh worktree has none, and compiling it would count in its
+        # first run only.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "hpo")], check=True)
     print(
         f"baseline {rev.stdout.strip()} (worktree {base_tree}); current {head}"
         f"{' with uncommitted changes' if dirty else ''} ({REPO})"
