@@ -209,32 +209,3 @@ def test_rejects_unsuitable_data() -> None:
         ImageCNN().build(Params({**BASE, "conv_type": "Conv3D"}), _fake_images((8, 8, 1)))
     with pytest.raises(ValueError, match="batchnorm"):
         ImageCNN().build(Params({**BASE, "batchnorm": "both"}), _fake_images((8, 8, 1)))
-
-
-def test_predict_calls_the_model_on_few_rows_and_uses_model_predict_on_many(
-    digits: Dataset, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A trial's validation rows are predicted without ``model.predict`` (no predict function
-    traced for its one use) and give what ``model.predict`` gives; past EAGER_PREDICT_ROWS,
-    ``model.predict`` computes them."""
-    from hpo.families import _base
-
-    family, hp = ImageCNN(), Params({**BASE, "batchnorm": "after"})
-    model = family.build(hp, digits)
-    model.run_eagerly = True  # one eager step: BatchNormalization's moving statistics move
-    model.train_on_batch(digits.train.x[:32], digits.train.y[:32])
-    x = digits.test.x[:300]
-    assert len(x) == 300  # two batches: 256 and 44
-    expected = np.asarray(model.predict(x, batch_size=256, verbose=0))
-    original = model.predict
-
-    def no_predict(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("model.predict called")
-
-    monkeypatch.setattr(model, "predict", no_predict)
-    np.testing.assert_allclose(family.predict(model, hp, x), expected, atol=1e-6)
-    monkeypatch.setattr(_base, "EAGER_PREDICT_ROWS", 100)
-    with pytest.raises(AssertionError, match=r"model\.predict called"):
-        family.predict(model, hp, x)
-    monkeypatch.setattr(model, "predict", original)
-    np.testing.assert_allclose(family.predict(model, hp, x), expected, atol=1e-6)

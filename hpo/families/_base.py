@@ -128,44 +128,8 @@ class Family(ABC):
         return raw_model(model, data.inputs)
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
-        """Model outputs for ``x`` (class probabilities for classifiers).
-
-        Up to :data:`EAGER_PREDICT_ROWS` numeric rows on TensorFlow, the model is called on
-        its batches directly: ``model.predict`` traces a predict function for each new model,
-        which cost more than the predictions of a trial's validation rows (a small CNN: 0.11 s
-        against 0.04 s for 1,000 images; from about 5,000 rows on, ``predict`` is faster).
-        """
-        size = max(256, self.batch_size(hp))
-        eager = _eager_predict(model, x, size)
-        if eager is not None:
-            return eager
-        return np.asarray(model.predict(x, batch_size=size, verbose=0))
-
-
-#: The most rows :meth:`Family.predict` computes without ``model.predict`` (and its tracing).
-EAGER_PREDICT_ROWS = 2048
-
-
-def _eager_predict(model: keras.Model, x: Any, batch_size: int) -> np.ndarray | None:
-    """``model``'s outputs for ``x`` called batch by batch outside any ``tf.function``; None
-    where ``model.predict`` is the one to use: many rows, inputs that are not one numeric
-    array, outputs that are not one tensor, another backend."""
-    import keras
-
-    if (
-        keras.backend.backend() != "tensorflow"
-        or not isinstance(x, np.ndarray)
-        or x.dtype.kind not in "biuf"
-        or not 0 < len(x) <= EAGER_PREDICT_ROWS
-    ):
-        return None
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size], training=False)
-        if isinstance(out, (list, tuple, dict)):
-            return None
-        outputs.append(keras.ops.convert_to_numpy(out))
-    return np.concatenate(outputs)
+        """Model outputs for ``x`` (class probabilities for classifiers)."""
+        return np.asarray(model.predict(x, batch_size=max(256, self.batch_size(hp)), verbose=0))
 
 
 class FunctionFamily(Family):
