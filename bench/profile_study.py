@@ -28,6 +28,7 @@ rounds: the noise to judge a ratio by).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pstats
@@ -171,6 +172,19 @@ def run_study(
     return json.loads(proc.stdout), wall, cpu, roles
 
 
+def trial_seconds(workdir: Path) -> dict[str, float]:
+    """What the study's trials recorded (wall seconds, summed over trials): their training
+    (``train_seconds``) and their checkpoints (``checkpoint_seconds``), from its SQLite store."""
+    import sqlite3
+
+    keys = ("train_seconds", "checkpoint_seconds")
+    with contextlib.closing(sqlite3.connect(workdir / "hpo.db")) as db:
+        rows = db.execute(
+            "SELECT key, value_json FROM trial_user_attributes WHERE key IN (?, ?)", keys
+        ).fetchall()
+    return {k: sum(float(json.loads(v)) for key, v in rows if key == k) for k in keys}
+
+
 def _counts(summary: dict[str, Any]) -> str:
     return f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed"
 
@@ -213,6 +227,7 @@ def compare(args: argparse.Namespace, space: Path, workdir: Path) -> None:
     )
     print("$ hpo", " ".join(_hpo_args(args, space)), flush=True)
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {"baseline": [], "current": []}
+    recorded: dict[str, list[dict[str, float]]] = {"baseline": [], "current": []}
     try:
         for round_ in range(args.rounds):
             order = ["baseline", "current"] if round_ % 2 == 0 else ["current", "baseline"]
@@ -220,10 +235,13 @@ def compare(args: argparse.Namespace, space: Path, workdir: Path) -> None:
                 folder = workdir / f"round{round_ + 1}-{label}"
                 summary, wall, cpu, _ = run_study(args, space, codes[label], folder, True)
                 runs[label].append((wall, cpu))
+                recorded[label].append(trial_seconds(folder))
                 kinds = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
                 print(
                     f"round {round_ + 1} {label:8}: {_counts(summary)}; CPU s {kinds}; "
-                    f"total {sum(cpu.values()):.1f}; wall {wall:.1f} s",
+                    f"total {sum(cpu.values()):.1f}; wall {wall:.1f} s; trials recorded "
+                    f"train {recorded[label][-1]['train_seconds']:.1f} s, checkpoints "
+                    f"{recorded[label][-1]['checkpoint_seconds']:.2f} s",
                     flush=True,
                 )
     finally:
@@ -233,7 +251,10 @@ def compare(args: argparse.Namespace, space: Path, workdir: Path) -> None:
         shutil.rmtree(base_tree.parent, ignore_errors=True)
     kinds = sorted({k for label in runs for _, cpu in runs[label] for k in cpu})
     n = args.rounds
-    print(f"\nmean of {n} round(s), CPU seconds (getrusage at exit, no profiler):")
+    print(
+        f"\nmean of {n} round(s): CPU seconds (getrusage at exit, no profiler), then wall "
+        "seconds: the study's, and what its trials recorded"
+    )
     print(f"   {'':16} {'baseline':>9} {'current':>9} {'current/baseline':>17}")
     rows = [
         (
@@ -251,6 +272,13 @@ def compare(args: argparse.Namespace, space: Path, workdir: Path) -> None:
         )
     )
     rows.append(("wall", [w for w, _ in runs["baseline"]], [w for w, _ in runs["current"]]))
+    for key, label in (
+        ("train_seconds", "trials' training"),
+        ("checkpoint_seconds", "  checkpoints"),
+    ):
+        rows.append(
+            (label, [r[key] for r in recorded["baseline"]], [r[key] for r in recorded["current"]])
+        )
     for kind, base, cur in rows:
         b, c = sum(base) / n, sum(cur) / n
         ratio = f"{c / b:17.2f}" if b > 0 else f"{'-':>17}"
