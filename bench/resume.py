@@ -7,8 +7,9 @@
    server (default: a SQLite store and local artifacts in a temporary folder).
 2. **kill**: one trial of ``--epochs`` epochs on real ``hpo worker`` subprocesses, its worker
    killed with SIGKILL once the trial has reported ``--kill-after`` epochs; a second worker
-   retries it. Once with checkpoints, once without (``budget.checkpoints: false``): prints the
-   epochs each retry trained and the epochs resuming saved.
+   retries it. Once with a checkpoint after every epoch (``checkpoint_interval: 0``), once
+   without (``budget.checkpoints: false``): prints the epochs each retry trained and the epochs
+   resuming saved.
 
     PYTHONPATH=$PWD .venv/bin/python bench/resume.py --quick
 """
@@ -31,7 +32,7 @@ SPACE = """
 family: image_cnn
 dataset: {name: digits, subset: SUBSET}
 objective: {metric: val_accuracy, direction: maximize}
-budget: {max_epochs: EPOCHS, checkpoints: CHECKPOINTS}
+budget: {max_epochs: EPOCHS, checkpoints: CHECKPOINTS, checkpoint_interval: 0}
 defaults: {algorithm: optuna-random, pruner: none}
 params:
   conv_blocks: 1

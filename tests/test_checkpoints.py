@@ -2,7 +2,8 @@
 
 A tiny dense classifier on sklearn's digits, trained without shuffling so that training is
 deterministic: 3 epochs, a checkpoint, 3 more epochs in a new model restored from it, equals 6
-epochs straight through.
+epochs straight through. A real ``hpo run`` checkpoints a trial after every epoch with
+``checkpoint_interval: 0`` and not at all when its epochs end before the interval has passed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from sklearn.datasets import load_digits
 from hpo import tracking
 from hpo.tracking.artifacts import CHECKPOINT_FILE
 from hpo.workers import checkpoints
+
+from conftest import hpo
 
 keras = pytest.importorskip("keras")
 
@@ -172,3 +175,49 @@ def test_restore_keeps_the_learning_rate_the_model_was_built_with(
     assert found is not None and checkpoints.restore(resumed, found)
     assert float(resumed.optimizer.learning_rate) == pytest.approx(0.01)
     assert int(resumed.optimizer.iterations) == int(model.optimizer.iterations)
+
+
+SPACE = """
+family: image_cnn
+dataset: {name: digits, subset: 200}
+objective: {metric: val_accuracy, direction: maximize}
+budget: {max_epochs: 3, checkpoint_interval: INTERVAL}
+defaults: {algorithm: optuna-random, pruner: none}
+params:
+  conv_blocks: 1
+  filters: 8
+  kernel_size: 3
+  dense_units: 16
+  learning_rate: 1.0e-3
+  batch_size: 32
+  x: {type: float, low: 0.0, high: 1.0}
+"""
+
+
+@pytest.mark.parametrize(("interval", "last_epoch"), [(0, 2), (3600, None)])
+def test_a_trial_checkpoints_once_its_interval_has_passed(
+    tmp_path: Path, interval: int, last_epoch: int | None
+) -> None:
+    import json
+
+    import optuna
+    from mlflow import MlflowClient
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("INTERVAL", str(interval)))
+    result = hpo("run", str(space), "--study", "c", "--trials", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    trial = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'hpo.db'}").trials[0]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["epochs"] == 3
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = trial.user_attrs["mlflow_run_id"]
+    names = {f.path for f in client.list_artifacts(run_id)}
+    if last_epoch is None:  # 3 epochs of a tiny model take seconds, far less than the interval
+        assert CHECKPOINT_FILE not in names
+        assert "checkpoint_seconds" not in trial.user_attrs
+    else:  # epochs 1 and 2 checkpointed (never the last): the pointer names epoch 2
+        pointer = json.loads(
+            Path(client.download_artifacts(run_id, CHECKPOINT_FILE, str(tmp_path))).read_text()
+        )
+        assert pointer["epoch"] == last_epoch
+        assert trial.user_attrs["checkpoint_seconds"] > 0

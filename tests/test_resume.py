@@ -32,7 +32,7 @@ SPACE = """
 family: fault_family:EpochFamily
 dataset: {name: digits, subset: 200}
 objective: {metric: val_accuracy, direction: maximize}
-budget: {max_epochs: 6}
+budget: {max_epochs: 6, checkpoint_interval: 0}
 defaults: {algorithm: optuna-random, pruner: median}
 params:
   mode: ok

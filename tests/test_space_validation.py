@@ -375,6 +375,8 @@ def test_min_epochs_above_max_epochs(tmp_path: Path) -> None:
         ("trial_timeout", ".nan", "finite number"),
         ("study_timeout", "true", "a valid number, got true"),
         ("study_timeout_grace", "-1", "greater than or equal to 0, got -1"),
+        ("checkpoint_interval", "-5", "greater than or equal to 0, got -5"),
+        ("checkpoint_interval", ".inf", "finite number"),
     ],
 )
 def test_bad_time_limits_in_the_space(tmp_path: Path, key: str, value: str, message: str) -> None:
@@ -404,6 +406,12 @@ def test_checkpoints_is_true_or_false(tmp_path: Path) -> None:
     path = tmp_path / "off.yaml"
     path.write_text(VALID.replace("{max_epochs: 2}", "{max_epochs: 2, checkpoints: false}"))
     assert load_spec(path).budget.checkpoints is False
+
+
+def test_checkpoint_interval_defaults_to_a_minute(tmp_path: Path) -> None:
+    assert parse_spec(VALID).budget.checkpoint_interval == 60.0  # the documented default
+    every_epoch = VALID.replace("{max_epochs: 2}", "{max_epochs: 2, checkpoint_interval: 0}")
+    assert parse_spec(every_epoch).budget.checkpoint_interval == 0.0
 
 
 def test_unreadable_files() -> None:

@@ -42,6 +42,10 @@ class ObjectiveSpec(_Section):
 
 #: Seconds a study's running trials may go on after its deadline (``study_timeout``).
 DEFAULT_STUDY_TIMEOUT_GRACE = 60.0
+#: Seconds of training between a trial's checkpoints (``checkpoint_interval``): a retry redoes
+#: at most this much training (plus the epoch it died in); epochs shorter than this are not each
+#: worth a checkpoint's fixed cost (two artifact writes and the weights file).
+DEFAULT_CHECKPOINT_INTERVAL = 60.0
 
 
 class BudgetSpec(_Section):
@@ -65,8 +69,13 @@ class BudgetSpec(_Section):
     )
     # sha and hyperband keep the best 1/reduction_factor of the trials at each rung.
     reduction_factor: int = Field(default=3, ge=2)
-    # A checkpoint in the trial's MLflow run after each epoch, so a retry resumes from it.
+    # A checkpoint in the trial's MLflow run after an epoch, so a retry resumes from it: after
+    # the first epoch that ends checkpoint_interval seconds or more after the last checkpoint
+    # (or the start of training); 0 checkpoints every epoch.
     checkpoints: bool = True
+    checkpoint_interval: float = Field(
+        default=DEFAULT_CHECKPOINT_INTERVAL, ge=0, allow_inf_nan=False, description="seconds"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSpec:

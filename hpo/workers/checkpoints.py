@@ -1,10 +1,12 @@
 """Checkpoints of a trial in its MLflow run, and the resume of a retried trial from them.
 
-After every epoch but the last, a trial whose family can resume (its ``fit`` takes
-``initial_epoch``) stores in its MLflow run the model's weights with the optimizer's state
-(``model.save_weights``) and :data:`~hpo.tracking.artifacts.CHECKPOINT_FILE`: the epoch, the
-epochs' logged metrics and seconds, numpy's and Python's random state, and which weights file
-holds that epoch with its SHA-256. The weights go to the two files of
+After an epoch other than the last that ends ``budget.checkpoint_interval`` seconds or more
+after its previous checkpoint (or the start of its training; 0: after every epoch), a trial
+whose family can resume (its ``fit`` takes ``initial_epoch``) stores in its MLflow run the
+model's weights with the optimizer's state (``model.save_weights``) and
+:data:`~hpo.tracking.artifacts.CHECKPOINT_FILE`: the epoch, the epochs' logged metrics and
+seconds, numpy's and Python's random state, and which weights file holds that epoch with its
+SHA-256. The weights go to the two files of
 :data:`~hpo.tracking.artifacts.CHECKPOINT_WEIGHTS_FILES` in turn and the pointer is written last,
 so a process killed while it writes leaves the previous checkpoint whole.
 

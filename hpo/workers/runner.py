@@ -342,13 +342,20 @@ class TrialRunner:
             )
 
         checkpoint_seconds: list[float] = []
+        # When the training a retry would redo began: the last checkpoint's end, or fit's start.
+        last_checkpoint = time.perf_counter()
 
         def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
-            nonlocal checkpointing
+            nonlocal checkpointing, last_checkpoint
             report(epoch, logs, seconds)
             if prune(epoch):
                 return True
-            if checkpointing and run_id and epoch < spec.budget.max_epochs:
+            if (
+                checkpointing
+                and run_id
+                and epoch < spec.budget.max_epochs
+                and time.perf_counter() - last_checkpoint >= spec.budget.checkpoint_interval
+            ):
                 try:
                     checkpoint_seconds.append(
                         checkpoints.save(
@@ -358,6 +365,7 @@ class TrialRunner:
                 except Exception as exc:  # a checkpoint must never fail the trial
                     log.warning("trial %d: no more checkpoints: %s", task.trial_number, exc)
                     checkpointing = False
+                last_checkpoint = time.perf_counter()
             return False
 
         callback = EpochCallback(on_epoch)
@@ -372,7 +380,7 @@ class TrialRunner:
             callback.history = list(resumed.history)
             callback.epoch_seconds = list(resumed.epoch_seconds)
             callback.pruned = prune(start)
-        t0 = time.perf_counter()
+        t0 = last_checkpoint = time.perf_counter()
         if callback.pruned:
             pass  # pruned on its resumed curve: nothing left to train
         elif start:
