@@ -437,7 +437,7 @@ def _generator(
     blocks: int,
     filters: int,
     batchnorm: bool,
-    upsampling: str = "resize",
+    upsampling: str,
 ) -> keras.Model:
     height, width, channels = shape
     heights, widths = _sizes(height, blocks), _sizes(width, blocks)
