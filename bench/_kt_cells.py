@@ -126,9 +126,10 @@ def _col(rows: list[dict[str, Any]], key: str) -> list[float]:
 def summarize(rows: Iterable[dict[str, Any]]) -> str:
     """One table per (space, budget, training settings): each tuner's mean, sample standard
     deviation and number of seeds; then hpo's ratios and differences against each Keras Tuner
-    search, on the means."""
+    search, on the means; last, :func:`paired_differences` between the hpo combinations."""
     by_group: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
-    for cell, row in finished(rows).items():
+    rows_by_cell = finished(rows)
+    for cell, row in rows_by_cell.items():
         by_group.setdefault(cell.group(), {}).setdefault(cell.label, []).append(row)
     out = []
     for (space, budget, subset, epochs, workers), labels in sorted(
@@ -190,4 +191,54 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
                 "points of hpo's best trial and of its ensemble minus KT's best model, goal > 0): "
                 + "; ".join(parts)
             )
+    paired = paired_differences(rows_by_cell.values())
+    if paired:
+        out.append(
+            "\npaired differences of the best trial's test accuracy between hpo combinations "
+            "(A - B in points over the (space, settings, seed) both ran: n, mean, sample "
+            "standard deviation, paired t, in how many pairs A is ahead and behind), by budget and "
+            "over all budgets:"
+        )
+        out.extend(paired)
     return "\n".join(out)
+
+
+def paired_differences(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """For each two hpo combinations, their best trials' test accuracy compared seed by seed.
+
+    Seeds make the spread between searches large next to the differences between algorithms;
+    pairing the two combinations' searches of the same space, settings and seed, and pooling
+    those pairs over spaces, is what can tell the combinations apart. Paired t = mean / (sd /
+    sqrt(n)); about 2 or more is what five seeds on three spaces can resolve.
+    """
+    scores: dict[str, dict[tuple[Any, ...], float]] = {}
+    for cell, row in finished(rows).items():
+        if cell.label.startswith("hpo ") and row.get("best_test_accuracy") is not None:
+            key = (*cell.group(), cell.seed)
+            scores.setdefault(cell.label[4:], {})[key] = float(row["best_test_accuracy"])
+    lines = []
+    labels = sorted(scores)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            common = sorted(set(scores[a]) & set(scores[b]), key=lambda k: tuple(map(str, k)))
+            parts = []
+            budgets = sorted({k[1] for k in common})
+            for budget in [*budgets, None] if len(budgets) > 1 else budgets:
+                diffs = [
+                    100 * (scores[a][k] - scores[b][k])
+                    for k in common
+                    if budget is None or k[1] == budget
+                ]
+                if len(diffs) < 2:
+                    continue
+                mean, sd = _stats(diffs)
+                t = mean / (sd / math.sqrt(len(diffs))) if sd > 0 else math.nan
+                ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+                where = f"budget {budget}" if budget is not None else "all"
+                parts.append(
+                    f"{where}: n {len(diffs)}, {mean:+.2f} ± {sd:.2f}, t {t:.2f}, "
+                    f"ahead in {ahead}, behind in {behind}"
+                )
+            if parts:
+                lines.append(f"  {a} - {b}: " + "; ".join(parts))
+    return lines

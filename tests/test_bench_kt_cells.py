@@ -16,6 +16,7 @@ from _kt_cells import (  # noqa: E402
     append_result,
     finished,
     load_results,
+    paired_differences,
     parse_budgets,
     parse_combos,
     summarize,
@@ -99,3 +100,31 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None
     )
     assert proc.returncode == 2
     assert message in proc.stderr.splitlines()[-1]
+
+
+def test_hpo_combinations_are_compared_seed_by_seed_by_budget_and_in_all() -> None:
+    rows = []
+    # "none" is ahead of "hyperband" by 1, 3 and 2 points at budget 10; at 30 behind by 1, then
+    # tied. Seed 5 has no "none" search and Keras Tuner is never paired: neither counts.
+    for budget, seed, a, b in [
+        (10, 0, 0.81, 0.80),
+        (10, 1, 0.83, 0.80),
+        (10, 2, 0.82, 0.80),
+        (30, 0, 0.80, 0.81),
+        (30, 1, 0.85, 0.85),
+    ]:
+        for label, acc in (("hpo optuna-tpe+none", a), ("hpo optuna-tpe+hyperband", b)):
+            rows.append({**vars_of(_cell(label, seed, budget=budget)), "best_test_accuracy": acc})
+    rows.append({**vars_of(_cell("hpo optuna-tpe+hyperband", 5)), "best_test_accuracy": 0.1})
+    rows.append({**vars_of(_cell("KT RandomSearch", 0)), "best_test_accuracy": 0.99})
+
+    lines = paired_differences(rows)
+
+    assert lines == [
+        "  optuna-tpe+hyperband - optuna-tpe+none: "
+        "budget 10: n 3, -2.00 ± 1.00, t -3.46, ahead in 0, behind in 3; "
+        "budget 30: n 2, +0.50 ± 0.71, t 1.00, ahead in 1, behind in 0; "
+        "all: n 5, -1.00 ± 1.58, t -1.41, ahead in 1, behind in 3"
+    ]
+    assert "paired differences" in summarize(rows)
+    assert paired_differences(rows[:2]) == []  # one pair: no spread, nothing to say
