@@ -220,7 +220,7 @@ def paired_differences(rows: Iterable[dict[str, Any]]) -> list[str]:
     labels = sorted(scores)
     for i, a in enumerate(labels):
         for b in labels[i + 1 :]:
-            common = sorted(set(scores[a]) & set(scores[b]), key=lambda k: tuple(map(str, k)))
+            common = scores[a].keys() & scores[b].keys()
             parts = []
             budgets = sorted({k[1] for k in common})
             for budget in [*budgets, None] if len(budgets) > 1 else budgets:
