@@ -139,8 +139,9 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
             f"\n{space}: budget {budget} trials, {subset or 'all'} training examples, up to "
             f"{epochs} epochs a trial, hpo with {workers} workers; mean ± std over n seeds"
         )
+        label_width = max(32, *(len(label) for label in labels))
         out.append(
-            f"{'':32} {'n':>2} {'trials':>6} {'epochs':>6} {'wall s':>11} {'CPU s':>11} "
+            f"{'':{label_width}} {'n':>2} {'trials':>6} {'epochs':>6} {'wall s':>11} {'CPU s':>11} "
             f"{'best val':>8} {'best trial test':>15} {'ensemble test':>15}"
         )
         means: dict[str, dict[str, float]] = {}
@@ -166,7 +167,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
                 texts[key] = fmt.format(mean, std).rjust(width)
             means[label] = m
             out.append(
-                f"{label:32} {len(cells):>2} {texts['trials']} {texts['epochs']} "
+                f"{label:{label_width}} {len(cells):>2} {texts['trials']} {texts['epochs']} "
                 f"{texts['wall_seconds']} {texts['cpu_seconds']} "
                 f"{texts['best_validation_accuracy']} {texts['best_test_accuracy']} "
                 f"{texts['ensemble_test_accuracy']}"

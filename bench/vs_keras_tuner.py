@@ -6,7 +6,8 @@ and ``hyperopt-tpe``, both with the Hyperband pruner), each followed by an ensem
 (``hpo.ensemble.build_ensemble``, caruana, the product's default metric). Keras Tuner's
 ``RandomSearch``, ``Hyperband`` and ``BayesianOptimization`` (``--kt``) then search the same
 space with the same seed, each in its own process, until they have trained as many epochs as
-the hungriest hpo study of that seed did (epochs are counted as they end, with Keras Tuner's
+the hungriest hpo study of that seed did, or as the study of the combination ``--kt-epochs``
+names (epochs are counted as they end, with Keras Tuner's
 Hyperband continuations counted for the epochs they actually train; the search stops mid-trial
 when the budget is spent).
 
@@ -195,8 +196,10 @@ def run_kt(args: argparse.Namespace) -> None:
 
 def kt_subprocess(cell: Cell, epoch_budget: int, space: Path, workdir: Path) -> dict[str, Any]:
     """One Keras Tuner search (``--kt-run``) in its own process, measured."""
-    tuner = cell.label.removeprefix("KT ")
+    tuner, _, matched = cell.label.removeprefix("KT ").partition(" @")
     stem = f"{cell.space}_{tuner}_s{cell.seed}_b{cell.budget}"
+    if matched:
+        stem += "_" + "".join(ch if ch.isalnum() else "_" for ch in matched)
     out = workdir / f"kt_{stem}.json"
     cmd = [
         sys.executable, __file__, "--kt-run", tuner, "--seed", str(cell.seed),
@@ -294,10 +297,18 @@ def compare(args: argparse.Namespace) -> None:
                 for c in hpo_cells:
                     if c not in done:
                         done[c] = append_result(results, c, hpo_cell(c, space, workdir, args.size))
-                # Keras Tuner trains as many epochs as the hungriest hpo study of this seed.
-                epoch_budget = max(int(done[c]["epochs"]) for c in hpo_cells)
+                # Keras Tuner trains as many epochs as the hungriest hpo study of this seed, or
+                # as the one of --kt-epochs (its label then names that combination).
+                if args.kt_epochs is None:
+                    epoch_budget = max(int(done[c]["epochs"]) for c in hpo_cells)
+                    suffix = ""
+                else:
+                    matched = hpo_cells[args.combos.index(args.kt_epochs)]
+                    epoch_budget = int(done[matched]["epochs"])
+                    suffix = f" @{matched.label.removeprefix('hpo ')}"
                 for tuner in args.kt:
-                    c = Cell(spec.name, f"KT {tuner}", seed, budget, subset, epochs, args.workers)
+                    label = f"KT {tuner}{suffix}"
+                    c = Cell(spec.name, label, seed, budget, subset, epochs, args.workers)
                     if c not in done:
                         result = kt_subprocess(c, epoch_budget, space, workdir)
                         done[c] = append_result(results, c, result)
@@ -338,6 +349,12 @@ def main() -> None:
     parser.add_argument(
         "--kt", default=",".join(KT_TUNERS), help="Keras Tuner tuners, comma-separated"
     )
+    parser.add_argument(
+        "--kt-epochs", metavar="ALGORITHM+PRUNER",
+        help="Keras Tuner trains as many epochs as this --hpo combination's study of the same "
+        "seed (its cells are labelled 'KT TUNER @ALGORITHM+PRUNER'; default: as many as the "
+        "hungriest --hpo study, labelled 'KT TUNER')",
+    )  # fmt: skip
     parser.add_argument("--subset", type=int, help="training examples (the space's; quick 2000)")
     parser.add_argument("--epochs", type=int, help="max epochs a trial (the space's; quick 4)")
     parser.add_argument("--workers", type=int, default=2, help="hpo worker processes")
@@ -365,6 +382,11 @@ def main() -> None:
         else:
             args.budget_list = [args.trials or (10 if args.quick else 30)]
         args.combos = parse_combos(args.hpo, ALGORITHMS, PRUNERS)
+        if args.kt_epochs is not None:
+            matched = parse_combos(args.kt_epochs, ALGORITHMS, PRUNERS)
+            if len(matched) != 1 or matched[0] not in args.combos:
+                raise ValueError(f"--kt-epochs {args.kt_epochs!r}: expected one of --hpo")
+            args.kt_epochs = matched[0]
     except ValueError as e:
         parser.error(str(e))
     args.kt = [t.strip() for t in args.kt.split(",") if t.strip()]

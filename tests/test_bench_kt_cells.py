@@ -66,6 +66,29 @@ def test_the_summary_gives_mean_std_and_n_per_space_and_budget(tmp_path: Path) -
     assert "optuna-tpe+hyperband/RandomSearch: wall 1.00x (CPU 1.00x), test +3.00" in text
 
 
+def test_keras_tuner_matched_to_one_combination_gets_its_own_rows_and_ratios() -> None:
+    long = "KT BayesianOptimization @optuna-tpe+hyperband"
+    rows = [
+        {**vars_of(_cell("hpo optuna-tpe+hyperband", 0)), "wall_seconds": 20.0,
+         "best_test_accuracy": 0.80},
+        {**vars_of(_cell("KT BayesianOptimization", 0)), "wall_seconds": 40.0,
+         "best_test_accuracy": 0.82},
+        {**vars_of(_cell(long, 0)), "wall_seconds": 25.0, "best_test_accuracy": 0.79},
+    ]  # fmt: skip
+
+    lines = summarize(rows).splitlines()
+
+    table = [line for line in lines if line.startswith(("hpo ", "KT "))]
+    assert [line.split("  ")[0] for line in table] == [
+        "hpo optuna-tpe+hyperband", "KT BayesianOptimization", long
+    ]  # fmt: skip
+    assert len({line.index(" 1 ") for line in table}) == 1  # the n column lines up
+    ratios = next(line for line in lines if line.startswith("ratios"))
+    assert "/BayesianOptimization: wall 0.50x (CPU nanx), test -2.00" in ratios
+    matched = "/BayesianOptimization @optuna-tpe+hyperband: wall 0.80x (CPU nanx), test +1.00"
+    assert matched in ratios
+
+
 def vars_of(cell: Cell) -> dict[str, object]:
     return {k: getattr(cell, k) for k in Cell.__dataclass_fields__}
 
@@ -89,6 +112,7 @@ def test_options_are_parsed_and_bad_ones_named() -> None:
         (["--hpo", "optuna-tpe+fast"], "unknown pruner 'fast'"),
         (["--space", "no_such_space"], "no space file 'no_such_space'"),
         (["--kt", "Grid"], "unknown tuner 'Grid'"),
+        (["--hpo", "optuna-tpe", "--kt-epochs", "hyperopt-tpe"], "expected one of --hpo"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
