@@ -63,10 +63,10 @@ def parse_budgets(text: str) -> list[int]:
 
 
 def parse_combos(
-    text: str, algorithms: Iterable[str], pruners: Iterable[str]
+    text: str, algorithms: Iterable[str], pruners: Iterable[str], option: str = "--hpo"
 ) -> list[tuple[str, str]]:
     """``"optuna-tpe+median,hyperopt-tpe"`` -> ``[("optuna-tpe", "median"), ("hyperopt-tpe",
-    "hyperband")]``; ValueError naming the unknown algorithm or pruner."""
+    "hyperband")]``; ValueError naming ``option`` and the unknown algorithm or pruner."""
     known_a, known_p = list(algorithms), list(pruners)
     combos = []
     for part in (p.strip() for p in text.split(",")):
@@ -75,12 +75,14 @@ def parse_combos(
         algorithm, _, pruner = part.partition("+")
         pruner = pruner or DEFAULT_PRUNER
         if algorithm not in known_a:
-            raise ValueError(f"--hpo: unknown algorithm {algorithm!r}; known: {', '.join(known_a)}")
+            raise ValueError(
+                f"{option}: unknown algorithm {algorithm!r}; known: {', '.join(known_a)}"
+            )
         if pruner not in known_p:
-            raise ValueError(f"--hpo: unknown pruner {pruner!r}; known: {', '.join(known_p)}")
+            raise ValueError(f"{option}: unknown pruner {pruner!r}; known: {', '.join(known_p)}")
         combos.append((algorithm, pruner))
     if not combos:
-        raise ValueError("--hpo: expected at least one ALGORITHM+PRUNER")
+        raise ValueError(f"{option}: expected at least one ALGORITHM+PRUNER")
     return combos
 
 
@@ -192,6 +194,14 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
                 "points of hpo's best trial and of its ensemble minus KT's best model, goal > 0): "
                 + "; ".join(parts)
             )
+        paired = paired_against_keras_tuner(labels)
+        if paired:
+            out.append(
+                "paired on the seeds both ran (points of hpo's best trial minus KT's best model: "
+                "n, mean, sample standard deviation, paired t, in how many seeds hpo is ahead "
+                "and behind):"
+            )
+            out.extend(paired)
     paired = paired_differences(rows_by_cell.values())
     if paired:
         out.append(
@@ -232,14 +242,46 @@ def paired_differences(rows: Iterable[dict[str, Any]]) -> list[str]:
                 ]
                 if len(diffs) < 2:
                     continue
-                mean, sd = _stats(diffs)
-                t = mean / (sd / math.sqrt(len(diffs))) if sd > 0 else math.nan
-                ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
                 where = f"budget {budget}" if budget is not None else "all"
-                parts.append(
-                    f"{where}: n {len(diffs)}, {mean:+.2f} ± {sd:.2f}, t {t:.2f}, "
-                    f"ahead in {ahead}, behind in {behind}"
-                )
+                parts.append(f"{where}: {_paired(diffs)}")
             if parts:
                 lines.append(f"  {a} - {b}: " + "; ".join(parts))
     return lines
+
+
+def paired_against_keras_tuner(labels: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Each hpo combination against each Keras Tuner search of one table, seed by seed.
+
+    ``labels`` maps a label to its rows in one (space, budget, settings) group. The table's
+    means may be over different seeds when one side ran more of them; these differences are
+    over the seeds both ran only, so the seed's luck (its data subset, its first random
+    trials) cancels. Nothing for fewer than two common seeds.
+    """
+
+    def by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
+        return {
+            int(r["seed"]): float(r["best_test_accuracy"])
+            for r in rows
+            if r.get("best_test_accuracy") is not None
+        }
+
+    lines = []
+    for h in sorted(label for label in labels if label.startswith("hpo ")):
+        ours = by_seed(labels[h])
+        for k in sorted(label for label in labels if label.startswith("KT ")):
+            theirs = by_seed(labels[k])
+            common = sorted(ours.keys() & theirs.keys())
+            if len(common) >= 2:
+                diffs = [100 * (ours[s] - theirs[s]) for s in common]
+                lines.append(f"  {h[4:]} - {k[3:]}: {_paired(diffs)}")
+    return lines
+
+
+def _paired(diffs: list[float]) -> str:
+    """``n N, MEAN ± SD, t T, ahead in A, behind in B`` of differences in points."""
+    mean, sd = _stats(diffs)
+    t = mean / (sd / math.sqrt(len(diffs))) if sd > 0 else math.nan
+    ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return (
+        f"n {len(diffs)}, {mean:+.2f} ± {sd:.2f}, t {t:.2f}, ahead in {ahead}, behind in {behind}"
+    )

@@ -383,7 +383,7 @@ def main() -> None:
             args.budget_list = [args.trials or (10 if args.quick else 30)]
         args.combos = parse_combos(args.hpo, ALGORITHMS, PRUNERS)
         if args.kt_epochs is not None:
-            matched = parse_combos(args.kt_epochs, ALGORITHMS, PRUNERS)
+            matched = parse_combos(args.kt_epochs, ALGORITHMS, PRUNERS, "--kt-epochs")
             if len(matched) != 1 or matched[0] not in args.combos:
                 raise ValueError(f"--kt-epochs {args.kt_epochs!r}: expected one of --hpo")
             args.kt_epochs = matched[0]

@@ -113,6 +113,7 @@ def test_options_are_parsed_and_bad_ones_named() -> None:
         (["--space", "no_such_space"], "no space file 'no_such_space'"),
         (["--kt", "Grid"], "unknown tuner 'Grid'"),
         (["--hpo", "optuna-tpe", "--kt-epochs", "hyperopt-tpe"], "expected one of --hpo"),
+        (["--kt-epochs", "optuna-tpe+fast"], "--kt-epochs: unknown pruner 'fast'"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
@@ -152,3 +153,30 @@ def test_hpo_combinations_are_compared_seed_by_seed_by_budget_and_in_all() -> No
     ]
     assert "paired differences" in summarize(rows)
     assert paired_differences(rows[:2]) == []  # one pair: no spread, nothing to say
+
+
+def test_each_combination_is_compared_with_each_tuner_on_the_seeds_both_ran() -> None:
+    # hpo ran seeds 0-3, RandomSearch 0-2 and 7, Hyperband seed 0 only. The table's means mix
+    # seed sets (hpo over 4 seeds, RandomSearch over 4 others); the paired line does not.
+    rows = [
+        {**vars_of(_cell("hpo optuna-tpe+hyperband", s)), "best_test_accuracy": acc}
+        for s, acc in enumerate([0.80, 0.82, 0.78, 0.90])
+    ]
+    rows += [
+        {**vars_of(_cell("KT RandomSearch", s)), "best_test_accuracy": acc}
+        for s, acc in [(0, 0.79), (1, 0.80), (2, 0.79), (7, 0.50)]
+    ]
+    rows.append({**vars_of(_cell("KT Hyperband", 0)), "best_test_accuracy": 0.70})
+    rows.append(
+        {**vars_of(_cell("hpo optuna-tpe+hyperband", 0, budget=30)), "best_test_accuracy": 0.9}
+    )
+
+    lines = summarize(rows).splitlines()
+
+    start = next(i for i, line in enumerate(lines) if line.startswith("paired on the seeds"))
+    # Seeds 0, 1, 2: +1, +2, -1 points. Hyperband shares one seed only, budget 30 none.
+    assert lines[start + 1] == (
+        "  optuna-tpe+hyperband - RandomSearch: n 3, +0.67 ± 1.53, t 0.76, ahead in 2, behind in 1"
+    )
+    assert not lines[start + 2].startswith("  optuna-tpe+hyperband - Hyperband")
+    assert sum(line.startswith("paired on the seeds") for line in lines) == 1
