@@ -120,11 +120,10 @@ BY_VALUE = {"pruned-by-value", "pruned+gamma-.25"}
 
 def run_study(arm: str, pruner_name: str, seed: int, n_trials: int, workers: int) -> float:
     """One study: the best final value of its COMPLETE trials."""
-    import numpy as np
     import optuna
 
     from hpo.engines import create_pruner
-    from hpo.spaces import parse_spec, suggest
+    from hpo.spaces import parse_spec
 
     spec = parse_spec(SPACE, "tpe_small_budget.yaml")
     # A fixed name: Optuna's Hyperband puts a trial in a bracket by hashing the study's name
@@ -135,32 +134,48 @@ def run_study(arm: str, pruner_name: str, seed: int, n_trials: int, workers: int
         sampler=ARMS[arm](spec.space, seed, n_trials),
         pruner=create_pruner(pruner_name, spec.budget),
     )
-
-    # ``workers`` trials run side by side, one epoch each in turn (ask and tell, as hpo's
-    # workers do): the sampler sees the others RUNNING, the pruner their partial curves.
-    active: list[list[Any]] = []
-    asked = 0
     with _pruned_by_value() if arm in BY_VALUE else nullcontext():
-        while asked < n_trials or active:
-            while len(active) < workers and asked < n_trials:
-                trial = study.ask()
-                rng = np.random.default_rng([seed, trial.number])
-                active.append([trial, suggest(trial, spec.space), rng, 0])
-                asked += 1
-            for item in list(active):
-                trial, p, rng, epoch = item
-                item[3] = epoch = epoch + 1
-                value = accuracy(p, epoch, float(rng.normal(0.0, 0.004)))
-                trial.report(value, epoch)
-                if epoch == spec.budget.max_epochs:
-                    study.tell(trial, value)
-                elif trial.should_prune():
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    continue
-                active.remove(item)
+        simulate(study, spec, seed, n_trials, workers)
     complete = [t.value for t in study.trials if t.value is not None]
     return max(complete) if complete else 0.1
+
+
+def simulate(
+    study: Any, spec: Any, seed: int, n_trials: int, workers: int, noise: float = 0.004
+) -> int:
+    """Run ``n_trials`` simulated trials of ``spec`` in ``study``; the epochs they trained.
+
+    ``workers`` trials run side by side, one epoch each in turn (ask and tell, as hpo's
+    workers do): the sampler sees the others RUNNING, the pruner their partial curves. Each
+    epoch's value is :func:`accuracy` plus seeded normal noise of standard deviation ``noise``.
+    """
+    import numpy as np
+    import optuna
+
+    from hpo.spaces import suggest
+
+    active: list[list[Any]] = []
+    asked = epochs = 0
+    while asked < n_trials or active:
+        while len(active) < workers and asked < n_trials:
+            trial = study.ask()
+            rng = np.random.default_rng([seed, trial.number])
+            active.append([trial, suggest(trial, spec.space), rng, 0])
+            asked += 1
+        for item in list(active):
+            trial, p, rng, epoch = item
+            item[3] = epoch = epoch + 1
+            epochs += 1
+            value = accuracy(p, epoch, float(rng.normal(0.0, noise)))
+            trial.report(value, epoch)
+            if epoch == spec.budget.max_epochs:
+                study.tell(trial, value)
+            elif trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                continue
+            active.remove(item)
+    return epochs
 
 
 def _row(bests: list[float], base: list[float]) -> str:

@@ -15,6 +15,20 @@ from hpo.storage.status import study_status
 from hpo.storage.studies import StudyConfig, create_study, is_done, load_study
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench(script: str, *args: str, timeout: float = 120) -> str:
+    """Run ``bench/script`` with ``args``; its standard output, once it exited 0."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
 SPACE = """
 family: image_cnn
 dataset: {name: digits}
@@ -34,6 +48,7 @@ params:
         "startup.py",
         "epoch_callback.py",
         "hyperband_history.py",
+        "short_trial_pruning.py",
         "store_scale.py",
         "store_proxies.py",
         "retention.py",
@@ -118,29 +133,65 @@ def test_is_done_agrees_with_study_status(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_epoch_callback_bench_smoke() -> None:
     """Tiny sizes on this process's backend: one table row per callback and a ratio line."""
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "epoch_callback.py"), "--rounds", "1", "--subset", "300",
-         "--epochs", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line.split()[0] for line in out.stdout.splitlines()]
+    stdout = _bench(
+        "epoch_callback.py", "--rounds", "1", "--subset", "300", "--epochs", "1", timeout=300
+    )
+    rows = [line.split()[0] for line in stdout.splitlines()]
     assert {"none", "hpo", "inline"} <= set(rows)
-    assert out.stdout.strip().splitlines()[-1].startswith("ratios: none / hpo ")
+    assert stdout.strip().splitlines()[-1].startswith("ratios: none / hpo ")
 
 
 @pytest.mark.slow
 def test_hyperband_history_bench_smoke() -> None:
     """Two seeds of short simulated studies: four arms and a ratio line naming both engines."""
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "hyperband_history.py"), "--seeds", "2", "--trials", "12"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    arms = [line.split()[:3] for line in out.stdout.splitlines() if "-tpe " in line[:14]]
+    stdout = _bench("hyperband_history.py", "--seeds", "2", "--trials", "12")
+    arms = [line.split()[:3] for line in stdout.splitlines() if "-tpe " in line[:14]]
     assert ["optuna-tpe", "12", "bracket"] in arms and ["hyperopt-tpe", "12", "shared"] in arms
-    last = out.stdout.strip().splitlines()[-1]
+    last = stdout.strip().splitlines()[-1]
     assert last.startswith("ratios (median best") and "hyperopt-tpe 12 trials" in last
+
+
+@pytest.mark.slow
+def test_short_trial_pruning_bench_smoke() -> None:
+    """Three seeds of 10 simulated trials: the four arms, each one's difference to hpo's
+    hyperband, and the epochs each pruning rule trains in order."""
+    stdout = _bench("short_trial_pruning.py", "--seeds", "3", "--trials", "10", "--noise", "0.02")
+    rows = {line.split()[2]: line.split() for line in stdout.splitlines()[2:-1]}
+    assert list(rows) == ["hyperband", "patient", "first-rung-2", "none"]
+    epochs = {arm: float(row[4]) for arm, row in rows.items()}
+    assert epochs["hyperband"] < epochs["patient"] < epochs["none"] == 40.0
+    assert rows["hyperband"][5] == "+0.00"
+
+
+def test_patient_hyperband_waits_for_a_full_rung_before_it_stops_a_trial() -> None:
+    """The bench's patient rule: Optuna stops the second trial at a rung when the first was
+    better; the patient pruner lets trials go on until three have reached it."""
+    import optuna
+
+    from hpo.engines import create_pruner
+    from hpo.spaces import BudgetSpec
+
+    sys.path.insert(0, str(BENCH))
+    from short_trial_pruning import patient_hyperband
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def decisions(pruner: Any) -> list[bool]:
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        out = []
+        for value in [0.5, 0.4, 0.3, 0.6, 0.45, float("nan")]:
+            trial = study.ask()
+            trial.report(value, 1)
+            out.append(bool(trial.should_prune()))
+            if out[-1]:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, value)
+        return out
+
+    budget = BudgetSpec(max_epochs=2)  # factor 3: one bracket whose only rung is epoch 1
+    assert decisions(create_pruner("hyperband", budget)) == [False, True, True, False, True, True]
+    assert decisions(patient_hyperband(budget)) == [False, False, True, False, True, True]
 
 
 def test_pruning_bench_epoch_bound_matches_optunas_hyperband() -> None:
