@@ -27,11 +27,12 @@ DEFAULT_PRUNER = "hyperband"
 class Cell:
     """What one search ran on: a row of the results file is a cell plus what it measured.
 
-    ``label`` is ``"hpo ALGORITHM+PRUNER"`` or ``"KT TUNER"``; ``budget`` is the hpo studies'
+    ``label`` is :func:`hpo_label`'s or ``"KT TUNER"``; ``budget`` is the hpo studies'
     trial budget (Keras Tuner gets the epochs those studies trained); ``subset`` and
     ``max_epochs`` are the training examples (None: the whole dataset) and the largest epochs a
-    trial, as run; ``workers`` the hpo worker processes. (A row's ``epochs`` is what the search
-    trained in all.)
+    trial, as run; ``workers`` the hpo worker processes; ``min_epochs`` hpo's first epoch at
+    which a trial may be pruned (1 in rows written before it was recorded). (A row's ``epochs``
+    is what the search trained in all.)
     """
 
     space: str
@@ -41,14 +42,22 @@ class Cell:
     subset: int | None
     max_epochs: int
     workers: int
+    min_epochs: int = 1
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Cell:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
     def group(self) -> tuple[Any, ...]:
         """The cells one table compares: same space, budget and training settings."""
         return (self.space, self.budget, self.subset, self.max_epochs, self.workers)
+
+
+def hpo_label(algorithm: str, pruner: str, min_epochs: int = 1) -> str:
+    """``"hpo ALGORITHM+PRUNER"``, with ``" minN"`` when trials may be pruned only from epoch N
+    > 1: such a study is another hpo search in the same table as the Keras Tuner ones."""
+    label = f"hpo {algorithm}+{pruner}"
+    return label if min_epochs == 1 else f"{label} min{min_epochs}"
 
 
 def parse_budgets(text: str) -> list[int]:

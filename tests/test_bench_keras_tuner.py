@@ -55,3 +55,16 @@ def test_keras_tuner_hyperparameters_mirror_the_space_file() -> None:
     assert model.count_params() == same.count_params()
     assert type(model.optimizer).__name__ == "SGD"
     assert float(model.optimizer.momentum) == 0.5
+
+
+def test_a_space_copy_changes_only_the_first_rung(tmp_path: Path) -> None:
+    space = REPO / "search_spaces" / "dense_bn.yaml"
+    copy = vs_keras_tuner.with_min_epochs(space, 2, tmp_path)
+
+    original, changed = load_spec(space), load_spec(copy)
+    assert copy.parent == tmp_path / "spaces" and changed.budget.min_epochs == 2
+    for section in ("family", "dataset", "objectives", "defaults", "constraints"):
+        assert getattr(changed, section) == getattr(original, section)
+    assert changed.space.names() == original.space.names()
+    assert changed.budget.max_epochs == original.budget.max_epochs
+    assert vs_keras_tuner.with_min_epochs(space, 1, tmp_path) == space  # already epoch 1

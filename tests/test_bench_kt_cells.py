@@ -15,6 +15,7 @@ from _kt_cells import (  # noqa: E402
     Cell,
     append_result,
     finished,
+    hpo_label,
     load_results,
     paired_differences,
     parse_budgets,
@@ -89,6 +90,27 @@ def test_keras_tuner_matched_to_one_combination_gets_its_own_rows_and_ratios() -
     assert matched in ratios
 
 
+def test_a_later_first_rung_is_its_own_hpo_row_and_old_rows_read_as_epoch_1() -> None:
+    def row(cell: Cell, wall: float, acc: float) -> dict[str, object]:
+        return {**vars_of(cell), "wall_seconds": wall, "best_test_accuracy": acc}
+
+    old = row(_cell("hpo optuna-tpe+hyperband", 0), 20.0, 0.80)
+    del old["min_epochs"]  # rows written before min_epochs was recorded
+    label = hpo_label("optuna-tpe", "hyperband", 2)
+    later = Cell("image_cnn", label, 0, 10, 2000, 4, 2, min_epochs=2)
+    rows = [old, row(later, 25.0, 0.82), row(_cell("KT Hyperband", 0), 50.0, 0.81)]
+
+    assert label == "hpo optuna-tpe+hyperband min2"
+    assert hpo_label("optuna-tpe", "hyperband") == "hpo optuna-tpe+hyperband"
+    assert Cell.of(old).min_epochs == 1 and Cell.of(old) == _cell("hpo optuna-tpe+hyperband", 0)
+    text = summarize(rows)
+    assert text.count("image_cnn: budget 10") == 1  # one table: same space and settings
+    assert "optuna-tpe+hyperband/Hyperband: wall 0.40x (CPU nanx), test -1.00" in text
+    assert "optuna-tpe+hyperband min2/Hyperband: wall 0.50x (CPU nanx), test +1.00" in text
+    assert "  optuna-tpe+hyperband min2 - Hyperband" not in text  # one seed: no pair
+    assert "  optuna-tpe+hyperband - optuna-tpe+hyperband min2" not in text
+
+
 def vars_of(cell: Cell) -> dict[str, object]:
     return {k: getattr(cell, k) for k in Cell.__dataclass_fields__}
 
@@ -114,6 +136,7 @@ def test_options_are_parsed_and_bad_ones_named() -> None:
         (["--kt", "Grid"], "unknown tuner 'Grid'"),
         (["--hpo", "optuna-tpe", "--kt-epochs", "hyperopt-tpe"], "expected one of --hpo"),
         (["--kt-epochs", "optuna-tpe+fast"], "--kt-epochs: unknown pruner 'fast'"),
+        (["--min-epochs", "0"], "--min-epochs: expected 1 or more"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
