@@ -203,3 +203,22 @@ def test_each_combination_is_compared_with_each_tuner_on_the_seeds_both_ran() ->
     )
     assert not lines[start + 2].startswith("  optuna-tpe+hyperband - Hyperband")
     assert sum(line.startswith("paired on the seeds") for line in lines) == 1
+
+
+def test_a_row_whose_times_are_not_comparable_gets_no_ratio_but_keeps_its_accuracy() -> None:
+    # Rows run on another machine or beside other jobs keep their times under another key.
+    hpo = {**vars_of(_cell("hpo optuna-tpe+hyperband", 0)), "wall_seconds": None}
+    kt = {**vars_of(_cell("KT RandomSearch", 0)), "wall_seconds": 40.0}
+    rows = [
+        {**hpo, "best_test_accuracy": 0.80, "wall_seconds_not_comparable": 99.0},
+        {**kt, "best_test_accuracy": 0.78},
+        {**hpo, "seed": 1, "best_test_accuracy": 0.83},
+        {**kt, "seed": 1, "best_test_accuracy": 0.80},
+    ]
+
+    lines = summarize(rows).splitlines()
+
+    hpo_line = next(line for line in lines if line.startswith("hpo "))
+    assert "0.8150 ± 0.0212" in hpo_line and "99" not in hpo_line
+    assert not any(line.startswith("ratios") for line in lines)
+    assert "  optuna-tpe+hyperband - RandomSearch: n 2, +2.50 ± 0.71" in "\n".join(lines)
