@@ -249,15 +249,17 @@ def free_study_name(workdir: Path, name: str) -> str:
     return candidate
 
 
-def with_min_epochs(space: Path, min_epochs: int, workdir: Path) -> Path:
+def with_min_epochs(space: Path, min_epochs: int, max_epochs: int, workdir: Path) -> Path:
     """``space``, or a copy of it in ``workdir/spaces`` whose ``budget.min_epochs`` is
-    ``min_epochs`` (``hpo run`` has no flag for it; the copy keeps the space's name)."""
+    ``min_epochs`` (``hpo run`` has no flag for it; the copy keeps the space's name). The copy's
+    ``max_epochs`` is the run's (``--epochs`` sets it anyway), so that a space of fewer epochs
+    than ``min_epochs`` stays valid."""
     import yaml
 
     doc = yaml.safe_load(space.read_text())
     if doc.get("budget", {}).get("min_epochs", 1) == min_epochs:
         return space
-    doc.setdefault("budget", {})["min_epochs"] = min_epochs
+    doc.setdefault("budget", {}).update(min_epochs=min_epochs, max_epochs=max_epochs)
     copy = workdir / "spaces" / f"{space.stem}_min{min_epochs}.yaml"
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -277,7 +279,7 @@ def hpo_cell(cell: Cell, space: Path, workdir: Path, size: int) -> dict[str, Any
     if cell.min_epochs != 1:
         base += f"_min{cell.min_epochs}"
     name = free_study_name(workdir, base)
-    space = with_min_epochs(space, cell.min_epochs, workdir)
+    space = with_min_epochs(space, cell.min_epochs, cell.max_epochs, workdir)
     run = run_hpo(space, name, workdir, flags)
     t0 = time.perf_counter()
     ens = build([run], f"{name}-ens", top=cell.budget, size=size, seed=cell.seed)
