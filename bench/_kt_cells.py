@@ -60,6 +60,12 @@ def hpo_label(algorithm: str, pruner: str, min_epochs: int = 1) -> str:
     return label if min_epochs == 1 else f"{label} min{min_epochs}"
 
 
+def hpo_combo(label: str) -> tuple[str, str]:
+    """The ``(algorithm, pruner)`` of an :func:`hpo_label` (its ``min_epochs`` is the cell's)."""
+    algorithm, _, pruner = label.removeprefix("hpo ").split()[0].partition("+")
+    return algorithm, pruner
+
+
 def parse_budgets(text: str) -> list[int]:
     """``"10,30"`` -> ``[10, 30]``; ValueError for anything but positive integers."""
     try:

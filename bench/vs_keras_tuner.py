@@ -56,6 +56,7 @@ from _kt_cells import (
     Cell,
     append_result,
     finished,
+    hpo_combo,
     hpo_label,
     load_results,
     parse_budgets,
@@ -270,7 +271,7 @@ def hpo_cell(cell: Cell, space: Path, workdir: Path, size: int) -> dict[str, Any
     """One hpo study (``hpo run``) and its ensemble, measured."""
     from _hpo_bench import build, run_hpo
 
-    algorithm, pruner = cell.label.removeprefix("hpo ").split()[0].split("+")
+    algorithm, pruner = hpo_combo(cell.label)
     flags = {
         "trials": cell.budget, "workers": cell.workers, "algorithm": algorithm,
         "pruner": pruner, "subset": cell.subset, "epochs": cell.max_epochs, "seed": cell.seed,

@@ -15,6 +15,7 @@ from _kt_cells import (  # noqa: E402
     Cell,
     append_result,
     finished,
+    hpo_combo,
     hpo_label,
     load_results,
     paired_differences,
@@ -101,6 +102,7 @@ def test_a_later_first_rung_is_its_own_hpo_row_and_old_rows_read_as_epoch_1() ->
     rows = [old, row(later, 25.0, 0.82), row(_cell("KT Hyperband", 0), 50.0, 0.81)]
 
     assert label == "hpo optuna-tpe+hyperband min2"
+    assert hpo_combo(label) == hpo_combo("hpo optuna-tpe+hyperband") == ("optuna-tpe", "hyperband")
     assert hpo_label("optuna-tpe", "hyperband") == "hpo optuna-tpe+hyperband"
     assert Cell.of(old).min_epochs == 1 and Cell.of(old) == _cell("hpo optuna-tpe+hyperband", 0)
     text = summarize(rows)
