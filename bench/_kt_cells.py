@@ -31,8 +31,11 @@ class Cell:
     trial budget (Keras Tuner gets the epochs those studies trained); ``subset`` and
     ``max_epochs`` are the training examples (None: the whole dataset) and the largest epochs a
     trial, as run; ``workers`` the hpo worker processes; ``min_epochs`` hpo's first epoch at
-    which a trial may be pruned (1 in rows written before it was recorded). (A row's ``epochs``
-    is what the search trained in all.)
+    which a trial may be pruned (1 in rows written before it was recorded); ``kept_epoch`` the
+    epoch hpo's complete trials kept, ``"best"`` or ``"last"`` (``budget.restore_best_epoch``;
+    ``"last"`` in rows written before trials kept their best epoch, and in Keras Tuner's rows,
+    where it means nothing: Keras Tuner always keeps its best). (A row's ``epochs`` is what the
+    search trained in all.)
     """
 
     space: str
@@ -43,6 +46,7 @@ class Cell:
     max_epochs: int
     workers: int
     min_epochs: int = 1
+    kept_epoch: str = "last"
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Cell:
@@ -53,11 +57,14 @@ class Cell:
         return (self.space, self.budget, self.subset, self.max_epochs, self.workers)
 
 
-def hpo_label(algorithm: str, pruner: str, min_epochs: int = 1) -> str:
+def hpo_label(algorithm: str, pruner: str, min_epochs: int = 1, kept_epoch: str = "last") -> str:
     """``"hpo ALGORITHM+PRUNER"``, with ``" minN"`` when trials may be pruned only from epoch N
-    > 1: such a study is another hpo search in the same table as the Keras Tuner ones."""
+    > 1 and ``" best"`` when complete trials keep their best epoch: each such study is another
+    hpo search in the same table as the Keras Tuner ones."""
     label = f"hpo {algorithm}+{pruner}"
-    return label if min_epochs == 1 else f"{label} min{min_epochs}"
+    if min_epochs != 1:
+        label += f" min{min_epochs}"
+    return label if kept_epoch == "last" else f"{label} {kept_epoch}"
 
 
 def hpo_combo(label: str) -> tuple[str, str]:

@@ -17,15 +17,18 @@ parameters in Keras Tuner ``conditional_scope``s) and the model is built by the 
 code (``hpo.families``), so both sides train identical architectures for identical parameter
 values. The same data: both load the study's dataset with ``hpo.datasets.load_dataset`` (the
 space's seeded training subset, its validation split, its test split). Validation accuracy
-picks the best model on both sides (hpo: last epoch of the best trial; Keras Tuner: its best
-epoch and its checkpoint); test accuracy is that model's on the test split. Wall time is that
+picks the best model on both sides (hpo: the best trial, at the epoch it keeps, its best unless
+the space's ``budget.restore_best_epoch`` is false; Keras Tuner: its best epoch and its
+checkpoint); test accuracy is that model's on the test split. Wall time is that
 of each whole process, start-up (imports, data loading) included; hpo's ensemble build is timed
 apart.
 
 ``--min-epochs N`` runs hpo's studies on a copy of the space whose ``budget.min_epochs`` is N
 (no trial is pruned before epoch N; labelled ``hpo ALGORITHM+PRUNER minN``); ``--kt ''`` runs
 no Keras Tuner search, for hpo variants compared with Keras Tuner searches already in the work
-folder.
+folder. ``--kept-epoch last`` runs them on a copy whose ``budget.restore_best_epoch`` is false
+(complete trials keep their last epoch); cells whose trials keep their best epoch are labelled
+``hpo ALGORITHM+PRUNER best``, and rows written before trials kept it read as ``last``.
 
 Resumable: every finished (space, tuner, seed, budget) cell is appended to ``results.jsonl`` in
 ``--workdir`` (``bench/_kt_cells.py``); a rerun with the same work folder skips those cells and
@@ -250,18 +253,25 @@ def free_study_name(workdir: Path, name: str) -> str:
     return candidate
 
 
-def with_min_epochs(space: Path, min_epochs: int, max_epochs: int, workdir: Path) -> Path:
+def with_budget(
+    space: Path, min_epochs: int, max_epochs: int, workdir: Path, kept_epoch: str = "best"
+) -> Path:
     """``space``, or a copy of it in ``workdir/spaces`` whose ``budget.min_epochs`` is
-    ``min_epochs`` (``hpo run`` has no flag for it; the copy keeps the space's name). The copy's
-    ``max_epochs`` is the run's (``--epochs`` sets it anyway), so that a space of fewer epochs
-    than ``min_epochs`` stays valid."""
+    ``min_epochs`` and whose ``budget.restore_best_epoch`` says ``kept_epoch`` (``hpo run`` has
+    no flags for them; the copy keeps the space's name). The copy's ``max_epochs`` is the run's
+    (``--epochs`` sets it anyway), so that a space of fewer epochs than ``min_epochs`` stays
+    valid."""
     import yaml
 
     doc = yaml.safe_load(space.read_text())
-    if doc.get("budget", {}).get("min_epochs", 1) == min_epochs:
+    budget = doc.get("budget", {})
+    best = kept_epoch == "best"
+    if budget.get("min_epochs", 1) == min_epochs and budget.get("restore_best_epoch", True) == best:
         return space
     doc.setdefault("budget", {}).update(min_epochs=min_epochs, max_epochs=max_epochs)
-    copy = workdir / "spaces" / f"{space.stem}_min{min_epochs}.yaml"
+    doc["budget"]["restore_best_epoch"] = best
+    suffix = f"_min{min_epochs}" if min_epochs != 1 else ""
+    copy = workdir / "spaces" / f"{space.stem}{suffix}_{kept_epoch}.yaml"
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_text(yaml.safe_dump(doc, sort_keys=False))
     return copy
@@ -279,8 +289,10 @@ def hpo_cell(cell: Cell, space: Path, workdir: Path, size: int) -> dict[str, Any
     base = f"kt_{cell.space}_{algorithm}_{pruner}_s{cell.seed}_b{cell.budget}".replace("-", "_")
     if cell.min_epochs != 1:
         base += f"_min{cell.min_epochs}"
+    if cell.kept_epoch != "last":
+        base += f"_{cell.kept_epoch}"
     name = free_study_name(workdir, base)
-    space = with_min_epochs(space, cell.min_epochs, cell.max_epochs, workdir)
+    space = with_budget(space, cell.min_epochs, cell.max_epochs, workdir, cell.kept_epoch)
     run = run_hpo(space, name, workdir, flags)
     t0 = time.perf_counter()
     ens = build([run], f"{name}-ens", top=cell.budget, size=size, seed=cell.seed)
@@ -316,11 +328,12 @@ def compare(args: argparse.Namespace) -> None:
         subset = args.subset or spec.dataset.subset
         epochs = args.epochs or spec.budget.max_epochs
         min_epochs = min(args.min_epochs or spec.budget.min_epochs, epochs)
+        kept = args.kept_epoch or ("best" if spec.budget.restore_best_epoch else "last")
         for budget in args.budget_list:
             for seed in args.seed_list:
                 settings = (seed, budget, subset, epochs, args.workers)
                 hpo_cells = [
-                    Cell(spec.name, hpo_label(a, p, min_epochs), *settings, min_epochs)
+                    Cell(spec.name, hpo_label(a, p, min_epochs, kept), *settings, min_epochs, kept)
                     for a, p in args.combos
                 ]
                 for c in hpo_cells:
@@ -390,6 +403,11 @@ def main() -> None:
         "--min-epochs", type=int, metavar="N",
         help="hpo prunes a trial from epoch N on (the space's budget.min_epochs; its cells are "
         "labelled 'hpo ALGORITHM+PRUNER minN' when N > 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kept-epoch", choices=("best", "last"),
+        help="the epoch hpo's complete trials keep (the space's budget.restore_best_epoch: best "
+        "by default; cells labelled 'hpo ALGORITHM+PRUNER best' when best)",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="hpo worker processes")
     parser.add_argument("--size", type=int, default=20, help="caruana rounds")

@@ -9,7 +9,12 @@ allocation only: the ``MemoryError`` a failed allocation raises), ``sleep`` slee
 ``HPO_TEST_SLEEPING`` set to a file, it appends its process id to it when it starts sleeping),
 ``hang`` trains normally until epoch ``hang_epoch`` (default 1) begins, then sleeps for ever
 inside it, at its first batch (a trial stuck in training while its worker's heartbeat goes on;
-with ``HPO_TEST_HANGING`` set to a file, it appends its process id to it when it starts hanging).
+with ``HPO_TEST_HANGING`` set to a file, it appends its process id to it when it starts hanging),
+``forget`` trains normally until epoch ``forget_epoch`` (default 2) begins, which sets every
+weight to 0, and from which on every epoch starts with the learning rate set to 0 (a resumed
+training too): from then on it predicts class 0 for every input, so its last epochs are worse
+than its best (a trial that must keep an earlier epoch).
+``learning_rate`` (default 0.001) is Adam's.
 
 With ``HPO_TEST_RECORD`` set to a file, every build appends one JSON line to it: the trial
 process's id, when the build started and ended, its Keras backend and the slot environment
@@ -101,6 +106,27 @@ def _hang_in_epoch(model: Any, epoch: int) -> None:
     model.fit = fit_then_hang
 
 
+def _forget_at_epoch(model: Any, epoch: int) -> None:
+    """Make ``model.fit`` zero the weights when ``epoch`` begins, and the learning rate when
+    it or any later epoch begins (a resumed fit restores the rate the model was built with)."""
+    import keras
+    import numpy as np
+
+    class Forget(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_begin(self, index: int, logs: Any = None) -> None:
+            if index + 1 == epoch:
+                self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
+            if index + 1 >= epoch:
+                self.model.optimizer.learning_rate.assign(0.0)
+
+    fit = model.fit
+
+    def fit_then_forget(*args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+        return fit(*args, callbacks=[*(callbacks or []), Forget()], **kwargs)
+
+    model.fit = fit_then_forget
+
+
 def build(hp: Any, data: Any) -> Any:
     import keras
 
@@ -146,9 +172,12 @@ def build(hp: Any, data: Any) -> Any:
         return keras.ops.mean(y_pred) * float("nan")
 
     loss = nan_loss if mode == "nan" else "sparse_categorical_crossentropy"
-    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    rate = float(hp.get("learning_rate", 0.001))
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=["accuracy"])
     if mode == "hang":
         _hang_in_epoch(model, int(hp.get("hang_epoch", 1)))
+    if mode == "forget":
+        _forget_at_epoch(model, int(hp.get("forget_epoch", 2)))
     _BUILT.append(weakref.ref(model))
     return model
 

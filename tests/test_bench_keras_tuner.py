@@ -57,9 +57,9 @@ def test_keras_tuner_hyperparameters_mirror_the_space_file() -> None:
     assert float(model.optimizer.momentum) == 0.5
 
 
-def test_a_space_copy_changes_only_the_first_rung(tmp_path: Path) -> None:
+def test_a_space_copy_changes_only_the_first_rung_and_the_kept_epoch(tmp_path: Path) -> None:
     space = REPO / "search_spaces" / "dense_bn.yaml"
-    copy = vs_keras_tuner.with_min_epochs(space, 2, load_spec(space).budget.max_epochs, tmp_path)
+    copy = vs_keras_tuner.with_budget(space, 2, load_spec(space).budget.max_epochs, tmp_path)
 
     original, changed = load_spec(space), load_spec(copy)
     assert copy.parent == tmp_path / "spaces" and changed.budget.min_epochs == 2
@@ -67,9 +67,13 @@ def test_a_space_copy_changes_only_the_first_rung(tmp_path: Path) -> None:
         assert getattr(changed, section) == getattr(original, section)
     assert changed.space.names() == original.space.names()
     assert changed.budget.max_epochs == original.budget.max_epochs
-    assert vs_keras_tuner.with_min_epochs(space, 1, 4, tmp_path) == space  # already epoch 1
+    assert vs_keras_tuner.with_budget(space, 1, 4, tmp_path) == space  # already epoch 1, best
+    assert changed.budget.restore_best_epoch and original.budget.restore_best_epoch
+    last = load_spec(vs_keras_tuner.with_budget(space, 1, 4, tmp_path, "last"))
+    assert not last.budget.restore_best_epoch and last.budget.min_epochs == 1
+    assert last.space.names() == original.space.names()
     # A space of one epoch a trial, run with --epochs 4: its copy takes the run's epochs.
     short = REPO / "search_spaces" / "text_conv1d_small.yaml"
     assert load_spec(short).budget.max_epochs == 1
-    budget = load_spec(vs_keras_tuner.with_min_epochs(short, 2, 4, tmp_path)).budget
+    budget = load_spec(vs_keras_tuner.with_budget(short, 2, 4, tmp_path)).budget
     assert (budget.min_epochs, budget.max_epochs) == (2, 4)

@@ -105,6 +105,11 @@ def test_a_later_first_rung_is_its_own_hpo_row_and_old_rows_read_as_epoch_1() ->
     assert hpo_combo(label) == hpo_combo("hpo optuna-tpe+hyperband") == ("optuna-tpe", "hyperband")
     assert hpo_label("optuna-tpe", "hyperband") == "hpo optuna-tpe+hyperband"
     assert Cell.of(old).min_epochs == 1 and Cell.of(old) == _cell("hpo optuna-tpe+hyperband", 0)
+    # Rows written before trials kept their best epoch kept the last: a "best" study is its own.
+    assert Cell.of(old).kept_epoch == "last"
+    assert hpo_label("optuna-tpe", "hyperband", 1, "best") == "hpo optuna-tpe+hyperband best"
+    assert hpo_label("optuna-tpe", "hyperband", 2, "best") == "hpo optuna-tpe+hyperband min2 best"
+    assert hpo_combo("hpo optuna-tpe+hyperband min2 best") == ("optuna-tpe", "hyperband")
     text = summarize(rows)
     assert text.count("image_cnn: budget 10") == 1  # one table: same space and settings
     assert "optuna-tpe+hyperband/Hyperband: wall 0.40x (CPU nanx), test -1.00" in text

@@ -8,6 +8,7 @@ epochs straight through. A real ``hpo run`` checkpoints a trial after every epoc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,33 @@ def test_a_checkpoint_whose_weights_do_not_match_its_hash_is_not_used(
     # A writer killed while it uploaded epoch 2's weights into the file epoch 1's pointer names.
     tracking.log_artifact_files(client, run_id, {found.weights.name: b"half a file"})
     assert checkpoints.load(client, run_id, tmp_path / "torn") is None
+
+
+def test_a_checkpoint_carries_an_earlier_best_epoch_and_a_torn_one_is_dropped(
+    tmp_path: Path, run: tuple[Any, str]
+) -> None:
+    client, run_id = run
+    model = _model(0)
+    history = _fit(model, 1)
+    best = [np.array(w, copy=True) for w in model.get_weights()]
+    history += _fit(model, 3, initial_epoch=1)
+    checkpoints.save(client, run_id, model, 3, history, [0.1] * 3, (1, best))
+    found = checkpoints.load(client, run_id, tmp_path / "ok")
+    assert found is not None and found.epoch == 3 and found.best_epoch == 1
+    assert found.best_weights is not None
+    for a, b in zip(found.best_weights, best, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The model's own (epoch 3) weights differ from the best epoch's: both were stored.
+    assert any(not np.array_equal(a, b) for a, b in zip(_weights(model), best, strict=True))
+
+    # A torn best-epoch file: the checkpoint itself is still used, without its best epoch.
+    pointer = json.loads(
+        Path(client.download_artifacts(run_id, CHECKPOINT_FILE, str(tmp_path / "p"))).read_text()
+    )
+    tracking.log_artifact_files(client, run_id, {pointer["best_weights"]: b"half a file"})
+    torn = checkpoints.load(client, run_id, tmp_path / "torn")
+    assert torn is not None and torn.epoch == 3
+    assert torn.best_epoch is None and torn.best_weights is None
 
 
 def test_no_checkpoint_means_none(tmp_path: Path, run: tuple[Any, str]) -> None:

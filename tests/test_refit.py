@@ -124,11 +124,15 @@ def test_the_refit_is_its_own_run_linked_to_the_best_trial(
     # The trial's hyperparameters, under the names its own run logged them with.
     for key in best.params:
         assert params[key] == trial_info.data.params[key], key
-    # Epochs: as many as the trial trained (its last epoch's objective ranked it).
-    assert best.user_attrs["epochs"] == EPOCHS == result["epochs"]
-    assert params["refit.epochs"] == str(EPOCHS) and params["refit.epochs_rule"] == "trained"
+    # Epochs: as many as led to the model the trial kept, its best epoch (whose objective
+    # ranked it).
+    values = best.intermediate_values
+    kept = max(values, key=lambda epoch: (values[epoch], -epoch))
+    assert best.user_attrs["epochs"] == EPOCHS and best.user_attrs["kept_epoch"] == kept
+    assert best.value == values[kept] and result["epochs"] == kept
+    assert params["refit.epochs"] == str(kept) and params["refit.epochs_rule"] == "kept"
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "loss")]
-    assert steps == list(range(1, EPOCHS + 1))
+    assert steps == list(range(1, kept + 1))
     assert not any(k.startswith("val_") for k in run.data.metrics)
     # Trained on training + validation data.
     _, _, train_and_validation = raw_test_split()
@@ -214,8 +218,9 @@ def test_a_chosen_trial_refits_from_python(ws: Path) -> None:
     import hpo
 
     result = hpo.refit(hpo.load_study("dig"), trial=1, name="dig-trial1", seed=7)
-    assert (result.trial, result.epochs, result.seed, result.version) == (1, EPOCHS, 7, 1)
     trial = next(t for t in trials(ws) if t.number == 1)
+    kept = trial.user_attrs["kept_epoch"]
+    assert (result.trial, result.epochs, result.seed, result.version) == (1, kept, 7, 1)
     assert trial.state == TrialState.COMPLETE
     run = client(ws).get_run(result.run_id)
     assert run.data.params["refit.seed"] == "7"

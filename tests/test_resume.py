@@ -5,6 +5,8 @@ trial's run there), the study store on SQLite and on PostgreSQL. The trial train
 ``fault_family:EpochFamily`` on 200 digits; each epoch's start is recorded with its trial
 process's id, and epoch 4, once reported and checkpointed, waits at its end until the test has
 killed its worker with SIGKILL (or stopped it with SIGTERM: the trial is requeued at once).
+The family forgets all it learned when epoch 3 begins, so the trial's best epoch (1 or 2)
+comes before the checkpoint: the retry keeps it from the checkpoint's best-epoch weights.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpo.storage import open_storage
-from hpo.tracking.artifacts import CHECKPOINT_FILE
+from hpo.tracking.artifacts import CHECKPOINT_BEST_FILES, CHECKPOINT_FILE, PREDICTIONS_FILE
 
 from conftest import FAULT_FAMILY_ENV, hpo
 from services import wait_for
@@ -35,7 +38,9 @@ objective: {metric: val_accuracy, direction: maximize}
 budget: {max_epochs: 6, checkpoint_interval: 0}
 defaults: {algorithm: optuna-random, pruner: median}
 params:
-  mode: ok
+  mode: forget
+  forget_epoch: 3
+  learning_rate: 0.05
   hold_epoch: 4
   x: {type: float, low: 0.0, high: 1.0}
 """
@@ -118,7 +123,11 @@ def _interrupt_and_resume(
     assert sorted(failed.intermediate_values) == [1, 2, 3, 4]
     for epoch in (1, 2, 3, 4):
         assert retry.intermediate_values[epoch] == failed.intermediate_values[epoch]
-    assert retry.values == [retry.intermediate_values[6]]
+    # The best epoch came before the checkpoint: its weights came back through it.
+    values = retry.intermediate_values
+    best = max(values, key=lambda epoch: (values[epoch], -epoch))
+    assert best <= 2 and values[best] > values[6] + 0.2, values
+    assert retry.values == [values[best]] and retry.user_attrs["kept_epoch"] == best
 
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name(name)
@@ -133,7 +142,13 @@ def _interrupt_and_resume(
     assert runs[failed_run].info.status == "FAILED"
     assert runs[retry_run].info.status == "FINISHED"
     assert runs[retry_run].data.tags["hpo.resumed_from_run"] == failed_run
-    assert CHECKPOINT_FILE in {f.path for f in client.list_artifacts(failed_run)}
+    stored = {f.path for f in client.list_artifacts(failed_run)}
+    assert CHECKPOINT_FILE in stored and stored & set(CHECKPOINT_BEST_FILES)
+    with np.load(
+        client.download_artifacts(retry_run, PREDICTIONS_FILE, str(tmp_path / "retry"))
+    ) as predictions:
+        kept = np.argmax(predictions["validation"], axis=-1) == predictions["validation_true"]
+    assert float(np.mean(kept)) == pytest.approx(values[best])
     curve = client.get_metric_history(retry_run, "val_accuracy")
     assert sorted(m.step for m in curve) == [1, 2, 3, 4, 5, 6]
     assert {m.step: m.value for m in curve} == pytest.approx(retry.intermediate_values)

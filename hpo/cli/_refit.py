@@ -24,11 +24,11 @@ def refit(
 ) -> None:
     """Train a trial's configuration again on training + validation data and register it.
 
-    It trains for as many epochs as the trial trained, with the study's family and
-    data, here (this machine needs the study's data, as a worker does). It is scored on
-    the test split beside the trial itself, logged as its own MLflow run in the study's
-    experiment, and registered like an ensemble of one member: `hpo export`, `hpo
-    predict` and serving take its name.
+    It trains for as many epochs as led to the model the trial kept (its best epoch),
+    with the study's family and data, here (this machine needs the study's data, as a
+    worker does). It is scored on the test split beside the trial itself, logged as its
+    own MLflow run in the study's experiment, and registered like an ensemble of one
+    member: `hpo export`, `hpo predict` and serving take its name.
     """
     from hpo.api import refit as refit_trial
 

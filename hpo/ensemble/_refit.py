@@ -3,8 +3,9 @@
 A search ranks configurations on the validation split, so the chosen model never saw it. A
 refit trains that configuration again, with the family's own ``build`` and ``fit``, on the
 training and validation examples together (:meth:`hpo.datasets.Dataset.with_validation_in_train`),
-for as many epochs as the trial trained (:data:`EPOCHS_RULE`), seeded; then scores it on the
-test split with the metrics an ensemble reports, beside the trial's own test metrics.
+for as many epochs as led to the model the trial kept (:data:`EPOCHS_RULE`), seeded; then
+scores it on the test split with the metrics an ensemble reports, beside the trial's own test
+metrics.
 
 It is recorded as a registered "ensemble" of one member whose weight is 1 and whose run is
 the refit's own (:mod:`hpo.ensemble._refit_record`), so ``hpo export``, ``hpo predict``,
@@ -39,11 +40,11 @@ from hpo.tracking.artifacts import DATASET_FILE, PARAMS_FILE, PREDICTIONS_FILE
 if TYPE_CHECKING:
     from hpo.ensemble._build import StudyRef
 
-# How many epochs a refit trains: as many as the trial trained. The objective that ranked
-# the trial is its value after those epochs (trials report their last epoch's metrics), so
-# the refit repeats the training that was selected, on more data. The trial's best epoch by
-# the objective is recorded beside it (``trial_best_epoch``) for comparison.
-EPOCHS_RULE = "trained"
+# How many epochs a refit trains: as many as led to the model the trial kept (its best epoch
+# by the objective, budget.restore_best_epoch; else all it trained). The objective that ranked
+# the trial is that epoch's value, so the refit repeats the training that was selected, on
+# more data. The trial's best reported epoch is recorded beside it (``trial_best_epoch``).
+EPOCHS_RULE = "kept"
 METHOD = "refit"
 
 
@@ -129,8 +130,9 @@ def refit(
     ``study`` is a name or a :class:`hpo.Study` (whose store is used unless ``storage`` is
     given). Training uses the study's family and dataset, the trial's parameters
     (``params.json`` of its run), ``seed`` (:func:`keras.utils.set_random_seed`) and as many
-    epochs as the trial trained. The refit's MLflow run, in the study's experiment under the
-    study run, is tagged ``hpo.kind=refit`` and ``hpo.refit.trial_run`` (the trial's run);
+    epochs as led to the model the trial kept (its best epoch, unless the study kept the last).
+    The refit's MLflow run, in the study's experiment under the study run, is tagged
+    ``hpo.kind=refit`` and ``hpo.refit.trial_run`` (the trial's run);
     it holds the parameters, per-epoch training metrics, test metrics, the model (raw
     inputs, as trials store it) and the MLflow model that the registered version points at.
 
@@ -200,11 +202,19 @@ def _chosen_trial(store: Any, info: StudyInfo, number: int | None) -> tuple[Cand
     return cand, found[0]
 
 
-def trained_epochs(frozen: Any, max_epochs: int) -> int:
-    """The epochs a trial trained (what the runner stored), else those it reported."""
-    stored = frozen.user_attrs.get("epochs")
-    if isinstance(stored, int | float) and stored >= 1:
-        return int(stored)
+def kept_epochs(frozen: Any, max_epochs: int) -> int:
+    """The epoch whose model the trial kept (what the runner stored), else the epochs it
+    trained (trials stored before they kept their best epoch), else those it reported.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> kept_epochs(SimpleNamespace(user_attrs={"epochs": 4, "kept_epoch": 2}), 4)
+        2
+    """
+    for key in ("kept_epoch", "epochs"):
+        stored = frozen.user_attrs.get(key)
+        if isinstance(stored, int | float) and not isinstance(stored, bool) and stored >= 1:
+            return int(stored)
     return len(frozen.intermediate_values) or max_epochs
 
 
@@ -305,7 +315,7 @@ def _train_and_score(
         )
     finally:
         tester.models.clear()
-    epochs = trained_epochs(frozen, spec.budget.max_epochs)
+    epochs = kept_epochs(frozen, spec.budget.max_epochs)
     merged_data = data.with_validation_in_train()
     hp = Params(params)
     model, history = _fit(family, hp, merged_data, epochs, seed)

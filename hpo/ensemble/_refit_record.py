@@ -244,7 +244,8 @@ def refit_description(result: RefitResult) -> str:
     lines = [
         f"**Refit of {trial}** ({result.family}, {result.task}): its configuration trained "
         f"again on training + validation data ({result.train_size} examples) for "
-        f"{result.epochs} epochs, as many as the trial trained{best}; seed {result.seed}. "
+        f"{result.epochs} epochs, as many as led to the model the trial kept{best}; "
+        f"seed {result.seed}. "
         f"Logged in {run_link(result.experiment_id, result.run_id, 'its MLflow run')} by "
         "`hpo refit`.",
     ]

@@ -76,6 +76,9 @@ class BudgetSpec(_Section):
     checkpoint_interval: float = Field(
         default=DEFAULT_CHECKPOINT_INTERVAL, ge=0, allow_inf_nan=False, description="seconds"
     )
+    # A complete trial's value, saved model and validation predictions come from its best
+    # epoch by the objective (as restore_best_weights); false: from its last.
+    restore_best_epoch: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSpec:

@@ -30,6 +30,9 @@ CHECKPOINT_FILE = "checkpoint.json"
 """The last checkpoint: its epoch, history, RNG state and the weights file that holds it."""
 CHECKPOINT_WEIGHTS_FILES = ("checkpoint-a.weights.h5", "checkpoint-b.weights.h5")
 """Weights and optimizer state, written in turn: the one :data:`CHECKPOINT_FILE` names is whole."""
+CHECKPOINT_BEST_FILES = ("checkpoint-a.best.npz", "checkpoint-b.best.npz")
+"""The weights of the best epoch so far when it is an earlier one, written beside the weights
+file of the same letter: a resumed trial can still keep that epoch."""
 
 RETAINABLE_FILES = (
     MODEL_FILE,
@@ -37,6 +40,7 @@ RETAINABLE_FILES = (
     TEST_PREDICTIONS_FILE,
     CHECKPOINT_FILE,
     *CHECKPOINT_WEIGHTS_FILES,
+    *CHECKPOINT_BEST_FILES,
 )
 """The big files of a trial's run: what the retention policy deletes from the trials it does
 not keep (:mod:`hpo.tracking.retention`); the model first. Parameters, dataset summary,

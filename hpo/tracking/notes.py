@@ -97,8 +97,10 @@ def trial_note(
     *,
     infeasible: Sequence[str] = (),
     untrained: bool = False,
+    kept_epoch: int | None = None,
 ) -> str:
-    """A trial run's description: how it ended, and the space's constraints it broke.
+    """A trial run's description: how it ended, and the space's constraints it broke;
+    ``kept_epoch``: the epoch whose model a complete trial kept, when not its last.
 
     Example:
         >>> trial_note(4, "PRUNED", "val_accuracy", 0.61, 3, pruner="median")
@@ -112,8 +114,15 @@ def trial_note(
         ...                  infeasible=["val_loss = 2 > max 1"]))  # doctest: +NORMALIZE_WHITESPACE
         Trial 6: **complete** after 1 epoch (val_accuracy 0.9). **Infeasible**: val_loss = 2 >
         max 1; never the best trial nor an ensemble member.
+        >>> trial_note(7, "COMPLETE", "val_accuracy", 0.8, 4, kept_epoch=2)
+        'Trial 7: **complete** after 4 epochs (val_accuracy 0.8 at epoch 2, the one it keeps).'
     """
-    at = f" ({metric} {fmt(value)})" if value is not None else ""
+    earlier = (
+        f" at epoch {kept_epoch}, the one it keeps"
+        if state == "COMPLETE" and kept_epoch and epochs and kept_epoch < epochs
+        else ""
+    )
+    at = f" ({metric} {fmt(value)}{earlier})" if value is not None else ""
     broken = "; ".join(infeasible)
     if untrained:
         return _clip(f"Trial {number}: **infeasible**: {broken}; stopped before training.")

@@ -6,7 +6,9 @@ whose family can resume (its ``fit`` takes ``initial_epoch``) stores in its MLfl
 model's weights with the optimizer's state (``model.save_weights``) and
 :data:`~hpo.tracking.artifacts.CHECKPOINT_FILE`: the epoch, the epochs' logged metrics and
 seconds, numpy's and Python's random state, and which weights file holds that epoch with its
-SHA-256. The weights go to the two files of
+SHA-256; when the trial keeps its best epoch (:mod:`hpo.workers.best_epoch`) and that is an
+earlier one, that epoch's weights too (:data:`~hpo.tracking.artifacts.CHECKPOINT_BEST_FILES`).
+The weights go to the two files of
 :data:`~hpo.tracking.artifacts.CHECKPOINT_WEIGHTS_FILES` in turn and the pointer is written last,
 so a process killed while it writes leaves the previous checkpoint whole.
 
@@ -35,7 +37,11 @@ import numpy as np
 from hpo import tracking
 from hpo.storage._retry import with_db_retry
 from hpo.storage.studies import RUN_ID_ATTR
-from hpo.tracking.artifacts import CHECKPOINT_FILE, CHECKPOINT_WEIGHTS_FILES
+from hpo.tracking.artifacts import (
+    CHECKPOINT_BEST_FILES,
+    CHECKPOINT_FILE,
+    CHECKPOINT_WEIGHTS_FILES,
+)
 
 log = logging.getLogger("hpo.runner")
 
@@ -55,6 +61,8 @@ class Checkpoint:
     weights: Path
     run_id: str
     rng: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
+    best_weights: list[np.ndarray] | None = None
 
 
 def can_resume(family: Any) -> bool:
@@ -97,14 +105,17 @@ def save(
     epoch: int,
     history: list[dict[str, float]],
     epoch_seconds: list[float],
+    best: tuple[int, list[np.ndarray]] | None = None,
 ) -> float:
-    """Store the checkpoint of ``epoch`` in run ``run_id``; returns the seconds it took."""
+    """Store the checkpoint of ``epoch`` in run ``run_id``, with ``best`` (an earlier epoch
+    and its weights) when the trial keeps one; returns the seconds it took."""
     t0 = time.perf_counter()
-    name = CHECKPOINT_WEIGHTS_FILES[epoch % len(CHECKPOINT_WEIGHTS_FILES)]
+    slot = epoch % len(CHECKPOINT_WEIGHTS_FILES)
+    name = CHECKPOINT_WEIGHTS_FILES[slot]
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / name
         model.save_weights(weights)
-        pointer = {
+        pointer: dict[str, Any] = {
             "epoch": epoch,
             "weights": name,
             "sha256": _sha256(weights),
@@ -112,7 +123,16 @@ def save(
             "epoch_seconds": epoch_seconds[:epoch],
             "rng": _rng_state(),
         }
-        tracking.log_artifact_files(mlflow, run_id, {name: weights})
+        files: dict[str, Path] = {name: weights}
+        if best is not None:
+            best_name = CHECKPOINT_BEST_FILES[slot]
+            best_path = Path(tmp) / best_name
+            np.savez(best_path, allow_pickle=False, **{f"w{i}": w for i, w in enumerate(best[1])})
+            pointer.update(
+                best_epoch=best[0], best_weights=best_name, best_sha256=_sha256(best_path)
+            )
+            files[best_name] = best_path
+        tracking.log_artifact_files(mlflow, run_id, files)
         tracking.log_artifact_files(mlflow, run_id, {CHECKPOINT_FILE: json.dumps(pointer).encode()})
     return time.perf_counter() - t0
 
@@ -157,7 +177,36 @@ def load(mlflow: Any, run_id: str, into: Path) -> Checkpoint | None:
     except Exception as exc:  # a checkpoint is an optimisation: never fail the retry for it
         log.warning("checkpoint of MLflow run %s not used: %s: %s", run_id, type(exc).__name__, exc)
         return None
-    return Checkpoint(epoch, history, seconds, weights, run_id, dict(pointer.get("rng") or {}))
+    found = Checkpoint(epoch, history, seconds, weights, run_id, dict(pointer.get("rng") or {}))
+    found.best_epoch, found.best_weights = _load_best(mlflow, run_id, pointer, into)
+    return found
+
+
+def _load_best(
+    mlflow: Any, run_id: str, pointer: dict[str, Any], into: Path
+) -> tuple[int | None, list[np.ndarray] | None]:
+    """The checkpoint's earlier best epoch and its weights; (None, None) without them (the
+    resumed trial then keeps its best from the checkpoint's epoch on)."""
+    name = pointer.get("best_weights")
+    if name is None:
+        return None, None
+    try:
+        if name not in CHECKPOINT_BEST_FILES:
+            raise ValueError(f"unknown best-epoch file {name!r}")
+        path = Path(mlflow.download_artifacts(run_id, name, str(into)))
+        if _sha256(path) != pointer.get("best_sha256"):
+            raise ValueError(f"{name} does not match the checkpoint's hash")
+        with np.load(path, allow_pickle=False) as arrays:
+            weights = [arrays[f"w{i}"] for i in range(len(arrays.files))]
+        return int(pointer["best_epoch"]), weights
+    except Exception as exc:
+        log.warning(
+            "best epoch of the checkpoint of MLflow run %s not used: %s: %s",
+            run_id,
+            type(exc).__name__,
+            exc,
+        )
+        return None, None
 
 
 def restore(model: Any, checkpoint: Checkpoint) -> bool:

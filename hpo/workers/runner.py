@@ -43,6 +43,7 @@ from hpo.tracking.artifacts import (
 from hpo.workers import checkpoints
 from hpo.workers._gradients import custom_gradient_names, forget_custom_gradients
 from hpo.workers._trial_files import learning_curve_png, stored_rows
+from hpo.workers.best_epoch import BestEpoch
 from hpo.workers.epoch_callback import EpochCallback, log_epoch_artifacts
 from hpo.workers.model_checks import ModelCheckError, check_model
 from hpo.workers.tasks import (
@@ -184,6 +185,7 @@ class TrialRunner:
         metric = config.spec().metrics[0]
         value = (result.metrics or {}).get(metric)
         epochs = (result.metrics or {}).get("epochs")
+        kept = (result.metrics or {}).get("kept_epoch")
         return trial_note(
             task.trial_number,
             result.state,
@@ -194,6 +196,7 @@ class TrialRunner:
             config.pruner,
             infeasible=result.violated or (),
             untrained=result.untrained,
+            kept_epoch=int(kept) if kept else None,
         )
 
     @staticmethod
@@ -314,6 +317,12 @@ class TrialRunner:
                 what="loading the study",
             )
         metric = spec.metrics[0]
+        # The epoch a complete trial keeps (hpo.workers.best_epoch); several objectives: the last.
+        kept = (
+            BestEpoch(model, metric, spec.directions[0])
+            if single and spec.budget.restore_best_epoch
+            else None
+        )
 
         def report(epoch: int, logs: dict[str, float], seconds: float) -> None:
             if mlflow is not None and run_id:
@@ -348,6 +357,8 @@ class TrialRunner:
         def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
             nonlocal checkpointing, last_checkpoint
             report(epoch, logs, seconds)
+            if kept is not None:
+                kept.update(epoch, logs, last=epoch >= spec.budget.max_epochs)
             if prune(epoch):
                 return True
             if (
@@ -357,9 +368,17 @@ class TrialRunner:
                 and time.perf_counter() - last_checkpoint >= spec.budget.checkpoint_interval
             ):
                 try:
+                    held = kept.held(epoch) if kept is not None else None
+                    best = (kept.epoch, held) if kept is not None and kept.epoch and held else None
                     checkpoint_seconds.append(
                         checkpoints.save(
-                            mlflow, run_id, model, epoch, callback.history, callback.epoch_seconds
+                            mlflow,
+                            run_id,
+                            model,
+                            epoch,
+                            callback.history,
+                            callback.epoch_seconds,
+                            best,
                         )
                     )
                 except Exception as exc:  # a checkpoint must never fail the trial
@@ -379,6 +398,8 @@ class TrialRunner:
             start = callback.epochs = resumed.epoch
             callback.history = list(resumed.history)
             callback.epoch_seconds = list(resumed.epoch_seconds)
+            if kept is not None:
+                kept.resume(resumed.history, resumed.best_epoch, resumed.best_weights)
             callback.pruned = prune(start)
         t0 = last_checkpoint = time.perf_counter()
         if callback.pruned:
@@ -402,17 +423,25 @@ class TrialRunner:
             raise TrialFailedError(callback.failure)
         if not callback.history:
             raise TrialFailedError("training ended before the first epoch finished")
-        final = dict(callback.history[-1])
+        # A complete trial's metrics, model and predictions: those of the epoch it keeps.
+        kept_epoch = (
+            kept.restore(callback.epochs)
+            if kept is not None and not callback.pruned
+            else callback.epochs
+        )
+        final = dict(callback.history[kept_epoch - 1])
         final.update(
             params_count=params_count,
             train_seconds=train_seconds,
             epochs=callback.epochs,
+            kept_epoch=kept_epoch,
             epoch_seconds_median=float(np.median(callback.epoch_seconds)),
         )
         # What study reports and bench/ read; the first epoch holds the model's compile time
         # (XLA on JAX), which bench/gpu_trials.py reads.
         timings = {
             "epochs": callback.epochs,
+            "kept_epoch": kept_epoch,
             "train_seconds": train_seconds,
             "epoch_seconds_median": final["epoch_seconds_median"],
             "first_epoch_seconds": callback.epoch_seconds[0],
