@@ -80,13 +80,13 @@ def test_a_resumed_training_keeps_what_its_checkpoint_allows(
     before = BestEpoch(first, "val_x", direction)
     train(before, first, curve[:stop])
     history = [{"val_x": v} for v in curve[:stop]]
-    stored = before.held(stop)  # what the checkpoint stores beside the epoch's own weights
+    stored = before.earlier(stop)  # what the checkpoint stores beside the epoch's own weights
 
     # With the stored weights: as if training had never stopped.
     model = Model()
     model.train(stop)  # the checkpoint's own weights
     kept = BestEpoch(model, "val_x", direction)
-    kept.resume(history, before.epoch if stored is not None else None, stored)
+    kept.resume(history, *(stored or (None, None)))
     train(kept, model, curve, start=stop)
     epoch = kept.restore(len(curve))
     assert epoch == expected(curve, direction)

@@ -87,20 +87,21 @@ class BestEpoch:
         if history:
             self.update(len(history), history[-1])
 
-    def held(self, last_epoch: int) -> list[np.ndarray] | None:
-        """The kept weights when they are not the model's own (the best is an earlier epoch)."""
-        if self.epoch is None or self.epoch >= last_epoch:
+    def earlier(self, last_epoch: int) -> tuple[int, list[np.ndarray]] | None:
+        """The best epoch and its weights when it came before ``last_epoch`` (whose weights the
+        model holds): what a checkpoint stores beside its own, what :meth:`restore` puts back."""
+        if self.epoch is None or self.epoch >= last_epoch or self.weights is None:
             return None
-        return self.weights
+        return self.epoch, self.weights
 
     def restore(self, last_epoch: int) -> int:
         """Put the best epoch's weights back into the model; the epoch the model now holds."""
-        weights = self.held(last_epoch)
-        if weights is None or self.epoch is None:
+        best = self.earlier(last_epoch)
+        if best is None:
             return last_epoch
         try:
-            self.model.set_weights(weights)
+            self.model.set_weights(best[1])
         except Exception as exc:
             log.warning("the best epoch's weights cannot be restored (%s): keeping the last", exc)
             return last_epoch
-        return self.epoch
+        return best[0]

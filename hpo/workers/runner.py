@@ -368,8 +368,7 @@ class TrialRunner:
                 and time.perf_counter() - last_checkpoint >= spec.budget.checkpoint_interval
             ):
                 try:
-                    held = kept.held(epoch) if kept is not None else None
-                    best = (kept.epoch, held) if kept is not None and kept.epoch and held else None
+                    best = kept.earlier(epoch) if kept is not None else None
                     checkpoint_seconds.append(
                         checkpoints.save(
                             mlflow,
