@@ -100,7 +100,9 @@ def _seconds(trial: optuna.trial.FrozenTrial) -> float:
 def test_a_hanging_trial_is_stopped_at_its_timeout_and_the_next_trial_runs(
     tmp_path: Path, workdir: Path
 ) -> None:
-    timeout = 30  # from when the trial process takes the trial (its start-up is not counted)
+    # From when the trial process takes the trial (its start-up is not counted): long enough
+    # for an ok trial (one epoch on 200 digits) on a busy machine.
+    timeout = 20
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     env = _env(tmp_path, storage)
     space = _space(tmp_path, 1)
@@ -143,7 +145,10 @@ def test_a_hanging_trial_is_stopped_at_its_timeout_and_the_next_trial_runs(
 def test_a_study_ends_at_its_deadline_and_grace(
     tmp_path: Path, workdir: Path, storage_url: str
 ) -> None:
-    study_timeout, grace = 90, 5  # the first trial imports Keras, on a busy machine too
+    # The first claim starts the clock, possibly while the trial process still imports Keras
+    # (seconds, more on a busy machine): the deadline must outlast that, trial 0 (two epochs on
+    # 200 digits, stored) and trial 1's first epoch on a busy machine.
+    study_timeout, grace = 60, 5
     name = "deadline"
     env = _env(tmp_path, storage_url)
     space = _space(tmp_path, 2)
