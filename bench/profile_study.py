@@ -154,7 +154,9 @@ def run_study(
     env.pop("HPO_PROFILE_CPU_ONLY", None)
     if cpu_only:
         env["HPO_PROFILE_CPU_ONLY"] = "1"
-    name = f"profile_{int(time.time())}"
+    # One name for every run in a fresh folder: Optuna's Hyperband puts a trial in a bracket by
+    # a hash of the study's name, so runs under different names prune different trials.
+    name = f"profile_{int(time.time())}" if (workdir / "hpo.db").exists() else "profile"
     cmd = [sys.executable, "-m", "hpo", *_hpo_args(args, space), "--study", name]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)

@@ -53,6 +53,7 @@ params:
         "store_proxies.py",
         "retention.py",
         "resume.py",
+        "trial_steps.py",
     ],
 )
 def test_bench_help(script: str) -> None:
@@ -139,6 +140,19 @@ def test_epoch_callback_bench_smoke() -> None:
     rows = [line.split()[0] for line in stdout.splitlines()]
     assert {"none", "hpo", "inline"} <= set(rows)
     assert stdout.strip().splitlines()[-1].startswith("ratios: none / hpo ")
+
+
+@pytest.mark.slow
+def test_trial_steps_bench_trains_the_same_model_each_way() -> None:
+    """bench/trial_steps.py on digits, one configuration: the three ways give the same training
+    (Keras' defaults, one trace, larger validation batches) and a line of ratios."""
+    stdout = _bench(
+        "trial_steps.py", "--space", "dense_bn_digits", "--rounds", "1", "--subset", "200",
+        "--epochs", "2", timeout=300,
+    )  # fmt: skip
+    gap = next(line for line in stdout.splitlines() if line.startswith("largest difference"))
+    assert float(gap.rsplit(":", 1)[1]) < 1e-4, gap
+    assert stdout.strip().splitlines()[-1].startswith("ratios: keras / prebuild / hpo fit 1.00 / ")
 
 
 @pytest.mark.slow

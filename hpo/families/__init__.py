@@ -13,7 +13,7 @@ import inspect
 from hpo._registry import import_object
 from hpo.catalog import ALLOWED_MODULES_ENV, FAMILIES, ModuleNotAllowedError, check_allowed
 from hpo.catalog import module_allowed as family_allowed
-from hpo.families._base import Family, FunctionFamily
+from hpo.families._base import EVAL_BATCH_SIZE, Family, FunctionFamily, prebuild
 
 #: Kept under its first name: a study's own family outside the worker's allow-list.
 FamilyNotAllowedError = ModuleNotAllowedError
@@ -47,6 +47,7 @@ def get_family(name: str) -> Family:
 
 __all__ = [
     "ALLOWED_MODULES_ENV",
+    "EVAL_BATCH_SIZE",
     "FAMILIES",
     "Family",
     "FamilyNotAllowedError",
@@ -54,4 +55,5 @@ __all__ = [
     "family_allowed",
     "family_ensembles",
     "get_family",
+    "prebuild",
 ]

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
     from hpo.spaces import Params, StudySpec
 
+# The smallest batch for evaluation and prediction: no gradients are kept, so a larger batch
+# costs little memory, and each step's fixed cost is paid fewer times (validation after every
+# epoch at batch 32 was about a fifth of a small dense net's training time, bench/trial_steps.py).
+EVAL_BATCH_SIZE = 256
+
 
 class Family(ABC):
     """A model family. Subclass it, or give a plain ``build(hp, data)`` function.
@@ -90,11 +95,15 @@ class Family(ABC):
         ``fit`` has no such argument, or that sets ``resumable = False``, is not resumed: its
         retries train from epoch 0.
         """
+        batch_size = self.batch_size(hp)
+        x, y = data.train.x, self.fit_targets(data.train)
+        prebuild(model, x, y)
         model.fit(
-            data.train.x,
-            self.fit_targets(data.train),
+            x,
+            y,
             validation_data=(data.validation.x, self.fit_targets(data.validation)),
-            batch_size=self.batch_size(hp),
+            batch_size=batch_size,
+            validation_batch_size=max(EVAL_BATCH_SIZE, batch_size),
             epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=list(callbacks),
@@ -129,7 +138,36 @@ class Family(ABC):
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
         """Model outputs for ``x`` (class probabilities for classifiers)."""
-        return np.asarray(model.predict(x, batch_size=max(256, self.batch_size(hp)), verbose=0))
+        batch_size = max(EVAL_BATCH_SIZE, self.batch_size(hp))
+        return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+
+
+def prebuild(model: keras.Model, x: Any, y: Any) -> None:
+    """Create ``model``'s optimizer and metric variables before ``model.fit(x, y)`` does.
+
+    Keras' TensorFlow trainer creates them while tracing the first training step, and
+    TensorFlow traces a function that created variables a second time: on a small dense net
+    that second trace was a third of the first epoch's time (bench/trial_steps.py). Building
+    them first, as Keras itself does under a distribution strategy and on the other backends,
+    leaves one trace; the training is the same (the variables start at zero either way).
+
+    Only for a compiled model with Keras' own ``train_step``: a custom step may use other
+    optimizers or metrics. Anything unexpected leaves the model to Keras, as without this.
+    """
+    import keras
+
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        return
+    if type(model).train_step is not keras.Model.train_step:
+        return
+    build = getattr(model, "_symbolic_build", None)  # Keras' own pre-build, a private method
+    if build is None:
+        return
+    try:
+        batch = keras.tree.map_structure(lambda a: a[:1], (x, y))
+        build(data_batch=(*batch, None))
+    except Exception:  # fit builds them itself, as it would have
+        return
 
 
 class FunctionFamily(Family):

@@ -57,7 +57,7 @@ import keras
 import numpy as np
 
 from hpo.datasets import DataError, Dataset, Split, Task
-from hpo.families._base import Family
+from hpo.families._base import EVAL_BATCH_SIZE, Family
 from hpo.families._common import build_optimizer
 
 if TYPE_CHECKING:
@@ -249,11 +249,11 @@ class VAE(Family):
 
     def predict(self, model: keras.Model, hp: Params, x: np.ndarray) -> np.ndarray:
         """Each example's latent mean ``z_mean``, shape (n, latent_dim): small and useful."""
-        return encode(model, x, batch_size=max(256, self.batch_size(hp)))
+        return encode(model, x, batch_size=max(EVAL_BATCH_SIZE, self.batch_size(hp)))
 
     def extra_artifacts(self, model: keras.Model, hp: Params, data: Dataset) -> dict[str, bytes]:
         """``vae.json``: what ``hpo generate images`` needs besides the model (:func:`vae_info`)."""
-        info = vae_info(model, hp, data, batch_size=max(256, self.batch_size(hp)))
+        info = vae_info(model, hp, data, batch_size=max(EVAL_BATCH_SIZE, self.batch_size(hp)))
         return {VAE_INFO_FILE: json.dumps(info, indent=1).encode()}
 
 
