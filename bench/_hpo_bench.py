@@ -8,6 +8,7 @@ decides where hpo comes from (``PYTHONPATH``, ``orchestration.py --baseline``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -18,6 +19,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def space_path(text: str) -> Path:
+    """A space file, or the name of one in ``search_spaces/`` (``dense_bn``); an argparse type."""
+    path = Path(text)
+    if not path.exists() and (REPO / "search_spaces" / f"{text}.yaml").exists():
+        path = REPO / "search_spaces" / f"{text}.yaml"
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no space file {text!r}")
+    return path.resolve()
 
 
 def machine() -> str:

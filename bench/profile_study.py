@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _hpo_bench import space_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 SITECUSTOMIZE = """
@@ -304,7 +306,9 @@ def _hpo_args(args: argparse.Namespace, space: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="dense_bn_digits", help="space name or file")
+    parser.add_argument(
+        "--space", type=space_path, default="dense_bn_digits", help="space name or file"
+    )
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--epochs", type=int, help="max epochs a trial (the space's)")
@@ -326,11 +330,7 @@ def main() -> None:
         "--rounds", type=int, default=1, help="with --baseline: runs of each, order alternating"
     )
     args = parser.parse_args()
-    space = Path(args.space)
-    if not space.is_file():
-        space = REPO / "search_spaces" / f"{args.space}.yaml"
-    if not space.is_file():
-        parser.error(f"no space file {args.space!r}")
+    space = args.space
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hpo-profile-"))

@@ -30,18 +30,16 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from _hpo_bench import machine
+from _hpo_bench import machine, space_path
 
-REPO = Path(__file__).resolve().parents[1]
 WAYS = ("keras", "prebuild", "hpo")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="dense_bn", help="space name or file")
+    parser.add_argument("--space", type=space_path, default="dense_bn", help="space name or file")
     parser.add_argument("--quick", action="store_true", help="4 rounds")
     parser.add_argument("--rounds", type=int, help="configurations (default 8; quick 4)")
     parser.add_argument("--subset", type=int, default=2000, help="training examples")
@@ -58,9 +56,7 @@ def main() -> None:
     from hpo.families import Family, get_family, prebuild
     from hpo.spaces import Params, load_spec, suggest
 
-    path = Path(args.space)
-    if not path.exists():
-        path = REPO / "search_spaces" / f"{args.space}.yaml"
+    path = args.space
     spec = load_spec(path)
     data = load_dataset(spec.dataset.model_copy(update={"subset": args.subset}))
     family = get_family(spec.family)

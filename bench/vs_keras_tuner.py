@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _hpo_bench import space_path
 from _kt_cells import (
     RESULTS_FILE,
     Cell,
@@ -358,16 +359,6 @@ def compare(args: argparse.Namespace) -> None:
     if args.save:
         args.save.write_text(json.dumps(list(done.values()), indent=2, default=str))
     print(summary)
-
-
-def space_path(text: str) -> Path:
-    """A space file, or the name of one in ``search_spaces/`` (``dense_bn``)."""
-    path = Path(text)
-    if not path.exists() and (REPO / "search_spaces" / f"{text}.yaml").exists():
-        path = REPO / "search_spaces" / f"{text}.yaml"
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no space file {text!r}")
-    return path.resolve()
 
 
 def main() -> None:
