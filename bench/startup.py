@@ -82,6 +82,45 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
     return wall, cpu
 
 
+# A worker of `hpo run` waits for the study to be created before it opens the store. What that
+# first open costs it after the wait (CPU seconds, printed), with or without the store's
+# modules imported while it waited (hpo.storage.import_store_modules).
+STORE_OPEN = """
+import sys, time
+import hpo.cli, hpo.workers.worker  # what a waiting worker has imported
+from hpo.storage import import_store_modules, open_storage
+if sys.argv[2] == "imported ahead":
+    import_store_modules(sys.argv[1])
+start = time.process_time()
+open_storage(sys.argv[1])
+print(time.process_time() - start)
+"""
+
+
+def store_open(rounds: int, work: Path, base: dict[str, str]) -> None:
+    """A waiting worker's first store open, alternating with and without its modules imported
+    ahead, each in a fresh process, on a SQLite store created beforehand (as the CLI does)."""
+    import statistics
+
+    url = f"sqlite:///{work / 'store.db'}"
+    env = dict(base, PYTHONPATH=str(REPO))
+    subprocess.run(
+        [sys.executable, "-c", STORE_OPEN, url, "-"], env=env, check=True, capture_output=True
+    )
+    seconds: dict[str, list[float]] = {"imported ahead": [], "not imported": []}
+    for r in range(rounds):
+        for mode in list(seconds) if r % 2 == 0 else reversed(list(seconds)):
+            out = subprocess.run([sys.executable, "-c", STORE_OPEN, url, mode], env=env,
+                                 check=True, capture_output=True, text=True)  # fmt: skip
+            seconds[mode].append(float(out.stdout.split()[-1]))
+    print(f"machine: {machine()}; {sys.executable}")
+    print(f"a waiting worker's first store open (CPU s, SQLite), median of {rounds}:")
+    for mode, values in seconds.items():
+        print(f"  {mode:15} {statistics.median(values):.3f}  ({min(values):.3f}-{max(values):.3f})")
+    ahead, not_ahead = (statistics.median(seconds[m]) for m in seconds)
+    print(f"ratio: imported ahead / not imported {ahead / not_ahead:.2f}x")
+
+
 STUDIES = {  # name: hpo run options
     "1 trial, 1 worker": ["--trials", "1", "--workers", "1"],
     "4 trials, 2 workers": ["--trials", "4", "--workers", "2"],
@@ -132,6 +171,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--baseline", type=Path, help="another hpo checkout to compare against")
+    parser.add_argument(
+        "--store-open",
+        action="store_true",
+        help="only a waiting worker's first store open, with or without its modules imported",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
 
@@ -140,6 +184,10 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "MLFLOW_TRACKING_URI")}
     base.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2",
                 HPO_CACHE_DIR=str(work / "cache"), MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+    if args.store_open:
+        store_open(rounds * 2, work, base)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if args.baseline:
         compare_trees(args.baseline.resolve(), rounds, work, base)
         shutil.rmtree(work, ignore_errors=True)

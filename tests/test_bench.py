@@ -64,6 +64,18 @@ def test_bench_help(script: str) -> None:
     assert "--quick" in out.stdout
 
 
+def test_startup_store_open_bench_smoke() -> None:
+    """Both ways of a waiting worker's first store open, measured and compared."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "startup.py"), "--store-open", "--rounds", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["imported", "not"]
+    assert lines[-1].startswith("ratio: imported ahead / not imported ")
+
+
 @pytest.mark.slow
 def test_orchestration_smoke() -> None:
     """20 no-training trials through the real worker loop on SQLite: a table and a ratio line."""

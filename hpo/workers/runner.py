@@ -58,7 +58,8 @@ log = logging.getLogger("hpo.runner")
 
 
 def warm_up() -> None:
-    """Import what every trial needs (Keras and its backend, MLflow) ahead of the first trial.
+    """Import what every trial needs (Keras and its backend, MLflow, the study store's modules)
+    ahead of the first trial.
 
     A failed import is left for the trial to raise, with the trial's own error handling.
 
@@ -71,6 +72,10 @@ def warm_up() -> None:
         import keras  # noqa: F401
         import mlflow.store.tracking.sqlalchemy_store  # the default store
         import mlflow.tracking  # noqa: F401
+
+        from hpo.storage import import_store_modules
+
+        import_store_modules()  # the study's store URL comes with the first trial
     gc.collect()  # what the imports left as garbage is freed, not frozen
     gc.freeze()
 

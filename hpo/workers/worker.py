@@ -25,7 +25,7 @@ import threading
 from typing import Any
 
 from hpo.errors import HpoError
-from hpo.storage import mask_url, open_storage
+from hpo.storage import import_store_modules, mask_url, open_storage
 from hpo.storage._retry import is_transient, with_db_retry
 from hpo.storage.deadlines import deadline_passed, study_deadline
 from hpo.storage.studies import (
@@ -229,11 +229,14 @@ class Worker:
             # starts them when a trial comes, so that an idle worker holds no Keras process.)
             for slot in self.slots:
                 slot.process.start()
-        if self.options.start_gate is not None and not self.options.start_gate():
-            log.info("start cancelled: no trial taken, nothing written")
-            for slot in self.slots:
-                slot.process.close(kill=True)
-            return 0
+        if self.options.start_gate is not None:
+            # While the study is being created, not after.
+            import_store_modules(self.options.storage_url)
+            if not self.options.start_gate():
+                log.info("start cancelled: no trial taken, nothing written")
+                for slot in self.slots:
+                    slot.process.close(kill=True)
+                return 0
         try:
             storage = self.storage  # opened here, before the threads that share it
             if self.options.study:
