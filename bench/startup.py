@@ -24,6 +24,12 @@ With ``--baseline DIR`` (another checkout of hpo, e.g. ``git archive``) it compa
 checkout's ``hpo run`` against this tree's, both compiled, alternating per round: one trial with
 one worker, four trials with two workers (as ``hpo run --workers 2`` is used on 2 cores), and
 twelve trials with one worker (what each further trial costs a warm trial process).
+
+``--store-open`` and ``--tracking-open`` time one step of a study's start each, in fresh
+processes, two ways alternating: a waiting worker's first open of the study store (with or
+without the store's modules imported while it waited), and the first open of the MLflow store
+in a new folder (copied from the empty store hpo keeps in its cache, or built by MLflow's
+migrations).
 """
 
 from __future__ import annotations
@@ -97,28 +103,69 @@ print(time.process_time() - start)
 """
 
 
+def alternate(code: str, modes: list[str], rounds: int, env: dict[str, str],
+              args: list[str]) -> dict[str, list[float]]:  # fmt: skip
+    """``python -c code *args MODE`` in a fresh process per round and mode, alternating which
+    mode goes first; the CPU seconds each printed last, by mode."""
+    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    for r in range(rounds):
+        for mode in modes if r % 2 == 0 else list(reversed(modes)):
+            out = subprocess.run([sys.executable, "-c", code, *args, mode], env=env,
+                                 check=True, capture_output=True, text=True)  # fmt: skip
+            seconds[mode].append(float(out.stdout.split()[-1]))
+    return seconds
+
+
+def report(what: str, seconds: dict[str, list[float]]) -> None:
+    """Median, range and the ratio of the first mode to the second."""
+    print(f"machine: {machine()}; {sys.executable}")
+    print(f"{what}, median of {len(next(iter(seconds.values())))}:")
+    width = max(15, *(len(mode) + 1 for mode in seconds))
+    for mode, values in seconds.items():
+        low, high = min(values), max(values)
+        print(f"  {mode:{width}} {statistics.median(values):.3f}  ({low:.3f}-{high:.3f})")
+    (new, new_values), (old, old_values) = list(seconds.items())[:2]
+    ratio = statistics.median(new_values) / statistics.median(old_values)
+    print(f"ratio: {new} / {old} {ratio:.2f}x")
+
+
 def store_open(rounds: int, work: Path, base: dict[str, str]) -> None:
     """A waiting worker's first store open, alternating with and without its modules imported
     ahead, each in a fresh process, on a SQLite store created beforehand (as the CLI does)."""
-    import statistics
-
     url = f"sqlite:///{work / 'store.db'}"
     env = dict(base, PYTHONPATH=str(REPO))
     subprocess.run(
         [sys.executable, "-c", STORE_OPEN, url, "-"], env=env, check=True, capture_output=True
     )
-    seconds: dict[str, list[float]] = {"imported ahead": [], "not imported": []}
-    for r in range(rounds):
-        for mode in list(seconds) if r % 2 == 0 else reversed(list(seconds)):
-            out = subprocess.run([sys.executable, "-c", STORE_OPEN, url, mode], env=env,
-                                 check=True, capture_output=True, text=True)  # fmt: skip
-            seconds[mode].append(float(out.stdout.split()[-1]))
-    print(f"machine: {machine()}; {sys.executable}")
-    print(f"a waiting worker's first store open (CPU s, SQLite), median of {rounds}:")
-    for mode, values in seconds.items():
-        print(f"  {mode:15} {statistics.median(values):.3f}  ({min(values):.3f}-{max(values):.3f})")
-    ahead, not_ahead = (statistics.median(seconds[m]) for m in seconds)
-    print(f"ratio: imported ahead / not imported {ahead / not_ahead:.2f}x")
+    seconds = alternate(STORE_OPEN, ["imported ahead", "not imported"], rounds, env, [url])
+    report("a waiting worker's first store open (CPU s, SQLite)", seconds)
+
+
+# The first study in a new folder opens a tracking store that does not exist yet. What opening
+# it costs once MLflow is imported (CPU seconds, printed): hpo's client, which copies the empty
+# store kept in its cache, or a plain MlflowClient, which runs MLflow's migrations.
+TRACKING_OPEN = """
+import sys, tempfile, time
+from pathlib import Path
+import mlflow, hpo.tracking
+folder = Path(tempfile.mkdtemp(dir=sys.argv[1]))
+uri = f"sqlite:///{folder / 'mlflow.db'}"
+start = time.process_time()
+if sys.argv[2] == "copied from the cache":
+    hpo.tracking.new_client(uri).search_experiments()
+else:
+    mlflow.MlflowClient(uri).search_experiments()
+print(time.process_time() - start)
+"""
+
+
+def tracking_open(rounds: int, work: Path, base: dict[str, str]) -> None:
+    """A new folder's MLflow store, alternating hpo's copy and MLflow's own build."""
+    env = dict(base, PYTHONPATH=str(REPO))
+    modes = ["copied from the cache", "built by MLflow"]
+    alternate(TRACKING_OPEN, modes[:1], 1, env, [str(work)])  # builds the cached store
+    seconds = alternate(TRACKING_OPEN, modes, rounds, env, [str(work)])
+    report("a new folder's first MLflow store open (CPU s, SQLite)", seconds)
 
 
 STUDIES = {  # name: hpo run options
@@ -176,6 +223,12 @@ def main() -> None:
         action="store_true",
         help="only a waiting worker's first store open, with or without its modules imported",
     )
+    parser.add_argument(
+        "--tracking-open",
+        action="store_true",
+        help="only a new folder's first MLflow store open, copied from hpo's cache or built by "
+        "MLflow",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
 
@@ -184,10 +237,11 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "MLFLOW_TRACKING_URI")}
     base.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2",
                 HPO_CACHE_DIR=str(work / "cache"), MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
-    if args.store_open:
-        store_open(rounds * 2, work, base)
-        shutil.rmtree(work, ignore_errors=True)
-        return
+    for flag, measure in ((args.store_open, store_open), (args.tracking_open, tracking_open)):
+        if flag:  # one step, so cheap that it gets twice as many rounds by default
+            measure(args.rounds or rounds * 2, work, base)
+            shutil.rmtree(work, ignore_errors=True)
+            return
     if args.baseline:
         compare_trees(args.baseline.resolve(), rounds, work, base)
         shutil.rmtree(work, ignore_errors=True)

@@ -76,6 +76,18 @@ def test_startup_store_open_bench_smoke() -> None:
     assert lines[-1].startswith("ratio: imported ahead / not imported ")
 
 
+def test_startup_tracking_open_bench_smoke() -> None:
+    """Both ways of a new folder's first MLflow store open, measured and compared."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "startup.py"), "--tracking-open", "--rounds", "1"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["copied", "built"]
+    assert lines[-1].startswith("ratio: copied from the cache / built by MLflow ")
+
+
 @pytest.mark.slow
 def test_orchestration_smoke() -> None:
     """20 no-training trials through the real worker loop on SQLite: a table and a ratio line."""

@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 import pytest
 
+from hpo.cache import CACHE_ENV_VAR
 from hpo.catalog import DATASETS, FAMILIES
 from hpo.datasets import Dataset, Split, load_dataset
 from hpo.spaces import DatasetSpec, Params, load_spec, suggest
@@ -68,11 +69,9 @@ TEXT_FAMILIES = {"text_conv1d", "text_dense"}
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One parse cache for the Reuters archive, never the user's ~/.cache."""
-    from hpo.datasets import reuters
-
     path = tmp_path_factory.getbasetemp() / "hpo-cache"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(reuters.CACHE_ENV_VAR, str(path))
+        mp.setenv(CACHE_ENV_VAR, str(path))
         yield path
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hpo.cache import CACHE_ENV_VAR
 from hpo.datasets import DataError, load_dataset, reuters
 from hpo.datasets import _text as text
 from hpo.spaces import DatasetSpec
@@ -43,7 +44,7 @@ def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One parse cache for the test session, never the user's ~/.cache."""
     path = tmp_path_factory.getbasetemp() / "hpo-cache"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(reuters.CACHE_ENV_VAR, str(path))
+        mp.setenv(CACHE_ENV_VAR, str(path))
         mp.delenv(reuters.ENV_VAR, raising=False)
         yield path
 
@@ -284,7 +285,7 @@ def test_load_tiny_archive_and_folder(tmp_path: Path) -> None:
 def test_cache_is_used_and_keyed_by_size_and_mtime(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(reuters.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
     archive = _write_archive(tmp_path / "r.tar.gz", {"reut2-000.sgm": _sgml(EDGE_DOCS)})
     first = reuters.read_collection(archive)
     assert len(list((tmp_path / "cache").glob("reuters21578-*.json.gz"))) == 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hpo.cache import CACHE_ENV_VAR
 from hpo.datasets import DataError, Dataset, Split, load_dataset, reuters
 from hpo.families import get_family
 from hpo.families.text_conv1d import TextConv1D
@@ -53,7 +54,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One parse cache for the test session, never the user's ~/.cache."""
     path = tmp_path_factory.getbasetemp() / "hpo-cache"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(reuters.CACHE_ENV_VAR, str(path))
+        mp.setenv(CACHE_ENV_VAR, str(path))
         yield path
 
 

@@ -143,64 +143,79 @@ def test_a_hanging_trial_is_stopped_at_its_timeout_and_the_next_trial_runs(
 
 @pytest.mark.slow
 def test_a_study_ends_at_its_deadline_and_grace(
-    tmp_path: Path, workdir: Path, storage_url: str
+    tmp_path: Path, workdir: Path, postgres_url: str
 ) -> None:
+    """On each study store. The two studies run at once: most of their time is the wait for the
+    deadline."""
     # The first claim starts the clock, possibly while the trial process still imports Keras
     # (seconds, more on a busy machine): the deadline must outlast that, trial 0 (two epochs on
     # 200 digits, stored) and trial 1's first epoch on a busy machine.
     study_timeout, grace = 60, 5
-    name = "deadline"
-    env = _env(tmp_path, storage_url)
-    space = _space(tmp_path, 2)
-    created = run_hpo(
-        "study", "create", str(space), "--study", name, "--trials", "4",
-        "--study-timeout", str(study_timeout), "--study-timeout-grace", str(grace),
-        cwd=workdir, env=env,
-    )  # fmt: skip
-    assert created.returncode == 0, created.stderr
-    # The clock starts at the first claimed trial, not when the study is created.
-    assert hpo.load_study(name, storage_url).status().deadline is None
-    # One worker: trial 0 completes; trial 1 hangs in its second epoch until the deadline and
-    # its grace are over; trials 2 and 3 wait behind it and never start.
-    _enqueue(name, ["ok", "hang", "ok", "ok"], workdir, env)
+    stores = {"sqlite": f"sqlite:///{tmp_path / 'studies.db'}", "postgresql": postgres_url}
+    runs = {}
+    for kind, storage_url in stores.items():
+        folder = workdir / kind
+        folder.mkdir()
+        env = _env(folder, storage_url)
+        space = _space(folder, 2)
+        name = f"deadline-{kind}"
+        created = run_hpo(
+            "study", "create", str(space), "--study", name, "--trials", "4",
+            "--study-timeout", str(study_timeout), "--study-timeout-grace", str(grace),
+            cwd=folder, env=env,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        # The clock starts at the first claimed trial, not when the study is created.
+        assert hpo.load_study(name, storage_url).status().deadline is None
+        # One worker: trial 0 completes; trial 1 hangs in its second epoch until the deadline
+        # and its grace are over; trials 2 and 3 wait behind it and never start.
+        _enqueue(name, ["ok", "hang", "ok", "ok"], folder, env)
+        runs[kind] = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "run", str(space), "--study", name, "--resume"],
+            cwd=folder, env={**os.environ, **env}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    outputs = {kind: proc.communicate(timeout=600) for kind, proc in runs.items()}
 
-    ran = run_hpo("run", str(space), "--study", name, "--resume", cwd=workdir, env=env)
-
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert f"{DEADLINE_REASON} (" in ran.stdout
-    assert "2 of the 4 trials never ran" in ran.stdout
-    study = hpo.load_study(name, storage_url)
-    status = study.status()
-    store = open_storage(storage_url)
-    deadline = study_deadline(store, store.get_study_id_from_name(name))
-    assert deadline is not None and status.deadline == deadline
-    first, hung, *queued = _trials(storage_url, name)
-    assert first.datetime_start is not None
-    assert abs(deadline - study_timeout - first.datetime_start.timestamp()) < 5
-    assert first.state == TrialState.COMPLETE
-    # The hung trial ran into the grace and was stopped there, keeping its first epoch.
-    assert hung.state == TrialState.PRUNED
-    assert hung.user_attrs["stop_reason"] == DEADLINE_REASON
-    assert list(hung.intermediate_values) == [1] and hung.value == hung.intermediate_values[1]
-    assert hung.datetime_complete is not None
-    assert deadline + grace <= hung.datetime_complete.timestamp() < deadline + grace + 10
-    # No trial started after the deadline; none is left running.
-    assert [t.state for t in queued] == [TrialState.WAITING, TrialState.WAITING]
-    assert all(t.datetime_start is None for t in queued)
-    assert status.running == 0 and status.done and status.deadline_reached
-    assert status.end_reason == DEADLINE_REASON
-    shown = run_hpo("study", "status", name, cwd=workdir, env=env)
-    assert shown.returncode == 0 and f"ended: {DEADLINE_REASON}" in shown.stdout
-    assert "(reached: no new trials)" in shown.stdout
-    client = MlflowClient(study.config.tracking_uri)
-    assert client.get_run(hung.user_attrs["mlflow_run_id"]).info.status == "FAILED"
-    parent = client.get_run(study.config.parent_run_id)
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["hpo.end_reason"] == DEADLINE_REASON
-    # The completed trial makes an ensemble.
-    built = run_hpo("ensemble", "build", name, "--json", cwd=workdir, env=env)
-    assert built.returncode == 0, built.stderr
-    assert [m["trial"] for m in json.loads(built.stdout)["members"]] == [first.number]
+    for kind, storage_url in stores.items():
+        folder, name = workdir / kind, f"deadline-{kind}"
+        stdout, stderr = outputs[kind]
+        assert runs[kind].returncode == 0, f"{kind}: {stdout}{stderr}"
+        assert f"{DEADLINE_REASON} (" in stdout
+        assert "2 of the 4 trials never ran" in stdout
+        study = hpo.load_study(name, storage_url)
+        status = study.status()
+        store = open_storage(storage_url)
+        deadline = study_deadline(store, store.get_study_id_from_name(name))
+        assert deadline is not None and status.deadline == deadline
+        first, hung, *queued = _trials(storage_url, name)
+        assert first.datetime_start is not None
+        assert abs(deadline - study_timeout - first.datetime_start.timestamp()) < 5
+        assert first.state == TrialState.COMPLETE
+        # The hung trial ran into the grace and was stopped there, keeping its first epoch.
+        assert hung.state == TrialState.PRUNED
+        assert hung.user_attrs["stop_reason"] == DEADLINE_REASON
+        assert list(hung.intermediate_values) == [1] and hung.value == hung.intermediate_values[1]
+        assert hung.datetime_complete is not None
+        assert deadline + grace <= hung.datetime_complete.timestamp() < deadline + grace + 10
+        # No trial started after the deadline; none is left running.
+        assert [t.state for t in queued] == [TrialState.WAITING, TrialState.WAITING]
+        assert all(t.datetime_start is None for t in queued)
+        assert status.running == 0 and status.done and status.deadline_reached
+        assert status.end_reason == DEADLINE_REASON
+        env = _env(folder, storage_url)
+        shown = run_hpo("study", "status", name, cwd=folder, env=env)
+        assert shown.returncode == 0 and f"ended: {DEADLINE_REASON}" in shown.stdout
+        assert "(reached: no new trials)" in shown.stdout
+        client = MlflowClient(study.config.tracking_uri)
+        assert client.get_run(hung.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+        parent = client.get_run(study.config.parent_run_id)
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["hpo.end_reason"] == DEADLINE_REASON
+        # The completed trial makes an ensemble.
+        built = run_hpo("ensemble", "build", name, "--json", cwd=folder, env=env)
+        assert built.returncode == 0, built.stderr
+        assert [m["trial"] for m in json.loads(built.stdout)["members"]] == [first.number]
 
 
 @pytest.mark.slow

@@ -198,7 +198,8 @@ def _ensemble_or_none(ref: str, storage: str | None, tracking_uri: str | None) -
     from hpo import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    store_file = tracking.local_store_file(uri)
+    if store_file is not None and not store_file.exists():
         # No tracking database here (and none is created just to look).
         if ref.startswith("models:/"):
             fail(f"{ref}: the tracking store {uri} does not exist; give --tracking-uri")

@@ -86,7 +86,7 @@ def pdf_pages(path: Path) -> list[str]:
     Extraction took 60 ms a page (a 26-page manual, shared 2-core CPU), paid by every trial
     process that loads the corpus, so
     the pages are cached under ``$HPO_CACHE_DIR/pdf-text/`` (see
-    :func:`hpo.datasets.reuters.cache_dir`), keyed by the file's path, size and modification
+    :func:`hpo.cache.cache_dir`), keyed by the file's path, size and modification
     time and the ``pypdf`` version: a changed file is read again.
     """
     key = _cache_key(path)
@@ -131,7 +131,7 @@ def _cache_key(path: Path) -> str:
 
 
 def _cache_path(key: str) -> Path:
-    from hpo.datasets.reuters import cache_dir
+    from hpo.cache import cache_dir
 
     return cache_dir() / "pdf-text" / f"{key}.json.gz"
 

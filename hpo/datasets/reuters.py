@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpo.cache import cache_dir
 from hpo.datasets._base import DataError, Dataset
 from hpo.datasets._text import (
     TOKENIZER,
@@ -90,7 +91,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_VAR = "HPO_REUTERS_PATH"
-CACHE_ENV_VAR = "HPO_CACHE_DIR"
 ARCHIVE_NAME = "reuters21578.tar.gz"
 SHARED_ARCHIVE = Path("..") / "shared" / "data" / ARCHIVE_NAME
 REPO = Path(__file__).resolve().parents[2]
@@ -457,14 +457,6 @@ def _keras_tokens(x: Any, y: Any, word_index: dict[str, int]) -> TokenSplit:
 
 
 # -- the cache -----------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """``$HPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpo``, else ``~/.cache/hpo``."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "hpo"
 
 
 def _cache_key(files: Sequence[Path]) -> str:

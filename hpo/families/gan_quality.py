@@ -10,7 +10,7 @@ real validation images::
 Lower is better; 0 means the two feature distributions have the same mean and covariance.
 
 The feature classifier is trained once per dataset (its training split, seeded) and cached in
-``$HPO_CACHE_DIR`` (see :func:`hpo.datasets.reuters.cache_dir`), so the trials of a study, and
+``$HPO_CACHE_DIR`` (see :func:`hpo.cache.cache_dir`), so the trials of a study, and
 of later studies on the same data, share it. Its test accuracy is stored beside it: a distance
 measured with a poor classifier says little.
 
@@ -151,7 +151,7 @@ def feature_classifier(data: Dataset, cache: Path | None = None) -> FeatureClass
     """
     import keras
 
-    from hpo.datasets.reuters import cache_dir
+    from hpo.cache import cache_dir
 
     folder = cache if cache is not None else cache_dir()
     path = folder / f"gan-classifier-{data.name}-{classifier_key(data)}.keras"

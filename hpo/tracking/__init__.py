@@ -61,6 +61,7 @@ from hpo.tracking._base import (
     with_credentials,
 )
 from hpo.tracking._client import TrackingClient
+from hpo.tracking._new_store import local_store_file, prepare_local_store
 from hpo.tracking._outbox import (
     Outbox,
     is_placeholder,
@@ -103,11 +104,13 @@ __all__ = [
     "flatten_params",
     "is_placeholder",
     "is_unreachable",
+    "local_store_file",
     "log_artifact_files",
     "log_metrics",
     "log_params",
     "new_client",
     "pending_operations",
+    "prepare_local_store",
     "resolve_run_id",
     "resolve_tracking_uri",
     "start_study_run",
@@ -152,6 +155,7 @@ def new_client(uri: str, root: Path | None = None) -> TrackingClient:
             (TrackingClient, MlflowClient),
             {"__module__": __name__, "__doc__": TrackingClient.__doc__},
         )
+    prepare_local_store(uri)
     return _CLIENT_CLASS(uri, root)
 
 

@@ -1,0 +1,17 @@
+"""hpo's cache folder: files hpo can make again, kept to save time (parsed corpora, the empty
+MLflow store new folders start from, reference statistics)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV_VAR = "HPO_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """``$HPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpo``, else ``~/.cache/hpo``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "hpo"
