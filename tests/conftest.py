@@ -196,7 +196,8 @@ def small_text_studies(
 #   server, which would cut the connections of a PostgreSQL test running beside it, and the
 #   worker tests time real processes against heartbeats and signals.
 # - the others: files that share a session fixture (the ensemble studies; the small text
-#   studies), which would otherwise be built once in each process.
+#   studies), or whose tests share module fixtures that train studies (raw inputs, refit),
+#   which would otherwise be built once in each process.
 # Tests of no group go to whichever process is free.
 XDIST_GROUPS = {
     "test_worker_service.py": "postgres",
@@ -211,6 +212,8 @@ XDIST_GROUPS = {
     "test_language_models.py": "small_text_studies",
     "test_text_families.py": "small_text_studies",
     "test_ensemble_text_lm.py": "small_text_studies",
+    "test_raw_inputs.py": "raw_inputs",
+    "test_refit.py": "refit",
 }
 
 
