@@ -64,28 +64,21 @@ def test_bench_help(script: str) -> None:
     assert "--quick" in out.stdout
 
 
-def test_startup_store_open_bench_smoke() -> None:
-    """Both ways of a waiting worker's first store open, measured and compared."""
+@pytest.mark.parametrize(
+    ("flag", "modes"),
+    [("--store-open", ["imported ahead", "not imported"]),
+     ("--tracking-open", ["copied from the cache", "built by MLflow"])],
+)  # fmt: skip
+def test_startup_one_step_bench_smoke(flag: str, modes: list[str]) -> None:
+    """Both ways of one start-up step, measured and compared."""
     out = subprocess.run(
-        [sys.executable, str(BENCH / "startup.py"), "--store-open", "--rounds", "1"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.splitlines()
-    assert [line.split()[0] for line in lines[2:4]] == ["imported", "not"]
-    assert lines[-1].startswith("ratio: imported ahead / not imported ")
-
-
-def test_startup_tracking_open_bench_smoke() -> None:
-    """Both ways of a new folder's first MLflow store open, measured and compared."""
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "startup.py"), "--tracking-open", "--rounds", "1"],
+        [sys.executable, str(BENCH / "startup.py"), flag, "--rounds", "1"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert [line.split()[0] for line in lines[2:4]] == ["copied", "built"]
-    assert lines[-1].startswith("ratio: copied from the cache / built by MLflow ")
+    assert [line.split("  ")[1].strip() for line in lines[2:4]] == modes
+    assert lines[-1].startswith(f"ratio: {modes[0]} / {modes[1]} ")
 
 
 @pytest.mark.slow
