@@ -9,9 +9,14 @@ from pathlib import Path
 CACHE_ENV_VAR = "HPO_CACHE_DIR"
 
 
-def cache_dir() -> Path:
-    """``$HPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpo``, else ``~/.cache/hpo``."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/hpo``, else ``~/.cache/hpo``: hpo's place in the user's cache."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "hpo"
+
+
+def cache_dir() -> Path:
+    """``$HPO_CACHE_DIR``, else :func:`user_cache_dir`."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    return user_cache_dir()

@@ -152,11 +152,11 @@ def test_a_study_ends_at_its_deadline_and_grace(
     # 200 digits, stored) and trial 1's first epoch on a busy machine.
     study_timeout, grace = 60, 5
     stores = {"sqlite": f"sqlite:///{tmp_path / 'studies.db'}", "postgresql": postgres_url}
-    runs = {}
+    runs, envs = {}, {}
     for kind, storage_url in stores.items():
         folder = workdir / kind
         folder.mkdir()
-        env = _env(folder, storage_url)
+        env = envs[kind] = _env(folder, storage_url)
         space = _space(folder, 2)
         name = f"deadline-{kind}"
         created = run_hpo(
@@ -203,7 +203,7 @@ def test_a_study_ends_at_its_deadline_and_grace(
         assert all(t.datetime_start is None for t in queued)
         assert status.running == 0 and status.done and status.deadline_reached
         assert status.end_reason == DEADLINE_REASON
-        env = _env(folder, storage_url)
+        env = envs[kind]
         shown = run_hpo("study", "status", name, cwd=folder, env=env)
         assert shown.returncode == 0 and f"ended: {DEADLINE_REASON}" in shown.stdout
         assert "(reached: no new trials)" in shown.stdout

@@ -70,8 +70,9 @@ def outbox_root() -> Path:
     env = os.environ.get(OUTBOX_ENV)
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "hpo" / "outbox"
+    from hpo.cache import user_cache_dir  # not $HPO_CACHE_DIR: queued writes stay where they were
+
+    return user_cache_dir() / "outbox"
 
 
 def normalize_uri(uri: str) -> str:
