@@ -58,6 +58,10 @@ def contents(path: Path) -> Counter[str]:
     return out
 
 
+def cached_stores(cache: Path) -> list[Path]:
+    return sorted((cache / "mlflow-store").glob("*.db"))
+
+
 def no_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow.store.db.utils
 
@@ -74,8 +78,7 @@ def test_a_store_copied_from_the_cache_is_the_one_mlflow_makes(
         (tmp_path / name).mkdir()
     MlflowClient(uri(tmp_path / "mlflow" / "mlflow.db")).search_experiments()
     tracking.new_client(uri(tmp_path / "first" / "mlflow.db"))  # builds the cached store
-    assert _new_store.template_file().is_file()
-    assert _new_store.template_file().is_relative_to(cache)
+    assert len(cached_stores(cache)) == 1
     no_migrations(monkeypatch)
     second = tracking.new_client(uri(tmp_path / "second" / "mlflow.db"))
 
@@ -112,17 +115,92 @@ def test_a_store_that_appears_meanwhile_is_kept(
 ) -> None:
     path = tmp_path / "runs" / "mlflow.db"
     path.parent.mkdir()
-    copy = shutil.copyfile
+    template = _new_store._template
 
-    def copy_then_another_process_creates(src: Path, dst: Path) -> Path:
-        result = copy(src, dst)
+    def read_then_another_process_creates() -> bytes:
+        data = template()
         path.write_bytes(b"made by another process")
-        return result
+        return data
 
-    monkeypatch.setattr(_new_store.shutil, "copyfile", copy_then_another_process_creates)
+    monkeypatch.setattr(_new_store, "_template", read_then_another_process_creates)
     assert not _new_store.prepare_local_store(uri(path))
     assert path.read_bytes() == b"made by another process"
     assert sorted(p.name for p in path.parent.iterdir()) == ["mlflow.db"]  # no partial copy
+
+
+def test_the_cached_store_is_named_by_mlflow_schema_revision(tmp_path: Path, cache: Path) -> None:
+    """Two builds of MLflow with one version string but different migrations never share it."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    assert _new_store.prepare_local_store(uri(tmp_path / "mlflow.db"))
+    (cached,) = cached_stores(cache)
+    assert f"-schema-{_get_latest_schema_revision()}-" in cached.name
+    con = sqlite3.connect(cached)
+    try:
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (_get_latest_schema_revision(),)
+        ]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache holding the empty store, built once for the tests that damage it."""
+    folder = tmp_path_factory.mktemp("built-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPO_CACHE_DIR", str(folder))
+        assert _new_store.prepare_local_store(uri(folder / "first.db"))
+    return folder
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURES)
+@given(data=st.data())
+def test_a_changed_cached_store_is_never_copied(
+    tmp_path: Path, built_cache: Path, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
+) -> None:
+    """Edited, cut short or grown, a cached store no longer matching the digest in its name is
+    not handed out (and is removed, to be made again)."""
+    cache = tmp_path / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.copytree(built_cache, cache)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(cache))
+    (cached,) = cached_stores(cache)
+    good = cached.read_bytes()
+    change = data.draw(st.sampled_from(["flip", "cut", "append"]))
+    if change == "flip":
+        at = data.draw(st.integers(0, len(good) - 1))
+        bad = good[:at] + bytes([good[at] ^ data.draw(st.integers(1, 255))]) + good[at + 1 :]
+    elif change == "cut":
+        bad = good[: data.draw(st.integers(0, len(good) - 1))]
+    else:
+        bad = good + data.draw(st.binary(min_size=1, max_size=64))
+    cached.write_bytes(bad)
+    prefix = cached.name[: cached.name.rindex("-") + 1]
+    assert _new_store._cached_template(prefix) is None
+    assert cached_stores(cache) == []
+
+
+def test_a_changed_cached_store_is_made_again(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _new_store.prepare_local_store(uri(tmp_path / "first.db"))
+    (cached,) = cached_stores(cache)
+    con = sqlite3.connect(cached)
+    try:
+        with con:  # an edit that leaves a valid SQLite file at the right schema revision
+            con.execute("DROP TABLE tags")
+    finally:
+        con.close()
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    c = tracking.new_client(uri(folder / "mlflow.db"))
+    run = c.create_run(c.create_experiment("study"))
+    c.set_tag(run.info.run_id, "k", "v")
+    assert c.get_run(run.info.run_id).data.tags["k"] == "v"
+    (remade,) = cached_stores(cache)
+    assert remade != cached
+    assert contents(remade) == contents(tmp_path / "first.db")
 
 
 def test_a_cache_that_cannot_be_written_leaves_the_store_to_mlflow(

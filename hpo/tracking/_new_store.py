@@ -3,9 +3,11 @@ empty one kept in hpo's cache.
 
 MLflow builds a new SQLite store by running every one of its Alembic migrations: about 1.5 s
 of CPU, paid by the first study in each new folder. hpo lets MLflow build one empty store per
-MLflow and SQLAlchemy version in ``$HPO_CACHE_DIR`` (``~/.cache/hpo``) and copies it, without
-MLflow's Default experiment, whose artifact location names the folder it was made in (MLflow
-adds it again at the copy's first open, as it would in a store it made there).
+MLflow version, schema revision and SQLAlchemy version in ``$HPO_CACHE_DIR``
+(``~/.cache/hpo``) and copies it, without MLflow's Default experiment, whose artifact location
+names the folder it was made in (MLflow adds it again at the copy's first open, as it would in
+a store it made there). The cached file's name ends with a digest of its bytes: a file that no
+longer matches it (edited, cut short, damaged) is never copied, and is made again.
 
 Anything that goes wrong here leaves the file alone for MLflow to create as usual: the copy is
 only a shortcut. An existing file is never replaced (the copy is linked into place, which fails
@@ -15,9 +17,9 @@ if the name exists).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -47,23 +49,47 @@ def local_store_file(uri: str) -> Path | None:
     return Path(url.database)
 
 
-def template_file() -> Path:
-    """The cached empty store for the MLflow and SQLAlchemy installed here."""
+def template_folder() -> Path:
+    """Where the cached empty stores are kept."""
+    from hpo.cache import cache_dir
+
+    return cache_dir() / "mlflow-store"
+
+
+def _template_prefix(schema: str) -> str:
+    """The name of the cached empty store for the MLflow and SQLAlchemy installed here, but
+    for its digest: the schema revision tells apart builds of MLflow that share a version."""
     import mlflow
     import sqlalchemy
 
-    from hpo.cache import cache_dir
-
-    name = f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}-empty.db"
-    return cache_dir() / "mlflow-store" / name
+    return f"mlflow-{mlflow.__version__}-schema-{schema}-sqlalchemy-{sqlalchemy.__version__}-empty-"
 
 
-def _build_template(target: Path) -> None:
-    """Let MLflow make an empty store, drop its Default experiment, and keep it at ``target``."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _cached_template(prefix: str) -> bytes | None:
+    """The bytes of a cached empty store whose digest is the one in its name. Cached files
+    that fail it are removed: they are hpo's own copies, which it makes again."""
+    for path in sorted(template_folder().glob(f"{prefix}*.db")):
+        data = path.read_bytes()
+        if path.name == f"{prefix}{_digest(data)}.db":
+            return data
+        log.warning("hpo's cached empty MLflow store %s was changed; making it again", path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return None
+
+
+def _build_template(prefix: str, schema: str) -> bytes:
+    """Let MLflow make an empty store at ``schema``, drop its Default experiment, keep it in
+    the cache and return its bytes."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+    folder = template_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
         db = Path(tmp) / "mlflow.db"
         store = SqlAlchemyStore(f"sqlite:///{db}", (Path(tmp) / "mlruns").as_uri())
         store.engine.dispose()
@@ -71,11 +97,25 @@ def _build_template(target: Path) -> None:
         try:
             with con:
                 con.execute("DELETE FROM experiments WHERE experiment_id = 0")
-            if con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] != 1:
-                raise RuntimeError("MLflow's new store has no schema version")
+            versions = con.execute("SELECT version_num FROM alembic_version").fetchall()
         finally:
             con.close()
-        os.replace(db, target)  # whole or not at all, for processes building it at once
+        if versions != [(schema,)]:
+            raise RuntimeError(f"MLflow's new store is at schema {versions}, not {schema}")
+        data = db.read_bytes()
+        # whole or not at all; processes building it at once each keep their own digest's file
+        os.replace(db, folder / f"{prefix}{_digest(data)}.db")
+    return data
+
+
+def _template() -> bytes:
+    """The bytes of the empty store for this MLflow, from the cache or built there."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    schema = _get_latest_schema_revision()  # the revision MLflow requires of a store it opens
+    prefix = _template_prefix(schema)
+    data = _cached_template(prefix)
+    return _build_template(prefix, schema) if data is None else data
 
 
 def prepare_local_store(uri: str) -> bool:
@@ -86,10 +126,9 @@ def prepare_local_store(uri: str) -> bool:
         return False
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        template = template_file()
-        if not template.is_file():
-            _build_template(template)
-        shutil.copyfile(template, partial)
+        data = _template()  # read once: what is copied is what was checked
+        with partial.open("xb") as out:
+            out.write(data)
         os.link(partial, path)  # fails if the store appeared meanwhile: never replaces one
         return True
     except Exception as exc:  # the shortcut failed: MLflow creates the store itself
